@@ -1,0 +1,274 @@
+//! Passwords: the policy, Argon2id hashing, and verification of the Werkzeug hashes that
+//! users imported from the Flask original still carry (rehashed to Argon2id on their next
+//! successful login).
+//!
+//! Hashing is CPU-bound for tens of milliseconds, so callers run it on the blocking pool.
+
+use std::collections::HashSet;
+use std::sync::LazyLock;
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
+
+use crate::config::HashCost;
+
+pub const MAX_PASSWORD_LENGTH: usize = 256;
+
+/// Django's list of the 20,000 most common passwords (compiled by Royce Williams), lower case.
+static COMMON_PASSWORDS: LazyLock<HashSet<&'static str>> =
+    LazyLock::new(|| include_str!("common-passwords.txt").lines().collect());
+
+/// Checks a new password against the policy; the message is safe to show the user.
+pub fn check_policy(password: &str, min_length: usize, username: Option<&str>) -> Result<(), String> {
+    let length = password.chars().count();
+    if length < min_length {
+        return Err(format!("must be at least {min_length} characters long"));
+    }
+    if length > MAX_PASSWORD_LENGTH {
+        return Err(format!("must be at most {MAX_PASSWORD_LENGTH} characters long"));
+    }
+    let lowered = password.to_lowercase();
+    if COMMON_PASSWORDS.contains(lowered.as_str()) {
+        return Err("is too common".into());
+    }
+    if username.is_some_and(|username| lowered == username.to_lowercase()) {
+        return Err("must not be the username".into());
+    }
+    Ok(())
+}
+
+#[derive(Clone)]
+pub struct PasswordHasherConfig {
+    argon2: Argon2<'static>,
+    /// A hash of a random password at the configured cost, verified against when the user
+    /// does not exist, so an unknown username costs the same time as a wrong password.
+    dummy_hash: String,
+}
+
+impl PasswordHasherConfig {
+    pub fn new(cost: HashCost) -> anyhow::Result<Self> {
+        let params = Params::new(cost.memory_kib, cost.iterations, 1, None)
+            .map_err(|e| anyhow::anyhow!("argon2 parameters: {e}"))?;
+        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let salt = SaltString::generate(&mut OsRng);
+        let dummy_hash = argon2
+            .hash_password(crate::auth::tokens::random_token().as_bytes(), &salt)
+            .map_err(|e| anyhow::anyhow!("hashing the dummy password: {e}"))?
+            .to_string();
+        Ok(PasswordHasherConfig { argon2, dummy_hash })
+    }
+
+    pub fn hash(&self, password: &SecretString) -> anyhow::Result<String> {
+        let salt = SaltString::generate(&mut OsRng);
+        Ok(self
+            .argon2
+            .hash_password(password.expose_secret().as_bytes(), &salt)
+            .map_err(|e| anyhow::anyhow!("hashing a password: {e}"))?
+            .to_string())
+    }
+
+    /// Verifies `password` against `stored` (Argon2 PHC or Werkzeug format); `None` for an
+    /// unknown user verifies against the dummy hash and always fails.
+    pub fn verify(&self, password: &SecretString, stored: Option<&str>) -> Verification {
+        let candidate = password.expose_secret().as_bytes();
+        let Some(stored) = stored else {
+            let _ = self.verify_argon2(candidate, &self.dummy_hash);
+            return Verification::Mismatch;
+        };
+        if stored.starts_with("$argon2") {
+            if !self.verify_argon2(candidate, stored) {
+                return Verification::Mismatch;
+            }
+            match self.is_current(stored) {
+                true => Verification::Match,
+                false => Verification::MatchNeedsRehash,
+            }
+        } else {
+            match verify_werkzeug(candidate, stored) {
+                Some(true) => Verification::MatchNeedsRehash,
+                // An unreadable stored hash costs the dummy's time too.
+                Some(false) => Verification::Mismatch,
+                None => {
+                    let _ = self.verify_argon2(candidate, &self.dummy_hash);
+                    Verification::Mismatch
+                }
+            }
+        }
+    }
+
+    fn verify_argon2(&self, candidate: &[u8], stored: &str) -> bool {
+        PasswordHash::new(stored)
+            .map(|hash| self.argon2.verify_password(candidate, &hash).is_ok())
+            .unwrap_or(false)
+    }
+
+    /// Whether a stored Argon2 hash was made at the configured cost.
+    fn is_current(&self, stored: &str) -> bool {
+        let Ok(hash) = PasswordHash::new(stored) else {
+            return false;
+        };
+        let Ok(params) = Params::try_from(&hash) else {
+            return false;
+        };
+        let configured = self.argon2.params();
+        hash.algorithm.as_str() == "argon2id"
+            && params.m_cost() == configured.m_cost()
+            && params.t_cost() == configured.t_cost()
+            && params.p_cost() == configured.p_cost()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verification {
+    Match,
+    MatchNeedsRehash,
+    Mismatch,
+}
+
+impl Verification {
+    pub fn matched(self) -> bool {
+        !matches!(self, Verification::Mismatch)
+    }
+}
+
+/// Werkzeug's `method$salt$hex`, where method is `pbkdf2:sha256[:iterations]` or
+/// `scrypt[:n:r:p]`. `None` when the text is not such a hash.
+fn verify_werkzeug(candidate: &[u8], stored: &str) -> Option<bool> {
+    let mut parts = stored.splitn(3, '$');
+    let (method, salt, expected_hex) = (parts.next()?, parts.next()?, parts.next()?);
+    let expected = hex::decode(expected_hex).ok()?;
+    let mut method_parts = method.split(':');
+    let derived = match method_parts.next()? {
+        "pbkdf2" => {
+            if method_parts.next()? != "sha256" {
+                return None;
+            }
+            let iterations: u32 = match method_parts.next() {
+                Some(text) => text.parse().ok()?,
+                None => 600_000,
+            };
+            if iterations == 0 || iterations > 10_000_000 {
+                return None;
+            }
+            let mut output = vec![0u8; expected.len()];
+            pbkdf2::pbkdf2_hmac::<sha2::Sha256>(candidate, salt.as_bytes(), iterations, &mut output);
+            output
+        }
+        "scrypt" => {
+            let n: u64 = method_parts.next().unwrap_or("32768").parse().ok()?;
+            let r: u32 = method_parts.next().unwrap_or("8").parse().ok()?;
+            let p: u32 = method_parts.next().unwrap_or("1").parse().ok()?;
+            if !n.is_power_of_two() || n < 2 {
+                return None;
+            }
+            let params = scrypt::Params::new(n.trailing_zeros() as u8, r, p, expected.len()).ok()?;
+            let mut output = vec![0u8; expected.len()];
+            scrypt::scrypt(candidate, salt.as_bytes(), &params, &mut output).ok()?;
+            output
+        }
+        _ => return None,
+    };
+    if expected.is_empty() {
+        return None;
+    }
+    Some(bool::from(derived.ct_eq(&expected)))
+}
+
+/// Recognises a hash `ums import-users` may load: Argon2 PHC or a Werkzeug format.
+pub fn is_supported_hash(stored: &str) -> bool {
+    if stored.starts_with("$argon2") {
+        return PasswordHash::new(stored).is_ok();
+    }
+    let mut parts = stored.splitn(3, '$');
+    matches!(
+        (parts.next(), parts.next(), parts.next()),
+        (Some(method), Some(_), Some(hex_digest))
+            if (method.starts_with("pbkdf2:sha256") || method.starts_with("scrypt"))
+                && hex::decode(hex_digest).is_ok_and(|bytes| !bytes.is_empty())
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cheap() -> PasswordHasherConfig {
+        PasswordHasherConfig::new(HashCost {
+            memory_kib: 64,
+            iterations: 1,
+        })
+        .unwrap()
+    }
+
+    fn secret(text: &str) -> SecretString {
+        SecretString::from(text.to_string())
+    }
+
+    #[test]
+    fn policy_refuses_short_long_common_and_username_passwords() {
+        assert!(check_policy("short", 8, None).is_err());
+        assert!(check_policy(&"x".repeat(257), 8, None).is_err());
+        assert_eq!(check_policy("password1", 8, None).unwrap_err(), "is too common");
+        assert_eq!(check_policy("Qwertyuiop", 8, None).unwrap_err(), "is too common");
+        assert!(check_policy("alice.smith", 8, Some("Alice.Smith")).is_err());
+        assert!(check_policy("correct horse battery", 8, Some("alice")).is_ok());
+    }
+
+    #[test]
+    fn the_embedded_list_holds_at_least_ten_thousand_passwords() {
+        assert!(COMMON_PASSWORDS.len() >= 10_000);
+    }
+
+    #[test]
+    fn argon2_hashes_verify_and_wrong_passwords_do_not() {
+        let hasher = cheap();
+        let hash = hasher.hash(&secret("correct horse")).unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert_eq!(hasher.verify(&secret("correct horse"), Some(&hash)), Verification::Match);
+        assert_eq!(hasher.verify(&secret("wrong horse"), Some(&hash)), Verification::Mismatch);
+        assert_eq!(hasher.verify(&secret("correct horse"), None), Verification::Mismatch);
+    }
+
+    #[test]
+    fn a_hash_at_another_cost_asks_for_a_rehash() {
+        let old = PasswordHasherConfig::new(HashCost {
+            memory_kib: 32,
+            iterations: 1,
+        })
+        .unwrap();
+        let hash = old.hash(&secret("correct horse")).unwrap();
+        assert_eq!(
+            cheap().verify(&secret("correct horse"), Some(&hash)),
+            Verification::MatchNeedsRehash
+        );
+    }
+
+    // Both made by Werkzeug 3.1.9's generate_password_hash("secret-password", method=...).
+    const WERKZEUG_PBKDF2: &str = "pbkdf2:sha256:1000$VQyqSJpr$993a0057c9c86bbea6216e80f3904e3b6ef68443ba88d348c53305c44dbdc979";
+    const WERKZEUG_SCRYPT: &str = "scrypt:1024:8:1$8KY5ZkoJ$5a8e53064cc9ffc3bafb08b9a0a39a328ec75a00dd0d23ceac93a61b5ceddbb5d3363851ec1a002d2f227980bbd7cc4e4fb716f18ee929bc42a9c0c7480c405d";
+
+    #[test]
+    fn werkzeug_hashes_verify_and_ask_for_a_rehash() {
+        let hasher = cheap();
+        for stored in [WERKZEUG_PBKDF2, WERKZEUG_SCRYPT] {
+            assert!(is_supported_hash(stored));
+            assert_eq!(
+                hasher.verify(&secret("secret-password"), Some(stored)),
+                Verification::MatchNeedsRehash
+            );
+            assert_eq!(hasher.verify(&secret("secret-passwore"), Some(stored)), Verification::Mismatch);
+        }
+    }
+
+    #[test]
+    fn garbage_hashes_never_match() {
+        let hasher = cheap();
+        for stored in ["", "plain", "md5$x$abcd", "pbkdf2:sha256:0$s$00"] {
+            assert_eq!(hasher.verify(&secret(""), Some(stored)), Verification::Mismatch);
+        }
+        assert!(!is_supported_hash("plain"));
+    }
+}

@@ -1,0 +1,143 @@
+//! HTTP handlers of `/api/auth` and the JWKS: parse, call the service, shape the answer.
+
+use axum::extract::{Path, State};
+use axum::http::header::{CACHE_CONTROL, PRAGMA};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+use crate::auth::service::{self, LoginRequest, LoginResponse, RegisterRequest};
+use crate::auth::sessions::{self, SessionView, TokenPair};
+use crate::http::AppError;
+use crate::http::error::Problem;
+use crate::http::extract::{AuthUser, ClientOrigin, JsonBody, bearer_token, parse_json};
+use crate::state::AppState;
+use crate::users::{UserView, UserWithLabs};
+
+/// Token responses must never be cached by a browser or proxy.
+fn no_store(body: impl serde::Serialize) -> Response {
+    let mut response = Json(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+#[utoipa::path(post, path = "/api/auth/register", tag = "auth", request_body = RegisterRequest,
+    responses((status = 201, body = UserView), (status = 400, body = Problem), (status = 409, body = Problem)))]
+pub async fn register(
+    State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
+    JsonBody(request): JsonBody<RegisterRequest>,
+) -> Result<(StatusCode, Json<UserView>), AppError> {
+    let user = service::register(&state, request, &origin).await?;
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = LoginResponse), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 423, body = Problem, headers(("Retry-After" = u64)))))]
+pub async fn login(
+    State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
+    JsonBody(request): JsonBody<LoginRequest>,
+) -> Result<Response, AppError> {
+    Ok(no_store(service::login(&state, request, &origin).await?))
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+}
+
+/// The refresh token from the body, or else from the `Authorization: Bearer` header.
+pub struct RefreshToken(pub String);
+
+impl axum::extract::FromRequest<AppState> for RefreshToken {
+    type Rejection = AppError;
+
+    async fn from_request(request: axum::extract::Request, state: &AppState) -> Result<Self, AppError> {
+        let from_header = bearer_token(request.headers()).map(String::from);
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|_| AppError::PayloadTooLarge)?;
+        let body: RefreshRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+            RefreshRequest::default()
+        } else {
+            parse_json(&bytes)?
+        };
+        body.refresh_token
+            .or(from_header)
+            .map(RefreshToken)
+            .ok_or(AppError::Unauthorized("Missing refresh token."))
+    }
+}
+
+#[utoipa::path(post, path = "/api/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses((status = 200, body = TokenPair), (status = 401, body = Problem)))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
+    RefreshToken(token): RefreshToken,
+) -> Result<Response, AppError> {
+    Ok(no_store(service::refresh(&state, &token, &origin).await?))
+}
+
+#[utoipa::path(post, path = "/api/auth/logout", tag = "auth", request_body = RefreshRequest,
+    security(("bearer" = [])), responses((status = 204), (status = 401, body = Problem)))]
+pub async fn logout(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ClientOrigin(origin): ClientOrigin,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, AppError> {
+    let request: RefreshRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RefreshRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    service::logout(&state, &caller.claims, request.refresh_token.as_deref(), &origin).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/auth/me", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = UserWithLabs), (status = 401, body = Problem)))]
+pub async fn me(State(state): State<AppState>, caller: AuthUser) -> Result<Json<UserWithLabs>, AppError> {
+    Ok(Json(service::me(&state, &caller.user).await?))
+}
+
+#[utoipa::path(get, path = "/api/auth/sessions", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = Vec<SessionView>), (status = 401, body = Problem)))]
+pub async fn list_sessions(
+    State(state): State<AppState>,
+    caller: AuthUser,
+) -> Result<Json<Vec<SessionView>>, AppError> {
+    let mut connection = state.store.read().await?;
+    let list = sessions::list_open(&mut connection, caller.user.id, &caller.claims.sid, state.now()).await?;
+    Ok(Json(list))
+}
+
+#[utoipa::path(delete, path = "/api/auth/sessions/{id}", tag = "auth", security(("bearer" = [])),
+    params(("id" = String, Path)), responses((status = 204), (status = 401, body = Problem), (status = 404, body = Problem)))]
+pub async fn revoke_session(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ClientOrigin(origin): ClientOrigin,
+    Path(id): Path<String>,
+) -> Result<StatusCode, AppError> {
+    service::revoke_session(&state, caller.user.id, &id, &origin).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth",
+    responses((status = 200, description = "The public signing keys (JWK Set)")))]
+pub async fn jwks(State(state): State<AppState>) -> Response {
+    let mut response = Json(state.keys.jwks()).into_response();
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    response
+}

@@ -1,0 +1,386 @@
+//! The rules of registration, login, refresh and logout. Handlers call these; these call
+//! the store. Each state change commits with its audit event.
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::audit::{self, Action, Event, Origin};
+use crate::auth::password::{Verification, check_policy};
+use crate::auth::sessions::{self, Spend, TokenPair};
+use crate::auth::tokens::{Claims, TokenError, TokenType};
+use crate::http::AppError;
+use crate::http::error::FieldErrors;
+use crate::http::extract::token_rejection;
+use crate::security::lockout::{self, Reservation, Subject};
+use crate::state::AppState;
+use crate::users::store::{self as user_store, NewUser};
+use crate::users::{Email, User, UserView, UserWithLabs, Username, parse_name};
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub username: String,
+    pub email: String,
+    #[schema(value_type = String, format = Password)]
+    pub password: SecretString,
+    #[serde(default)]
+    pub first_name: Option<String>,
+    #[serde(default)]
+    pub last_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// Username or email.
+    pub username: String,
+    #[schema(value_type = String, format = Password)]
+    pub password: SecretString,
+    #[serde(default)]
+    pub totp_code: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct LoginResponse {
+    #[serde(flatten)]
+    pub tokens: TokenPair,
+    pub user: UserWithLabs,
+}
+
+/// Validated registration fields, with every field's problem reported at once.
+struct Registration {
+    username: Username,
+    email: Email,
+    first_name: String,
+    last_name: String,
+}
+
+fn validate_registration(request: &RegisterRequest, min_length: usize) -> Result<Registration, AppError> {
+    use secrecy::ExposeSecret;
+    let mut errors = FieldErrors::new();
+    let mut note = |field: &str, result: Result<(), String>| {
+        if let Err(message) = result {
+            errors.entry(field.to_string()).or_default().push(message);
+        }
+    };
+    let username = Username::parse(&request.username);
+    note("username", username.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+    let email = Email::parse(&request.email);
+    note("email", email.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+    note(
+        "password",
+        check_policy(request.password.expose_secret(), min_length, Some(&request.username)),
+    );
+    let first_name = parse_name(request.first_name.as_deref().unwrap_or_default());
+    note("first_name", first_name.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+    let last_name = parse_name(request.last_name.as_deref().unwrap_or_default());
+    note("last_name", last_name.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+    match (username, email, first_name, last_name) {
+        (Ok(username), Ok(email), Ok(first_name), Ok(last_name)) if errors.is_empty() => Ok(Registration {
+            username,
+            email,
+            first_name,
+            last_name,
+        }),
+        _ => Err(AppError::Validation(errors)),
+    }
+}
+
+pub async fn register(state: &AppState, request: RegisterRequest, origin: &Origin) -> Result<UserView, AppError> {
+    let fields = validate_registration(&request, state.config.password_min_length)?;
+    let password = request.password;
+    let password_hash = state.hashing(move |hasher| hasher.hash(&password)).await??;
+    let now = state.now();
+    let mut transaction = state.store.begin().await?;
+    let user = user_store::insert(
+        &mut transaction,
+        NewUser {
+            username: &fields.username,
+            email: &fields.email,
+            password_hash: &password_hash,
+            first_name: &fields.first_name,
+            last_name: &fields.last_name,
+            is_admin: false,
+            is_active: true,
+            email_verified: false,
+        },
+        now,
+    )
+    .await?;
+    audit::record(
+        &mut transaction,
+        Event::new(Action::Register, now)
+            .actor(Some(user.id))
+            .resource("user", user.id)
+            .details(json!({"username": user.username, "email": user.email}))
+            .origin(origin),
+    )
+    .await?;
+    transaction.commit().await?;
+    Ok(user.view(now))
+}
+
+const BAD_CREDENTIALS: &str = "Invalid username or password.";
+
+pub async fn login(state: &AppState, request: LoginRequest, origin: &Origin) -> Result<LoginResponse, AppError> {
+    let login = request.username.trim().to_string();
+    if login.is_empty() || login.len() > 254 {
+        return Err(AppError::field("username", "must be a username or an email address"));
+    }
+    let policy = state.lockout_policy();
+    let user = {
+        let mut connection = state.store.read().await?;
+        user_store::find_by_login(&mut connection, &login).await?
+    };
+    let subject = match &user {
+        Some(user) => Subject::User(user.id),
+        None => Subject::UnknownName(login.to_lowercase()),
+    };
+
+    let now = state.now();
+    let reservation = {
+        let mut transaction = state.store.begin().await?;
+        let reservation = lockout::reserve(&mut transaction, policy, &subject, now).await?;
+        if let Reservation::Locked { until } = reservation {
+            record_failure(&mut transaction, &login, user.as_ref(), origin, now, "locked").await?;
+            transaction.commit().await?;
+            let retry_after_seconds = ((until - now).max(0) as u64).div_ceil(1000);
+            return Err(AppError::Locked { retry_after_seconds });
+        }
+        transaction.commit().await?;
+        reservation
+    };
+
+    let stored_hash = user.as_ref().map(|user| user.password_hash.clone());
+    let password = request.password;
+    let rehash_password = password.clone();
+    let verification = state
+        .hashing(move |hasher| hasher.verify(&password, stored_hash.as_deref()))
+        .await?;
+    let now = state.now();
+
+    let user = match (user, verification.matched()) {
+        (Some(user), true) if user.is_active() => user,
+        (user, matched) => {
+            let reason = if matched { "inactive" } else { "invalid_credentials" };
+            let mut transaction = state.store.begin().await?;
+            if matched {
+                // The password was right: the account is disabled, not under attack.
+                lockout::clear(&mut transaction, &subject).await?;
+            }
+            record_failure(&mut transaction, &login, user.as_ref(), origin, now, reason).await?;
+            if !matched && reservation.locks_on_failure(policy) {
+                audit::record(
+                    &mut transaction,
+                    Event::new(Action::AccountLocked, now)
+                        .actor(user.as_ref().map(|user| user.id))
+                        .resource("security", user.as_ref().map_or(0, |user| user.id))
+                        .details(json!({
+                            "username": login,
+                            "locked_until": crate::clock::to_rfc3339(now + policy.duration),
+                        }))
+                        .origin(origin),
+                )
+                .await?;
+            }
+            transaction.commit().await?;
+            return Err(AppError::Unauthorized(BAD_CREDENTIALS));
+        }
+    };
+
+    let rehashed = match verification {
+        Verification::MatchNeedsRehash => Some(state.hashing(move |hasher| hasher.hash(&rehash_password)).await??),
+        _ => None,
+    };
+    let lifetime = state.config.refresh_token_ttl.as_millis() as i64;
+    let mut transaction = state.store.begin().await?;
+    lockout::clear(&mut transaction, &subject).await?;
+    user_store::record_login(&mut transaction, user.id, rehashed.as_deref(), now).await?;
+    let session_id = sessions::open(&mut transaction, user.id, origin, now, lifetime).await?;
+    let tokens = sessions::issue_tokens(&mut transaction, state, &user, &session_id, now + lifetime, now).await?;
+    record_attempt(&mut transaction, &login, origin, true, now).await?;
+    audit::record(
+        &mut transaction,
+        Event::new(Action::Login, now)
+            .actor(Some(user.id))
+            .resource("session", &session_id)
+            .details(json!({"rehashed": rehashed.is_some()}))
+            .origin(origin),
+    )
+    .await?;
+    let labs = user_store::labs_of(&mut transaction, user.id).await?;
+    let user = user_store::find_by_id(&mut transaction, user.id)
+        .await?
+        .ok_or(AppError::Unauthorized(BAD_CREDENTIALS))?;
+    transaction.commit().await?;
+    Ok(LoginResponse {
+        tokens,
+        user: UserWithLabs {
+            user: user.view(now),
+            labs,
+        },
+    })
+}
+
+async fn record_attempt(
+    connection: &mut crate::store::Connection,
+    login: &str,
+    origin: &Origin,
+    success: bool,
+    now: i64,
+) -> Result<(), AppError> {
+    sqlx::query(
+        "INSERT INTO login_attempts (username, ip, user_agent, success, attempted_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(login)
+    .bind(&origin.ip)
+    .bind(&origin.user_agent)
+    .bind(crate::store::flag(success))
+    .bind(now)
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
+async fn record_failure(
+    connection: &mut crate::store::Connection,
+    login: &str,
+    user: Option<&User>,
+    origin: &Origin,
+    now: i64,
+    reason: &str,
+) -> Result<(), AppError> {
+    record_attempt(connection, login, origin, false, now).await?;
+    audit::record(
+        connection,
+        Event::new(Action::LoginFailed, now)
+            .failed()
+            .actor(user.map(|user| user.id))
+            .resource("user", user.map_or_else(|| login.to_string(), |user| user.id.to_string()))
+            .details(json!({"username": login, "reason": reason}))
+            .origin(origin),
+    )
+    .await
+}
+
+/// Verifies a refresh token, reloading keys once if another instance rotated them.
+async fn verify_refresh_token(state: &AppState, token: &str) -> Result<Claims, AppError> {
+    let now = state.now();
+    match state.keys.verify(token, TokenType::Refresh, now) {
+        Err(TokenError::UnknownKey) => {
+            state.keys.reload(&state.store, state.config.jwt_algorithm, now).await?;
+            state.keys.verify(token, TokenType::Refresh, now).map_err(token_rejection)
+        }
+        other => other.map_err(token_rejection),
+    }
+}
+
+pub async fn refresh(state: &AppState, refresh_token: &str, origin: &Origin) -> Result<TokenPair, AppError> {
+    let claims = verify_refresh_token(state, refresh_token).await?;
+    let user_id = claims.user_id().ok_or(AppError::Unauthorized("The token is invalid."))?;
+    let now = state.now();
+    let mut transaction = state.store.begin().await?;
+    match sessions::spend_refresh_token(&mut transaction, &claims, now).await? {
+        Spend::Spent { session_expires_at } => {
+            let user = user_store::find_by_id(&mut transaction, user_id)
+                .await?
+                .filter(User::is_active)
+                .ok_or(AppError::Unauthorized("The session has ended."))?;
+            let tokens =
+                sessions::issue_tokens(&mut transaction, state, &user, &claims.sid, session_expires_at, now).await?;
+            audit::record(
+                &mut transaction,
+                Event::new(Action::TokenRefreshed, now)
+                    .actor(Some(user.id))
+                    .resource("session", &claims.sid)
+                    .origin(origin),
+            )
+            .await?;
+            transaction.commit().await?;
+            Ok(tokens)
+        }
+        Spend::Reused => {
+            audit::record(
+                &mut transaction,
+                Event::new(Action::RefreshTokenReused, now)
+                    .failed()
+                    .actor(Some(user_id))
+                    .resource("session", &claims.sid)
+                    .details(json!({"revoked": "session"}))
+                    .origin(origin),
+            )
+            .await?;
+            transaction.commit().await?;
+            Err(AppError::Unauthorized("The refresh token was already used; the session is revoked."))
+        }
+        Spend::Dead => Err(AppError::Unauthorized("The session has ended.")),
+    }
+}
+
+/// Ends the caller's session, and the session of `refresh_token` too when it is the caller's.
+pub async fn logout(
+    state: &AppState,
+    caller: &Claims,
+    refresh_token: Option<&str>,
+    origin: &Origin,
+) -> Result<(), AppError> {
+    let user_id = caller.user_id().ok_or(AppError::Unauthorized("The token is invalid."))?;
+    let other_session = match refresh_token {
+        Some(token) => {
+            let claims = verify_refresh_token(state, token).await?;
+            if claims.sub != caller.sub {
+                return Err(AppError::Forbidden("The refresh token belongs to another user."));
+            }
+            (claims.sid != caller.sid).then_some(claims.sid)
+        }
+        None => None,
+    };
+    let now = state.now();
+    let mut transaction = state.store.begin().await?;
+    for session_id in std::iter::once(&caller.sid).chain(other_session.as_ref()) {
+        sessions::revoke(&mut transaction, session_id, "logout", now).await?;
+        audit::record(
+            &mut transaction,
+            Event::new(Action::Logout, now)
+                .actor(Some(user_id))
+                .resource("session", session_id)
+                .origin(origin),
+        )
+        .await?;
+    }
+    transaction.commit().await?;
+    Ok(())
+}
+
+pub async fn me(state: &AppState, user: &User) -> Result<UserWithLabs, AppError> {
+    let mut connection = state.store.read().await?;
+    let labs = user_store::labs_of(&mut connection, user.id).await?;
+    Ok(UserWithLabs {
+        user: user.view(state.now()),
+        labs,
+    })
+}
+
+pub async fn revoke_session(
+    state: &AppState,
+    user_id: i64,
+    session_id: &str,
+    origin: &Origin,
+) -> Result<(), AppError> {
+    let now = state.now();
+    let mut transaction = state.store.begin().await?;
+    if !sessions::revoke_own(&mut transaction, user_id, session_id, now).await? {
+        return Err(AppError::NotFound);
+    }
+    audit::record(
+        &mut transaction,
+        Event::new(Action::SessionRevoked, now)
+            .actor(Some(user_id))
+            .resource("session", session_id)
+            .origin(origin),
+    )
+    .await?;
+    transaction.commit().await?;
+    Ok(())
+}

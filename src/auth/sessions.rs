@@ -1,0 +1,264 @@
+//! Sessions (one a login) and their rotating refresh tokens.
+//!
+//! A session is the family of every refresh token descended from one login. Each refresh
+//! spends its token in one conditional UPDATE, so of many concurrent refreshes exactly one
+//! wins; a spent token presented again revokes the whole session. A session never outlives
+//! the refresh lifetime counted from its login.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use crate::audit::Origin;
+use crate::auth::tokens::{Claims, TokenType, hash_token, random_token};
+use crate::clock::{Millis, serialize_time};
+use crate::http::AppError;
+use crate::state::AppState;
+use crate::store::Connection;
+use crate::users::User;
+use crate::users::store::USER_COLUMNS;
+
+/// A freshly issued pair of tokens.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SessionView {
+    pub id: String,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    #[serde(serialize_with = "serialize_time")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Millis,
+    #[serde(serialize_with = "serialize_time")]
+    #[schema(value_type = String, format = DateTime)]
+    pub last_used_at: Millis,
+    pub current: bool,
+}
+
+/// Opens a session for a login and returns its id.
+pub async fn open(
+    connection: &mut Connection,
+    user_id: i64,
+    origin: &Origin,
+    now: Millis,
+    lifetime: Millis,
+) -> Result<String, AppError> {
+    let id = random_token()[..32].to_string();
+    sqlx::query(
+        "INSERT INTO sessions (id, user_id, ip, user_agent, created_at, last_used_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $5, $6)",
+    )
+    .bind(&id)
+    .bind(user_id)
+    .bind(&origin.ip)
+    .bind(&origin.user_agent)
+    .bind(now)
+    .bind(now + lifetime)
+    .execute(&mut *connection)
+    .await?;
+    Ok(id)
+}
+
+/// Signs an access token and a refresh token for `session_id`, recording the refresh token's
+/// hash. The refresh token expires with its session at the latest.
+pub async fn issue_tokens(
+    connection: &mut Connection,
+    state: &AppState,
+    user: &User,
+    session_id: &str,
+    session_expires_at: Millis,
+    now: Millis,
+) -> Result<TokenPair, AppError> {
+    let config = &state.config;
+    let access_ttl = config.access_token_ttl.as_millis() as i64;
+    let refresh_expires_at = (now + config.refresh_token_ttl.as_millis() as i64).min(session_expires_at);
+    let claims = |typ: TokenType, expires_at: Millis| Claims {
+        iss: state.keys.issuer().to_string(),
+        sub: user.id.to_string(),
+        iat: now / 1000,
+        exp: expires_at / 1000,
+        jti: random_token(),
+        typ,
+        sid: session_id.to_string(),
+        is_admin: user.is_admin(),
+    };
+    let access = claims(TokenType::Access, now + access_ttl);
+    let refresh = claims(TokenType::Refresh, refresh_expires_at);
+    sqlx::query(
+        "INSERT INTO refresh_tokens (token_hash, session_id, issued_at, expires_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(hash_token(&refresh.jti))
+    .bind(session_id)
+    .bind(now)
+    .bind(refresh_expires_at)
+    .execute(&mut *connection)
+    .await?;
+    Ok(TokenPair {
+        access_token: state.keys.sign(&access)?,
+        refresh_token: state.keys.sign(&refresh)?,
+        token_type: "Bearer",
+        expires_in: config.access_token_ttl.as_secs(),
+    })
+}
+
+pub enum Spend {
+    /// The token was live and is now spent; the session it belongs to, still open.
+    Spent { session_expires_at: Millis },
+    /// The token had been spent before: the session has been revoked.
+    Reused,
+    /// Unknown token, or its session is revoked or over.
+    Dead,
+}
+
+/// Spends a refresh token. Exactly one of many concurrent callers gets `Spent`.
+pub async fn spend_refresh_token(
+    connection: &mut Connection,
+    claims: &Claims,
+    now: Millis,
+) -> Result<Spend, AppError> {
+    let token_hash = hash_token(&claims.jti);
+    let spent = sqlx::query(
+        "UPDATE refresh_tokens SET spent_at = $2 WHERE token_hash = $1 AND spent_at IS NULL \
+         AND session_id = $3 RETURNING session_id",
+    )
+    .bind(&token_hash)
+    .bind(now)
+    .bind(&claims.sid)
+    .fetch_optional(&mut *connection)
+    .await?;
+    if spent.is_none() {
+        let known = sqlx::query("SELECT session_id FROM refresh_tokens WHERE token_hash = $1")
+            .bind(&token_hash)
+            .fetch_optional(&mut *connection)
+            .await?;
+        if known.is_some() {
+            revoke(connection, &claims.sid, "refresh_token_reused", now).await?;
+            return Ok(Spend::Reused);
+        }
+        return Ok(Spend::Dead);
+    }
+    let session = sqlx::query(
+        "SELECT expires_at FROM sessions WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2",
+    )
+    .bind(&claims.sid)
+    .bind(now)
+    .fetch_optional(&mut *connection)
+    .await?;
+    match session {
+        Some(row) => {
+            sqlx::query("UPDATE sessions SET last_used_at = $2 WHERE id = $1")
+                .bind(&claims.sid)
+                .bind(now)
+                .execute(&mut *connection)
+                .await?;
+            Ok(Spend::Spent {
+                session_expires_at: row.try_get("expires_at")?,
+            })
+        }
+        None => Ok(Spend::Dead),
+    }
+}
+
+/// Revokes one session; true if it was open.
+pub async fn revoke(
+    connection: &mut Connection,
+    session_id: &str,
+    reason: &str,
+    now: Millis,
+) -> Result<bool, AppError> {
+    let result = sqlx::query(
+        "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 WHERE id = $1 AND revoked_at IS NULL",
+    )
+    .bind(session_id)
+    .bind(now)
+    .bind(reason)
+    .execute(&mut *connection)
+    .await?;
+    Ok(result.rows_affected() > 0)
+}
+
+/// Revokes one session of `user_id`; false if it is not theirs or already over.
+pub async fn revoke_own(
+    connection: &mut Connection,
+    user_id: i64,
+    session_id: &str,
+    now: Millis,
+) -> Result<bool, AppError> {
+    let result = sqlx::query(
+        "UPDATE sessions SET revoked_at = $3, revoked_reason = 'revoked_by_user' \
+         WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL AND expires_at > $3",
+    )
+    .bind(session_id)
+    .bind(user_id)
+    .bind(now)
+    .execute(&mut *connection)
+    .await?;
+    Ok(result.rows_affected() > 0)
+}
+
+/// The caller's open sessions, most recently used first.
+pub async fn list_open(
+    connection: &mut Connection,
+    user_id: i64,
+    current_session: &str,
+    now: Millis,
+) -> Result<Vec<SessionView>, AppError> {
+    let rows = sqlx::query(
+        "SELECT id, ip, user_agent, created_at, last_used_at FROM sessions \
+         WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 \
+         ORDER BY last_used_at DESC, created_at DESC",
+    )
+    .bind(user_id)
+    .bind(now)
+    .fetch_all(&mut *connection)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let id: String = row.try_get("id")?;
+            Ok(SessionView {
+                current: id == current_session,
+                id,
+                ip: row.try_get("ip")?,
+                user_agent: row.try_get("user_agent")?,
+                created_at: row.try_get("created_at")?,
+                last_used_at: row.try_get("last_used_at")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(AppError::from)
+}
+
+/// The account behind an access token, if its session is still open and it is active.
+pub async fn live_session_user(
+    state: &AppState,
+    claims: &Claims,
+    now: Millis,
+) -> Result<Option<User>, AppError> {
+    let Some(user_id) = claims.user_id() else {
+        return Ok(None);
+    };
+    let columns = USER_COLUMNS
+        .split(", ")
+        .map(|column| format!("users.{}", column.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT {columns} FROM sessions JOIN users ON users.id = sessions.user_id \
+         WHERE sessions.id = $1 AND sessions.user_id = $2 AND sessions.revoked_at IS NULL \
+         AND sessions.expires_at > $3"
+    );
+    let mut connection = state.store.read().await?;
+    let user = sqlx::query_as::<_, User>(&sql)
+        .bind(&claims.sid)
+        .bind(user_id)
+        .bind(now)
+        .fetch_optional(&mut *connection)
+        .await?;
+    Ok(user.filter(User::is_active))
+}

@@ -1,0 +1,409 @@
+//! Signing keys and JWTs.
+//!
+//! Keys live in the database (private parts AES-256-GCM encrypted when `UMS_SECRET_KEY` is
+//! set), so every instance on one database signs and verifies with the same set. The newest
+//! key signs; older keys keep verifying until the longest token they could have signed has
+//! expired. Each key is pinned to its algorithm: a token whose header names another algorithm
+//! than its key's is refused, whatever the header says.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use anyhow::{Context, anyhow, bail};
+use argon2::password_hash::rand_core::{OsRng, RngCore};
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+use crate::clock::Millis;
+use crate::config::JwtAlgorithm;
+use crate::store::{Connection, Store};
+
+/// 256 random bits, URL-safe: refresh-token ids, session ids, reset and verification tokens.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Tokens are stored only as their SHA-256; 256 random bits need no salt or slow hash.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenType {
+    Access,
+    Refresh,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub jti: String,
+    pub typ: TokenType,
+    pub sid: String,
+    pub is_admin: bool,
+}
+
+impl Claims {
+    pub fn user_id(&self) -> Option<i64> {
+        self.sub.parse().ok()
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("malformed or badly signed token")]
+    Invalid,
+    #[error("token expired")]
+    Expired,
+    #[error("wrong token type")]
+    WrongType,
+    #[error("unknown signing key")]
+    UnknownKey,
+}
+
+struct VerifyingKey {
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+struct KeyRing {
+    signing_kid: String,
+    signing_algorithm: Algorithm,
+    signing_key: EncodingKey,
+    verifying: HashMap<String, VerifyingKey>,
+    jwks: serde_json::Value,
+}
+
+/// The loaded key set, shared by every request; reloaded when another instance rotates.
+#[derive(Clone)]
+pub struct Keys {
+    ring: Arc<RwLock<KeyRing>>,
+    issuer: String,
+    secret_key: Option<SecretString>,
+    /// How long a retired key keeps verifying (the refresh-token lifetime).
+    retirement: i64,
+}
+
+impl Keys {
+    /// Loads the keys, generating the first one of `algorithm` when the database has none.
+    pub async fn load_or_create(
+        store: &Store,
+        algorithm: JwtAlgorithm,
+        issuer: String,
+        secret_key: Option<SecretString>,
+        retirement: std::time::Duration,
+        now: Millis,
+    ) -> anyhow::Result<Self> {
+        let retirement = retirement.as_millis() as i64;
+        let mut transaction = store.begin().await?;
+        let has_signing_key = sqlx::query(
+            "SELECT kid FROM signing_keys WHERE retired_at IS NULL AND algorithm = $1",
+        )
+        .bind(algorithm.as_str())
+        .fetch_optional(&mut *transaction)
+        .await?
+        .is_some();
+        if !has_signing_key {
+            insert_new_key(&mut transaction, algorithm, secret_key.as_ref(), now).await?;
+        }
+        transaction.commit().await?;
+        let ring = load_ring(store, algorithm, secret_key.as_ref(), retirement, now).await?;
+        Ok(Keys {
+            ring: Arc::new(RwLock::new(ring)),
+            issuer,
+            secret_key,
+            retirement,
+        })
+    }
+
+    /// Re-reads the key set, picking up a rotation done by another process.
+    pub async fn reload(&self, store: &Store, algorithm: JwtAlgorithm, now: Millis) -> anyhow::Result<()> {
+        let ring = load_ring(store, algorithm, self.secret_key.as_ref(), self.retirement, now).await?;
+        *self.ring.write().map_err(|_| anyhow!("key ring lock poisoned"))? = ring;
+        Ok(())
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn jwks(&self) -> serde_json::Value {
+        self.ring
+            .read()
+            .map(|ring| ring.jwks.clone())
+            .unwrap_or_else(|_| serde_json::json!({"keys": []}))
+    }
+
+    pub fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
+        let ring = self.ring.read().map_err(|_| anyhow!("key ring lock poisoned"))?;
+        let mut header = Header::new(ring.signing_algorithm);
+        header.kid = Some(ring.signing_kid.clone());
+        header.typ = Some("JWT".into());
+        jsonwebtoken::encode(&header, claims, &ring.signing_key).context("signing a token")
+    }
+
+    /// Verifies signature, issuer, expiry (against `now`, no leeway) and type.
+    pub fn verify(&self, token: &str, expected: TokenType, now: Millis) -> Result<Claims, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
+        let kid = header.kid.ok_or(TokenError::Invalid)?;
+        let ring = self.ring.read().map_err(|_| TokenError::Invalid)?;
+        let key = ring.verifying.get(&kid).ok_or(TokenError::UnknownKey)?;
+        if header.alg != key.algorithm {
+            return Err(TokenError::Invalid);
+        }
+        let mut validation = Validation::new(key.algorithm);
+        validation.leeway = 0;
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_required_spec_claims(&["exp", "iss", "sub", "iat"]);
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
+            .map_err(|_| TokenError::Invalid)?
+            .claims;
+        if claims.exp * 1000 <= now {
+            return Err(TokenError::Expired);
+        }
+        if claims.typ != expected {
+            return Err(TokenError::WrongType);
+        }
+        Ok(claims)
+    }
+}
+
+/// `ums keys rotate`: a new key signs from now on; the old ones retire but keep verifying.
+pub async fn rotate(
+    store: &Store,
+    algorithm: JwtAlgorithm,
+    secret_key: Option<&SecretString>,
+    now: Millis,
+) -> anyhow::Result<String> {
+    let mut transaction = store.begin().await?;
+    sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL")
+        .bind(now)
+        .execute(&mut *transaction)
+        .await?;
+    let kid = insert_new_key(&mut transaction, algorithm, secret_key, now).await?;
+    crate::audit::record(
+        &mut transaction,
+        crate::audit::Event::new(crate::audit::Action::KeyRotated, now)
+            .resource("key", &kid)
+            .details(serde_json::json!({"algorithm": algorithm.as_str()})),
+    )
+    .await?;
+    transaction.commit().await?;
+    Ok(kid)
+}
+
+async fn insert_new_key(
+    connection: &mut Connection,
+    algorithm: JwtAlgorithm,
+    secret_key: Option<&SecretString>,
+    now: Millis,
+) -> anyhow::Result<String> {
+    let kid = random_token()[..16].to_string();
+    let (private_der, jwt_algorithm) = generate_key(algorithm)?;
+    let encoding_key = encoding_key(algorithm, &private_der)?;
+    let mut jwk = Jwk::from_encoding_key(&encoding_key, jwt_algorithm).context("building the JWK")?;
+    jwk.common.key_id = Some(kid.clone());
+    jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
+    sqlx::query(
+        "INSERT INTO signing_keys (kid, algorithm, private_key, public_jwk, created_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&kid)
+    .bind(algorithm.as_str())
+    .bind(seal(&private_der, secret_key)?)
+    .bind(serde_json::to_string(&jwk)?)
+    .bind(now)
+    .execute(&mut *connection)
+    .await?;
+    Ok(kid)
+}
+
+fn generate_key(algorithm: JwtAlgorithm) -> anyhow::Result<(Vec<u8>, Algorithm)> {
+    match algorithm {
+        JwtAlgorithm::Rs256 => {
+            let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+                .map_err(|_| anyhow!("generating an RSA key"))?;
+            let der: aws_lc_rs::encoding::Pkcs8V1Der<'static> =
+                pair.as_der().map_err(|_| anyhow!("encoding the RSA key"))?;
+            Ok((der.as_ref().to_vec(), Algorithm::RS256))
+        }
+        JwtAlgorithm::EdDsa => {
+            let pair = aws_lc_rs::signature::Ed25519KeyPair::generate()
+                .map_err(|_| anyhow!("generating an Ed25519 key"))?;
+            let der = pair
+                .to_pkcs8v1()
+                .map_err(|_| anyhow!("encoding the Ed25519 key"))?;
+            Ok((der.as_ref().to_vec(), Algorithm::EdDSA))
+        }
+    }
+}
+
+fn encoding_key(algorithm: JwtAlgorithm, private_der: &[u8]) -> anyhow::Result<EncodingKey> {
+    match algorithm {
+        // jsonwebtoken reads RSA keys as PKCS#1; its PEM reader unwraps our PKCS#8.
+        JwtAlgorithm::Rs256 => {
+            let pem = format!(
+                "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+                STANDARD.encode(private_der)
+            );
+            EncodingKey::from_rsa_pem(pem.as_bytes()).context("loading an RSA key")
+        }
+        JwtAlgorithm::EdDsa => Ok(EncodingKey::from_ed_der(private_der)),
+    }
+}
+
+async fn load_ring(
+    store: &Store,
+    algorithm: JwtAlgorithm,
+    secret_key: Option<&SecretString>,
+    retirement: i64,
+    now: Millis,
+) -> anyhow::Result<KeyRing> {
+    let mut connection = store.read().await?;
+    let rows = sqlx::query(
+        "SELECT kid, algorithm, private_key, public_jwk, retired_at FROM signing_keys \
+         WHERE retired_at IS NULL OR retired_at > $1 ORDER BY created_at DESC, kid",
+    )
+    .bind(now - retirement)
+    .fetch_all(&mut *connection)
+    .await?;
+    let mut verifying = HashMap::new();
+    let mut public = Vec::new();
+    let mut signing = None;
+    for row in rows {
+        let kid: String = row.try_get("kid")?;
+        let key_algorithm: String = row.try_get("algorithm")?;
+        let jwk: Jwk = serde_json::from_str(&row.try_get::<String, _>("public_jwk")?)?;
+        let jwt_algorithm = match JwtAlgorithm::parse(&key_algorithm) {
+            Some(JwtAlgorithm::Rs256) => Algorithm::RS256,
+            Some(JwtAlgorithm::EdDsa) => Algorithm::EdDSA,
+            None => bail!("signing key {kid} has an unknown algorithm {key_algorithm}"),
+        };
+        let retired: Option<i64> = row.try_get("retired_at")?;
+        if retired.is_none() && signing.is_none() && key_algorithm == algorithm.as_str() {
+            let sealed: String = row.try_get("private_key")?;
+            let der = unseal(&sealed, secret_key).with_context(|| format!("opening signing key {kid}"))?;
+            signing = Some((kid.clone(), jwt_algorithm, encoding_key(algorithm, &der)?));
+        }
+        verifying.insert(
+            kid,
+            VerifyingKey {
+                algorithm: jwt_algorithm,
+                key: DecodingKey::from_jwk(&jwk).context("loading a public key")?,
+            },
+        );
+        public.push(jwk);
+    }
+    let (signing_kid, signing_algorithm, signing_key) =
+        signing.ok_or_else(|| anyhow!("no signing key for {}", algorithm.as_str()))?;
+    Ok(KeyRing {
+        signing_kid,
+        signing_algorithm,
+        signing_key,
+        verifying,
+        jwks: serde_json::to_value(JwkSet { keys: public })?,
+    })
+}
+
+/// Private key material at rest: `plain:<base64>` or, with `UMS_SECRET_KEY`,
+/// `aes256gcm:<base64 nonce||ciphertext>` under a key derived from the secret.
+fn seal(plain: &[u8], secret_key: Option<&SecretString>) -> anyhow::Result<String> {
+    let Some(secret_key) = secret_key else {
+        return Ok(format!("plain:{}", STANDARD.encode(plain)));
+    };
+    let key = aead_key(secret_key)?;
+    let mut nonce = [0u8; 12];
+    SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| anyhow!("random nonce"))?;
+    let mut sealed = plain.to_vec();
+    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut sealed)
+        .map_err(|_| anyhow!("encrypting key material"))?;
+    let mut output = nonce.to_vec();
+    output.extend_from_slice(&sealed);
+    Ok(format!("aes256gcm:{}", STANDARD.encode(output)))
+}
+
+fn unseal(stored: &str, secret_key: Option<&SecretString>) -> anyhow::Result<Vec<u8>> {
+    if let Some(plain) = stored.strip_prefix("plain:") {
+        return Ok(STANDARD.decode(plain)?);
+    }
+    let Some(sealed) = stored.strip_prefix("aes256gcm:") else {
+        bail!("unknown key encoding");
+    };
+    let secret_key =
+        secret_key.ok_or_else(|| anyhow!("the key is encrypted and UMS_SECRET_KEY is not set"))?;
+    let mut bytes = STANDARD.decode(sealed)?;
+    if bytes.len() < 12 {
+        bail!("truncated key material");
+    }
+    let ciphertext = bytes.split_off(12);
+    let nonce: [u8; 12] = bytes.try_into().map_err(|_| anyhow!("bad nonce"))?;
+    let mut ciphertext = ciphertext;
+    let plain = aead_key(secret_key)?
+        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut ciphertext)
+        .map_err(|_| anyhow!("UMS_SECRET_KEY does not open the stored key"))?;
+    Ok(plain.to_vec())
+}
+
+fn aead_key(secret_key: &SecretString) -> anyhow::Result<LessSafeKey> {
+    let digest = Sha256::digest(secret_key.expose_secret().as_bytes());
+    let key = UnboundKey::new(&AES_256_GCM, &digest).map_err(|_| anyhow!("AES key"))?;
+    Ok(LessSafeKey::new(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_key_material_opens_only_with_its_secret() {
+        let secret = SecretString::from("s3cret".to_string());
+        let sealed = seal(b"private bytes", Some(&secret)).unwrap();
+        assert!(sealed.starts_with("aes256gcm:"));
+        assert!(!sealed.contains("private"));
+        assert_eq!(unseal(&sealed, Some(&secret)).unwrap(), b"private bytes");
+        let wrong = SecretString::from("other".to_string());
+        assert!(unseal(&sealed, Some(&wrong)).is_err());
+        assert!(unseal(&sealed, None).is_err());
+    }
+
+    #[test]
+    fn random_tokens_carry_256_bits_and_never_repeat() {
+        let a = random_token();
+        assert_eq!(URL_SAFE_NO_PAD.decode(&a).unwrap().len(), 32);
+        assert_ne!(a, random_token());
+        assert_eq!(hash_token(&a).len(), 64);
+    }
+
+    #[test]
+    fn both_algorithms_make_keys_that_sign_and_publish() {
+        for algorithm in [JwtAlgorithm::Rs256, JwtAlgorithm::EdDsa] {
+            let (der, jwt_algorithm) = generate_key(algorithm).unwrap();
+            let key = encoding_key(algorithm, &der).unwrap();
+            let jwk = Jwk::from_encoding_key(&key, jwt_algorithm).unwrap();
+            let decoding = DecodingKey::from_jwk(&jwk).unwrap();
+            let token = jsonwebtoken::encode(&Header::new(jwt_algorithm), &serde_json::json!({"sub": "1", "exp": 4_000_000_000i64}), &key).unwrap();
+            let mut validation = Validation::new(jwt_algorithm);
+            validation.set_required_spec_claims(&["sub"]);
+            assert!(jsonwebtoken::decode::<serde_json::Value>(&token, &decoding, &validation).is_ok());
+        }
+    }
+}

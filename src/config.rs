@@ -1,0 +1,477 @@
+//! Configuration: every `UMS_*` variable of the contract, parsed once at start.
+//!
+//! A bad value stops the start with an error that names the variable. Parsing takes a
+//! lookup function rather than reading the process environment directly, so tests build
+//! configurations without touching global state.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use secrecy::SecretString;
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {variable}: {message}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub message: String,
+}
+
+fn invalid(variable: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    Rs256,
+    EdDsa,
+}
+
+impl JwtAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JwtAlgorithm::Rs256 => "RS256",
+            JwtAlgorithm::EdDsa => "EdDSA",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "RS256" => Some(JwtAlgorithm::Rs256),
+            "EdDSA" => Some(JwtAlgorithm::EdDsa),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// Argon2id cost. OWASP's recommendation (19 MiB, 2 passes, 1 lane) by default; tests lower it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashCost {
+    pub memory_kib: u32,
+    pub iterations: u32,
+}
+
+impl Default for HashCost {
+    fn default() -> Self {
+        HashCost {
+            memory_kib: 19_456,
+            iterations: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BootstrapAdmin {
+    pub username: String,
+    pub email: String,
+    pub password: SecretString,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: DatabaseUrl,
+    pub replica_url: Option<DatabaseUrl>,
+    pub redis_url: Option<SecretString>,
+    pub bind: SocketAddr,
+    pub public_url: String,
+    pub smtp_url: Option<SecretString>,
+    pub mail_from: String,
+    pub jwt_algorithm: JwtAlgorithm,
+    pub issuer: String,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub reset_token_ttl: Duration,
+    pub verification_token_ttl: Duration,
+    pub secret_key: Option<SecretString>,
+    pub cors_origins: Vec<String>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub password_min_length: usize,
+    pub hash_cost: HashCost,
+    pub lockout_threshold: u32,
+    pub lockout_duration: Duration,
+    pub ip_block_threshold: u32,
+    pub ip_block_duration: Duration,
+    pub rate_limit_per_minute: u32,
+    pub anon_rate_limit_per_minute: u32,
+    pub session_rate_per_second: u32,
+    pub log_format: LogFormat,
+    pub bootstrap_admin: Option<BootstrapAdmin>,
+    pub database_timeout: Duration,
+}
+
+/// A database URL whose password never reaches `Debug` output or logs.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        DatabaseUrl(url.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.0.starts_with("sqlite:")
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return self.0.clone();
+        };
+        match rest.split_once('@') {
+            Some((credentials, host)) => {
+                let user = credentials.split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}:***@{host}")
+            }
+            None => self.0.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+pub const DEFAULT_SQLITE_PATH: &str = "./data/ums.db";
+
+impl Config {
+    /// Reads `.env` (when present) and then the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        // A missing .env is normal; a malformed one is worth refusing.
+        if let Err(error) = dotenvy::dotenv()
+            && !error.not_found()
+        {
+            return Err(invalid(".env", error.to_string()));
+        }
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
+
+        let database_url = match get("UMS_DATABASE_URL") {
+            Some(url) => parse_database_url("UMS_DATABASE_URL", &url)?,
+            None => DatabaseUrl::new(format!("sqlite://{DEFAULT_SQLITE_PATH}")),
+        };
+        let replica_url = get("UMS_DATABASE_REPLICA_URL")
+            .map(|url| parse_database_url("UMS_DATABASE_REPLICA_URL", &url))
+            .transpose()?;
+        let redis_url = get("UMS_REDIS_URL")
+            .map(|url| {
+                if url.starts_with("redis://") || url.starts_with("rediss://") {
+                    Ok(SecretString::from(url))
+                } else {
+                    Err(invalid("UMS_REDIS_URL", "expected redis:// or rediss://"))
+                }
+            })
+            .transpose()?;
+        let bind = match get("UMS_BIND") {
+            Some(value) => value
+                .parse()
+                .map_err(|_| invalid("UMS_BIND", format!("`{value}` is not host:port")))?,
+            None => SocketAddr::from(([127, 0, 0, 1], 5000)),
+        };
+        let public_url = get("UMS_PUBLIC_URL")
+            .unwrap_or_else(|| format!("http://{bind}"))
+            .trim_end_matches('/')
+            .to_string();
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+            return Err(invalid("UMS_PUBLIC_URL", "expected an http:// or https:// URL"));
+        }
+        let smtp_url = get("UMS_SMTP_URL")
+            .map(|url| {
+                if url.starts_with("smtp://") || url.starts_with("smtps://") {
+                    Ok(SecretString::from(url))
+                } else {
+                    Err(invalid("UMS_SMTP_URL", "expected smtp:// or smtps://"))
+                }
+            })
+            .transpose()?;
+        let mail_from = get("UMS_MAIL_FROM").unwrap_or_else(|| "UMS <no-reply@localhost>".into());
+        parse_mailbox(&mail_from).ok_or_else(|| {
+            invalid(
+                "UMS_MAIL_FROM",
+                "expected addr@host or Name <addr@host>",
+            )
+        })?;
+        let jwt_algorithm = match get("UMS_JWT_ALGORITHM") {
+            Some(value) => JwtAlgorithm::parse(&value)
+                .ok_or_else(|| invalid("UMS_JWT_ALGORITHM", "expected RS256 or EdDSA"))?,
+            None => JwtAlgorithm::Rs256,
+        };
+        let duration = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+            match get(name) {
+                Some(value) => parse_duration(&value).ok_or_else(|| {
+                    invalid(name, format!("`{value}` is not a duration like 45s, 30m, 1h, 30d"))
+                }),
+                None => Ok(default),
+            }
+        };
+        let number = |name: &'static str, default: u32| -> Result<u32, ConfigError> {
+            match get(name) {
+                Some(value) => value
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| invalid(name, format!("`{value}` is not a positive integer"))),
+                None => Ok(default),
+            }
+        };
+        let cors_origins = get("UMS_CORS_ORIGINS")
+            .map(|value| split_list(&value))
+            .unwrap_or_default();
+        for origin in &cors_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(invalid(
+                    "UMS_CORS_ORIGINS",
+                    format!("`{origin}` is not an http(s) origin"),
+                ));
+            }
+        }
+        let trusted_proxies = get("UMS_TRUSTED_PROXIES")
+            .map(|value| {
+                split_list(&value)
+                    .iter()
+                    .map(|entry| parse_network(entry))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        invalid("UMS_TRUSTED_PROXIES", "expected addresses or CIDR ranges")
+                    })
+            })
+            .transpose()?
+            .unwrap_or_default();
+        let log_format = match get("UMS_LOG_FORMAT").as_deref() {
+            None | Some("pretty") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(_) => return Err(invalid("UMS_LOG_FORMAT", "expected json or pretty")),
+        };
+        let bootstrap_admin = match (
+            get("UMS_BOOTSTRAP_ADMIN_USERNAME"),
+            get("UMS_BOOTSTRAP_ADMIN_EMAIL"),
+            get("UMS_BOOTSTRAP_ADMIN_PASSWORD"),
+        ) {
+            (None, None, None) => None,
+            (Some(username), Some(email), Some(password)) => Some(BootstrapAdmin {
+                username,
+                email,
+                password: SecretString::from(password),
+            }),
+            _ => {
+                return Err(invalid(
+                    "UMS_BOOTSTRAP_ADMIN_USERNAME",
+                    "set UMS_BOOTSTRAP_ADMIN_USERNAME, _EMAIL and _PASSWORD together",
+                ));
+            }
+        };
+        let defaults = HashCost::default();
+        let hash_cost = HashCost {
+            memory_kib: number("UMS_PASSWORD_HASH_MEMORY_KIB", defaults.memory_kib)?,
+            iterations: number("UMS_PASSWORD_HASH_ITERATIONS", defaults.iterations)?,
+        };
+        if hash_cost.memory_kib < 8 {
+            return Err(invalid("UMS_PASSWORD_HASH_MEMORY_KIB", "at least 8"));
+        }
+        let password_min_length = number("UMS_PASSWORD_MIN_LENGTH", 8)? as usize;
+        if password_min_length > crate::auth::password::MAX_PASSWORD_LENGTH {
+            return Err(invalid("UMS_PASSWORD_MIN_LENGTH", "at most 256"));
+        }
+
+        Ok(Config {
+            database_url,
+            replica_url,
+            redis_url,
+            bind,
+            issuer: public_url.clone(),
+            public_url,
+            smtp_url,
+            mail_from,
+            jwt_algorithm,
+            access_token_ttl: duration("UMS_ACCESS_TOKEN_TTL", Duration::from_secs(3600))?,
+            refresh_token_ttl: duration("UMS_REFRESH_TOKEN_TTL", Duration::from_secs(30 * 86_400))?,
+            reset_token_ttl: duration("UMS_RESET_TOKEN_TTL", Duration::from_secs(86_400))?,
+            verification_token_ttl: duration(
+                "UMS_VERIFICATION_TOKEN_TTL",
+                Duration::from_secs(2 * 86_400),
+            )?,
+            secret_key: get("UMS_SECRET_KEY").map(SecretString::from),
+            cors_origins,
+            trusted_proxies,
+            password_min_length,
+            hash_cost,
+            lockout_threshold: number("UMS_LOCKOUT_THRESHOLD", 5)?,
+            lockout_duration: duration("UMS_LOCKOUT_DURATION", Duration::from_secs(30 * 60))?,
+            ip_block_threshold: number("UMS_IP_BLOCK_THRESHOLD", 20)?,
+            ip_block_duration: duration("UMS_IP_BLOCK_DURATION", Duration::from_secs(3600))?,
+            rate_limit_per_minute: number("UMS_RATE_LIMIT_PER_MINUTE", 1000)?,
+            anon_rate_limit_per_minute: number("UMS_ANON_RATE_LIMIT_PER_MINUTE", 300)?,
+            session_rate_per_second: number("UMS_SESSION_RATE_PER_SECOND", 10)?,
+            log_format,
+            bootstrap_admin,
+            database_timeout: duration("UMS_DATABASE_TIMEOUT", Duration::from_secs(3))?,
+        })
+    }
+
+    /// The directory a SQLite database file lives in, so it can be created on first start.
+    pub fn sqlite_directory(&self) -> Option<PathBuf> {
+        let url = self.database_url.expose();
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))?;
+        let path = path.split('?').next().unwrap_or_default();
+        if path.is_empty() || path == ":memory:" {
+            return None;
+        }
+        PathBuf::from(path).parent().map(PathBuf::from)
+    }
+}
+
+fn parse_database_url(variable: &'static str, url: &str) -> Result<DatabaseUrl, ConfigError> {
+    let supported = ["sqlite:", "postgres://", "postgresql://"];
+    if supported.iter().any(|prefix| url.starts_with(prefix)) {
+        Ok(DatabaseUrl::new(url))
+    } else {
+        Err(invalid(
+            variable,
+            "expected a sqlite:, postgres:// or postgresql:// URL",
+        ))
+    }
+}
+
+fn split_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn parse_network(entry: &str) -> Option<IpNet> {
+    entry
+        .parse::<IpNet>()
+        .ok()
+        .or_else(|| entry.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// `45s`, `30m`, `1h`, `30d`; a bare number is seconds.
+pub fn parse_duration(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let (digits, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
+        Some(index) => value.split_at(index),
+        None => (value, "s"),
+    };
+    let amount: u64 = digits.parse().ok()?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    amount
+        .checked_mul(seconds)
+        .filter(|total| *total > 0)
+        .map(Duration::from_secs)
+}
+
+/// Splits `Name <addr@host>` or `addr@host` into (name, address).
+pub fn parse_mailbox(value: &str) -> Option<(Option<String>, String)> {
+    let value = value.trim();
+    let (name, address) = match value.split_once('<') {
+        Some((name, rest)) => {
+            let address = rest.strip_suffix('>')?;
+            let name = name.trim().trim_matches('"');
+            ((!name.is_empty()).then(|| name.to_string()), address.trim())
+        }
+        None => (None, value),
+    };
+    let (local, domain) = address.split_once('@')?;
+    if local.is_empty() || domain.is_empty() || address.contains(char::is_whitespace) {
+        return None;
+    }
+    Some((name, address.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_need_no_setup() {
+        let config = config(&[]).unwrap();
+        assert!(config.database_url.is_sqlite());
+        assert_eq!(config.bind.to_string(), "127.0.0.1:5000");
+        assert_eq!(config.jwt_algorithm, JwtAlgorithm::Rs256);
+        assert_eq!(config.lockout_threshold, 5);
+        assert_eq!(config.access_token_ttl, Duration::from_secs(3600));
+        assert_eq!(config.sqlite_directory(), Some(PathBuf::from("./data")));
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        for (name, value) in [
+            ("UMS_JWT_ALGORITHM", "HS256"),
+            ("UMS_ACCESS_TOKEN_TTL", "an hour"),
+            ("UMS_BIND", "localhost"),
+            ("UMS_TRUSTED_PROXIES", "10.0.0.0/99"),
+            ("UMS_MAIL_FROM", "nobody"),
+            ("UMS_LOCKOUT_THRESHOLD", "0"),
+            ("UMS_DATABASE_URL", "mysql://x"),
+        ] {
+            let error = config(&[(name, value)]).unwrap_err();
+            assert_eq!(error.variable, name);
+            assert!(error.to_string().contains(name));
+        }
+    }
+
+    #[test]
+    fn durations_take_the_contract_units() {
+        assert_eq!(parse_duration("45s"), Some(Duration::from_secs(45)));
+        assert_eq!(parse_duration("30m"), Some(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("30d"), Some(Duration::from_secs(2_592_000)));
+        assert_eq!(parse_duration("10"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("5w"), None);
+        assert_eq!(parse_duration("0s"), None);
+    }
+
+    #[test]
+    fn database_password_is_redacted_in_debug() {
+        let url = DatabaseUrl::new("postgres://ums:hunter2@db:5432/ums");
+        assert_eq!(format!("{url:?}"), "postgres://ums:***@db:5432/ums");
+    }
+
+    #[test]
+    fn mailboxes_parse_with_and_without_a_name() {
+        assert_eq!(
+            parse_mailbox("UMS <no-reply@lab.org>"),
+            Some((Some("UMS".into()), "no-reply@lab.org".into()))
+        );
+        assert_eq!(parse_mailbox("a@b.c"), Some((None, "a@b.c".into())));
+    }
+}

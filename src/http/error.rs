@@ -1,0 +1,166 @@
+//! The one error type. Every failure leaves the service as RFC 9457 problem+json with a
+//! stable `code`; the causes of 5xx answers are logged and never sent.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+pub type FieldErrors = BTreeMap<String, Vec<String>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("validation failed")]
+    Validation(FieldErrors),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    #[error("not found")]
+    NotFound,
+    #[error("conflict on {field}")]
+    Conflict { field: &'static str, message: &'static str },
+    #[error("account locked")]
+    Locked { retry_after_seconds: u64 },
+    #[error("too many requests")]
+    TooManyRequests { retry_after_seconds: u64 },
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("service unavailable")]
+    Unavailable,
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl AppError {
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        let mut errors = FieldErrors::new();
+        errors.insert(field.to_string(), vec![message.into()]);
+        AppError::Validation(errors)
+    }
+
+    pub fn conflict(field: &'static str, message: &'static str) -> Self {
+        AppError::Conflict { field, message }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::Validation(_) | AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::NotFound => StatusCode::NOT_FOUND,
+            AppError::Conflict { .. } => StatusCode::CONFLICT,
+            AppError::Locked { .. } => StatusCode::LOCKED,
+            AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A stable machine-readable code, also the last segment of the problem `type`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::Validation(_) => "validation_failed",
+            AppError::BadRequest(_) => "bad_request",
+            AppError::Unauthorized(_) => "unauthorized",
+            AppError::Forbidden(_) => "forbidden",
+            AppError::NotFound => "not_found",
+            AppError::Conflict { .. } => "conflict",
+            AppError::Locked { .. } => "account_locked",
+            AppError::TooManyRequests { .. } => "too_many_requests",
+            AppError::PayloadTooLarge => "payload_too_large",
+            AppError::Unavailable => "service_unavailable",
+            AppError::Internal(_) => "internal_error",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            AppError::Validation(_) => "The request has invalid fields.".into(),
+            AppError::BadRequest(detail) => detail.clone(),
+            AppError::Unauthorized(detail) | AppError::Forbidden(detail) => (*detail).into(),
+            AppError::NotFound => "The resource does not exist.".into(),
+            AppError::Conflict { message, .. } => (*message).into(),
+            AppError::Locked { .. } => {
+                "The account is locked after repeated failed logins; try again later or reset the password."
+                    .into()
+            }
+            AppError::TooManyRequests { .. } => "Too many requests; slow down.".into(),
+            AppError::PayloadTooLarge => "The request body is larger than 1 MiB.".into(),
+            AppError::Unavailable => "The service is temporarily unavailable.".into(),
+            AppError::Internal(_) => "An internal error occurred.".into(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            AppError::Locked { retry_after_seconds }
+            | AppError::TooManyRequests { retry_after_seconds } => Some((*retry_after_seconds).max(1)),
+            AppError::Unavailable => Some(5),
+            _ => None,
+        }
+    }
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(error: sqlx::Error) -> Self {
+        if crate::store::is_unavailable(&error) {
+            tracing::warn!(error = %error, "database unavailable");
+            AppError::Unavailable
+        } else {
+            AppError::Internal(anyhow::Error::new(error))
+        }
+    }
+}
+
+/// RFC 9457 problem details.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub code: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<FieldErrors>,
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let AppError::Internal(cause) = &self {
+            tracing::error!(error = ?cause, "request failed");
+        }
+        let errors = match &self {
+            AppError::Validation(errors) => Some(errors.clone()),
+            AppError::Conflict { field, message } => {
+                Some(FieldErrors::from([((*field).to_string(), vec![(*message).to_string()])]))
+            }
+            _ => None,
+        };
+        let problem = Problem {
+            problem_type: format!("https://ums.dev/problems/{}", self.code()),
+            title: status.canonical_reason().unwrap_or("Error").to_string(),
+            status: status.as_u16(),
+            detail: self.detail(),
+            code: self.code().to_string(),
+            errors,
+        };
+        let mut response = (status, Json(problem)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(seconds) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}

@@ -1,0 +1,164 @@
+//! Extractors: who is calling, from where, and the parsed body. A handler states what it
+//! needs in its signature (`AuthUser`, `AdminUser`), so it cannot forget a check.
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::header::{AUTHORIZATION, USER_AGENT};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::audit::Origin;
+use crate::auth::tokens::{Claims, TokenError, TokenType};
+use crate::http::AppError;
+use crate::http::middleware::RequestId;
+use crate::security::client_ip::client_ip;
+use crate::state::AppState;
+use crate::users::User;
+
+/// Where a request came from: client IP (proxy-aware), user agent and request id.
+#[derive(Debug, Clone)]
+pub struct ClientOrigin(pub Origin);
+
+impl FromRequestParts<AppState> for ClientOrigin {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| {
+                let forwarded = parts
+                    .headers
+                    .get("x-forwarded-for")
+                    .and_then(|value| value.to_str().ok());
+                client_ip(peer.ip(), forwarded, &state.config.trusted_proxies).to_string()
+            });
+        let user_agent = parts
+            .headers
+            .get(USER_AGENT)
+            .and_then(|value| value.to_str().ok())
+            .map(|agent| agent.chars().take(512).collect());
+        let request_id = parts.extensions.get::<RequestId>().map(|id| id.0.clone());
+        Ok(ClientOrigin(Origin {
+            ip,
+            user_agent,
+            request_id,
+        }))
+    }
+}
+
+/// The bearer token of the `Authorization` header, if any.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// A caller with a valid access token whose session is live and whose account is active.
+/// The account is read from the store on every request, never trusted from the token.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub user: User,
+    pub claims: Claims,
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let token = bearer_token(&parts.headers).ok_or(AppError::Unauthorized("Missing bearer token."))?;
+        let now = state.now();
+        let claims = verify_access_token(state, token, now).await?;
+        let user = crate::auth::sessions::live_session_user(state, &claims, now)
+            .await?
+            .ok_or(AppError::Unauthorized("The session has ended."))?;
+        Ok(AuthUser { user, claims })
+    }
+}
+
+async fn verify_access_token(state: &AppState, token: &str, now: i64) -> Result<Claims, AppError> {
+    match state.keys.verify(token, TokenType::Access, now) {
+        Ok(claims) => Ok(claims),
+        // Another instance may have rotated keys since this one loaded them.
+        Err(TokenError::UnknownKey) => {
+            let algorithm = state.config.jwt_algorithm;
+            state.keys.reload(&state.store, algorithm, now).await?;
+            state
+                .keys
+                .verify(token, TokenType::Access, now)
+                .map_err(token_rejection)
+        }
+        Err(error) => Err(token_rejection(error)),
+    }
+}
+
+pub fn token_rejection(error: TokenError) -> AppError {
+    AppError::Unauthorized(match error {
+        TokenError::Expired => "The token has expired.",
+        TokenError::WrongType => "The token is of the wrong type.",
+        TokenError::Invalid | TokenError::UnknownKey => "The token is invalid.",
+    })
+}
+
+/// A system administrator (`is_admin`), checked against the store on every request.
+#[derive(Debug, Clone)]
+pub struct AdminUser(pub AuthUser);
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let caller = AuthUser::from_request_parts(parts, state).await?;
+        if caller.user.is_admin() {
+            Ok(AdminUser(caller))
+        } else {
+            Err(AppError::Forbidden("Administrator rights are required."))
+        }
+    }
+}
+
+/// A JSON body, read whatever the content type says. Malformed JSON, wrong types and
+/// unknown fields are 400 problems naming the field; a body over the limit is 413.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, AppError> {
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                AppError::PayloadTooLarge
+            } else {
+                AppError::BadRequest("The request body could not be read.".into())
+            }
+        })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
+    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return AppError::BadRequest(format!("The body is not valid JSON: {inner}"));
+        }
+        // serde's message names the expected type; its position suffix is noise here.
+        let message = inner.to_string();
+        let message = message.split(" at line").next().unwrap_or_default();
+        for (prefix, what) in [("unknown field `", "unknown field"), ("missing field `", "is required")] {
+            if let Some(rest) = message.strip_prefix(prefix) {
+                let field = rest.split('`').next().unwrap_or_default();
+                return AppError::field(field, what);
+            }
+        }
+        if path == "." {
+            AppError::BadRequest(format!("The body has the wrong shape: {message}"))
+        } else {
+            AppError::field(&path, message)
+        }
+    })
+}

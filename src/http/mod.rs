@@ -1,0 +1,112 @@
+//! The HTTP surface: router, extractors, middleware and the error type.
+
+pub mod error;
+pub mod extract;
+pub mod middleware;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use utoipa::OpenApi;
+
+pub use error::AppError;
+
+use crate::auth::routes as auth;
+use crate::state::AppState;
+
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "UMS", description = "User Management Service: identity for the lab portal."),
+    paths(
+        auth::register, auth::login, auth::refresh, auth::logout, auth::me,
+        auth::list_sessions, auth::revoke_session, auth::jwks, health, ready, openapi,
+    ),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api/auth/register", post(auth::register))
+        .route("/api/auth/login", post(auth::login))
+        .route("/api/auth/refresh", post(auth::refresh))
+        .route("/api/auth/logout", post(auth::logout))
+        .route("/api/auth/me", get(auth::me))
+        .route("/api/auth/sessions", get(auth::list_sessions))
+        .route("/api/auth/sessions/{id}", delete(auth::revoke_session))
+        .route("/.well-known/jwks.json", get(auth::jwks))
+        .route("/api/openapi.json", get(openapi))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed);
+    api.layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(middleware::refuse_credentials_in_url))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::security_headers))
+        .layer(axum::middleware::from_fn(middleware::request_id))
+        .with_state(state)
+}
+
+async fn not_found() -> AppError {
+    AppError::NotFound
+}
+
+async fn method_not_allowed() -> impl IntoResponse {
+    let mut response = AppError::BadRequest("This method is not allowed here.".into()).into_response();
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+}
+
+#[utoipa::path(get, path = "/api/openapi.json", tag = "operations",
+    responses((status = 200, description = "This OpenAPI 3.1 document")))]
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "The process runs")))]
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok", "checks": {"process": "ok"}}))
+}
+
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses((status = 200, description = "Ready to serve"), (status = 503, description = "A dependency is down")))]
+async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    let check = tokio::time::timeout(state.config.database_timeout, state.store.check()).await;
+    let database = match check {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err("timed out".to_string()),
+    };
+    match database {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "checks": {"database": "ok", "migrations": "current"}})),
+        ),
+        Err(error) => {
+            tracing::warn!(%error, "readiness check failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable", "checks": {"database": "unavailable"}})),
+            )
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Building and running the service: connect, migrate, load keys, bootstrap the admin, bind.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::ServiceExt;
+use tokio::net::TcpListener;
+use tower::Layer;
+use tower_http::normalize_path::NormalizePathLayer;
+
+use crate::auth::password::PasswordHasherConfig;
+use crate::auth::tokens::Keys;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::state::AppState;
+use crate::store::Store;
+use crate::users::service::{AdminOutcome, ensure_admin};
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Everything up to a bound listener; `run_until_stopped` then serves.
+    pub async fn build(config: Config, clock: Clock) -> anyhow::Result<Self> {
+        let state = prepare(config, clock).await?;
+        let listener = TcpListener::bind(state.config.bind)
+            .await
+            .with_context(|| format!("binding {}", state.config.bind))?;
+        Ok(Application { listener, state })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|address| address.port()).unwrap_or_default()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Application { listener, state } = self;
+        let key_refresher = tokio::spawn(refresh_keys(state.clone()));
+        let app = NormalizePathLayer::trim_trailing_slash().layer(crate::http::router(state.clone()));
+        let service = ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(app);
+        tracing::info!(address = %listener.local_addr()?, "ums listening");
+        axum::serve(listener, service)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving HTTP")?;
+        key_refresher.abort();
+        state.store.close().await;
+        tracing::info!("ums stopped");
+        Ok(())
+    }
+
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+}
+
+/// Connects, migrates, and readies keys and the bootstrap admin.
+pub async fn prepare(config: Config, clock: Clock) -> anyhow::Result<AppState> {
+    let store = Store::connect(&config).await?;
+    let applied = crate::store::migrate(&store).await?;
+    if !applied.is_empty() {
+        tracing::info!(?applied, "migrations applied");
+    }
+    let hasher = PasswordHasherConfig::new(config.hash_cost)?;
+    let keys = Keys::load_or_create(
+        &store,
+        config.jwt_algorithm,
+        config.issuer.clone(),
+        config.secret_key.clone(),
+        config.refresh_token_ttl,
+        clock.now(),
+    )
+    .await
+    .context("loading signing keys")?;
+    if let Some(admin) = &config.bootstrap_admin {
+        let outcome = ensure_admin(
+            &store,
+            &hasher,
+            config.password_min_length,
+            &admin.username,
+            &admin.email,
+            &admin.password,
+            clock.now(),
+        )
+        .await
+        .context("creating the bootstrap admin (UMS_BOOTSTRAP_ADMIN_*)")?;
+        if let AdminOutcome::Created(id) = outcome {
+            tracing::info!(user_id = id, username = %admin.username, "bootstrap admin created");
+        }
+    }
+    Ok(AppState {
+        config: Arc::new(config),
+        store,
+        keys,
+        hasher,
+        clock,
+    })
+}
+
+/// Picks up keys rotated by `ums keys rotate` or another instance.
+async fn refresh_keys(state: AppState) {
+    let mut interval = tokio::time::interval(Duration::from_secs(60));
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        if let Err(error) = state.keys.reload(&state.store, state.config.jwt_algorithm, state.now()).await {
+            tracing::warn!(error = %error, "reloading signing keys failed");
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,41 @@
+//! What every request can reach: configuration, the store, keys, the hasher and the clock.
+
+use std::sync::Arc;
+
+use crate::auth::password::PasswordHasherConfig;
+use crate::auth::tokens::Keys;
+use crate::clock::{Clock, Millis};
+use crate::config::Config;
+use crate::security::lockout::LockoutPolicy;
+use crate::store::Store;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub keys: Keys,
+    pub hasher: PasswordHasherConfig,
+    pub clock: Clock,
+}
+
+impl AppState {
+    pub fn now(&self) -> Millis {
+        self.clock.now()
+    }
+
+    pub fn lockout_policy(&self) -> LockoutPolicy {
+        LockoutPolicy {
+            threshold: i64::from(self.config.lockout_threshold),
+            duration: self.config.lockout_duration.as_millis() as i64,
+        }
+    }
+
+    /// Runs a password hash or verification on the blocking pool, off the async workers.
+    pub async fn hashing<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&PasswordHasherConfig) -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let hasher = self.hasher.clone();
+        Ok(tokio::task::spawn_blocking(move || work(&hasher)).await?)
+    }
+}

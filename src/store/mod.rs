@@ -1,0 +1,182 @@
+//! The database: one data-access layer for SQLite and PostgreSQL.
+//!
+//! Every query is written once, in the SQL that both dialects share (`$n` parameters,
+//! `RETURNING`, `ON CONFLICT`, expression indexes), and runs through sqlx's `Any` driver.
+//! Columns are BIGINT or TEXT only (times in Unix milliseconds, flags 0/1), because those two
+//! types mean the same thing on both databases and through `Any`.
+//!
+//! Three pools, chosen per query by what it needs:
+//! - `writer`: transactions. On SQLite it holds one connection, so writers queue in the
+//!   process instead of failing with SQLITE_BUSY; on PostgreSQL it is the primary.
+//! - `reader`: reads that must see the latest commit (who is calling, what may they do).
+//! - `reports`: lists and exports that may lag a little; the read replica when one is set.
+
+mod migrate;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor};
+
+pub use migrate::{SCHEMA_VERSION, migrate};
+
+use crate::config::{Config, DatabaseUrl};
+
+pub type Transaction = sqlx::Transaction<'static, sqlx::Any>;
+pub type Connection = AnyConnection;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    writer: AnyPool,
+    reader: AnyPool,
+    reports: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    pub async fn connect(config: &Config) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        if let Some(directory) = config.sqlite_directory() {
+            std::fs::create_dir_all(&directory)
+                .with_context(|| format!("creating the database directory {}", directory.display()))?;
+        }
+        let timeout = config.database_timeout;
+        let primary = &config.database_url;
+        if primary.is_sqlite() {
+            let url = sqlite_url(primary);
+            let writer = pool(&url, 1, timeout).await?;
+            let reader = pool(&url, 8, timeout).await?;
+            Ok(Store {
+                writer,
+                reports: reader.clone(),
+                reader,
+                backend: Backend::Sqlite,
+            })
+        } else {
+            let writer = pool(primary, 16, timeout).await?;
+            let reports = match &config.replica_url {
+                Some(replica) => pool(replica, 8, timeout).await?,
+                None => writer.clone(),
+            };
+            Ok(Store {
+                reader: writer.clone(),
+                writer,
+                reports,
+                backend: Backend::Postgres,
+            })
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn begin(&self) -> Result<Transaction, sqlx::Error> {
+        self.writer.begin().await
+    }
+
+    pub async fn read(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, sqlx::Error> {
+        self.reader.acquire().await
+    }
+
+    pub async fn reports(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, sqlx::Error> {
+        self.reports.acquire().await
+    }
+
+    /// Whether the database answers and carries the schema this binary expects.
+    pub async fn check(&self) -> Result<(), String> {
+        let mut connection = self.reader.acquire().await.map_err(|e| e.to_string())?;
+        let version = migrate::current_version(&mut connection)
+            .await
+            .map_err(|e| e.to_string())?;
+        if version == SCHEMA_VERSION {
+            Ok(())
+        } else {
+            Err(format!("schema version {version}, expected {SCHEMA_VERSION}"))
+        }
+    }
+
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+        self.reports.close().await;
+    }
+}
+
+/// SQLite URLs get `mode=rwc` so a file that does not exist yet is created.
+fn sqlite_url(url: &DatabaseUrl) -> DatabaseUrl {
+    let raw = url.expose();
+    if raw.contains("mode=") {
+        url.clone()
+    } else if raw.contains('?') {
+        DatabaseUrl::new(format!("{raw}&mode=rwc"))
+    } else {
+        DatabaseUrl::new(format!("{raw}?mode=rwc"))
+    }
+}
+
+async fn pool(url: &DatabaseUrl, size: u32, timeout: Duration) -> anyhow::Result<AnyPool> {
+    let options = AnyConnectOptions::from_str(url.expose())
+        .with_context(|| format!("parsing the database URL {url:?}"))?
+        .disable_statement_logging();
+    let is_sqlite = url.is_sqlite();
+    let pool = AnyPoolOptions::new()
+        .max_connections(size)
+        .min_connections(0)
+        .acquire_timeout(timeout)
+        .after_connect(move |connection, _| {
+            Box::pin(async move {
+                if is_sqlite {
+                    // WAL lets readers run beside the writer; the busy timeout covers the
+                    // moments another process (a CLI command) holds the write lock.
+                    connection
+                        .execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                        )
+                        .await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_lazy_with(options);
+    Ok(pool)
+}
+
+/// True for errors that mean "the database is not reachable right now" (answered 503),
+/// as opposed to a bug or a constraint violation.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)
+    )
+}
+
+/// The name of the unique index a write collided with, if that is what failed.
+pub fn unique_violation(error: &sqlx::Error) -> Option<String> {
+    let database_error = error.as_database_error()?;
+    if !database_error.is_unique_violation() {
+        return None;
+    }
+    let message = database_error.message().to_string();
+    Some(
+        database_error
+            .constraint()
+            .map(String::from)
+            // SQLite names the columns instead of the index: "UNIQUE constraint failed: users.email".
+            .unwrap_or(message),
+    )
+}
+
+/// Flags are stored as 0/1 BIGINT on both databases.
+pub fn flag(value: bool) -> i64 {
+    i64::from(value)
+}

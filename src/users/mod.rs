@@ -1,0 +1,212 @@
+//! Users: the account record, its validated fields, and the queries that read and write it.
+
+pub mod service;
+pub mod store;
+
+use serde::Serialize;
+
+use crate::clock::{Millis, serialize_optional_time, serialize_time};
+
+/// A username: 3–64 letters, digits, `.`, `_`, `-`. Unique without regard to case, shown as
+/// entered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Username(String);
+
+impl Username {
+    pub fn parse(value: &str) -> Result<Self, &'static str> {
+        let length = value.chars().count();
+        if !(3..=64).contains(&length) {
+            return Err("must be 3 to 64 characters long");
+        }
+        if !value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err("may contain only letters, digits, '.', '_' and '-'");
+        }
+        Ok(Username(value.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An email address, normalised to lower case once, here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(value: &str) -> Result<Self, &'static str> {
+        let value = value.trim().to_lowercase();
+        if value.len() > 254 {
+            return Err("must be at most 254 characters long");
+        }
+        let Some((local, domain)) = value.split_once('@') else {
+            return Err("must be an email address");
+        };
+        let domain_ok = domain.contains('.')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+            && !domain.contains("..")
+            && domain
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
+        let local_ok = !local.is_empty()
+            && local.len() <= 64
+            && !local
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"' | '@' | ',' | ';'));
+        if !(local_ok && domain_ok) {
+            return Err("must be an email address");
+        }
+        Ok(Email(value))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A first or last name: free text, bounded so a profile cannot carry a novel.
+pub fn parse_name(value: &str) -> Result<String, &'static str> {
+    let value = value.trim();
+    if value.chars().count() > 150 {
+        return Err("must be at most 150 characters long");
+    }
+    if value.chars().any(char::is_control) {
+        return Err("must not contain control characters");
+    }
+    Ok(value.to_string())
+}
+
+/// The account as stored. `password_hash` never leaves this crate: `UserView` is what is
+/// serialised.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct User {
+    pub id: i64,
+    pub username: String,
+    pub email: String,
+    pub password_hash: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub is_active: i64,
+    pub is_admin: i64,
+    pub email_verified: i64,
+    pub failed_login_count: i64,
+    pub locked_until: Option<i64>,
+    pub last_login_at: Option<i64>,
+    pub password_changed_at: Option<i64>,
+    pub mfa_enabled: i64,
+    pub new_login_alerts: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl User {
+    pub fn is_active(&self) -> bool {
+        self.is_active != 0
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.is_admin != 0
+    }
+
+    pub fn is_locked(&self, now: Millis) -> bool {
+        self.locked_until.is_some_and(|until| until > now)
+    }
+
+    pub fn view(&self, now: Millis) -> UserView {
+        UserView {
+            id: self.id,
+            username: self.username.clone(),
+            email: self.email.clone(),
+            first_name: self.first_name.clone(),
+            last_name: self.last_name.clone(),
+            is_active: self.is_active(),
+            is_admin: self.is_admin(),
+            email_verified: self.email_verified != 0,
+            is_locked: self.is_locked(now),
+            mfa_enabled: self.mfa_enabled != 0,
+            last_login_at: self.last_login_at,
+            password_changed_at: self.password_changed_at,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+/// The contract's user object.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct UserView {
+    pub id: i64,
+    pub username: String,
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub is_active: bool,
+    pub is_admin: bool,
+    pub email_verified: bool,
+    pub is_locked: bool,
+    pub mfa_enabled: bool,
+    #[serde(serialize_with = "serialize_optional_time")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_login_at: Option<Millis>,
+    #[serde(serialize_with = "serialize_optional_time")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub password_changed_at: Option<Millis>,
+    #[serde(serialize_with = "serialize_time")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Millis,
+    #[serde(serialize_with = "serialize_time")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: Millis,
+}
+
+/// A lab as it appears in a user's list of labs.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Membership {
+    pub id: i64,
+    pub code: String,
+    pub name: String,
+    pub role: String,
+    #[serde(serialize_with = "serialize_flag")]
+    #[schema(value_type = bool)]
+    pub is_active: i64,
+}
+
+fn serialize_flag<S: serde::Serializer>(value: &i64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_bool(*value != 0)
+}
+
+/// The user object with its labs, as login and `/me` return it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct UserWithLabs {
+    #[serde(flatten)]
+    pub user: UserView,
+    pub labs: Vec<Membership>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_follow_the_contract() {
+        assert!(Username::parse("ab").is_err());
+        assert!(Username::parse("alice.o_neil-2").is_ok());
+        assert!(Username::parse(&"a".repeat(64)).is_ok());
+        assert!(Username::parse(&"a".repeat(65)).is_err());
+        assert!(Username::parse("alice smith").is_err());
+        assert!(Username::parse("alice@lab").is_err());
+        assert!(Username::parse("ålice").is_err());
+    }
+
+    #[test]
+    fn emails_are_normalised_to_lower_case() {
+        assert_eq!(Email::parse(" Alice@Lab.ORG ").unwrap().as_str(), "alice@lab.org");
+        for bad in ["alice", "alice@", "@lab.org", "alice@lab", "a b@lab.org", "alice@lab..org"] {
+            assert!(Email::parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+}
