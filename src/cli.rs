@@ -14,7 +14,11 @@ use crate::startup::Application;
 use crate::store::Store;
 
 #[derive(Debug, Parser)]
-#[command(name = "ums", version, about = "UMS: the user management service of the lab portal")]
+#[command(
+    name = "ums",
+    version,
+    about = "UMS: the user management service of the lab portal"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -53,11 +57,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(config.log_format);
     let clock = Clock::System;
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => Application::build(config, clock).await?.run_until_stopped().await,
+        Command::Serve => {
+            Application::build(config, clock)
+                .await?
+                .run_until_stopped()
+                .await
+        }
         Command::Migrate => {
             let store = Store::connect(&config).await?;
             let applied = crate::store::migrate(&store).await?;
-            eprintln!("migrations applied: {applied:?}; schema at version {}", crate::store::SCHEMA_VERSION);
+            eprintln!(
+                "migrations applied: {applied:?}; schema at version {}",
+                crate::store::SCHEMA_VERSION
+            );
             Ok(())
         }
         Command::CreateAdmin { username, email } => {
@@ -74,7 +86,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await?;
             match outcome {
-                crate::users::service::AdminOutcome::Created(id) => println!("created admin {username} (id {id})"),
+                crate::users::service::AdminOutcome::Created(id) => {
+                    println!("created admin {username} (id {id})")
+                }
                 crate::users::service::AdminOutcome::AlreadyExists(id) => {
                     anyhow::bail!("a user named {username} already exists (id {id})")
                 }
@@ -82,17 +96,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::ImportUsers { file } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
             let users = crate::users::service::parse_import(&text)?;
             let store = Store::connect(&config).await?;
             crate::store::migrate(&store).await?;
-            let report = crate::users::service::import_users(&store, users, clock.now(), |done, total| {
-                if done % 500 == 0 || done == total {
-                    eprintln!("checked {done}/{total}");
-                }
-            })
-            .await?;
-            println!("imported {} users; skipped {} that already exist", report.imported, report.skipped_existing);
+            let report =
+                crate::users::service::import_users(&store, users, clock.now(), |done, total| {
+                    if done % 500 == 0 || done == total {
+                        eprintln!("checked {done}/{total}");
+                    }
+                })
+                .await?;
+            println!(
+                "imported {} users; skipped {} that already exist",
+                report.imported, report.skipped_existing
+            );
             Ok(())
         }
         Command::Keys {
@@ -120,7 +139,10 @@ fn read_password() -> anyhow::Result<SecretString> {
         rpassword::read_password().context("reading the password")?
     } else {
         let mut line = String::new();
-        stdin.lock().read_line(&mut line).context("reading the password from stdin")?;
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .context("reading the password from stdin")?;
         line.trim_end_matches(['\r', '\n']).to_string()
     };
     if password.is_empty() {
@@ -131,8 +153,11 @@ fn read_password() -> anyhow::Result<SecretString> {
 
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().with_current_span(true).try_init(),
         LogFormat::Pretty => builder.try_init(),

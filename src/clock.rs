@@ -46,7 +46,10 @@ pub fn to_rfc3339(millis: Millis) -> String {
 }
 
 /// Serialises a `Millis` field as an RFC 3339 string (`#[serde(serialize_with = ...)]`).
-pub fn serialize_time<S: serde::Serializer>(millis: &Millis, serializer: S) -> Result<S::Ok, S::Error> {
+pub fn serialize_time<S: serde::Serializer>(
+    millis: &Millis,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&to_rfc3339(*millis))
 }
 

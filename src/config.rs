@@ -191,7 +191,10 @@ impl Config {
             .trim_end_matches('/')
             .to_string();
         if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
-            return Err(invalid("UMS_PUBLIC_URL", "expected an http:// or https:// URL"));
+            return Err(invalid(
+                "UMS_PUBLIC_URL",
+                "expected an http:// or https:// URL",
+            ));
         }
         let smtp_url = get("UMS_SMTP_URL")
             .map(|url| {
@@ -203,12 +206,8 @@ impl Config {
             })
             .transpose()?;
         let mail_from = get("UMS_MAIL_FROM").unwrap_or_else(|| "UMS <no-reply@localhost>".into());
-        parse_mailbox(&mail_from).ok_or_else(|| {
-            invalid(
-                "UMS_MAIL_FROM",
-                "expected addr@host or Name <addr@host>",
-            )
-        })?;
+        parse_mailbox(&mail_from)
+            .ok_or_else(|| invalid("UMS_MAIL_FROM", "expected addr@host or Name <addr@host>"))?;
         let jwt_algorithm = match get("UMS_JWT_ALGORITHM") {
             Some(value) => JwtAlgorithm::parse(&value)
                 .ok_or_else(|| invalid("UMS_JWT_ALGORITHM", "expected RS256 or EdDSA"))?,
@@ -217,7 +216,10 @@ impl Config {
         let duration = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
             match get(name) {
                 Some(value) => parse_duration(&value).ok_or_else(|| {
-                    invalid(name, format!("`{value}` is not a duration like 45s, 30m, 1h, 30d"))
+                    invalid(
+                        name,
+                        format!("`{value}` is not a duration like 45s, 30m, 1h, 30d"),
+                    )
                 }),
                 None => Ok(default),
             }

@@ -34,7 +34,10 @@ impl Application {
     }
 
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|address| address.port()).unwrap_or_default()
+        self.listener
+            .local_addr()
+            .map(|address| address.port())
+            .unwrap_or_default()
     }
 
     pub fn state(&self) -> &AppState {
@@ -42,11 +45,17 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then finishes in-flight requests.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let Application { listener, state } = self;
         let key_refresher = tokio::spawn(refresh_keys(state.clone()));
-        let app = NormalizePathLayer::trim_trailing_slash().layer(crate::http::router(state.clone()));
-        let service = ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(app);
+        let app =
+            NormalizePathLayer::trim_trailing_slash().layer(crate::http::router(state.clone()));
+        let service = ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+            SocketAddr,
+        >(app);
         tracing::info!(address = %listener.local_addr()?, "ums listening");
         axum::serve(listener, service)
             .with_graceful_shutdown(shutdown)
@@ -112,7 +121,11 @@ async fn refresh_keys(state: AppState) {
     interval.tick().await;
     loop {
         interval.tick().await;
-        if let Err(error) = state.keys.reload(&state.store, state.config.jwt_algorithm, state.now()).await {
+        if let Err(error) = state
+            .keys
+            .reload(&state.store, state.config.jwt_algorithm, state.now())
+            .await
+        {
             tracing::warn!(error = %error, "reloading signing keys failed");
         }
     }

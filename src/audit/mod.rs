@@ -115,9 +115,10 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 
 /// Appends an event to the chain inside the caller's transaction.
 pub async fn record(connection: &mut Connection, event: Event) -> Result<(), AppError> {
-    let head = sqlx::query("UPDATE audit_chain SET seq = seq + 1 WHERE id = 1 RETURNING seq, last_hash")
-        .fetch_one(&mut *connection)
-        .await?;
+    let head =
+        sqlx::query("UPDATE audit_chain SET seq = seq + 1 WHERE id = 1 RETURNING seq, last_hash")
+            .fetch_one(&mut *connection)
+            .await?;
     let seq: i64 = head.try_get("seq")?;
     let prev_hash: String = head.try_get("last_hash")?;
     let details = event.details.to_string();

@@ -22,13 +22,19 @@ static COMMON_PASSWORDS: LazyLock<HashSet<&'static str>> =
     LazyLock::new(|| include_str!("common-passwords.txt").lines().collect());
 
 /// Checks a new password against the policy; the message is safe to show the user.
-pub fn check_policy(password: &str, min_length: usize, username: Option<&str>) -> Result<(), String> {
+pub fn check_policy(
+    password: &str,
+    min_length: usize,
+    username: Option<&str>,
+) -> Result<(), String> {
     let length = password.chars().count();
     if length < min_length {
         return Err(format!("must be at least {min_length} characters long"));
     }
     if length > MAX_PASSWORD_LENGTH {
-        return Err(format!("must be at most {MAX_PASSWORD_LENGTH} characters long"));
+        return Err(format!(
+            "must be at most {MAX_PASSWORD_LENGTH} characters long"
+        ));
     }
     let lowered = password.to_lowercase();
     if COMMON_PASSWORDS.contains(lowered.as_str()) {
@@ -154,7 +160,12 @@ fn verify_werkzeug(candidate: &[u8], stored: &str) -> Option<bool> {
                 return None;
             }
             let mut output = vec![0u8; expected.len()];
-            pbkdf2::pbkdf2_hmac::<sha2::Sha256>(candidate, salt.as_bytes(), iterations, &mut output);
+            pbkdf2::pbkdf2_hmac::<sha2::Sha256>(
+                candidate,
+                salt.as_bytes(),
+                iterations,
+                &mut output,
+            );
             output
         }
         "scrypt" => {
@@ -164,7 +175,8 @@ fn verify_werkzeug(candidate: &[u8], stored: &str) -> Option<bool> {
             if !n.is_power_of_two() || n < 2 {
                 return None;
             }
-            let params = scrypt::Params::new(n.trailing_zeros() as u8, r, p, expected.len()).ok()?;
+            let params =
+                scrypt::Params::new(n.trailing_zeros() as u8, r, p, expected.len()).ok()?;
             let mut output = vec![0u8; expected.len()];
             scrypt::scrypt(candidate, salt.as_bytes(), &params, &mut output).ok()?;
             output
@@ -211,8 +223,14 @@ mod tests {
     fn policy_refuses_short_long_common_and_username_passwords() {
         assert!(check_policy("short", 8, None).is_err());
         assert!(check_policy(&"x".repeat(257), 8, None).is_err());
-        assert_eq!(check_policy("password1", 8, None).unwrap_err(), "is too common");
-        assert_eq!(check_policy("Qwertyuiop", 8, None).unwrap_err(), "is too common");
+        assert_eq!(
+            check_policy("password1", 8, None).unwrap_err(),
+            "is too common"
+        );
+        assert_eq!(
+            check_policy("Qwertyuiop", 8, None).unwrap_err(),
+            "is too common"
+        );
         assert!(check_policy("alice.smith", 8, Some("Alice.Smith")).is_err());
         assert!(check_policy("correct horse battery", 8, Some("alice")).is_ok());
     }
@@ -227,9 +245,18 @@ mod tests {
         let hasher = cheap();
         let hash = hasher.hash(&secret("correct horse")).unwrap();
         assert!(hash.starts_with("$argon2id$"));
-        assert_eq!(hasher.verify(&secret("correct horse"), Some(&hash)), Verification::Match);
-        assert_eq!(hasher.verify(&secret("wrong horse"), Some(&hash)), Verification::Mismatch);
-        assert_eq!(hasher.verify(&secret("correct horse"), None), Verification::Mismatch);
+        assert_eq!(
+            hasher.verify(&secret("correct horse"), Some(&hash)),
+            Verification::Match
+        );
+        assert_eq!(
+            hasher.verify(&secret("wrong horse"), Some(&hash)),
+            Verification::Mismatch
+        );
+        assert_eq!(
+            hasher.verify(&secret("correct horse"), None),
+            Verification::Mismatch
+        );
     }
 
     #[test]
@@ -259,7 +286,10 @@ mod tests {
                 hasher.verify(&secret("secret-password"), Some(stored)),
                 Verification::MatchNeedsRehash
             );
-            assert_eq!(hasher.verify(&secret("secret-passwore"), Some(stored)), Verification::Mismatch);
+            assert_eq!(
+                hasher.verify(&secret("secret-passwore"), Some(stored)),
+                Verification::Mismatch
+            );
         }
     }
 
@@ -267,7 +297,10 @@ mod tests {
     fn garbage_hashes_never_match() {
         let hasher = cheap();
         for stored in ["", "plain", "md5$x$abcd", "pbkdf2:sha256:0$s$00"] {
-            assert_eq!(hasher.verify(&secret(""), Some(stored)), Verification::Mismatch);
+            assert_eq!(
+                hasher.verify(&secret(""), Some(stored)),
+                Verification::Mismatch
+            );
         }
         assert!(!is_supported_hash("plain"));
     }

@@ -1,10 +1,10 @@
 //! HTTP handlers of `/api/auth` and the JWKS: parse, call the service, shape the answer.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::header::{CACHE_CONTROL, PRAGMA};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Deserialize;
 
 use crate::auth::service::{self, LoginRequest, LoginResponse, RegisterRequest};
@@ -59,7 +59,10 @@ pub struct RefreshToken(pub String);
 impl axum::extract::FromRequest<AppState> for RefreshToken {
     type Rejection = AppError;
 
-    async fn from_request(request: axum::extract::Request, state: &AppState) -> Result<Self, AppError> {
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &AppState,
+    ) -> Result<Self, AppError> {
         let from_header = bearer_token(request.headers()).map(String::from);
         let bytes = axum::body::Bytes::from_request(request, state)
             .await
@@ -99,13 +102,22 @@ pub async fn logout(
     } else {
         parse_json(&body)?
     };
-    service::logout(&state, &caller.claims, request.refresh_token.as_deref(), &origin).await?;
+    service::logout(
+        &state,
+        &caller.claims,
+        request.refresh_token.as_deref(),
+        &origin,
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/api/auth/me", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = UserWithLabs), (status = 401, body = Problem)))]
-pub async fn me(State(state): State<AppState>, caller: AuthUser) -> Result<Json<UserWithLabs>, AppError> {
+pub async fn me(
+    State(state): State<AppState>,
+    caller: AuthUser,
+) -> Result<Json<UserWithLabs>, AppError> {
     Ok(Json(service::me(&state, &caller.user).await?))
 }
 
@@ -116,7 +128,13 @@ pub async fn list_sessions(
     caller: AuthUser,
 ) -> Result<Json<Vec<SessionView>>, AppError> {
     let mut connection = state.store.read().await?;
-    let list = sessions::list_open(&mut connection, caller.user.id, &caller.claims.sid, state.now()).await?;
+    let list = sessions::list_open(
+        &mut connection,
+        caller.user.id,
+        &caller.claims.sid,
+        state.now(),
+    )
+    .await?;
     Ok(Json(list))
 }
 
@@ -136,8 +154,9 @@ pub async fn revoke_session(
     responses((status = 200, description = "The public signing keys (JWK Set)")))]
 pub async fn jwks(State(state): State<AppState>) -> Response {
     let mut response = Json(state.keys.jwks()).into_response();
-    response
-        .headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    response.headers_mut().insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
     response
 }

@@ -56,7 +56,10 @@ struct Registration {
     last_name: String,
 }
 
-fn validate_registration(request: &RegisterRequest, min_length: usize) -> Result<Registration, AppError> {
+fn validate_registration(
+    request: &RegisterRequest,
+    min_length: usize,
+) -> Result<Registration, AppError> {
     use secrecy::ExposeSecret;
     let mut errors = FieldErrors::new();
     let mut note = |field: &str, result: Result<(), String>| {
@@ -65,32 +68,56 @@ fn validate_registration(request: &RegisterRequest, min_length: usize) -> Result
         }
     };
     let username = Username::parse(&request.username);
-    note("username", username.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+    note(
+        "username",
+        username.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+    );
     let email = Email::parse(&request.email);
-    note("email", email.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+    note(
+        "email",
+        email.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+    );
     note(
         "password",
-        check_policy(request.password.expose_secret(), min_length, Some(&request.username)),
+        check_policy(
+            request.password.expose_secret(),
+            min_length,
+            Some(&request.username),
+        ),
     );
     let first_name = parse_name(request.first_name.as_deref().unwrap_or_default());
-    note("first_name", first_name.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+    note(
+        "first_name",
+        first_name.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+    );
     let last_name = parse_name(request.last_name.as_deref().unwrap_or_default());
-    note("last_name", last_name.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+    note(
+        "last_name",
+        last_name.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+    );
     match (username, email, first_name, last_name) {
-        (Ok(username), Ok(email), Ok(first_name), Ok(last_name)) if errors.is_empty() => Ok(Registration {
-            username,
-            email,
-            first_name,
-            last_name,
-        }),
+        (Ok(username), Ok(email), Ok(first_name), Ok(last_name)) if errors.is_empty() => {
+            Ok(Registration {
+                username,
+                email,
+                first_name,
+                last_name,
+            })
+        }
         _ => Err(AppError::Validation(errors)),
     }
 }
 
-pub async fn register(state: &AppState, request: RegisterRequest, origin: &Origin) -> Result<UserView, AppError> {
+pub async fn register(
+    state: &AppState,
+    request: RegisterRequest,
+    origin: &Origin,
+) -> Result<UserView, AppError> {
     let fields = validate_registration(&request, state.config.password_min_length)?;
     let password = request.password;
-    let password_hash = state.hashing(move |hasher| hasher.hash(&password)).await??;
+    let password_hash = state
+        .hashing(move |hasher| hasher.hash(&password))
+        .await??;
     let now = state.now();
     let mut transaction = state.store.begin().await?;
     let user = user_store::insert(
@@ -123,10 +150,17 @@ pub async fn register(state: &AppState, request: RegisterRequest, origin: &Origi
 
 const BAD_CREDENTIALS: &str = "Invalid username or password.";
 
-pub async fn login(state: &AppState, request: LoginRequest, origin: &Origin) -> Result<LoginResponse, AppError> {
+pub async fn login(
+    state: &AppState,
+    request: LoginRequest,
+    origin: &Origin,
+) -> Result<LoginResponse, AppError> {
     let login = request.username.trim().to_string();
     if login.is_empty() || login.len() > 254 {
-        return Err(AppError::field("username", "must be a username or an email address"));
+        return Err(AppError::field(
+            "username",
+            "must be a username or an email address",
+        ));
     }
     let policy = state.lockout_policy();
     let user = {
@@ -143,10 +177,20 @@ pub async fn login(state: &AppState, request: LoginRequest, origin: &Origin) -> 
         let mut transaction = state.store.begin().await?;
         let reservation = lockout::reserve(&mut transaction, policy, &subject, now).await?;
         if let Reservation::Locked { until } = reservation {
-            record_failure(&mut transaction, &login, user.as_ref(), origin, now, "locked").await?;
+            record_failure(
+                &mut transaction,
+                &login,
+                user.as_ref(),
+                origin,
+                now,
+                "locked",
+            )
+            .await?;
             transaction.commit().await?;
             let retry_after_seconds = ((until - now).max(0) as u64).div_ceil(1000);
-            return Err(AppError::Locked { retry_after_seconds });
+            return Err(AppError::Locked {
+                retry_after_seconds,
+            });
         }
         transaction.commit().await?;
         reservation
@@ -163,7 +207,11 @@ pub async fn login(state: &AppState, request: LoginRequest, origin: &Origin) -> 
     let user = match (user, verification.matched()) {
         (Some(user), true) if user.is_active() => user,
         (user, matched) => {
-            let reason = if matched { "inactive" } else { "invalid_credentials" };
+            let reason = if matched {
+                "inactive"
+            } else {
+                "invalid_credentials"
+            };
             let mut transaction = state.store.begin().await?;
             if matched {
                 // The password was right: the account is disabled, not under attack.
@@ -190,7 +238,11 @@ pub async fn login(state: &AppState, request: LoginRequest, origin: &Origin) -> 
     };
 
     let rehashed = match verification {
-        Verification::MatchNeedsRehash => Some(state.hashing(move |hasher| hasher.hash(&rehash_password)).await??),
+        Verification::MatchNeedsRehash => Some(
+            state
+                .hashing(move |hasher| hasher.hash(&rehash_password))
+                .await??,
+        ),
         _ => None,
     };
     let lifetime = state.config.refresh_token_ttl.as_millis() as i64;
@@ -198,7 +250,15 @@ pub async fn login(state: &AppState, request: LoginRequest, origin: &Origin) -> 
     lockout::clear(&mut transaction, &subject).await?;
     user_store::record_login(&mut transaction, user.id, rehashed.as_deref(), now).await?;
     let session_id = sessions::open(&mut transaction, user.id, origin, now, lifetime).await?;
-    let tokens = sessions::issue_tokens(&mut transaction, state, &user, &session_id, now + lifetime, now).await?;
+    let tokens = sessions::issue_tokens(
+        &mut transaction,
+        state,
+        &user,
+        &session_id,
+        now + lifetime,
+        now,
+    )
+    .await?;
     record_attempt(&mut transaction, &login, origin, true, now).await?;
     audit::record(
         &mut transaction,
@@ -257,7 +317,10 @@ async fn record_failure(
         Event::new(Action::LoginFailed, now)
             .failed()
             .actor(user.map(|user| user.id))
-            .resource("user", user.map_or_else(|| login.to_string(), |user| user.id.to_string()))
+            .resource(
+                "user",
+                user.map_or_else(|| login.to_string(), |user| user.id.to_string()),
+            )
             .details(json!({"username": login, "reason": reason}))
             .origin(origin),
     )
@@ -269,16 +332,28 @@ async fn verify_refresh_token(state: &AppState, token: &str) -> Result<Claims, A
     let now = state.now();
     match state.keys.verify(token, TokenType::Refresh, now) {
         Err(TokenError::UnknownKey) => {
-            state.keys.reload(&state.store, state.config.jwt_algorithm, now).await?;
-            state.keys.verify(token, TokenType::Refresh, now).map_err(token_rejection)
+            state
+                .keys
+                .reload(&state.store, state.config.jwt_algorithm, now)
+                .await?;
+            state
+                .keys
+                .verify(token, TokenType::Refresh, now)
+                .map_err(token_rejection)
         }
         other => other.map_err(token_rejection),
     }
 }
 
-pub async fn refresh(state: &AppState, refresh_token: &str, origin: &Origin) -> Result<TokenPair, AppError> {
+pub async fn refresh(
+    state: &AppState,
+    refresh_token: &str,
+    origin: &Origin,
+) -> Result<TokenPair, AppError> {
     let claims = verify_refresh_token(state, refresh_token).await?;
-    let user_id = claims.user_id().ok_or(AppError::Unauthorized("The token is invalid."))?;
+    let user_id = claims
+        .user_id()
+        .ok_or(AppError::Unauthorized("The token is invalid."))?;
     let now = state.now();
     let mut transaction = state.store.begin().await?;
     match sessions::spend_refresh_token(&mut transaction, &claims, now).await? {
@@ -287,8 +362,15 @@ pub async fn refresh(state: &AppState, refresh_token: &str, origin: &Origin) -> 
                 .await?
                 .filter(User::is_active)
                 .ok_or(AppError::Unauthorized("The session has ended."))?;
-            let tokens =
-                sessions::issue_tokens(&mut transaction, state, &user, &claims.sid, session_expires_at, now).await?;
+            let tokens = sessions::issue_tokens(
+                &mut transaction,
+                state,
+                &user,
+                &claims.sid,
+                session_expires_at,
+                now,
+            )
+            .await?;
             audit::record(
                 &mut transaction,
                 Event::new(Action::TokenRefreshed, now)
@@ -312,7 +394,9 @@ pub async fn refresh(state: &AppState, refresh_token: &str, origin: &Origin) -> 
             )
             .await?;
             transaction.commit().await?;
-            Err(AppError::Unauthorized("The refresh token was already used; the session is revoked."))
+            Err(AppError::Unauthorized(
+                "The refresh token was already used; the session is revoked.",
+            ))
         }
         Spend::Dead => Err(AppError::Unauthorized("The session has ended.")),
     }
@@ -325,12 +409,16 @@ pub async fn logout(
     refresh_token: Option<&str>,
     origin: &Origin,
 ) -> Result<(), AppError> {
-    let user_id = caller.user_id().ok_or(AppError::Unauthorized("The token is invalid."))?;
+    let user_id = caller
+        .user_id()
+        .ok_or(AppError::Unauthorized("The token is invalid."))?;
     let other_session = match refresh_token {
         Some(token) => {
             let claims = verify_refresh_token(state, token).await?;
             if claims.sub != caller.sub {
-                return Err(AppError::Forbidden("The refresh token belongs to another user."));
+                return Err(AppError::Forbidden(
+                    "The refresh token belongs to another user.",
+                ));
             }
             (claims.sid != caller.sid).then_some(claims.sid)
         }

@@ -77,7 +77,8 @@ pub async fn issue_tokens(
 ) -> Result<TokenPair, AppError> {
     let config = &state.config;
     let access_ttl = config.access_token_ttl.as_millis() as i64;
-    let refresh_expires_at = (now + config.refresh_token_ttl.as_millis() as i64).min(session_expires_at);
+    let refresh_expires_at =
+        (now + config.refresh_token_ttl.as_millis() as i64).min(session_expires_at);
     let claims = |typ: TokenType, expires_at: Millis| Claims {
         iss: state.keys.issuer().to_string(),
         sub: user.id.to_string(),

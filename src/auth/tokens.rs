@@ -111,13 +111,12 @@ impl Keys {
     ) -> anyhow::Result<Self> {
         let retirement = retirement.as_millis() as i64;
         let mut transaction = store.begin().await?;
-        let has_signing_key = sqlx::query(
-            "SELECT kid FROM signing_keys WHERE retired_at IS NULL AND algorithm = $1",
-        )
-        .bind(algorithm.as_str())
-        .fetch_optional(&mut *transaction)
-        .await?
-        .is_some();
+        let has_signing_key =
+            sqlx::query("SELECT kid FROM signing_keys WHERE retired_at IS NULL AND algorithm = $1")
+                .bind(algorithm.as_str())
+                .fetch_optional(&mut *transaction)
+                .await?
+                .is_some();
         if !has_signing_key {
             insert_new_key(&mut transaction, algorithm, secret_key.as_ref(), now).await?;
         }
@@ -132,9 +131,24 @@ impl Keys {
     }
 
     /// Re-reads the key set, picking up a rotation done by another process.
-    pub async fn reload(&self, store: &Store, algorithm: JwtAlgorithm, now: Millis) -> anyhow::Result<()> {
-        let ring = load_ring(store, algorithm, self.secret_key.as_ref(), self.retirement, now).await?;
-        *self.ring.write().map_err(|_| anyhow!("key ring lock poisoned"))? = ring;
+    pub async fn reload(
+        &self,
+        store: &Store,
+        algorithm: JwtAlgorithm,
+        now: Millis,
+    ) -> anyhow::Result<()> {
+        let ring = load_ring(
+            store,
+            algorithm,
+            self.secret_key.as_ref(),
+            self.retirement,
+            now,
+        )
+        .await?;
+        *self
+            .ring
+            .write()
+            .map_err(|_| anyhow!("key ring lock poisoned"))? = ring;
         Ok(())
     }
 
@@ -150,7 +164,10 @@ impl Keys {
     }
 
     pub fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
-        let ring = self.ring.read().map_err(|_| anyhow!("key ring lock poisoned"))?;
+        let ring = self
+            .ring
+            .read()
+            .map_err(|_| anyhow!("key ring lock poisoned"))?;
         let mut header = Header::new(ring.signing_algorithm);
         header.kid = Some(ring.signing_kid.clone());
         header.typ = Some("JWT".into());
@@ -158,7 +175,12 @@ impl Keys {
     }
 
     /// Verifies signature, issuer, expiry (against `now`, no leeway) and type.
-    pub fn verify(&self, token: &str, expected: TokenType, now: Millis) -> Result<Claims, TokenError> {
+    pub fn verify(
+        &self,
+        token: &str,
+        expected: TokenType,
+        now: Millis,
+    ) -> Result<Claims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
         let kid = header.kid.ok_or(TokenError::Invalid)?;
         let ring = self.ring.read().map_err(|_| TokenError::Invalid)?;
@@ -218,7 +240,8 @@ async fn insert_new_key(
     let kid = random_token()[..16].to_string();
     let (private_der, jwt_algorithm) = generate_key(algorithm)?;
     let encoding_key = encoding_key(algorithm, &private_der)?;
-    let mut jwk = Jwk::from_encoding_key(&encoding_key, jwt_algorithm).context("building the JWK")?;
+    let mut jwk =
+        Jwk::from_encoding_key(&encoding_key, jwt_algorithm).context("building the JWK")?;
     jwk.common.key_id = Some(kid.clone());
     jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
     sqlx::query(
@@ -299,7 +322,8 @@ async fn load_ring(
         let retired: Option<i64> = row.try_get("retired_at")?;
         if retired.is_none() && signing.is_none() && key_algorithm == algorithm.as_str() {
             let sealed: String = row.try_get("private_key")?;
-            let der = unseal(&sealed, secret_key).with_context(|| format!("opening signing key {kid}"))?;
+            let der = unseal(&sealed, secret_key)
+                .with_context(|| format!("opening signing key {kid}"))?;
             signing = Some((kid.clone(), jwt_algorithm, encoding_key(algorithm, &der)?));
         }
         verifying.insert(
@@ -334,8 +358,12 @@ fn seal(plain: &[u8], secret_key: Option<&SecretString>) -> anyhow::Result<Strin
         .fill(&mut nonce)
         .map_err(|_| anyhow!("random nonce"))?;
     let mut sealed = plain.to_vec();
-    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut sealed)
-        .map_err(|_| anyhow!("encrypting key material"))?;
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::empty(),
+        &mut sealed,
+    )
+    .map_err(|_| anyhow!("encrypting key material"))?;
     let mut output = nonce.to_vec();
     output.extend_from_slice(&sealed);
     Ok(format!("aes256gcm:{}", STANDARD.encode(output)))
@@ -358,7 +386,11 @@ fn unseal(stored: &str, secret_key: Option<&SecretString>) -> anyhow::Result<Vec
     let nonce: [u8; 12] = bytes.try_into().map_err(|_| anyhow!("bad nonce"))?;
     let mut ciphertext = ciphertext;
     let plain = aead_key(secret_key)?
-        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut ciphertext)
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::empty(),
+            &mut ciphertext,
+        )
         .map_err(|_| anyhow!("UMS_SECRET_KEY does not open the stored key"))?;
     Ok(plain.to_vec())
 }
@@ -400,10 +432,17 @@ mod tests {
             let key = encoding_key(algorithm, &der).unwrap();
             let jwk = Jwk::from_encoding_key(&key, jwt_algorithm).unwrap();
             let decoding = DecodingKey::from_jwk(&jwk).unwrap();
-            let token = jsonwebtoken::encode(&Header::new(jwt_algorithm), &serde_json::json!({"sub": "1", "exp": 4_000_000_000i64}), &key).unwrap();
+            let token = jsonwebtoken::encode(
+                &Header::new(jwt_algorithm),
+                &serde_json::json!({"sub": "1", "exp": 4_000_000_000i64}),
+                &key,
+            )
+            .unwrap();
             let mut validation = Validation::new(jwt_algorithm);
             validation.set_required_spec_claims(&["sub"]);
-            assert!(jsonwebtoken::decode::<serde_json::Value>(&token, &decoding, &validation).is_ok());
+            assert!(
+                jsonwebtoken::decode::<serde_json::Value>(&token, &decoding, &validation).is_ok()
+            );
         }
     }
 }

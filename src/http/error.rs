@@ -23,7 +23,10 @@ pub enum AppError {
     #[error("not found")]
     NotFound,
     #[error("conflict on {field}")]
-    Conflict { field: &'static str, message: &'static str },
+    Conflict {
+        field: &'static str,
+        message: &'static str,
+    },
     #[error("account locked")]
     Locked { retry_after_seconds: u64 },
     #[error("too many requests")]
@@ -99,8 +102,12 @@ impl AppError {
 
     fn retry_after(&self) -> Option<u64> {
         match self {
-            AppError::Locked { retry_after_seconds }
-            | AppError::TooManyRequests { retry_after_seconds } => Some((*retry_after_seconds).max(1)),
+            AppError::Locked {
+                retry_after_seconds,
+            }
+            | AppError::TooManyRequests {
+                retry_after_seconds,
+            } => Some((*retry_after_seconds).max(1)),
             AppError::Unavailable => Some(5),
             _ => None,
         }
@@ -139,9 +146,10 @@ impl IntoResponse for AppError {
         }
         let errors = match &self {
             AppError::Validation(errors) => Some(errors.clone()),
-            AppError::Conflict { field, message } => {
-                Some(FieldErrors::from([((*field).to_string(), vec![(*message).to_string()])]))
-            }
+            AppError::Conflict { field, message } => Some(FieldErrors::from([(
+                (*field).to_string(),
+                vec![(*message).to_string()],
+            )])),
             _ => None,
         };
         let problem = Problem {

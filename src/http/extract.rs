@@ -68,7 +68,8 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let token = bearer_token(&parts.headers).ok_or(AppError::Unauthorized("Missing bearer token."))?;
+        let token =
+            bearer_token(&parts.headers).ok_or(AppError::Unauthorized("Missing bearer token."))?;
         let now = state.now();
         let claims = verify_access_token(state, token, now).await?;
         let user = crate::auth::sessions::live_session_user(state, &claims, now)
@@ -127,13 +128,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = AppError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, AppError> {
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                AppError::PayloadTooLarge
-            } else {
-                AppError::BadRequest("The request body could not be read.".into())
-            }
-        })?;
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    AppError::PayloadTooLarge
+                } else {
+                    AppError::BadRequest("The request body could not be read.".into())
+                }
+            })?;
         parse_json(&bytes).map(JsonBody)
     }
 }
@@ -149,7 +152,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
         // serde's message names the expected type; its position suffix is noise here.
         let message = inner.to_string();
         let message = message.split(" at line").next().unwrap_or_default();
-        for (prefix, what) in [("unknown field `", "unknown field"), ("missing field `", "is required")] {
+        for (prefix, what) in [
+            ("unknown field `", "unknown field"),
+            ("missing field `", "is required"),
+        ] {
             if let Some(rest) = message.strip_prefix(prefix) {
                 let field = rest.split('`').next().unwrap_or_default();
                 return AppError::field(field, what);

@@ -45,7 +45,11 @@ const SECURITY_HEADERS: [(HeaderName, &str); 4] = [
 
 /// The contract's security headers; HSTS only when the client reached us over TLS (directly
 /// or as a trusted proxy says with `X-Forwarded-Proto: https`).
-pub async fn security_headers(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn security_headers(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let over_tls = request.uri().scheme_str() == Some("https") || {
         let from_trusted_proxy = request
             .extensions()
@@ -80,7 +84,13 @@ pub async fn security_headers(State(state): State<AppState>, request: Request, n
     response
 }
 
-const CREDENTIAL_PARAMETERS: [&str; 5] = ["access_token", "refresh_token", "token", "id_token", "password"];
+const CREDENTIAL_PARAMETERS: [&str; 5] = [
+    "access_token",
+    "refresh_token",
+    "token",
+    "id_token",
+    "password",
+];
 
 /// Refuses any request that carries a credential in its query string.
 pub async fn refuse_credentials_in_url(request: Request, next: Next) -> Response {

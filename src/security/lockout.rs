@@ -98,12 +98,19 @@ pub async fn reserve(
 }
 
 /// The rule, apart from the storage: attempts up to the threshold are evaluated.
-pub fn decide(policy: LockoutPolicy, attempt: i64, locked_until: Option<Millis>, now: Millis) -> Reservation {
+pub fn decide(
+    policy: LockoutPolicy,
+    attempt: i64,
+    locked_until: Option<Millis>,
+    now: Millis,
+) -> Reservation {
     if attempt <= policy.threshold {
         Reservation::Evaluate { attempt }
     } else {
         Reservation::Locked {
-            until: locked_until.filter(|until| *until > now).unwrap_or(now + policy.duration),
+            until: locked_until
+                .filter(|until| *until > now)
+                .unwrap_or(now + policy.duration),
         }
     }
 }
@@ -112,10 +119,12 @@ pub fn decide(policy: LockoutPolicy, attempt: i64, locked_until: Option<Millis>,
 pub async fn clear(connection: &mut Connection, subject: &Subject) -> Result<(), AppError> {
     match subject {
         Subject::User(id) => {
-            sqlx::query("UPDATE users SET failed_login_count = 0, locked_until = NULL WHERE id = $1")
-                .bind(*id)
-                .execute(&mut *connection)
-                .await?;
+            sqlx::query(
+                "UPDATE users SET failed_login_count = 0, locked_until = NULL WHERE id = $1",
+            )
+            .bind(*id)
+            .execute(&mut *connection)
+            .await?;
         }
         Subject::UnknownName(name) => {
             sqlx::query("DELETE FROM login_throttles WHERE subject = $1")
@@ -139,7 +148,10 @@ mod tests {
     #[test]
     fn attempts_up_to_the_threshold_are_evaluated() {
         for attempt in 1..=5 {
-            assert_eq!(decide(POLICY, attempt, None, 0), Reservation::Evaluate { attempt });
+            assert_eq!(
+                decide(POLICY, attempt, None, 0),
+                Reservation::Evaluate { attempt }
+            );
         }
         assert!(decide(POLICY, 5, Some(1), 0).locks_on_failure(POLICY));
         assert!(!decide(POLICY, 4, None, 0).locks_on_failure(POLICY));
@@ -154,7 +166,9 @@ mod tests {
         // A lock that has not been written yet (its attempt is still being evaluated).
         assert_eq!(
             decide(POLICY, 7, None, 1_000),
-            Reservation::Locked { until: 1_000 + POLICY.duration }
+            Reservation::Locked {
+                until: 1_000 + POLICY.duration
+            }
         );
     }
 }

@@ -37,15 +37,20 @@ pub async fn migrate(store: &Store) -> anyhow::Result<Vec<i64>> {
             .execute(sql.as_str())
             .await
             .with_context(|| format!("applying migration {version} ({name})"))?;
-        sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
-            .bind(*version)
-            .bind(*name)
-            .bind(chrono::Utc::now().timestamp_millis())
-            .execute(&mut *transaction)
-            .await?;
+        sqlx::query(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+        )
+        .bind(*version)
+        .bind(*name)
+        .bind(chrono::Utc::now().timestamp_millis())
+        .execute(&mut *transaction)
+        .await?;
         applied.push(*version);
     }
-    transaction.commit().await.context("committing migrations")?;
+    transaction
+        .commit()
+        .await
+        .context("committing migrations")?;
     Ok(applied)
 }
 

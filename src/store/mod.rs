@@ -45,8 +45,9 @@ impl Store {
     pub async fn connect(config: &Config) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         if let Some(directory) = config.sqlite_directory() {
-            std::fs::create_dir_all(&directory)
-                .with_context(|| format!("creating the database directory {}", directory.display()))?;
+            std::fs::create_dir_all(&directory).with_context(|| {
+                format!("creating the database directory {}", directory.display())
+            })?;
         }
         let timeout = config.database_timeout;
         let primary = &config.database_url;
@@ -100,7 +101,9 @@ impl Store {
         if version == SCHEMA_VERSION {
             Ok(())
         } else {
-            Err(format!("schema version {version}, expected {SCHEMA_VERSION}"))
+            Err(format!(
+                "schema version {version}, expected {SCHEMA_VERSION}"
+            ))
         }
     }
 
@@ -156,7 +159,10 @@ async fn pool(url: &DatabaseUrl, size: u32, timeout: Duration) -> anyhow::Result
 pub fn is_unavailable(error: &sqlx::Error) -> bool {
     matches!(
         error,
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
     )
 }
 

@@ -54,9 +54,11 @@ impl Email {
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
         let local_ok = !local.is_empty()
             && local.len() <= 64
-            && !local
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"' | '@' | ',' | ';'));
+            && !local.chars().any(|c| {
+                c.is_whitespace()
+                    || c.is_control()
+                    || matches!(c, '<' | '>' | '"' | '@' | ',' | ';')
+            });
         if !(local_ok && domain_ok) {
             return Err("must be an email address");
         }
@@ -204,8 +206,18 @@ mod tests {
 
     #[test]
     fn emails_are_normalised_to_lower_case() {
-        assert_eq!(Email::parse(" Alice@Lab.ORG ").unwrap().as_str(), "alice@lab.org");
-        for bad in ["alice", "alice@", "@lab.org", "alice@lab", "a b@lab.org", "alice@lab..org"] {
+        assert_eq!(
+            Email::parse(" Alice@Lab.ORG ").unwrap().as_str(),
+            "alice@lab.org"
+        );
+        for bad in [
+            "alice",
+            "alice@",
+            "@lab.org",
+            "alice@lab",
+            "a b@lab.org",
+            "alice@lab..org",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad} should be refused");
         }
     }

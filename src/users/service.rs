@@ -32,12 +32,18 @@ pub async fn ensure_admin(
     let email = Email::parse(email).map_err(|e| anyhow::anyhow!("email {e}"))?;
     {
         let mut connection = store.read().await?;
-        if let Some(existing) = user_store::find_by_username(&mut connection, username.as_str()).await? {
+        if let Some(existing) =
+            user_store::find_by_username(&mut connection, username.as_str()).await?
+        {
             return Ok(AdminOutcome::AlreadyExists(existing.id));
         }
     }
-    check_policy(password.expose_secret(), min_length, Some(username.as_str()))
-        .map_err(|e| anyhow::anyhow!("password {e}"))?;
+    check_policy(
+        password.expose_secret(),
+        min_length,
+        Some(username.as_str()),
+    )
+    .map_err(|e| anyhow::anyhow!("password {e}"))?;
     let password_hash = hasher.hash(password)?;
     let mut transaction = store.begin().await?;
     let user = user_store::insert(
@@ -84,7 +90,9 @@ pub struct ImportedUser {
 }
 
 /// CSV gives booleans as text: accepts true/false, 1/0, yes/no, t/f and empty.
-fn lenient_bool<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<bool>, D::Error> {
+fn lenient_bool<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<bool>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -100,7 +108,9 @@ fn lenient_bool<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Opt
             "" => Ok(None),
             "1" | "true" | "t" | "yes" | "y" => Ok(Some(true)),
             "0" | "false" | "f" | "no" | "n" => Ok(Some(false)),
-            other => Err(serde::de::Error::custom(format!("`{other}` is not a boolean"))),
+            other => Err(serde::de::Error::custom(format!(
+                "`{other}` is not a boolean"
+            ))),
         },
     }
 }
@@ -110,7 +120,9 @@ pub fn parse_import(text: &str) -> anyhow::Result<Vec<ImportedUser>> {
     if text.trim_start().starts_with('[') {
         return Ok(serde_json::from_str(text)?);
     }
-    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text.as_bytes());
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
     reader
         .deserialize()
         .enumerate()
@@ -136,10 +148,15 @@ pub async fn import_users(
     let mut checked = Vec::with_capacity(total);
     for (index, user) in users.iter().enumerate() {
         let row = index + 1;
-        let username = Username::parse(&user.username).map_err(|e| anyhow::anyhow!("user {row}: username {e}"))?;
-        let email = Email::parse(&user.email).map_err(|e| anyhow::anyhow!("user {row}: email {e}"))?;
+        let username = Username::parse(&user.username)
+            .map_err(|e| anyhow::anyhow!("user {row}: username {e}"))?;
+        let email =
+            Email::parse(&user.email).map_err(|e| anyhow::anyhow!("user {row}: email {e}"))?;
         if !is_supported_hash(&user.password_hash) {
-            anyhow::bail!("user {row} ({}): password_hash is not a Werkzeug or Argon2 hash", user.username);
+            anyhow::bail!(
+                "user {row} ({}): password_hash is not a Werkzeug or Argon2 hash",
+                user.username
+            );
         }
         let first_name = parse_name(user.first_name.as_deref().unwrap_or_default())
             .map_err(|e| anyhow::anyhow!("user {row}: first_name {e}"))?;
@@ -181,7 +198,9 @@ pub async fn import_users(
         &mut transaction,
         Event::new(Action::UsersImported, now)
             .resource("user", "import")
-            .details(json!({"imported": report.imported, "skipped_existing": report.skipped_existing})),
+            .details(
+                json!({"imported": report.imported, "skipped_existing": report.skipped_existing}),
+            ),
     )
     .await?;
     transaction.commit().await?;

@@ -92,7 +92,10 @@ pub async fn find_by_username(
 }
 
 /// The labs a user belongs to, with the role in each.
-pub async fn labs_of(connection: &mut Connection, user_id: i64) -> Result<Vec<Membership>, AppError> {
+pub async fn labs_of(
+    connection: &mut Connection,
+    user_id: i64,
+) -> Result<Vec<Membership>, AppError> {
     Ok(sqlx::query_as::<_, Membership>(
         "SELECT labs.id, labs.code, labs.name, lab_memberships.role, labs.is_active \
          FROM lab_memberships JOIN labs ON labs.id = lab_memberships.lab_id \

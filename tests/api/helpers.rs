@@ -1,0 +1,305 @@
+//! `spawn_app()`: the real server on a random loopback port, on a fresh database: a temporary
+//! SQLite file, or, when `UMS_TEST_POSTGRES_URL` is set, a new PostgreSQL database that is
+//! dropped when the test ends.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use sqlx::Row;
+use ums::clock::Clock;
+use ums::config::Config;
+use ums::startup::Application;
+use ums::state::AppState;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub clock: Clock,
+    pub state: AppState,
+    _database: TestDatabase,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+pub enum TestDatabase {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres { admin_url: String, name: String },
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let TestDatabase::Postgres { admin_url, name } = self {
+            let (admin_url, name) = (admin_url.clone(), name.clone());
+            // Drop runs outside any runtime guarantee: use a thread with its own runtime.
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    if let Ok(pool) = sqlx::PgPool::connect(&admin_url).await {
+                        let _ = sqlx::query(&format!(
+                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                        ))
+                        .execute(&pool)
+                        .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+/// The variables of a test configuration: fast hashing, a random port.
+pub fn base_vars() -> HashMap<String, String> {
+    [
+        ("UMS_BIND", "127.0.0.1:0"),
+        ("UMS_PASSWORD_HASH_MEMORY_KIB", "64"),
+        ("UMS_PASSWORD_HASH_ITERATIONS", "1"),
+        ("UMS_PUBLIC_URL", "http://ums.test"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+pub async fn fresh_database(vars: &mut HashMap<String, String>) -> TestDatabase {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    match std::env::var("UMS_TEST_POSTGRES_URL") {
+        Ok(admin_url) if !admin_url.is_empty() => {
+            let name = format!(
+                "ums_test_{}_{}_{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::SeqCst),
+                ums::auth::tokens::random_token()[..8]
+                    .to_lowercase()
+                    .replace(['-', '_'], "x")
+            );
+            let pool = sqlx::PgPool::connect(&admin_url)
+                .await
+                .expect("UMS_TEST_POSTGRES_URL is set but PostgreSQL is not reachable");
+            sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            let base = admin_url
+                .rsplit_once('/')
+                .map(|(base, _)| base)
+                .unwrap_or(&admin_url);
+            vars.insert("UMS_DATABASE_URL".into(), format!("{base}/{name}"));
+            TestDatabase::Postgres { admin_url, name }
+        }
+        _ => {
+            let directory = tempfile::tempdir().unwrap();
+            let path = directory.path().join("ums.db");
+            vars.insert(
+                "UMS_DATABASE_URL".into(),
+                format!("sqlite://{}", path.display()),
+            );
+            TestDatabase::Sqlite(directory)
+        }
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// Spawns the app with extra configuration variables.
+pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
+    let mut vars = base_vars();
+    let database = fresh_database(&mut vars).await;
+    for (name, value) in extra {
+        vars.insert(name.to_string(), value.to_string());
+    }
+    let config = Config::from_lookup(|name| vars.get(name).cloned()).expect("test configuration");
+    let clock = Clock::manual();
+    let application = Application::build(config, clock.clone())
+        .await
+        .expect("the app builds");
+    let address = format!("http://127.0.0.1:{}", application.port());
+    let state = application.state().clone();
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(application.run_until(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address,
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        clock,
+        state,
+        _database: database,
+        shutdown: Some(shutdown),
+    }
+}
+
+/// A successful login's tokens.
+pub struct Tokens {
+    pub access: String,
+    pub refresh: String,
+    pub body: Value,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value, token: Option<&str>) -> Response {
+        let mut request = self.client.post(self.url(path)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
+        let mut request = self.client.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> Response {
+        let mut request = self.client.delete(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub async fn register(&self, username: &str, email: &str) -> Value {
+        let response = self
+            .post(
+                "/api/auth/register",
+                &json!({"username": username, "email": email, "password": PASSWORD}),
+                None,
+            )
+            .await;
+        assert_eq!(
+            response.status(),
+            StatusCode::CREATED,
+            "registering {username}"
+        );
+        response.json().await.unwrap()
+    }
+
+    pub async fn login_response(&self, username: &str, password: &str) -> Response {
+        self.post(
+            "/api/auth/login",
+            &json!({"username": username, "password": password}),
+            None,
+        )
+        .await
+    }
+
+    pub async fn login(&self, username: &str) -> Tokens {
+        let response = self.login_response(username, PASSWORD).await;
+        assert_eq!(response.status(), StatusCode::OK, "logging in {username}");
+        let body: Value = response.json().await.unwrap();
+        Tokens {
+            access: body["access_token"].as_str().unwrap().to_string(),
+            refresh: body["refresh_token"].as_str().unwrap().to_string(),
+            body,
+        }
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Response {
+        self.post(
+            "/api/auth/refresh",
+            &json!({"refresh_token": refresh_token}),
+            None,
+        )
+        .await
+    }
+
+    /// A single integer from SQL run directly against the database.
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        let mut connection = self.state.store.read().await.unwrap();
+        sqlx::query(sql)
+            .fetch_one(&mut *connection)
+            .await
+            .unwrap()
+            .try_get::<i64, _>(0)
+            .unwrap()
+    }
+
+    pub async fn text(&self, sql: &str) -> Option<String> {
+        let mut connection = self.state.store.read().await.unwrap();
+        sqlx::query(sql)
+            .fetch_one(&mut *connection)
+            .await
+            .unwrap()
+            .try_get::<Option<String>, _>(0)
+            .unwrap()
+    }
+
+    /// The audit events of one action, oldest first, as (success, user_id, resource_id, details).
+    pub async fn audit_events(&self, action: &str) -> Vec<Value> {
+        let mut connection = self.state.store.read().await.unwrap();
+        sqlx::query(
+            "SELECT success, user_id, resource_type, resource_id, details, actor_ip, request_id \
+             FROM audit_logs WHERE action = $1 ORDER BY seq",
+        )
+        .bind(action)
+        .fetch_all(&mut *connection)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| {
+            json!({
+                "success": row.try_get::<i64, _>("success").unwrap() != 0,
+                "user_id": row.try_get::<Option<i64>, _>("user_id").unwrap(),
+                "resource_type": row.try_get::<Option<String>, _>("resource_type").unwrap(),
+                "resource_id": row.try_get::<Option<String>, _>("resource_id").unwrap(),
+                "details": serde_json::from_str::<Value>(&row.try_get::<String, _>("details").unwrap()).unwrap(),
+                "actor_ip": row.try_get::<Option<String>, _>("actor_ip").unwrap(),
+                "request_id": row.try_get::<Option<String>, _>("request_id").unwrap(),
+            })
+        })
+        .collect()
+    }
+}
+
+/// Asserts a problem+json answer of `status`, returning its body.
+pub async fn assert_problem(response: Response, status: StatusCode) -> Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status.as_u16());
+    assert!(body["type"].is_string() && body["title"].is_string() && body["detail"].is_string());
+    body
+}
+
+/// Decodes a JWT's header and claims without verifying them.
+pub fn jwt_parts(token: &str) -> (Value, Value) {
+    use base64::Engine;
+    let decode = |part: &str| -> Value {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    let mut parts = token.split('.');
+    (decode(parts.next().unwrap()), decode(parts.next().unwrap()))
+}
