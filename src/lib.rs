@@ -11,6 +11,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod http;
+pub mod labs;
 pub mod security;
 pub mod startup;
 pub mod state;

@@ -27,6 +27,17 @@ pub enum Action {
     AccountLocked,
     UserCreated,
     UsersImported,
+    UserUpdated,
+    UserDeleted,
+    UserUnlocked,
+    LabCreated,
+    LabUpdated,
+    LabDeleted,
+    LabActivated,
+    LabDeactivated,
+    MemberAdded,
+    MemberRemoved,
+    MemberRoleUpdated,
     KeyRotated,
 }
 
@@ -43,6 +54,17 @@ impl Action {
             Action::AccountLocked => "security.account_locked",
             Action::UserCreated => "user.created",
             Action::UsersImported => "user.imported",
+            Action::UserUpdated => "user.updated",
+            Action::UserDeleted => "user.deleted",
+            Action::UserUnlocked => "user.unlocked",
+            Action::LabCreated => "lab.created",
+            Action::LabUpdated => "lab.updated",
+            Action::LabDeleted => "lab.deleted",
+            Action::LabActivated => "lab.activated",
+            Action::LabDeactivated => "lab.deactivated",
+            Action::MemberAdded => "lab.member_added",
+            Action::MemberRemoved => "lab.member_removed",
+            Action::MemberRoleUpdated => "lab.member_role_updated",
             Action::KeyRotated => "key.rotated",
         }
     }
@@ -97,6 +119,11 @@ impl Event {
     pub fn resource(mut self, resource_type: &'static str, id: impl ToString) -> Self {
         self.resource_type = Some(resource_type);
         self.resource_id = Some(id.to_string());
+        self
+    }
+
+    pub fn lab(mut self, lab_id: i64) -> Self {
+        self.lab_id = Some(lab_id);
         self
     }
 

@@ -168,3 +168,40 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
         }
     })
 }
+
+/// Path parameters; one that does not parse (a word where an id goes) is a 404 problem.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| ApiPath(value))
+            .map_err(|_| AppError::NotFound)
+    }
+}
+
+/// The user `{id}` of a route, reachable by that user and by system admins. Anyone else gets
+/// 403 whether or not the user exists.
+pub struct SelfOrAdmin {
+    pub caller: AuthUser,
+    pub target_id: i64,
+}
+
+impl FromRequestParts<AppState> for SelfOrAdmin {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let caller = AuthUser::from_request_parts(parts, state).await?;
+        let target = ApiPath::<i64>::from_request_parts(parts, state).await;
+        match target {
+            Ok(ApiPath(target_id)) if caller.user.is_admin() || caller.user.id == target_id => {
+                Ok(SelfOrAdmin { caller, target_id })
+            }
+            Err(error) if caller.user.is_admin() => Err(error),
+            _ => Err(AppError::Forbidden("You may only act on your own account.")),
+        }
+    }
+}

@@ -3,11 +3,12 @@
 pub mod error;
 pub mod extract;
 pub mod middleware;
+pub mod pagination;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use serde_json::json;
 use utoipa::OpenApi;
@@ -15,7 +16,9 @@ use utoipa::OpenApi;
 pub use error::AppError;
 
 use crate::auth::routes as auth;
+use crate::labs::routes as labs;
 use crate::state::AppState;
+use crate::users::routes as users;
 
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
@@ -24,7 +27,11 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
     info(title = "UMS", description = "User Management Service: identity for the lab portal."),
     paths(
         auth::register, auth::login, auth::refresh, auth::logout, auth::me,
-        auth::list_sessions, auth::revoke_session, auth::jwks, health, ready, openapi,
+        auth::list_sessions, auth::revoke_session, auth::jwks,
+        users::list, users::get, users::update, users::replace, users::delete, users::labs, users::unlock,
+        labs::list, labs::create, labs::get, labs::update, labs::replace, labs::delete, labs::activate,
+        labs::deactivate, labs::members, labs::add_member, labs::remove_member, labs::change_role, labs::access,
+        health, ready, openapi,
     ),
     modifiers(&BearerAuth),
 )]
@@ -58,6 +65,39 @@ pub fn router(state: AppState) -> Router {
         .route("/api/auth/sessions", get(auth::list_sessions))
         .route("/api/auth/sessions/{id}", delete(auth::revoke_session))
         .route("/.well-known/jwks.json", get(auth::jwks))
+        .route("/api/users", get(users::list))
+        .route(
+            "/api/users/{id}",
+            get(users::get)
+                .put(users::replace)
+                .patch(users::update)
+                .delete(users::delete),
+        )
+        .route("/api/users/{id}/labs", get(users::labs))
+        .route("/api/users/{id}/unlock", post(users::unlock))
+        .route("/api/labs", get(labs::list).post(labs::create))
+        .route(
+            "/api/labs/{id}",
+            get(labs::get)
+                .put(labs::replace)
+                .patch(labs::update)
+                .delete(labs::delete),
+        )
+        .route("/api/labs/{id}/activate", post(labs::activate))
+        .route("/api/labs/{id}/deactivate", post(labs::deactivate))
+        .route(
+            "/api/labs/{id}/members",
+            get(labs::members).post(labs::add_member),
+        )
+        .route(
+            "/api/labs/{id}/members/{user_id}",
+            delete(labs::remove_member),
+        )
+        .route(
+            "/api/labs/{id}/members/{user_id}/role",
+            patch(labs::change_role),
+        )
+        .route("/api/labs/{id}/access", get(labs::access))
         .route("/api/openapi.json", get(openapi))
         .route("/health", get(health))
         .route("/ready", get(ready))

@@ -186,3 +186,72 @@ pub fn unique_violation(error: &sqlx::Error) -> Option<String> {
 pub fn flag(value: bool) -> i64 {
     i64::from(value)
 }
+
+/// A value bound into a dynamically built query.
+#[derive(Debug, Clone)]
+pub enum SqlValue {
+    Int(i64),
+    Text(String),
+}
+
+/// The WHERE clause of a list query with optional filters, numbered `$1..` in order.
+/// Conditions are written with `?` where their value goes.
+#[derive(Debug, Default)]
+pub struct Conditions {
+    clauses: Vec<String>,
+    values: Vec<SqlValue>,
+}
+
+impl Conditions {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, clause: &str, value: SqlValue) -> &mut Self {
+        self.values.push(value);
+        let placeholder = format!("${}", self.values.len());
+        self.clauses.push(clause.replace('?', &placeholder));
+        self
+    }
+
+    /// `" WHERE a AND b"`, or nothing.
+    pub fn where_sql(&self) -> String {
+        if self.clauses.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", self.clauses.join(" AND "))
+        }
+    }
+
+    /// The placeholder the next bound value will take (for LIMIT/OFFSET after the filters).
+    pub fn next_placeholder(&self, offset: usize) -> String {
+        format!("${}", self.values.len() + offset)
+    }
+
+    pub fn bind<'q, O>(
+        &'q self,
+        mut query: sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments<'q>> {
+        for value in &self.values {
+            query = match value {
+                SqlValue::Int(number) => query.bind(*number),
+                SqlValue::Text(text) => query.bind(text.as_str()),
+            };
+        }
+        query
+    }
+}
+
+/// Escapes `%`, `_` and `\` for a LIKE pattern used with `ESCAPE '\'`.
+pub fn like_pattern(fragment: &str) -> String {
+    let mut escaped = String::with_capacity(fragment.len() + 2);
+    escaped.push('%');
+    for character in fragment.to_lowercase().chars() {
+        if matches!(character, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(character);
+    }
+    escaped.push('%');
+    escaped
+}

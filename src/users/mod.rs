@@ -1,5 +1,6 @@
 //! Users: the account record, its validated fields, and the queries that read and write it.
 
+pub mod routes;
 pub mod service;
 pub mod store;
 

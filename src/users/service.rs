@@ -1,16 +1,24 @@
-//! Account creation outside registration: system admins (bootstrap and `ums create-admin`)
-//! and the import of the Flask original's users with their Werkzeug hashes.
+//! The rules of accounts: admin listing, profile edits without mass assignment, deletion,
+//! unlock, and account creation outside registration (system admins, the Flask import).
+
+use std::collections::HashMap;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::audit::{self, Action, Event};
+use crate::audit::{self, Action, Event, Origin};
 use crate::auth::password::{PasswordHasherConfig, check_policy, is_supported_hash};
 use crate::clock::Millis;
+use crate::http::AppError;
+use crate::http::error::FieldErrors;
+use crate::http::pagination::{ListQuery, Page};
+use crate::state::AppState;
 use crate::store::Store;
 use crate::users::store::{self as user_store, NewUser};
+use crate::users::store::{UserChanges, UserFilter};
 use crate::users::{Email, Username, parse_name};
+use crate::users::{Membership, User, UserView};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum AdminOutcome {
@@ -226,4 +234,256 @@ mod tests {
         assert_eq!(users[0].is_admin, Some(true));
         assert!(parse_import("username,email\nx,y\n").is_err());
     }
+}
+
+/// The body of `PUT`/`PATCH /api/users/{id}`. The owner may change the names; the rest is
+/// for system admins only.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub username: Option<String>,
+    pub email: Option<String>,
+    pub is_active: Option<bool>,
+    pub is_admin: Option<bool>,
+}
+
+impl UpdateUser {
+    fn admin_only_fields(&self) -> Vec<&'static str> {
+        [
+            ("username", self.username.is_some()),
+            ("email", self.email.is_some()),
+            ("is_active", self.is_active.is_some()),
+            ("is_admin", self.is_admin.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, present)| present.then_some(name))
+        .collect()
+    }
+
+    fn parse(&self) -> Result<UserChanges, AppError> {
+        let mut errors = FieldErrors::new();
+        let mut check = |field: &str, result: Result<(), &'static str>| {
+            if let Err(message) = result {
+                errors
+                    .entry(field.to_string())
+                    .or_default()
+                    .push(message.to_string());
+            }
+        };
+        let username = self.username.as_deref().map(Username::parse).transpose();
+        check("username", username.as_ref().map(|_| ()).map_err(|e| *e));
+        let email = self.email.as_deref().map(Email::parse).transpose();
+        check("email", email.as_ref().map(|_| ()).map_err(|e| *e));
+        let first_name = self.first_name.as_deref().map(parse_name).transpose();
+        check(
+            "first_name",
+            first_name.as_ref().map(|_| ()).map_err(|e| *e),
+        );
+        let last_name = self.last_name.as_deref().map(parse_name).transpose();
+        check("last_name", last_name.as_ref().map(|_| ()).map_err(|e| *e));
+        match (username, email, first_name, last_name) {
+            (Ok(username), Ok(email), Ok(first_name), Ok(last_name)) => Ok(UserChanges {
+                username,
+                email,
+                first_name,
+                last_name,
+                is_active: self.is_active,
+                is_admin: self.is_admin,
+            }),
+            _ => Err(AppError::Validation(errors)),
+        }
+    }
+}
+
+pub async fn list(
+    state: &AppState,
+    params: HashMap<String, String>,
+) -> Result<Page<UserView>, AppError> {
+    let mut query = ListQuery::new(params);
+    let page = query.page();
+    let filter = UserFilter {
+        query: query.text("q"),
+        is_active: query.boolean("is_active"),
+        is_admin: query.boolean("is_admin"),
+    };
+    query.finish()?;
+    let mut connection = state.store.reports().await?;
+    let (users, total) = user_store::list(&mut connection, &filter, page).await?;
+    let now = state.now();
+    Ok(Page::new(
+        users.iter().map(|user| user.view(now)).collect(),
+        total,
+        page,
+    ))
+}
+
+pub async fn get(state: &AppState, user_id: i64) -> Result<User, AppError> {
+    let mut connection = state.store.read().await?;
+    user_store::find_by_id(&mut connection, user_id)
+        .await?
+        .ok_or(AppError::NotFound)
+}
+
+/// Refuses to leave the service without an active system admin.
+async fn keep_an_admin(
+    connection: &mut crate::store::Connection,
+    target: &User,
+) -> Result<(), AppError> {
+    if target.is_admin()
+        && target.is_active()
+        && user_store::other_active_admins(connection, target.id).await? == 0
+    {
+        return Err(AppError::conflict(
+            "is_admin",
+            "the last active system admin cannot be removed",
+        ));
+    }
+    Ok(())
+}
+
+pub async fn update(
+    state: &AppState,
+    caller: &User,
+    target_id: i64,
+    request: UpdateUser,
+    origin: &Origin,
+) -> Result<UserView, AppError> {
+    if !caller.is_admin() && !request.admin_only_fields().is_empty() {
+        return Err(AppError::Forbidden(
+            "Only administrators may change username, email, is_active or is_admin.",
+        ));
+    }
+    let changes = request.parse()?;
+    let now = state.now();
+    let mut transaction = state.store.begin().await?;
+    let before = user_store::find_by_id(&mut transaction, target_id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    if changes.is_admin == Some(false) || changes.is_active == Some(false) {
+        keep_an_admin(&mut transaction, &before).await?;
+    }
+    let email_changed = changes
+        .email
+        .as_ref()
+        .is_some_and(|email| email.as_str() != before.email);
+    let after = user_store::update(
+        &mut transaction,
+        target_id,
+        &changes,
+        email_changed.then_some(false),
+        now,
+    )
+    .await?
+    .ok_or(AppError::NotFound)?;
+    if before.is_active() && !after.is_active() {
+        user_store::revoke_sessions(&mut transaction, target_id, "deactivated", now).await?;
+    }
+    let mut changed = serde_json::Map::new();
+    let pairs: [(&str, Value, Value); 6] = [
+        ("username", json!(before.username), json!(after.username)),
+        ("email", json!(before.email), json!(after.email)),
+        (
+            "first_name",
+            json!(before.first_name),
+            json!(after.first_name),
+        ),
+        ("last_name", json!(before.last_name), json!(after.last_name)),
+        (
+            "is_active",
+            json!(before.is_active()),
+            json!(after.is_active()),
+        ),
+        (
+            "is_admin",
+            json!(before.is_admin()),
+            json!(after.is_admin()),
+        ),
+    ];
+    for (field, old, new) in pairs {
+        if old != new {
+            changed.insert(field.to_string(), json!({"from": old, "to": new}));
+        }
+    }
+    audit::record(
+        &mut transaction,
+        Event::new(Action::UserUpdated, now)
+            .actor(Some(caller.id))
+            .resource("user", target_id)
+            .details(json!({"changed": changed}))
+            .origin(origin),
+    )
+    .await?;
+    transaction.commit().await?;
+    Ok(after.view(now))
+}
+
+pub async fn delete(
+    state: &AppState,
+    caller: &User,
+    target_id: i64,
+    origin: &Origin,
+) -> Result<(), AppError> {
+    let now = state.now();
+    let mut transaction = state.store.begin().await?;
+    let target = user_store::find_by_id(&mut transaction, target_id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    keep_an_admin(&mut transaction, &target).await?;
+    user_store::delete(&mut transaction, target_id).await?;
+    audit::record(
+        &mut transaction,
+        Event::new(Action::UserDeleted, now)
+            .actor(Some(caller.id))
+            .resource("user", target_id)
+            .details(json!({"username": target.username, "email": target.email}))
+            .origin(origin),
+    )
+    .await?;
+    transaction.commit().await?;
+    Ok(())
+}
+
+pub async fn unlock(
+    state: &AppState,
+    caller: &User,
+    target_id: i64,
+    origin: &Origin,
+) -> Result<UserView, AppError> {
+    let now = state.now();
+    let mut transaction = state.store.begin().await?;
+    let target = user_store::find_by_id(&mut transaction, target_id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    crate::security::lockout::clear(
+        &mut transaction,
+        &crate::security::lockout::Subject::User(target_id),
+    )
+    .await?;
+    audit::record(
+        &mut transaction,
+        Event::new(Action::UserUnlocked, now)
+            .actor(Some(caller.id))
+            .resource("user", target_id)
+            .details(json!({"was_locked": target.is_locked(now), "failed_login_count": target.failed_login_count}))
+            .origin(origin),
+    )
+    .await?;
+    let user = user_store::find_by_id(&mut transaction, target_id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    transaction.commit().await?;
+    Ok(user.view(now))
+}
+
+pub async fn labs_of(state: &AppState, user_id: i64) -> Result<Vec<Membership>, AppError> {
+    let mut connection = state.store.read().await?;
+    if user_store::find_by_id(&mut connection, user_id)
+        .await?
+        .is_none()
+    {
+        return Err(AppError::NotFound);
+    }
+    user_store::labs_of(&mut connection, user_id).await
 }

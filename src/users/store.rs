@@ -125,3 +125,141 @@ pub async fn record_login(
     .await?;
     Ok(())
 }
+
+pub struct UserFilter {
+    pub query: Option<String>,
+    pub is_active: Option<bool>,
+    pub is_admin: Option<bool>,
+}
+
+pub async fn list(
+    connection: &mut Connection,
+    filter: &UserFilter,
+    page: crate::http::pagination::PageRequest,
+) -> Result<(Vec<User>, i64), AppError> {
+    use crate::store::{Conditions, SqlValue, like_pattern};
+    let mut conditions = Conditions::new();
+    if let Some(query) = &filter.query {
+        conditions.push(
+            "(lower(username) LIKE ? ESCAPE '\\' OR lower(email) LIKE ? ESCAPE '\\')",
+            SqlValue::Text(like_pattern(query)),
+        );
+    }
+    if let Some(active) = filter.is_active {
+        conditions.push("is_active = ?", SqlValue::Int(flag(active)));
+    }
+    if let Some(admin) = filter.is_admin {
+        conditions.push("is_admin = ?", SqlValue::Int(flag(admin)));
+    }
+    let where_sql = conditions.where_sql();
+    let count_sql = format!("SELECT COUNT(*) FROM users{where_sql}");
+    let (total,): (i64,) = conditions
+        .bind(sqlx::query_as(&count_sql))
+        .fetch_one(&mut *connection)
+        .await?;
+    let items_sql = format!(
+        "SELECT {USER_COLUMNS} FROM users{where_sql} ORDER BY id LIMIT {} OFFSET {}",
+        conditions.next_placeholder(1),
+        conditions.next_placeholder(2)
+    );
+    let users = conditions
+        .bind(sqlx::query_as::<_, User>(&items_sql))
+        .bind(page.per_page)
+        .bind(page.offset())
+        .fetch_all(&mut *connection)
+        .await?;
+    Ok((users, total))
+}
+
+/// Field changes of an account; `None` leaves a field as it is.
+#[derive(Debug, Default)]
+pub struct UserChanges {
+    pub username: Option<Username>,
+    pub email: Option<Email>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub is_active: Option<bool>,
+    pub is_admin: Option<bool>,
+}
+
+pub async fn update(
+    connection: &mut Connection,
+    user_id: i64,
+    changes: &UserChanges,
+    email_verified: Option<bool>,
+    now: Millis,
+) -> Result<Option<User>, AppError> {
+    let sql = format!(
+        "UPDATE users SET username = COALESCE($2, username), email = COALESCE($3, email), \
+         first_name = COALESCE($4, first_name), last_name = COALESCE($5, last_name), \
+         is_active = COALESCE($6, is_active), is_admin = COALESCE($7, is_admin), \
+         email_verified = COALESCE($8, email_verified), updated_at = $9 \
+         WHERE id = $1 RETURNING {USER_COLUMNS}"
+    );
+    sqlx::query_as::<_, User>(&sql)
+        .bind(user_id)
+        .bind(changes.username.as_ref().map(Username::as_str))
+        .bind(changes.email.as_ref().map(Email::as_str))
+        .bind(changes.first_name.as_deref())
+        .bind(changes.last_name.as_deref())
+        .bind(changes.is_active.map(flag))
+        .bind(changes.is_admin.map(flag))
+        .bind(email_verified.map(flag))
+        .bind(now)
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(duplicate_username_or_email)
+}
+
+pub async fn delete(connection: &mut Connection, user_id: i64) -> Result<bool, AppError> {
+    // Explicit deletes of the dependants, so the outcome does not hang on FK settings.
+    for sql in [
+        "DELETE FROM refresh_tokens WHERE session_id IN (SELECT id FROM sessions WHERE user_id = $1)",
+        "DELETE FROM sessions WHERE user_id = $1",
+        "DELETE FROM lab_memberships WHERE user_id = $1",
+        "DELETE FROM password_reset_tokens WHERE user_id = $1",
+        "DELETE FROM email_verification_tokens WHERE user_id = $1",
+    ] {
+        sqlx::query(sql)
+            .bind(user_id)
+            .execute(&mut *connection)
+            .await?;
+    }
+    let result = sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(user_id)
+        .execute(&mut *connection)
+        .await?;
+    Ok(result.rows_affected() > 0)
+}
+
+/// Active system admins other than `user_id`.
+pub async fn other_active_admins(
+    connection: &mut Connection,
+    user_id: i64,
+) -> Result<i64, AppError> {
+    let (count,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM users WHERE is_admin = 1 AND is_active = 1 AND id <> $1",
+    )
+    .bind(user_id)
+    .fetch_one(&mut *connection)
+    .await?;
+    Ok(count)
+}
+
+/// Revokes every open session of a user (deactivation, password reset).
+pub async fn revoke_sessions(
+    connection: &mut Connection,
+    user_id: i64,
+    reason: &str,
+    now: Millis,
+) -> Result<u64, AppError> {
+    let result = sqlx::query(
+        "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 WHERE user_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(user_id)
+    .bind(now)
+    .bind(reason)
+    .execute(&mut *connection)
+    .await?;
+    Ok(result.rows_affected())
+}

@@ -303,3 +303,117 @@ pub fn jwt_parts(token: &str) -> (Value, Value) {
     let mut parts = token.split('.');
     (decode(parts.next().unwrap()), decode(parts.next().unwrap()))
 }
+
+impl TestApp {
+    pub async fn patch(&self, path: &str, body: &Value, token: Option<&str>) -> Response {
+        let mut request = self.client.patch(self.url(path)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub async fn put(&self, path: &str, body: &Value, token: Option<&str>) -> Response {
+        let mut request = self.client.put(self.url(path)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// A system admin, created the way `ums create-admin` does, and logged in.
+    pub async fn admin(&self, username: &str) -> Tokens {
+        let outcome = ums::users::service::ensure_admin(
+            &self.state.store,
+            &self.state.hasher,
+            8,
+            username,
+            &format!("{username}@admins.org"),
+            &secrecy::SecretString::from(PASSWORD.to_string()),
+            self.clock.now(),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            outcome,
+            ums::users::service::AdminOutcome::Created(_)
+        ));
+        self.login(username).await
+    }
+
+    /// Registers and logs in a user; returns (id, tokens).
+    pub async fn user(&self, username: &str) -> (i64, Tokens) {
+        let user = self
+            .register(username, &format!("{username}@lab.org"))
+            .await;
+        (user["id"].as_i64().unwrap(), self.login(username).await)
+    }
+
+    pub async fn create_lab(&self, admin_token: &str, code: &str) -> i64 {
+        let response = self
+            .post(
+                "/api/labs",
+                &json!({"code": code, "name": format!("Lab {code}")}),
+                Some(admin_token),
+            )
+            .await;
+        assert_eq!(
+            response.status(),
+            StatusCode::CREATED,
+            "creating lab {code}"
+        );
+        let lab: Value = response.json().await.unwrap();
+        lab["id"].as_i64().unwrap()
+    }
+
+    pub async fn add_member(&self, token: &str, lab_id: i64, user_id: i64, role: &str) {
+        let response = self
+            .post(
+                &format!("/api/labs/{lab_id}/members"),
+                &json!({"user_id": user_id, "role": role}),
+                Some(token),
+            )
+            .await;
+        assert_eq!(
+            response.status(),
+            StatusCode::CREATED,
+            "adding {user_id} to {lab_id} as {role}"
+        );
+    }
+
+    /// The rows a refused call must leave as they were.
+    pub async fn lab_rows(&self) -> String {
+        let mut connection = self.state.store.read().await.unwrap();
+        let labs =
+            sqlx::query("SELECT id, code, name, description, is_active FROM labs ORDER BY id")
+                .fetch_all(&mut *connection)
+                .await
+                .unwrap();
+        let members = sqlx::query(
+            "SELECT lab_id, user_id, role FROM lab_memberships ORDER BY lab_id, user_id",
+        )
+        .fetch_all(&mut *connection)
+        .await
+        .unwrap();
+        let mut text = String::new();
+        for row in labs {
+            text += &format!(
+                "lab {} {} {} {} {}\n",
+                row.try_get::<i64, _>(0).unwrap(),
+                row.try_get::<String, _>(1).unwrap(),
+                row.try_get::<String, _>(2).unwrap(),
+                row.try_get::<String, _>(3).unwrap(),
+                row.try_get::<i64, _>(4).unwrap()
+            );
+        }
+        for row in members {
+            text += &format!(
+                "member {} {} {}\n",
+                row.try_get::<i64, _>(0).unwrap(),
+                row.try_get::<i64, _>(1).unwrap(),
+                row.try_get::<String, _>(2).unwrap()
+            );
+        }
+        text
+    }
+}

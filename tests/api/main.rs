@@ -3,5 +3,8 @@
 
 mod auth;
 mod helpers;
+mod isolation;
+mod labs;
 mod platform;
 mod tokens;
+mod users;

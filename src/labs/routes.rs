@@ -1,0 +1,177 @@
+//! HTTP handlers of `/api/labs`. Each states its access in its signature.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+
+use crate::http::AppError;
+use crate::http::error::Problem;
+use crate::http::extract::{AdminUser, ApiPath, AuthUser, ClientOrigin, JsonBody};
+use crate::http::pagination::Page;
+use crate::labs::access::{LabAccess, ManageMembers, Read};
+use crate::labs::service::{self, AddMember, ChangeRole, CreateLab, UpdateLab};
+use crate::labs::{AccessView, LabView, MemberView};
+use crate::state::AppState;
+
+#[utoipa::path(get, path = "/api/labs", tag = "labs", security(("bearer" = [])),
+    params(("page" = Option<i64>, Query), ("per_page" = Option<i64>, Query), ("q" = Option<String>, Query),
+        ("is_active" = Option<bool>, Query)),
+    responses((status = 200, body = Page<LabView>), (status = 400, body = Problem), (status = 401, body = Problem)))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Page<LabView>>, AppError> {
+    Ok(Json(service::list(&state, &caller.user, params).await?))
+}
+
+#[utoipa::path(post, path = "/api/labs", tag = "labs", security(("bearer" = [])), request_body = CreateLab,
+    responses((status = 201, body = LabView), (status = 400, body = Problem), (status = 403, body = Problem),
+        (status = 409, body = Problem)))]
+pub async fn create(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    ClientOrigin(origin): ClientOrigin,
+    JsonBody(request): JsonBody<CreateLab>,
+) -> Result<(StatusCode, Json<LabView>), AppError> {
+    let lab = service::create(&state, request, &admin.user, &origin).await?;
+    Ok((StatusCode::CREATED, Json(lab)))
+}
+
+#[utoipa::path(get, path = "/api/labs/{id}", tag = "labs", security(("bearer" = [])), params(("id" = i64, Path)),
+    responses((status = 200, body = LabView), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub async fn get(access: LabAccess<Read>) -> Json<LabView> {
+    Json(access.lab.view())
+}
+
+#[utoipa::path(patch, path = "/api/labs/{id}", tag = "labs", security(("bearer" = [])), params(("id" = i64, Path)),
+    request_body = UpdateLab,
+    responses((status = 200, body = LabView), (status = 400, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn update(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    ClientOrigin(origin): ClientOrigin,
+    ApiPath(id): ApiPath<i64>,
+    JsonBody(request): JsonBody<UpdateLab>,
+) -> Result<Json<LabView>, AppError> {
+    Ok(Json(
+        service::update(&state, id, request, &admin.user, &origin).await?,
+    ))
+}
+
+#[utoipa::path(put, path = "/api/labs/{id}", tag = "labs", security(("bearer" = [])), params(("id" = i64, Path)),
+    request_body = UpdateLab,
+    responses((status = 200, body = LabView), (status = 400, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn replace(
+    state: State<AppState>,
+    admin: AdminUser,
+    origin: ClientOrigin,
+    id: ApiPath<i64>,
+    request: JsonBody<UpdateLab>,
+) -> Result<Json<LabView>, AppError> {
+    update(state, admin, origin, id, request).await
+}
+
+#[utoipa::path(delete, path = "/api/labs/{id}", tag = "labs", security(("bearer" = [])), params(("id" = i64, Path)),
+    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    ClientOrigin(origin): ClientOrigin,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<StatusCode, AppError> {
+    service::delete(&state, id, &admin.user, &origin).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/labs/{id}/activate", tag = "labs", security(("bearer" = [])),
+    params(("id" = i64, Path)),
+    responses((status = 200, body = LabView), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub async fn activate(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    ClientOrigin(origin): ClientOrigin,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<LabView>, AppError> {
+    Ok(Json(
+        service::set_active(&state, id, true, &admin.user, &origin).await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/api/labs/{id}/deactivate", tag = "labs", security(("bearer" = [])),
+    params(("id" = i64, Path)),
+    responses((status = 200, body = LabView), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub async fn deactivate(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    ClientOrigin(origin): ClientOrigin,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<LabView>, AppError> {
+    Ok(Json(
+        service::set_active(&state, id, false, &admin.user, &origin).await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/api/labs/{id}/members", tag = "labs", security(("bearer" = [])),
+    params(("id" = i64, Path)),
+    responses((status = 200, body = Vec<MemberView>), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub async fn members(
+    State(state): State<AppState>,
+    access: LabAccess<Read>,
+) -> Result<Json<Vec<MemberView>>, AppError> {
+    Ok(Json(service::members(&state, &access).await?))
+}
+
+#[utoipa::path(post, path = "/api/labs/{id}/members", tag = "labs", security(("bearer" = [])),
+    params(("id" = i64, Path)), request_body = AddMember,
+    responses((status = 201, body = MemberView), (status = 400, body = Problem), (status = 403, body = Problem),
+        (status = 409, body = Problem)))]
+pub async fn add_member(
+    State(state): State<AppState>,
+    access: LabAccess<ManageMembers>,
+    ClientOrigin(origin): ClientOrigin,
+    JsonBody(request): JsonBody<AddMember>,
+) -> Result<(StatusCode, Json<MemberView>), AppError> {
+    let member = service::add_member(&state, &access, request, &origin).await?;
+    Ok((StatusCode::CREATED, Json(member)))
+}
+
+#[utoipa::path(delete, path = "/api/labs/{id}/members/{user_id}", tag = "labs", security(("bearer" = [])),
+    params(("id" = i64, Path), ("user_id" = i64, Path)),
+    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn remove_member(
+    State(state): State<AppState>,
+    access: LabAccess<ManageMembers>,
+    ClientOrigin(origin): ClientOrigin,
+    ApiPath(ids): ApiPath<(i64, i64)>,
+) -> Result<StatusCode, AppError> {
+    service::remove_member(&state, &access, ids.1, &origin).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(patch, path = "/api/labs/{id}/members/{user_id}/role", tag = "labs", security(("bearer" = [])),
+    params(("id" = i64, Path), ("user_id" = i64, Path)), request_body = ChangeRole,
+    responses((status = 200, body = MemberView), (status = 400, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn change_role(
+    State(state): State<AppState>,
+    access: LabAccess<ManageMembers>,
+    ClientOrigin(origin): ClientOrigin,
+    ApiPath(ids): ApiPath<(i64, i64)>,
+    JsonBody(request): JsonBody<ChangeRole>,
+) -> Result<Json<MemberView>, AppError> {
+    Ok(Json(
+        service::change_role(&state, &access, ids.1, request, &origin).await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/api/labs/{id}/access", tag = "labs", security(("bearer" = [])),
+    params(("id" = i64, Path)),
+    responses((status = 200, body = AccessView), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub async fn access(access: LabAccess<Read>) -> Json<AccessView> {
+    Json(access.view())
+}

@@ -1,0 +1,308 @@
+//! Queries on `labs` and `lab_memberships`. Every membership query names its lab: there is
+//! no query here that reads or writes a lab's rows without the lab filter.
+
+use sqlx::Row;
+
+use crate::clock::Millis;
+use crate::http::AppError;
+use crate::http::pagination::PageRequest;
+use crate::labs::{Lab, LabCode, LabRole, MemberUser, MemberView};
+use crate::store::{Conditions, Connection, SqlValue, flag, like_pattern, unique_violation};
+
+const LAB_COLUMNS: &str = "labs.id, labs.code, labs.name, labs.description, labs.is_active, labs.created_at, labs.updated_at";
+
+fn duplicate_code(error: sqlx::Error) -> AppError {
+    match unique_violation(&error) {
+        Some(_) => AppError::conflict("code", "a lab with this code already exists"),
+        None => AppError::from(error),
+    }
+}
+
+pub async fn insert(
+    connection: &mut Connection,
+    code: &LabCode,
+    name: &str,
+    description: &str,
+    now: Millis,
+) -> Result<Lab, AppError> {
+    let sql = format!(
+        "INSERT INTO labs (code, name, description, is_active, created_at, updated_at) \
+         VALUES ($1, $2, $3, 1, $4, $4) RETURNING {}",
+        LAB_COLUMNS.replace("labs.", "")
+    );
+    sqlx::query_as::<_, Lab>(&sql)
+        .bind(code.as_str())
+        .bind(name)
+        .bind(description)
+        .bind(now)
+        .fetch_one(&mut *connection)
+        .await
+        .map_err(duplicate_code)
+}
+
+pub async fn find(connection: &mut Connection, lab_id: i64) -> Result<Option<Lab>, AppError> {
+    let sql = format!("SELECT {LAB_COLUMNS} FROM labs WHERE labs.id = $1");
+    Ok(sqlx::query_as::<_, Lab>(&sql)
+        .bind(lab_id)
+        .fetch_optional(&mut *connection)
+        .await?)
+}
+
+/// The lab and the user's role in it, if the user is a member.
+pub async fn membership_in(
+    connection: &mut Connection,
+    lab_id: i64,
+    user_id: i64,
+) -> Result<Option<(Lab, LabRole)>, AppError> {
+    let sql = format!(
+        "SELECT {LAB_COLUMNS}, lab_memberships.role FROM lab_memberships \
+         JOIN labs ON labs.id = lab_memberships.lab_id \
+         WHERE lab_memberships.lab_id = $1 AND lab_memberships.user_id = $2"
+    );
+    let Some(row) = sqlx::query(&sql)
+        .bind(lab_id)
+        .bind(user_id)
+        .fetch_optional(&mut *connection)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let lab = <Lab as sqlx::FromRow<_>>::from_row(&row)?;
+    let role: String = row.try_get("role")?;
+    let role = LabRole::parse(&role).map_err(|e| anyhow::anyhow!("stored role {role}: {e}"))?;
+    Ok(Some((lab, role)))
+}
+
+pub struct LabFilter {
+    /// Only labs this user is a member of (non-admin callers).
+    pub member: Option<i64>,
+    pub query: Option<String>,
+    pub is_active: Option<bool>,
+}
+
+pub async fn list(
+    connection: &mut Connection,
+    filter: &LabFilter,
+    page: PageRequest,
+) -> Result<(Vec<Lab>, i64), AppError> {
+    let mut conditions = Conditions::new();
+    if let Some(user_id) = filter.member {
+        conditions.push(
+            "labs.id IN (SELECT lab_id FROM lab_memberships WHERE user_id = ?)",
+            SqlValue::Int(user_id),
+        );
+    }
+    if let Some(query) = &filter.query {
+        conditions.push(
+            "(lower(labs.code) LIKE ? ESCAPE '\\' OR lower(labs.name) LIKE ? ESCAPE '\\')",
+            SqlValue::Text(like_pattern(query)),
+        );
+    }
+    if let Some(active) = filter.is_active {
+        conditions.push("labs.is_active = ?", SqlValue::Int(flag(active)));
+    }
+    let where_sql = conditions.where_sql();
+    let count_sql = format!("SELECT COUNT(*) FROM labs{where_sql}");
+    let (total,): (i64,) = conditions
+        .bind(sqlx::query_as(&count_sql))
+        .fetch_one(&mut *connection)
+        .await?;
+    let items_sql = format!(
+        "SELECT {LAB_COLUMNS} FROM labs{where_sql} ORDER BY labs.code LIMIT {} OFFSET {}",
+        conditions.next_placeholder(1),
+        conditions.next_placeholder(2)
+    );
+    let items = conditions
+        .bind(sqlx::query_as::<_, Lab>(&items_sql))
+        .bind(page.per_page)
+        .bind(page.offset())
+        .fetch_all(&mut *connection)
+        .await?;
+    Ok((items, total))
+}
+
+pub struct LabChanges {
+    pub code: Option<LabCode>,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub is_active: Option<bool>,
+}
+
+pub async fn update(
+    connection: &mut Connection,
+    lab_id: i64,
+    changes: &LabChanges,
+    now: Millis,
+) -> Result<Option<Lab>, AppError> {
+    let sql = format!(
+        "UPDATE labs SET code = COALESCE($2, code), name = COALESCE($3, name), \
+         description = COALESCE($4, description), is_active = COALESCE($5, is_active), updated_at = $6 \
+         WHERE id = $1 RETURNING {}",
+        LAB_COLUMNS.replace("labs.", "")
+    );
+    sqlx::query_as::<_, Lab>(&sql)
+        .bind(lab_id)
+        .bind(changes.code.as_ref().map(LabCode::as_str))
+        .bind(changes.name.as_deref())
+        .bind(changes.description.as_deref())
+        .bind(changes.is_active.map(flag))
+        .bind(now)
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(duplicate_code)
+}
+
+/// Deletes a lab and its memberships; returns how many memberships went with it.
+pub async fn delete(connection: &mut Connection, lab_id: i64) -> Result<Option<i64>, AppError> {
+    let (members,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM lab_memberships WHERE lab_id = $1")
+            .bind(lab_id)
+            .fetch_one(&mut *connection)
+            .await?;
+    sqlx::query("DELETE FROM lab_memberships WHERE lab_id = $1")
+        .bind(lab_id)
+        .execute(&mut *connection)
+        .await?;
+    let deleted = sqlx::query("DELETE FROM labs WHERE id = $1")
+        .bind(lab_id)
+        .execute(&mut *connection)
+        .await?;
+    Ok((deleted.rows_affected() > 0).then_some(members))
+}
+
+/// Takes the lab's row lock (PostgreSQL) for the rest of the transaction, so concurrent
+/// membership changes of one lab are ordered and the lab_admin rule holds under races.
+pub async fn lock(connection: &mut Connection, lab_id: i64) -> Result<bool, AppError> {
+    let result = sqlx::query("UPDATE labs SET updated_at = updated_at WHERE id = $1")
+        .bind(lab_id)
+        .execute(&mut *connection)
+        .await?;
+    Ok(result.rows_affected() > 0)
+}
+
+const MEMBER_SELECT: &str = "SELECT users.id, users.username, users.email, users.first_name, users.last_name, \
+    lab_memberships.role, lab_memberships.created_at FROM lab_memberships \
+    JOIN users ON users.id = lab_memberships.user_id WHERE lab_memberships.lab_id = $1";
+
+fn member_from_row(row: &sqlx::any::AnyRow) -> Result<MemberView, sqlx::Error> {
+    Ok(MemberView {
+        user: MemberUser {
+            id: row.try_get("id")?,
+            username: row.try_get("username")?,
+            email: row.try_get("email")?,
+            first_name: row.try_get("first_name")?,
+            last_name: row.try_get("last_name")?,
+        },
+        role: row.try_get("role")?,
+        joined_at: row.try_get("created_at")?,
+    })
+}
+
+pub async fn members(
+    connection: &mut Connection,
+    lab_id: i64,
+) -> Result<Vec<MemberView>, AppError> {
+    let sql = format!("{MEMBER_SELECT} ORDER BY users.username");
+    let rows = sqlx::query(&sql)
+        .bind(lab_id)
+        .fetch_all(&mut *connection)
+        .await?;
+    Ok(rows.iter().map(member_from_row).collect::<Result<_, _>>()?)
+}
+
+pub async fn member(
+    connection: &mut Connection,
+    lab_id: i64,
+    user_id: i64,
+) -> Result<Option<MemberView>, AppError> {
+    let sql = format!("{MEMBER_SELECT} AND lab_memberships.user_id = $2");
+    let row = sqlx::query(&sql)
+        .bind(lab_id)
+        .bind(user_id)
+        .fetch_optional(&mut *connection)
+        .await?;
+    Ok(row.as_ref().map(member_from_row).transpose()?)
+}
+
+pub async fn add_member(
+    connection: &mut Connection,
+    lab_id: i64,
+    user_id: i64,
+    role: LabRole,
+    now: Millis,
+) -> Result<(), AppError> {
+    sqlx::query(
+        "INSERT INTO lab_memberships (user_id, lab_id, role, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
+    )
+    .bind(user_id)
+    .bind(lab_id)
+    .bind(role.as_str())
+    .bind(now)
+    .execute(&mut *connection)
+    .await
+    .map_err(|error| match unique_violation(&error) {
+        Some(_) => AppError::conflict("user_id", "the user is already a member of this lab"),
+        None => AppError::from(error),
+    })?;
+    Ok(())
+}
+
+/// Removes a member; returns the role they had, or `None` if they were not a member.
+pub async fn remove_member(
+    connection: &mut Connection,
+    lab_id: i64,
+    user_id: i64,
+) -> Result<Option<String>, AppError> {
+    let row = sqlx::query(
+        "DELETE FROM lab_memberships WHERE lab_id = $1 AND user_id = $2 RETURNING role",
+    )
+    .bind(lab_id)
+    .bind(user_id)
+    .fetch_optional(&mut *connection)
+    .await?;
+    Ok(row.map(|row| row.try_get("role")).transpose()?)
+}
+
+/// Changes a member's role; returns the previous role, or `None` if not a member.
+pub async fn set_role(
+    connection: &mut Connection,
+    lab_id: i64,
+    user_id: i64,
+    role: LabRole,
+    now: Millis,
+) -> Result<Option<String>, AppError> {
+    let previous =
+        sqlx::query("SELECT role FROM lab_memberships WHERE lab_id = $1 AND user_id = $2")
+            .bind(lab_id)
+            .bind(user_id)
+            .fetch_optional(&mut *connection)
+            .await?;
+    let Some(previous) = previous else {
+        return Ok(None);
+    };
+    sqlx::query(
+        "UPDATE lab_memberships SET role = $3, updated_at = $4 WHERE lab_id = $1 AND user_id = $2",
+    )
+    .bind(lab_id)
+    .bind(user_id)
+    .bind(role.as_str())
+    .bind(now)
+    .execute(&mut *connection)
+    .await?;
+    Ok(Some(previous.try_get("role")?))
+}
+
+/// (members, lab_admins) of a lab.
+pub async fn admin_balance(
+    connection: &mut Connection,
+    lab_id: i64,
+) -> Result<(i64, i64), AppError> {
+    let (members, admins): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN role = 'lab_admin' THEN 1 ELSE 0 END), 0) \
+         FROM lab_memberships WHERE lab_id = $1",
+    )
+    .bind(lab_id)
+    .fetch_one(&mut *connection)
+    .await?;
+    Ok((members, admins))
+}
