@@ -107,6 +107,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub bootstrap_admin: Option<BootstrapAdmin>,
     pub database_timeout: Duration,
+    pub mail_poll_interval: Duration,
+    pub mail_max_attempts: u32,
 }
 
 /// A database URL whose password never reaches `Debug` output or logs.
@@ -326,6 +328,8 @@ impl Config {
             log_format,
             bootstrap_admin,
             database_timeout: duration("UMS_DATABASE_TIMEOUT", Duration::from_secs(3))?,
+            mail_poll_interval: duration("UMS_MAIL_POLL_INTERVAL", Duration::from_secs(1))?,
+            mail_max_attempts: number("UMS_MAIL_MAX_ATTEMPTS", 100)?,
         })
     }
 
@@ -371,7 +375,7 @@ fn parse_network(entry: &str) -> Option<IpNet> {
         .or_else(|| entry.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
-/// `45s`, `30m`, `1h`, `30d`; a bare number is seconds.
+/// `45s`, `30m`, `1h`, `30d` (and `250ms`); a bare number is seconds.
 pub fn parse_duration(value: &str) -> Option<Duration> {
     let value = value.trim();
     let (digits, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
@@ -379,17 +383,18 @@ pub fn parse_duration(value: &str) -> Option<Duration> {
         None => (value, "s"),
     };
     let amount: u64 = digits.parse().ok()?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
+    let millis = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => return None,
     };
     amount
-        .checked_mul(seconds)
+        .checked_mul(millis)
         .filter(|total| *total > 0)
-        .map(Duration::from_secs)
+        .map(Duration::from_millis)
 }
 
 /// Splits `Name <addr@host>` or `addr@host` into (name, address).
@@ -458,6 +463,7 @@ mod tests {
         assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_duration("30d"), Some(Duration::from_secs(2_592_000)));
         assert_eq!(parse_duration("10"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_duration("5w"), None);
         assert_eq!(parse_duration("0s"), None);
     }

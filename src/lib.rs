@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod labs;
+pub mod mail;
 pub mod security;
 pub mod startup;
 pub mod state;

@@ -51,6 +51,13 @@ impl Application {
     ) -> anyhow::Result<()> {
         let Application { listener, state } = self;
         let key_refresher = tokio::spawn(refresh_keys(state.clone()));
+        let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
+        let transport = crate::mail::outbox::Transport::from_config(&state.config)?;
+        let mail_worker = tokio::spawn(crate::mail::outbox::run(
+            state.clone(),
+            transport,
+            workers_stopped,
+        ));
         let app =
             NormalizePathLayer::trim_trailing_slash().layer(crate::http::router(state.clone()));
         let service = ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
@@ -62,6 +69,13 @@ impl Application {
             .await
             .context("serving HTTP")?;
         key_refresher.abort();
+        let _ = stop_workers.send(true);
+        if tokio::time::timeout(Duration::from_secs(5), mail_worker)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the email worker did not stop within 5 seconds");
+        }
         state.store.close().await;
         tracing::info!("ums stopped");
         Ok(())
@@ -106,12 +120,14 @@ pub async fn prepare(config: Config, clock: Clock) -> anyhow::Result<AppState> {
             tracing::info!(user_id = id, username = %admin.username, "bootstrap admin created");
         }
     }
+    let outbox = crate::mail::Outbox::new(config.public_url.clone(), config.secret_key.clone());
     Ok(AppState {
         config: Arc::new(config),
         store,
         keys,
         hasher,
         clock,
+        outbox,
     })
 }
 

@@ -6,6 +6,7 @@ use crate::auth::password::PasswordHasherConfig;
 use crate::auth::tokens::Keys;
 use crate::clock::{Clock, Millis};
 use crate::config::Config;
+use crate::mail::Outbox;
 use crate::security::lockout::LockoutPolicy;
 use crate::store::Store;
 
@@ -16,6 +17,7 @@ pub struct AppState {
     pub keys: Keys,
     pub hasher: PasswordHasherConfig,
     pub clock: Clock,
+    pub outbox: Outbox,
 }
 
 impl AppState {

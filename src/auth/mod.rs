@@ -1,6 +1,8 @@
-//! Authentication: registration, login, tokens, sessions and passwords.
+//! Authentication: registration, login, tokens, sessions, passwords and the emailed-link
+//! flows (reset, change and verification).
 
 pub mod password;
+pub mod recovery;
 pub mod routes;
 pub mod service;
 pub mod sessions;

@@ -7,6 +7,10 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use crate::auth::recovery::{
+    self, ChangeEmailRequest, ChangePasswordRequest, ForgotPasswordRequest, ResetPasswordRequest,
+    VerifyEmailRequest,
+};
 use crate::auth::service::{self, LoginRequest, LoginResponse, RegisterRequest};
 use crate::auth::sessions::{self, SessionView, TokenPair};
 use crate::http::AppError;
@@ -159,4 +163,85 @@ pub async fn jwks(State(state): State<AppState>) -> Response {
         HeaderValue::from_static("public, max-age=300"),
     );
     response
+}
+
+/// A short acknowledgement for calls whose effect is an email.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Acknowledgement {
+    pub detail: &'static str,
+}
+
+#[utoipa::path(post, path = "/api/auth/forgot-password", tag = "auth", request_body = ForgotPasswordRequest,
+    responses((status = 202, body = Acknowledgement), (status = 400, body = Problem)))]
+pub async fn forgot_password(
+    State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
+    JsonBody(request): JsonBody<ForgotPasswordRequest>,
+) -> Result<(StatusCode, Json<Acknowledgement>), AppError> {
+    recovery::forgot_password(&state, request, &origin).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Acknowledgement {
+            detail: "If the address belongs to an account, a reset link is on its way.",
+        }),
+    ))
+}
+
+#[utoipa::path(post, path = "/api/auth/reset-password", tag = "auth", request_body = ResetPasswordRequest,
+    responses((status = 200, body = Acknowledgement), (status = 400, body = Problem)))]
+pub async fn reset_password(
+    State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
+    JsonBody(request): JsonBody<ResetPasswordRequest>,
+) -> Result<Json<Acknowledgement>, AppError> {
+    recovery::reset_password(&state, request, &origin).await?;
+    Ok(Json(Acknowledgement {
+        detail: "The password was reset; sign in with the new password.",
+    }))
+}
+
+#[utoipa::path(post, path = "/api/auth/change-password", tag = "auth", request_body = ChangePasswordRequest,
+    security(("bearer" = [])),
+    responses((status = 200, body = Acknowledgement), (status = 400, body = Problem), (status = 401, body = Problem)))]
+pub async fn change_password(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ClientOrigin(origin): ClientOrigin,
+    JsonBody(request): JsonBody<ChangePasswordRequest>,
+) -> Result<Json<Acknowledgement>, AppError> {
+    recovery::change_password(&state, &caller.user, &caller.claims.sid, request, &origin).await?;
+    Ok(Json(Acknowledgement {
+        detail: "The password was changed; other sessions were signed out.",
+    }))
+}
+
+#[utoipa::path(post, path = "/api/auth/change-email", tag = "auth", request_body = ChangeEmailRequest,
+    security(("bearer" = [])),
+    responses((status = 202, body = Acknowledgement), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 409, body = Problem)))]
+pub async fn change_email(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ClientOrigin(origin): ClientOrigin,
+    JsonBody(request): JsonBody<ChangeEmailRequest>,
+) -> Result<(StatusCode, Json<Acknowledgement>), AppError> {
+    recovery::change_email(&state, &caller.user, request, &origin).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Acknowledgement {
+            detail: "A verification link was sent to the new address.",
+        }),
+    ))
+}
+
+#[utoipa::path(post, path = "/api/auth/verify-email", tag = "auth", request_body = VerifyEmailRequest,
+    responses((status = 200, body = UserView), (status = 400, body = Problem), (status = 409, body = Problem)))]
+pub async fn verify_email(
+    State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
+    JsonBody(request): JsonBody<VerifyEmailRequest>,
+) -> Result<Json<UserView>, AppError> {
+    Ok(Json(
+        recovery::verify_email(&state, request, &origin).await?,
+    ))
 }

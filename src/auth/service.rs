@@ -135,6 +135,15 @@ pub async fn register(
         now,
     )
     .await?;
+    crate::auth::recovery::send_verification(
+        &mut transaction,
+        state,
+        &user,
+        &user.email,
+        crate::mail::EmailKind::Welcome,
+        now,
+    )
+    .await?;
     audit::record(
         &mut transaction,
         Event::new(Action::Register, now)
@@ -219,6 +228,16 @@ pub async fn login(
             }
             record_failure(&mut transaction, &login, user.as_ref(), origin, now, reason).await?;
             if !matched && reservation.locks_on_failure(policy) {
+                if let Some(user) = &user {
+                    crate::auth::recovery::notify_locked(
+                        &mut transaction,
+                        state,
+                        user,
+                        now + policy.duration,
+                        now,
+                    )
+                    .await?;
+                }
                 audit::record(
                     &mut transaction,
                     Event::new(Action::AccountLocked, now)
@@ -250,6 +269,15 @@ pub async fn login(
     lockout::clear(&mut transaction, &subject).await?;
     user_store::record_login(&mut transaction, user.id, rehashed.as_deref(), now).await?;
     let session_id = sessions::open(&mut transaction, user.id, origin, now, lifetime).await?;
+    crate::auth::recovery::notify_new_login(
+        &mut transaction,
+        state,
+        &user,
+        origin,
+        &session_id,
+        now,
+    )
+    .await?;
     let tokens = sessions::issue_tokens(
         &mut transaction,
         state,

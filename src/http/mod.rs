@@ -27,7 +27,8 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
     info(title = "UMS", description = "User Management Service: identity for the lab portal."),
     paths(
         auth::register, auth::login, auth::refresh, auth::logout, auth::me,
-        auth::list_sessions, auth::revoke_session, auth::jwks,
+        auth::list_sessions, auth::revoke_session, auth::jwks, auth::forgot_password, auth::reset_password,
+        auth::change_password, auth::change_email, auth::verify_email,
         users::list, users::get, users::update, users::replace, users::delete, users::labs, users::unlock,
         labs::list, labs::create, labs::get, labs::update, labs::replace, labs::delete, labs::activate,
         labs::deactivate, labs::members, labs::add_member, labs::remove_member, labs::change_role, labs::access,
@@ -64,6 +65,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/auth/me", get(auth::me))
         .route("/api/auth/sessions", get(auth::list_sessions))
         .route("/api/auth/sessions/{id}", delete(auth::revoke_session))
+        .route("/api/auth/forgot-password", post(auth::forgot_password))
+        .route("/api/auth/reset-password", post(auth::reset_password))
+        .route("/api/auth/change-password", post(auth::change_password))
+        .route("/api/auth/change-email", post(auth::change_email))
+        .route("/api/auth/verify-email", post(auth::verify_email))
         .route("/.well-known/jwks.json", get(auth::jwks))
         .route("/api/users", get(users::list))
         .route(

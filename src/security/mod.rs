@@ -1,4 +1,5 @@
-//! Defences around credentials: lockout, and knowing who the client really is.
+//! Defences: lockout, knowing who the client really is, and secrets at rest.
 
 pub mod client_ip;
 pub mod lockout;
+pub mod sealing;

@@ -8,7 +8,14 @@ use sqlx::{Executor, Row};
 
 use super::{Backend, Connection, Store};
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("migrations/0001_init.sql")),
+    (
+        2,
+        "email_outbox",
+        include_str!("migrations/0002_email_outbox.sql"),
+    ),
+];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 

@@ -131,6 +131,7 @@ impl User {
             email_verified: self.email_verified != 0,
             is_locked: self.is_locked(now),
             mfa_enabled: self.mfa_enabled != 0,
+            new_login_alerts: self.new_login_alerts != 0,
             last_login_at: self.last_login_at,
             password_changed_at: self.password_changed_at,
             created_at: self.created_at,
@@ -152,6 +153,8 @@ pub struct UserView {
     pub email_verified: bool,
     pub is_locked: bool,
     pub mfa_enabled: bool,
+    /// Whether a sign-in from a new device or address sends an alert (the user may opt out).
+    pub new_login_alerts: bool,
     #[serde(serialize_with = "serialize_optional_time")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub last_login_at: Option<Millis>,

@@ -247,6 +247,8 @@ pub struct UpdateUser {
     pub email: Option<String>,
     pub is_active: Option<bool>,
     pub is_admin: Option<bool>,
+    /// The owner may switch off new sign-in alerts.
+    pub new_login_alerts: Option<bool>,
 }
 
 impl UpdateUser {
@@ -291,6 +293,7 @@ impl UpdateUser {
                 last_name,
                 is_active: self.is_active,
                 is_admin: self.is_admin,
+                new_login_alerts: self.new_login_alerts,
             }),
             _ => Err(AppError::Validation(errors)),
         }

@@ -180,6 +180,7 @@ pub struct UserChanges {
     pub last_name: Option<String>,
     pub is_active: Option<bool>,
     pub is_admin: Option<bool>,
+    pub new_login_alerts: Option<bool>,
 }
 
 pub async fn update(
@@ -193,7 +194,8 @@ pub async fn update(
         "UPDATE users SET username = COALESCE($2, username), email = COALESCE($3, email), \
          first_name = COALESCE($4, first_name), last_name = COALESCE($5, last_name), \
          is_active = COALESCE($6, is_active), is_admin = COALESCE($7, is_admin), \
-         email_verified = COALESCE($8, email_verified), updated_at = $9 \
+         email_verified = COALESCE($8, email_verified), updated_at = $9, \
+         new_login_alerts = COALESCE($10, new_login_alerts) \
          WHERE id = $1 RETURNING {USER_COLUMNS}"
     );
     sqlx::query_as::<_, User>(&sql)
@@ -206,6 +208,7 @@ pub async fn update(
         .bind(changes.is_admin.map(flag))
         .bind(email_verified.map(flag))
         .bind(now)
+        .bind(changes.new_login_alerts.map(flag))
         .fetch_optional(&mut *connection)
         .await
         .map_err(duplicate_username_or_email)

@@ -13,6 +13,8 @@ use ums::config::Config;
 use ums::startup::Application;
 use ums::state::AppState;
 
+use crate::smtp::SmtpSink;
+
 pub const PASSWORD: &str = "correct horse battery staple";
 
 pub struct TestApp {
@@ -20,6 +22,9 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub clock: Clock,
     pub state: AppState,
+    pub smtp: SmtpSink,
+    /// The configuration the app was started with (to start a second instance beside it).
+    pub vars: HashMap<String, String>,
     _database: TestDatabase,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -34,7 +39,12 @@ impl Drop for TestApp {
 
 pub enum TestDatabase {
     Sqlite(#[allow(dead_code)] tempfile::TempDir),
-    Postgres { admin_url: String, name: String },
+    /// Another app's database, owned (and dropped) by that app.
+    Borrowed,
+    Postgres {
+        admin_url: String,
+        name: String,
+    },
 }
 
 impl Drop for TestDatabase {
@@ -118,15 +128,42 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }
 
-/// Spawns the app with extra configuration variables.
+/// Spawns the app with extra configuration variables, a fresh database and its own SMTP sink.
 pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     let mut vars = base_vars();
     let database = fresh_database(&mut vars).await;
+    let smtp = SmtpSink::start().await;
+    vars.insert(
+        "UMS_SMTP_URL".into(),
+        format!("smtp://127.0.0.1:{}", smtp.port),
+    );
+    vars.insert("UMS_MAIL_POLL_INTERVAL".into(), "50ms".into());
     for (name, value) in extra {
         vars.insert(name.to_string(), value.to_string());
     }
+    launch(vars, database, smtp, Clock::manual()).await
+}
+
+/// A second instance on the same database and SMTP server as `app` (its own sink handle
+/// receives nothing; read `app.smtp`).
+pub async fn spawn_second_instance(app: &TestApp) -> TestApp {
+    let smtp = SmtpSink::start().await;
+    launch(
+        app.vars.clone(),
+        TestDatabase::Borrowed,
+        smtp,
+        app.clock.clone(),
+    )
+    .await
+}
+
+async fn launch(
+    vars: HashMap<String, String>,
+    database: TestDatabase,
+    smtp: SmtpSink,
+    clock: Clock,
+) -> TestApp {
     let config = Config::from_lookup(|name| vars.get(name).cloned()).expect("test configuration");
-    let clock = Clock::manual();
     let application = Application::build(config, clock.clone())
         .await
         .expect("the app builds");
@@ -144,6 +181,8 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
             .unwrap(),
         clock,
         state,
+        smtp,
+        vars,
         _database: database,
         shutdown: Some(shutdown),
     }

@@ -2,9 +2,11 @@
 //! Runs on SQLite, or on PostgreSQL when `UMS_TEST_POSTGRES_URL` is set.
 
 mod auth;
+mod email;
 mod helpers;
 mod isolation;
 mod labs;
 mod platform;
+mod smtp;
 mod tokens;
 mod users;

@@ -1,0 +1,257 @@
+//! Security emails: the seven kinds, their templates (files under `templates/`, each with an
+//! HTML and a plain-text part), and the outbox they are queued in with the change that
+//! causes them. `outbox` sends them.
+
+pub mod outbox;
+
+use std::sync::LazyLock;
+
+use minijinja::Environment;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use crate::clock::Millis;
+use crate::http::AppError;
+use crate::store::Connection;
+use crate::users::User;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmailKind {
+    Welcome,
+    PasswordReset,
+    PasswordChanged,
+    VerifyEmail,
+    EmailChanged,
+    AccountLocked,
+    NewLogin,
+}
+
+impl EmailKind {
+    pub const ALL: [EmailKind; 7] = [
+        EmailKind::Welcome,
+        EmailKind::PasswordReset,
+        EmailKind::PasswordChanged,
+        EmailKind::VerifyEmail,
+        EmailKind::EmailChanged,
+        EmailKind::AccountLocked,
+        EmailKind::NewLogin,
+    ];
+
+    /// The template name, also stored as the outbox row's `kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EmailKind::Welcome => "welcome",
+            EmailKind::PasswordReset => "password_reset",
+            EmailKind::PasswordChanged => "password_changed",
+            EmailKind::VerifyEmail => "verify_email",
+            EmailKind::EmailChanged => "email_changed",
+            EmailKind::AccountLocked => "account_locked",
+            EmailKind::NewLogin => "new_login",
+        }
+    }
+
+    /// The contract's subjects: each names its kind.
+    pub fn subject(self) -> &'static str {
+        match self {
+            EmailKind::Welcome => "Welcome to UMS",
+            EmailKind::PasswordReset => "Reset your password",
+            EmailKind::PasswordChanged => "Your password was changed",
+            EmailKind::VerifyEmail => "Verify your email address",
+            EmailKind::EmailChanged => "Your email address was changed",
+            EmailKind::AccountLocked => "Your account was locked",
+            EmailKind::NewLogin => "New sign-in to your account",
+        }
+    }
+}
+
+static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
+    let mut environment = Environment::new();
+    environment.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    let sources: [(&str, &str); 15] = [
+        ("layout.html", include_str!("templates/layout.html")),
+        ("welcome.txt", include_str!("templates/welcome.txt")),
+        ("welcome.html", include_str!("templates/welcome.html")),
+        (
+            "password_reset.txt",
+            include_str!("templates/password_reset.txt"),
+        ),
+        (
+            "password_reset.html",
+            include_str!("templates/password_reset.html"),
+        ),
+        (
+            "password_changed.txt",
+            include_str!("templates/password_changed.txt"),
+        ),
+        (
+            "password_changed.html",
+            include_str!("templates/password_changed.html"),
+        ),
+        (
+            "verify_email.txt",
+            include_str!("templates/verify_email.txt"),
+        ),
+        (
+            "verify_email.html",
+            include_str!("templates/verify_email.html"),
+        ),
+        (
+            "email_changed.txt",
+            include_str!("templates/email_changed.txt"),
+        ),
+        (
+            "email_changed.html",
+            include_str!("templates/email_changed.html"),
+        ),
+        (
+            "account_locked.txt",
+            include_str!("templates/account_locked.txt"),
+        ),
+        (
+            "account_locked.html",
+            include_str!("templates/account_locked.html"),
+        ),
+        ("new_login.txt", include_str!("templates/new_login.txt")),
+        ("new_login.html", include_str!("templates/new_login.html")),
+    ];
+    for (name, source) in sources {
+        // A template that does not parse is a build defect: the unit tests render every kind.
+        let _ = environment.add_template(name, source);
+    }
+    environment
+});
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RenderedEmail {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+pub fn render(kind: EmailKind, context: &Value) -> anyhow::Result<RenderedEmail> {
+    let render = |extension: &str| -> anyhow::Result<String> {
+        let name = format!("{}.{extension}", kind.as_str());
+        Ok(TEMPLATES.get_template(&name)?.render(context)?)
+    };
+    Ok(RenderedEmail {
+        subject: kind.subject().to_string(),
+        text: render("txt")?,
+        html: render("html")?,
+    })
+}
+
+/// What the outbox needs from the configuration.
+#[derive(Clone)]
+pub struct Outbox {
+    public_url: String,
+    secret_key: Option<SecretString>,
+}
+
+impl Outbox {
+    pub fn new(public_url: String, secret_key: Option<SecretString>) -> Self {
+        Outbox {
+            public_url,
+            secret_key,
+        }
+    }
+
+    /// `{UMS_PUBLIC_URL}/{page}?token=...`
+    pub fn link(&self, page: &str, token: &str) -> String {
+        format!("{}/{page}?token={token}", self.public_url)
+    }
+
+    pub fn forgot_password_link(&self) -> String {
+        format!("{}/forgot-password", self.public_url)
+    }
+
+    /// Renders an email for `user` at `recipient` and queues it in the caller's transaction.
+    pub async fn enqueue(
+        &self,
+        connection: &mut Connection,
+        user: &User,
+        recipient: &str,
+        kind: EmailKind,
+        extra: Value,
+        now: Millis,
+    ) -> Result<(), AppError> {
+        let mut context = json!({
+            "service": "UMS",
+            "name": if user.first_name.is_empty() { user.username.clone() } else { user.first_name.clone() },
+            "username": user.username,
+            "recipient": recipient,
+            "forgot_link": self.forgot_password_link(),
+            "when": crate::clock::to_rfc3339(now),
+        });
+        if let (Some(context), Some(extra)) = (context.as_object_mut(), extra.as_object()) {
+            context.extend(extra.clone());
+        }
+        let email = render(kind, &context)?;
+        let body = crate::security::sealing::seal(
+            &serde_json::to_vec(&email).map_err(anyhow::Error::from)?,
+            self.secret_key.as_ref(),
+        )?;
+        sqlx::query(
+            "INSERT INTO email_outbox (kind, recipient, subject, body, status, attempts, next_attempt_at, created_at) \
+             VALUES ($1, $2, $3, $4, 'queued', 0, $5, $5)",
+        )
+        .bind(kind.as_str())
+        .bind(recipient)
+        .bind(&email.subject)
+        .bind(body)
+        .bind(now)
+        .execute(&mut *connection)
+        .await?;
+        Ok(())
+    }
+
+    pub fn open(&self, sealed: &str) -> anyhow::Result<RenderedEmail> {
+        let bytes = crate::security::sealing::unseal(sealed, self.secret_key.as_ref())?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_renders_both_parts_with_its_details() {
+        let context = json!({
+            "service": "UMS", "name": "Alice", "username": "alice", "recipient": "alice@lab.org",
+            "forgot_link": "https://ums.test/forgot-password", "when": "2026-01-01T00:00:00.000Z",
+            "link": "https://ums.test/x?token=abc&y=1", "valid_hours": 24, "sessions_note": "Other sessions were signed out.",
+            "new_email": "new@lab.org", "failures": 5, "unlocks_at": "2026-01-01T00:30:00.000Z",
+            "ip": "10.0.0.1", "device": "Firefox",
+        });
+        for kind in EmailKind::ALL {
+            let email = render(kind, &context).unwrap();
+            assert!(
+                email.text.contains("Alice"),
+                "{kind:?} text greets the user"
+            );
+            assert!(email.html.contains("<html"), "{kind:?} html is a document");
+            assert!(!email.subject.is_empty());
+        }
+        let reset = render(EmailKind::PasswordReset, &context).unwrap();
+        assert!(reset.text.contains("https://ums.test/x?token=abc&y=1"));
+        assert!(reset.html.contains("token=abc&amp;y=1"), "HTML is escaped");
+        let hostile = json!({"name": "<script>x</script>"});
+        let mut hostile_context = context.clone();
+        hostile_context
+            .as_object_mut()
+            .unwrap()
+            .extend(hostile.as_object().unwrap().clone());
+        let welcome = render(EmailKind::Welcome, &hostile_context).unwrap();
+        assert!(!welcome.html.contains("<script>") && welcome.html.contains("&lt;script&gt;"));
+        let locked = render(EmailKind::AccountLocked, &context).unwrap();
+        assert!(
+            locked.text.contains("2026-01-01T00:30:00.000Z")
+                && locked.text.contains("forgot-password")
+        );
+    }
+
+    #[test]
+    fn a_missing_detail_is_an_error_not_a_blank() {
+        assert!(render(EmailKind::PasswordReset, &json!({"name": "A"})).is_err());
+    }
+}
