@@ -44,6 +44,60 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain; exit non-zero naming the first tampered event.
+    Verify {
+        /// Check the archive files of this directory first.
+        #[arg(long)]
+        archive: Option<PathBuf>,
+    },
+    /// Export the (filtered) trail as json (lines), csv or pdf.
+    Export {
+        #[arg(long, value_parser = ["json", "csv", "pdf"])]
+        format: String,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        #[arg(long)]
+        user_id: Option<i64>,
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        resource_type: Option<String>,
+        /// RFC 3339 time.
+        #[arg(long)]
+        from: Option<String>,
+        /// RFC 3339 time.
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Move events older than the retention window to monthly archive files now.
+    Archive {
+        /// Default: UMS_AUDIT_ARCHIVE_DIR.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Default: UMS_AUDIT_RETENTION (90d).
+        #[arg(long)]
+        older_than: Option<String>,
+    },
+}
+
+/// Export chunks to a file or stdout.
+struct WriteSink(Box<dyn Write + Send>);
+
+impl crate::audit::query::ChunkSink for WriteSink {
+    async fn write(&mut self, bytes: Vec<u8>) -> anyhow::Result<()> {
+        self.0.write_all(&bytes)?;
+        Ok(())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +182,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("new signing key {kid}");
             Ok(())
         }
+        Command::Audit { command } => audit(config, clock, command).await,
     }
 }
 
@@ -162,4 +217,89 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().with_current_span(true).try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
+}
+
+async fn audit(config: Config, clock: Clock, command: AuditCommand) -> anyhow::Result<()> {
+    let store = Store::connect(&config).await?;
+    crate::store::migrate(&store).await?;
+    match command {
+        AuditCommand::Verify { archive } => {
+            let report = crate::audit::verify::verify(&store, archive.as_deref()).await?;
+            match report.finding {
+                None => {
+                    println!("audit chain intact: {} events checked", report.checked);
+                    Ok(())
+                }
+                Some(finding) => {
+                    println!(
+                        "audit chain broken after {} good events: {finding}",
+                        report.checked
+                    );
+                    anyhow::bail!("tampering found: {finding}")
+                }
+            }
+        }
+        AuditCommand::Export {
+            format,
+            output,
+            user_id,
+            action,
+            resource_type,
+            from,
+            to,
+        } => {
+            let format = crate::audit::export::ExportFormat::parse(&format)
+                .ok_or_else(|| anyhow::anyhow!("--format must be json, csv or pdf"))?;
+            let time = |value: Option<String>, name: &str| -> anyhow::Result<Option<i64>> {
+                value
+                    .map(|text| {
+                        crate::audit::query::parse_time(&text)
+                            .ok_or_else(|| anyhow::anyhow!("--{name} must be an RFC 3339 time"))
+                    })
+                    .transpose()
+            };
+            let filter = crate::audit::query::EventFilter {
+                user_id,
+                action,
+                resource_type,
+                from: time(from, "from")?,
+                to: time(to, "to")?,
+                ..Default::default()
+            };
+            let writer: Box<dyn Write + Send> = match &output {
+                Some(path) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("creating {}", path.display()))?,
+                )),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+            };
+            let mut sink = WriteSink(writer);
+            let exporter =
+                crate::audit::export::Exporter::new(format, &filter.describe(), clock.now());
+            let mut connection = store.reports().await?;
+            let count =
+                crate::audit::query::export(&mut connection, &filter, exporter, &mut sink).await?;
+            sink.0.flush()?;
+            eprintln!("exported {count} events");
+            Ok(())
+        }
+        AuditCommand::Archive { dir, older_than } => {
+            let directory = dir
+                .or_else(|| config.audit_archive_dir.clone())
+                .ok_or_else(|| anyhow::anyhow!("give --dir or set UMS_AUDIT_ARCHIVE_DIR"))?;
+            let window = match older_than {
+                Some(text) => crate::config::parse_duration(&text)
+                    .ok_or_else(|| anyhow::anyhow!("--older-than must be a duration like 90d"))?,
+                None => config.audit_retention,
+            };
+            let cutoff = clock.now() - window.as_millis() as i64;
+            let report = crate::audit::archive::archive(&store, &directory, cutoff).await?;
+            println!(
+                "archived {} events into {} files",
+                report.events,
+                report.files.len()
+            );
+            Ok(())
+        }
+    }
 }

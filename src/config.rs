@@ -109,6 +109,9 @@ pub struct Config {
     pub database_timeout: Duration,
     pub mail_poll_interval: Duration,
     pub mail_max_attempts: u32,
+    pub audit_retention: Duration,
+    pub audit_archive_dir: Option<PathBuf>,
+    pub login_attempt_retention: Duration,
 }
 
 /// A database URL whose password never reaches `Debug` output or logs.
@@ -330,6 +333,12 @@ impl Config {
             database_timeout: duration("UMS_DATABASE_TIMEOUT", Duration::from_secs(3))?,
             mail_poll_interval: duration("UMS_MAIL_POLL_INTERVAL", Duration::from_secs(1))?,
             mail_max_attempts: number("UMS_MAIL_MAX_ATTEMPTS", 100)?,
+            audit_retention: duration("UMS_AUDIT_RETENTION", Duration::from_secs(90 * 86_400))?,
+            audit_archive_dir: get("UMS_AUDIT_ARCHIVE_DIR").map(PathBuf::from),
+            login_attempt_retention: duration(
+                "UMS_LOGIN_ATTEMPT_RETENTION",
+                Duration::from_secs(90 * 86_400),
+            )?,
         })
     }
 

@@ -21,16 +21,21 @@ use crate::users::service::{AdminOutcome, ensure_admin};
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    access_events: tokio::sync::mpsc::Receiver<crate::audit::Event>,
 }
 
 impl Application {
     /// Everything up to a bound listener; `run_until_stopped` then serves.
     pub async fn build(config: Config, clock: Clock) -> anyhow::Result<Self> {
-        let state = prepare(config, clock).await?;
+        let (state, access_events) = prepare_with_access_log(config, clock).await?;
         let listener = TcpListener::bind(state.config.bind)
             .await
             .with_context(|| format!("binding {}", state.config.bind))?;
-        Ok(Application { listener, state })
+        Ok(Application {
+            listener,
+            state,
+            access_events,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -49,15 +54,25 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Application { listener, state } = self;
+        let Application {
+            listener,
+            state,
+            access_events,
+        } = self;
         let key_refresher = tokio::spawn(refresh_keys(state.clone()));
         let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
         let transport = crate::mail::outbox::Transport::from_config(&state.config)?;
         let mail_worker = tokio::spawn(crate::mail::outbox::run(
             state.clone(),
             transport,
-            workers_stopped,
+            workers_stopped.clone(),
         ));
+        let access_writer = tokio::spawn(crate::audit::batch::run(
+            state.store.clone(),
+            access_events,
+            workers_stopped.clone(),
+        ));
+        let maintenance = tokio::spawn(maintain(state.clone(), workers_stopped));
         let app =
             NormalizePathLayer::trim_trailing_slash().layer(crate::http::router(state.clone()));
         let service = ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
@@ -70,11 +85,17 @@ impl Application {
             .context("serving HTTP")?;
         key_refresher.abort();
         let _ = stop_workers.send(true);
-        if tokio::time::timeout(Duration::from_secs(5), mail_worker)
-            .await
-            .is_err()
-        {
-            tracing::warn!("the email worker did not stop within 5 seconds");
+        for (name, worker) in [
+            ("email", mail_worker),
+            ("access log", access_writer),
+            ("maintenance", maintenance),
+        ] {
+            if tokio::time::timeout(Duration::from_secs(5), worker)
+                .await
+                .is_err()
+            {
+                tracing::warn!(worker = name, "a worker did not stop within 5 seconds");
+            }
         }
         state.store.close().await;
         tracing::info!("ums stopped");
@@ -86,8 +107,16 @@ impl Application {
     }
 }
 
-/// Connects, migrates, and readies keys and the bootstrap admin.
+/// Connects, migrates, and readies keys and the bootstrap admin (for commands, which read no
+/// lab data: the access log's receiver is dropped).
 pub async fn prepare(config: Config, clock: Clock) -> anyhow::Result<AppState> {
+    Ok(prepare_with_access_log(config, clock).await?.0)
+}
+
+async fn prepare_with_access_log(
+    config: Config,
+    clock: Clock,
+) -> anyhow::Result<(AppState, tokio::sync::mpsc::Receiver<crate::audit::Event>)> {
     let store = Store::connect(&config).await?;
     let applied = crate::store::migrate(&store).await?;
     if !applied.is_empty() {
@@ -121,14 +150,17 @@ pub async fn prepare(config: Config, clock: Clock) -> anyhow::Result<AppState> {
         }
     }
     let outbox = crate::mail::Outbox::new(config.public_url.clone(), config.secret_key.clone());
-    Ok(AppState {
+    let (access_log, access_events) = crate::audit::batch::AccessLog::new();
+    let state = AppState {
         config: Arc::new(config),
         store,
         keys,
         hasher,
         clock,
         outbox,
-    })
+        access_log,
+    };
+    Ok((state, access_events))
 }
 
 /// Picks up keys rotated by `ums keys rotate` or another instance.
@@ -143,6 +175,35 @@ async fn refresh_keys(state: AppState) {
             .await
         {
             tracing::warn!(error = %error, "reloading signing keys failed");
+        }
+    }
+}
+
+/// Hourly upkeep: expire login attempts and spent rows, and archive old audit events when
+/// `UMS_AUDIT_ARCHIVE_DIR` is set.
+async fn maintain(state: AppState, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let now = state.now();
+        let attempts_before = now - state.config.login_attempt_retention.as_millis() as i64;
+        if let Err(error) = crate::audit::archive::expire(&state.store, attempts_before, now).await
+        {
+            tracing::warn!(error = %error, "expiring old rows failed");
+        }
+        if let Some(directory) = &state.config.audit_archive_dir {
+            let cutoff = now - state.config.audit_retention.as_millis() as i64;
+            match crate::audit::archive::archive(&state.store, directory, cutoff).await {
+                Ok(report) if report.events > 0 => {
+                    tracing::info!(events = report.events, "audit events archived")
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), "archiving audit events failed")
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = stopped.changed() => return,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::audit::batch::AccessLog;
 use crate::auth::password::PasswordHasherConfig;
 use crate::auth::tokens::Keys;
 use crate::clock::{Clock, Millis};
@@ -18,6 +19,7 @@ pub struct AppState {
     pub hasher: PasswordHasherConfig,
     pub clock: Clock,
     pub outbox: Outbox,
+    pub access_log: AccessLog,
 }
 
 impl AppState {

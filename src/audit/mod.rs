@@ -6,6 +6,13 @@
 //! every writer updates first, which orders concurrent writers (a row lock on PostgreSQL, the
 //! single writer connection on SQLite) so the chain never forks.
 
+pub mod archive;
+pub mod batch;
+pub mod export;
+pub mod query;
+pub mod routes;
+pub mod verify;
+
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
@@ -15,6 +22,7 @@ use crate::http::AppError;
 use crate::store::{Connection, flag};
 
 /// Every action the service records, in one place.
+// One variant per dotted action; `as_str` is the stored name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Register,
@@ -44,6 +52,8 @@ pub enum Action {
     MemberAdded,
     MemberRemoved,
     MemberRoleUpdated,
+    LabAccessChecked,
+    LabMembersRead,
     KeyRotated,
 }
 
@@ -77,6 +87,8 @@ impl Action {
             Action::MemberAdded => "lab.member_added",
             Action::MemberRemoved => "lab.member_removed",
             Action::MemberRoleUpdated => "lab.member_role_updated",
+            Action::LabAccessChecked => "lab.access_checked",
+            Action::LabMembersRead => "lab.members_read",
             Action::KeyRotated => "key.rotated",
         }
     }

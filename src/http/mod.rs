@@ -15,6 +15,7 @@ use utoipa::OpenApi;
 
 pub use error::AppError;
 
+use crate::audit::routes as audit;
 use crate::auth::routes as auth;
 use crate::labs::routes as labs;
 use crate::state::AppState;
@@ -32,6 +33,7 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
         users::list, users::get, users::update, users::replace, users::delete, users::labs, users::unlock,
         labs::list, labs::create, labs::get, labs::update, labs::replace, labs::delete, labs::activate,
         labs::deactivate, labs::members, labs::add_member, labs::remove_member, labs::change_role, labs::access,
+        audit::audit_logs, audit::login_attempts,
         health, ready, openapi,
     ),
     modifiers(&BearerAuth),
@@ -104,6 +106,8 @@ pub fn router(state: AppState) -> Router {
             patch(labs::change_role),
         )
         .route("/api/labs/{id}/access", get(labs::access))
+        .route("/api/audit-logs", get(audit::audit_logs))
+        .route("/api/security/login-attempts", get(audit::login_attempts))
         .route("/api/openapi.json", get(openapi))
         .route("/health", get(health))
         .route("/ready", get(ready))

@@ -118,6 +118,21 @@ impl ListQuery {
         }
     }
 
+    /// An RFC 3339 time (or Unix milliseconds), as milliseconds.
+    pub fn time(&mut self, name: &str) -> Option<i64> {
+        let value = self.text(name)?;
+        match crate::audit::query::parse_time(&value) {
+            Some(millis) => Some(millis),
+            None => {
+                self.errors
+                    .entry(name.to_string())
+                    .or_default()
+                    .push("must be an RFC 3339 time".into());
+                None
+            }
+        }
+    }
+
     /// Ends parsing: any collected problem becomes one 400.
     pub fn finish(self) -> Result<(), AppError> {
         if self.errors.is_empty() {

@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 
+use crate::audit::Action;
 use crate::http::AppError;
 use crate::http::error::Problem;
 use crate::http::extract::{AdminUser, ApiPath, AuthUser, ClientOrigin, JsonBody};
@@ -122,8 +123,11 @@ pub async fn deactivate(
 pub async fn members(
     State(state): State<AppState>,
     access: LabAccess<Read>,
+    ClientOrigin(origin): ClientOrigin,
 ) -> Result<Json<Vec<MemberView>>, AppError> {
-    Ok(Json(service::members(&state, &access).await?))
+    let members = service::members(&state, &access).await?;
+    service::log_read(&state, &access, Action::LabMembersRead, &origin).await;
+    Ok(Json(members))
 }
 
 #[utoipa::path(post, path = "/api/labs/{id}/members", tag = "labs", security(("bearer" = [])),
@@ -172,6 +176,11 @@ pub async fn change_role(
 #[utoipa::path(get, path = "/api/labs/{id}/access", tag = "labs", security(("bearer" = [])),
     params(("id" = i64, Path)),
     responses((status = 200, body = AccessView), (status = 403, body = Problem), (status = 404, body = Problem)))]
-pub async fn access(access: LabAccess<Read>) -> Json<AccessView> {
+pub async fn access(
+    State(state): State<AppState>,
+    access: LabAccess<Read>,
+    ClientOrigin(origin): ClientOrigin,
+) -> Json<AccessView> {
+    service::log_read(&state, &access, Action::LabAccessChecked, &origin).await;
     Json(access.view())
 }

@@ -374,3 +374,24 @@ pub async fn change_role<P: Requirement>(
     transaction.commit().await?;
     Ok(member)
 }
+
+/// Records a read of lab data in the batched access log (off the request path).
+pub async fn log_read<P: Requirement>(
+    state: &AppState,
+    access: &LabAccess<P>,
+    action: Action,
+    origin: &Origin,
+) {
+    let role = access.role.map_or("admin", LabRole::as_str);
+    state
+        .access_log
+        .record(
+            Event::new(action, state.now())
+                .actor(Some(access.caller.user.id))
+                .resource("lab", access.lab.id)
+                .lab(access.lab.id)
+                .details(json!({"role": role}))
+                .origin(origin),
+        )
+        .await;
+}

@@ -1,23 +1,50 @@
 //! Forward-only, numbered migrations, one text for both databases.
 //!
-//! The only dialect difference is the identity key (`{{id}}`): SQLite's rowid alias versus
-//! PostgreSQL's identity column. Everything else is shared SQL.
+//! The shared text differs between dialects only in the identity key (`{{id}}`): SQLite's
+//! rowid alias versus PostgreSQL's identity column. What has no common syntax at all
+//! (triggers) comes as a per-dialect addition of the same version, applied in the same
+//! transaction.
 
 use anyhow::{Context, bail};
 use sqlx::{Executor, Row};
 
 use super::{Backend, Connection, Store};
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "init", include_str!("migrations/0001_init.sql")),
-    (
-        2,
-        "email_outbox",
-        include_str!("migrations/0002_email_outbox.sql"),
-    ),
+struct Migration {
+    version: i64,
+    name: &'static str,
+    shared: &'static str,
+    sqlite: Option<&'static str>,
+    postgres: Option<&'static str>,
+}
+
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        shared: include_str!("migrations/0001_init.sql"),
+        sqlite: None,
+        postgres: None,
+    },
+    Migration {
+        version: 2,
+        name: "email_outbox",
+        shared: include_str!("migrations/0002_email_outbox.sql"),
+        sqlite: None,
+        postgres: None,
+    },
+    Migration {
+        version: 3,
+        name: "audit_append_only",
+        shared: include_str!("migrations/0003_audit_append_only.sql"),
+        sqlite: Some(include_str!("migrations/0003_audit_append_only.sqlite.sql")),
+        postgres: Some(include_str!(
+            "migrations/0003_audit_append_only.postgres.sql"
+        )),
+    },
 ];
 
-pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
 
 /// Applies the migrations this database lacks. Refuses a database whose schema is newer than
 /// this binary knows: an older binary must not write into a newer layout.
@@ -38,12 +65,25 @@ pub async fn migrate(store: &Store) -> anyhow::Result<Vec<i64>> {
         );
     }
     let mut applied = Vec::new();
-    for (version, name, text) in MIGRATIONS.iter().filter(|(v, _, _)| *v > current) {
-        let sql = text.replace("{{id}}", identity_key(store.backend()));
+    for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
+        let (version, name) = (&migration.version, &migration.name);
+        let sql = migration
+            .shared
+            .replace("{{id}}", identity_key(store.backend()));
         transaction
             .execute(sql.as_str())
             .await
             .with_context(|| format!("applying migration {version} ({name})"))?;
+        let dialect_part = match store.backend() {
+            Backend::Sqlite => migration.sqlite,
+            Backend::Postgres => migration.postgres,
+        };
+        if let Some(sql) = dialect_part {
+            transaction
+                .execute(sql)
+                .await
+                .with_context(|| format!("applying migration {version} ({name}), dialect part"))?;
+        }
         sqlx::query(
             "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
         )

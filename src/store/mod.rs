@@ -228,6 +228,20 @@ impl Conditions {
         format!("${}", self.values.len() + offset)
     }
 
+    /// The same binding for a plain `query` (rows read by name or streamed).
+    pub fn bind_query<'q>(
+        &'q self,
+        mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+        for value in &self.values {
+            query = match value {
+                SqlValue::Int(number) => query.bind(*number),
+                SqlValue::Text(text) => query.bind(text.as_str()),
+            };
+        }
+        query
+    }
+
     pub fn bind<'q, O>(
         &'q self,
         mut query: sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments<'q>>,

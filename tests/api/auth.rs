@@ -188,7 +188,8 @@ async fn a_wrong_password_and_an_unknown_user_get_the_same_answer() {
 }
 
 /// With the real Argon2id cost, an unknown user must cost a hash too. A lower bound only:
-/// the unknown-user path takes at least half the wrong-password path's median time.
+/// without the dummy hash the unknown path would be about 15 times faster; the fastest of
+/// four tries must be at least a third of the wrong-password path's (noise only adds time).
 #[tokio::test]
 async fn login_with_unknown_user_costs_the_same_as_a_wrong_password() {
     let app = spawn_app_with(&[
@@ -197,21 +198,20 @@ async fn login_with_unknown_user_costs_the_same_as_a_wrong_password() {
     ])
     .await;
     app.register("alice", "alice@lab.org").await;
-    async fn median(app: &crate::helpers::TestApp, login: &str) -> Duration {
+    async fn fastest(app: &crate::helpers::TestApp, login: &str) -> Duration {
         let mut times = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..4 {
             let start = std::time::Instant::now();
             let response = app.login_response(login, "wrong password!").await;
             times.push(start.elapsed());
             assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         }
-        times.sort();
-        times[1]
+        times.into_iter().min().unwrap()
     }
-    let known = median(&app, "alice").await;
-    let unknown = median(&app, "nobody-here").await;
+    let known = fastest(&app, "alice").await;
+    let unknown = fastest(&app, "nobody-here").await;
     assert!(
-        unknown * 2 >= known,
+        unknown * 3 >= known,
         "unknown {unknown:?} vs known {known:?}"
     );
 }

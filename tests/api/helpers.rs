@@ -27,6 +27,7 @@ pub struct TestApp {
     pub vars: HashMap<String, String>,
     _database: TestDatabase,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Drop for TestApp {
@@ -170,7 +171,7 @@ async fn launch(
     let address = format!("http://127.0.0.1:{}", application.port());
     let state = application.state().clone();
     let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(application.run_until(async {
+    let server = tokio::spawn(application.run_until(async {
         let _ = stopped.await;
     }));
     TestApp {
@@ -185,6 +186,7 @@ async fn launch(
         vars,
         _database: database,
         shutdown: Some(shutdown),
+        server: Some(server),
     }
 }
 
@@ -196,6 +198,32 @@ pub struct Tokens {
 }
 
 impl TestApp {
+    /// Shuts the server down gracefully and waits until it has stopped.
+    pub async fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+
+    /// A fresh connection to the app's database (usable after `stop`).
+    pub async fn reopen_store(&self) -> ums::store::Store {
+        let config = Config::from_lookup(|name| self.vars.get(name).cloned()).unwrap();
+        ums::store::Store::connect(&config).await.unwrap()
+    }
+
+    /// Runs statements directly against the database, as an attacker with database access
+    /// (or a test arranging rows) would.
+    pub async fn execute(&self, statements: &[&str]) {
+        let mut transaction = self.state.store.begin().await.unwrap();
+        for sql in statements {
+            sqlx::query(sql).execute(&mut *transaction).await.unwrap();
+        }
+        transaction.commit().await.unwrap();
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

@@ -1,6 +1,7 @@
 //! The black-box API suite: one test binary (each extra binary is a slow extra link).
 //! Runs on SQLite, or on PostgreSQL when `UMS_TEST_POSTGRES_URL` is set.
 
+mod audit;
 mod auth;
 mod email;
 mod helpers;

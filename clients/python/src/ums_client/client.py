@@ -1,0 +1,529 @@
+"""Synchronous HTTP client for the UMS API."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from . import __version__
+from .errors import AuthenticationError, ServiceUnavailable, error_from_response
+from .models import (
+    AccessInfo,
+    AuditEvent,
+    Lab,
+    LoginAttempt,
+    LoginResult,
+    Member,
+    Membership,
+    Page,
+    Session,
+    TokenPair,
+    User,
+)
+from .tokens import MemoryTokenStore, TokenStore
+
+__all__ = ["UMSClient"]
+
+T = TypeVar("T")
+Params = Mapping[str, Any]
+
+
+def _query_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        when = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        iso = when.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+        return iso.replace("+00:00", "Z")
+    return str(value)
+
+
+def _params(**values: Any) -> dict[str, str]:
+    """Query parameters without the ``None`` ones; ``from_`` is sent as ``from``."""
+    return {k.rstrip("_"): _query_value(v) for k, v in values.items() if v is not None}
+
+
+def _body(**values: Any) -> dict[str, Any]:
+    """A JSON body without the ``None`` members (``None`` means "leave unchanged")."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+class UMSClient:
+    """One method per route of the UMS contract.
+
+    Tokens from :meth:`login` and :meth:`refresh` are kept in ``token_store`` (memory by
+    default) and sent as ``Authorization: Bearer``. When a call is answered 401 and a refresh
+    token is held, the client refreshes once and retries the call. Refresh tokens rotate on
+    every use and reusing a spent one revokes the session, so refreshing is single-flight:
+    threads sharing a client wait on one lock, and a thread that finds the access token already
+    replaced while it waited retries with the new one instead of refreshing again.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = 10.0,
+        token_store: TokenStore | None = None,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token_store: TokenStore = (
+            token_store if token_store is not None else MemoryTokenStore()
+        )
+        self._refresh_lock = threading.Lock()
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout,
+            transport=transport,
+            headers={
+                "Accept": "application/json",
+                "User-Agent": f"ums-client-python/{__version__}",
+                **(headers or {}),
+            },
+        )
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> UMSClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def tokens(self) -> TokenPair | None:
+        """The tokens currently held, if logged in."""
+        return self.token_store.load()
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Params | None = None,
+        token: str | None = None,
+    ) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        try:
+            return self._http.request(method, path, json=json, params=params, headers=headers)
+        except httpx.TransportError as exc:
+            raise ServiceUnavailable(
+                503,
+                "Service Unavailable",
+                f"UMS at {self.base_url} could not be reached: {exc!r}",
+                code="unreachable",
+            ) from exc
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Params | None = None,
+        auth: bool = True,
+    ) -> httpx.Response:
+        tokens = self.token_store.load() if auth else None
+        token = tokens.access_token if tokens else None
+        response = self._send(method, path, json=json, params=params, token=token)
+        if (
+            response.status_code == 401
+            and tokens is not None
+            and tokens.refresh_token
+            and self._refresh_after_401(tokens.access_token)
+        ):
+            fresh = self.token_store.load()
+            response = self._send(
+                method, path, json=json, params=params, token=fresh.access_token if fresh else None
+            )
+        if response.is_error:
+            raise error_from_response(response)
+        return response
+
+    def _get(self, path: str, parse: Callable[[Any], T], params: Params | None = None) -> T:
+        return parse(self._request("GET", path, params=params).json())
+
+    def _refresh_after_401(self, stale_access_token: str) -> bool:
+        """Refresh once for a call refused with ``stale_access_token``.
+
+        Returns whether fresh tokens are there to retry with. A thread that waited on the lock
+        while another refreshed finds a different access token and just retries.
+        """
+        with self._refresh_lock:
+            current = self.token_store.load()
+            if current is None or not current.refresh_token:
+                return False
+            if current.access_token != stale_access_token:
+                return True
+            try:
+                self._refresh_locked(current.refresh_token)
+            except AuthenticationError:
+                return False  # the session is gone: the caller gets the original 401
+            return True
+
+    def _refresh_locked(self, refresh_token: str) -> TokenPair:
+        try:
+            response = self._request(
+                "POST", "/api/auth/refresh", json={"refresh_token": refresh_token}, auth=False
+            )
+        except AuthenticationError:
+            current = self.token_store.load()
+            if current is not None and current.refresh_token == refresh_token:
+                self.token_store.clear()  # spent or revoked: useless from now on
+            raise
+        tokens = TokenPair.from_json(response.json())
+        self.token_store.save(tokens)
+        return tokens
+
+    # -- /api/auth ------------------------------------------------------------------------
+
+    def register(
+        self,
+        username: str,
+        email: str,
+        password: str,
+        *,
+        first_name: str | None = None,
+        last_name: str | None = None,
+    ) -> User:
+        """``POST /api/auth/register``: create an account (201)."""
+        body = _body(
+            username=username,
+            email=email,
+            password=password,
+            first_name=first_name,
+            last_name=last_name,
+        )
+        return User.from_json(
+            self._request("POST", "/api/auth/register", json=body, auth=False).json()
+        )
+
+    def login(self, username: str, password: str, totp_code: str | None = None) -> LoginResult:
+        """``POST /api/auth/login`` with a username or email; the tokens are stored."""
+        body = _body(username=username, password=password, totp_code=totp_code)
+        result = LoginResult.from_json(
+            self._request("POST", "/api/auth/login", json=body, auth=False).json()
+        )
+        self.token_store.save(result.tokens)
+        return result
+
+    def refresh(self, refresh_token: str | None = None) -> TokenPair:
+        """``POST /api/auth/refresh``: trade the (given or stored) refresh token for a new pair.
+
+        The old refresh token is spent; the new pair is stored.
+        """
+        with self._refresh_lock:
+            if refresh_token is None:
+                current = self.token_store.load()
+                if current is None or not current.refresh_token:
+                    raise AuthenticationError(
+                        401, "Unauthorized", "No refresh token is held.", code="not_logged_in"
+                    )
+                refresh_token = current.refresh_token
+            return self._refresh_locked(refresh_token)
+
+    def logout(self) -> None:
+        """``POST /api/auth/logout``: revoke this session in UMS and forget the tokens."""
+        tokens = self.token_store.load()
+        body = _body(refresh_token=tokens.refresh_token if tokens else None)
+        try:
+            self._request("POST", "/api/auth/logout", json=body)
+        finally:
+            self.token_store.clear()
+
+    def me(self) -> User:
+        """``GET /api/auth/me``: the caller, with ``labs``."""
+        return self._get("/api/auth/me", User.from_json)
+
+    def forgot_password(self, email: str) -> None:
+        """``POST /api/auth/forgot-password`` (202 whether or not the email exists)."""
+        self._request("POST", "/api/auth/forgot-password", json={"email": email}, auth=False)
+
+    def reset_password(self, token: str, new_password: str) -> None:
+        """``POST /api/auth/reset-password`` with the token from the reset email."""
+        body = {"token": token, "new_password": new_password}
+        self._request("POST", "/api/auth/reset-password", json=body, auth=False)
+
+    def change_password(self, current_password: str, new_password: str) -> None:
+        """``POST /api/auth/change-password``; the caller's other sessions are revoked."""
+        body = {"current_password": current_password, "new_password": new_password}
+        self._request("POST", "/api/auth/change-password", json=body)
+
+    def change_email(self, new_email: str, password: str) -> None:
+        """``POST /api/auth/change-email`` (202); the switch happens on :meth:`verify_email`."""
+        body = {"new_email": new_email, "password": password}
+        self._request("POST", "/api/auth/change-email", json=body)
+
+    def verify_email(self, token: str) -> None:
+        """``POST /api/auth/verify-email`` with the token from the verification email."""
+        self._request("POST", "/api/auth/verify-email", json={"token": token}, auth=False)
+
+    def list_sessions(self) -> list[Session]:
+        """``GET /api/auth/sessions``: the caller's active sessions."""
+        return self._get("/api/auth/sessions", lambda d: [Session.from_json(s) for s in d])
+
+    def revoke_session(self, session_id: str) -> None:
+        """``DELETE /api/auth/sessions/{id}``."""
+        self._request("DELETE", f"/api/auth/sessions/{session_id}")
+
+    def jwks(self) -> dict[str, Any]:
+        """``GET /.well-known/jwks.json``: the public signing keys."""
+        return dict(self._request("GET", "/.well-known/jwks.json", auth=False).json())
+
+    # -- /api/users -----------------------------------------------------------------------
+
+    def list_users(
+        self,
+        *,
+        q: str | None = None,
+        is_active: bool | None = None,
+        is_admin: bool | None = None,
+        page: int | None = None,
+        per_page: int | None = None,
+    ) -> Page[User]:
+        """``GET /api/users`` (admin); ``q`` matches a username or email substring."""
+        params = _params(q=q, is_active=is_active, is_admin=is_admin, page=page, per_page=per_page)
+        return self._get("/api/users", lambda d: Page.from_json(d, User.from_json), params)
+
+    def get_user(self, user_id: int) -> User:
+        """``GET /api/users/{id}`` (self or admin)."""
+        return self._get(f"/api/users/{user_id}", User.from_json)
+
+    def update_user(
+        self,
+        user_id: int,
+        *,
+        first_name: str | None = None,
+        last_name: str | None = None,
+        username: str | None = None,
+        email: str | None = None,
+        is_active: bool | None = None,
+        is_admin: bool | None = None,
+    ) -> User:
+        """``PATCH /api/users/{id}``: change the given fields (the last four are admin-only)."""
+        body = _body(
+            first_name=first_name,
+            last_name=last_name,
+            username=username,
+            email=email,
+            is_active=is_active,
+            is_admin=is_admin,
+        )
+        return User.from_json(self._request("PATCH", f"/api/users/{user_id}", json=body).json())
+
+    def replace_user(
+        self,
+        user_id: int,
+        *,
+        first_name: str,
+        last_name: str,
+        username: str | None = None,
+        email: str | None = None,
+        is_active: bool | None = None,
+        is_admin: bool | None = None,
+    ) -> User:
+        """``PUT /api/users/{id}``: set the names (and, as admin, the other given fields)."""
+        body = _body(
+            first_name=first_name,
+            last_name=last_name,
+            username=username,
+            email=email,
+            is_active=is_active,
+            is_admin=is_admin,
+        )
+        return User.from_json(self._request("PUT", f"/api/users/{user_id}", json=body).json())
+
+    def delete_user(self, user_id: int) -> None:
+        """``DELETE /api/users/{id}`` (admin)."""
+        self._request("DELETE", f"/api/users/{user_id}")
+
+    def get_user_labs(self, user_id: int) -> list[Membership]:
+        """``GET /api/users/{id}/labs``: the user's memberships."""
+        return self._get(
+            f"/api/users/{user_id}/labs", lambda d: [Membership.from_json(m) for m in d]
+        )
+
+    def unlock_user(self, user_id: int) -> User:
+        """``POST /api/users/{id}/unlock`` (admin): lift a lockout and reset its counter."""
+        return User.from_json(self._request("POST", f"/api/users/{user_id}/unlock").json())
+
+    # -- /api/labs ------------------------------------------------------------------------
+
+    def list_labs(self, *, page: int | None = None, per_page: int | None = None) -> Page[Lab]:
+        """``GET /api/labs``: every lab for an admin, the caller's own for others."""
+        params = _params(page=page, per_page=per_page)
+        return self._get("/api/labs", lambda d: Page.from_json(d, Lab.from_json), params)
+
+    def create_lab(self, code: str, name: str, description: str | None = None) -> Lab:
+        """``POST /api/labs`` (admin)."""
+        body = _body(code=code, name=name, description=description)
+        return Lab.from_json(self._request("POST", "/api/labs", json=body).json())
+
+    def get_lab(self, lab_id: int) -> Lab:
+        """``GET /api/labs/{id}`` (admin or member)."""
+        return self._get(f"/api/labs/{lab_id}", Lab.from_json)
+
+    def update_lab(
+        self,
+        lab_id: int,
+        *,
+        code: str | None = None,
+        name: str | None = None,
+        description: str | None = None,
+    ) -> Lab:
+        """``PATCH /api/labs/{id}`` (admin): change the given fields."""
+        body = _body(code=code, name=name, description=description)
+        return Lab.from_json(self._request("PATCH", f"/api/labs/{lab_id}", json=body).json())
+
+    def replace_lab(
+        self, lab_id: int, *, code: str, name: str, description: str | None = None
+    ) -> Lab:
+        """``PUT /api/labs/{id}`` (admin)."""
+        body = _body(code=code, name=name, description=description)
+        return Lab.from_json(self._request("PUT", f"/api/labs/{lab_id}", json=body).json())
+
+    def delete_lab(self, lab_id: int) -> None:
+        """``DELETE /api/labs/{id}`` (admin); its memberships go with it."""
+        self._request("DELETE", f"/api/labs/{lab_id}")
+
+    def activate_lab(self, lab_id: int) -> Lab:
+        """``POST /api/labs/{id}/activate`` (admin)."""
+        return Lab.from_json(self._request("POST", f"/api/labs/{lab_id}/activate").json())
+
+    def deactivate_lab(self, lab_id: int) -> Lab:
+        """``POST /api/labs/{id}/deactivate`` (admin); its members then get 403 on it."""
+        return Lab.from_json(self._request("POST", f"/api/labs/{lab_id}/deactivate").json())
+
+    def list_members(self, lab_id: int) -> list[Member]:
+        """``GET /api/labs/{id}/members`` (admin or any member)."""
+        return self._get(f"/api/labs/{lab_id}/members", lambda d: [Member.from_json(m) for m in d])
+
+    def add_member(self, lab_id: int, user_id: int, role: str = "member") -> Member:
+        """``POST /api/labs/{id}/members`` (admin or lab_admin); role: viewer, member, lab_admin."""
+        body = {"user_id": user_id, "role": role}
+        return Member.from_json(
+            self._request("POST", f"/api/labs/{lab_id}/members", json=body).json()
+        )
+
+    def remove_member(self, lab_id: int, user_id: int) -> None:
+        """``DELETE /api/labs/{id}/members/{user_id}`` (admin or lab_admin)."""
+        self._request("DELETE", f"/api/labs/{lab_id}/members/{user_id}")
+
+    def set_member_role(self, lab_id: int, user_id: int, role: str) -> Member:
+        """``PATCH /api/labs/{id}/members/{user_id}/role`` (admin or lab_admin)."""
+        path = f"/api/labs/{lab_id}/members/{user_id}/role"
+        return Member.from_json(self._request("PATCH", path, json={"role": role}).json())
+
+    def lab_access(self, lab_id: int) -> AccessInfo:
+        """``GET /api/labs/{id}/access``: the caller's role and permissions (403 for outsiders)."""
+        return self._get(f"/api/labs/{lab_id}/access", AccessInfo.from_json)
+
+    # -- audit and security (admin) -------------------------------------------------------
+
+    def list_audit_logs(
+        self,
+        *,
+        user_id: int | None = None,
+        ip: str | None = None,
+        action: str | None = None,
+        resource_type: str | None = None,
+        resource_id: str | int | None = None,
+        success: bool | None = None,
+        from_: datetime | str | None = None,
+        to: datetime | str | None = None,
+        page: int | None = None,
+        per_page: int | None = None,
+    ) -> Page[AuditEvent]:
+        """``GET /api/audit-logs``: a page of audit events matching the filters."""
+        params = _params(
+            user_id=user_id,
+            ip=ip,
+            action=action,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            success=success,
+            from_=from_,
+            to=to,
+            page=page,
+            per_page=per_page,
+        )
+        return self._get(
+            "/api/audit-logs", lambda d: Page.from_json(d, AuditEvent.from_json), params
+        )
+
+    def export_audit_logs(
+        self,
+        format: str = "json",  # the query parameter is called "format"
+        *,
+        user_id: int | None = None,
+        ip: str | None = None,
+        action: str | None = None,
+        resource_type: str | None = None,
+        resource_id: str | int | None = None,
+        success: bool | None = None,
+        from_: datetime | str | None = None,
+        to: datetime | str | None = None,
+    ) -> bytes:
+        """``GET /api/audit-logs?format=json|csv|pdf``: the whole filtered set, raw."""
+        params = _params(
+            format=format,
+            user_id=user_id,
+            ip=ip,
+            action=action,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            success=success,
+            from_=from_,
+            to=to,
+        )
+        return self._request("GET", "/api/audit-logs", params=params).content
+
+    def list_login_attempts(
+        self,
+        *,
+        username: str | None = None,
+        ip: str | None = None,
+        success: bool | None = None,
+        from_: datetime | str | None = None,
+        to: datetime | str | None = None,
+        page: int | None = None,
+        per_page: int | None = None,
+    ) -> Page[LoginAttempt]:
+        """``GET /api/security/login-attempts``: a page of login attempts."""
+        params = _params(
+            username=username,
+            ip=ip,
+            success=success,
+            from_=from_,
+            to=to,
+            page=page,
+            per_page=per_page,
+        )
+        path = "/api/security/login-attempts"
+        return self._get(path, lambda d: Page.from_json(d, LoginAttempt.from_json), params)
+
+    # -- operations -----------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """``GET /health``: 200 while the process runs."""
+        return dict(self._request("GET", "/health", auth=False).json())
+
+    def ready(self) -> dict[str, Any]:
+        """``GET /ready``: raises :class:`ServiceUnavailable` when the database does not answer."""
+        return dict(self._request("GET", "/ready", auth=False).json())

@@ -1,0 +1,88 @@
+"""View decorators that ask UMS who may see what."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar, cast
+
+from django.contrib.auth import logout as auth_logout
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import HttpRequest, HttpResponse
+
+from ..errors import AuthenticationError, NotFound, PermissionDenied
+from .store import SessionTokenStore, get_client, token_claims
+
+__all__ = ["ROLE_RANK", "require_lab_access", "ums_admin_required", "ums_login_required"]
+
+View = TypeVar("View", bound=Callable[..., HttpResponse])
+
+#: Lab roles from least to most; a system admin (``admin``) passes every check.
+ROLE_RANK = {"viewer": 1, "member": 2, "lab_admin": 3, "admin": 4}
+
+
+def _to_login(request: HttpRequest) -> HttpResponse:
+    from django.contrib.auth.views import redirect_to_login
+
+    return redirect_to_login(request.get_full_path())
+
+
+def ums_login_required(view: View) -> View:
+    """Let through only users logged in through UMS (others go to ``settings.LOGIN_URL``).
+
+    If UMS says the session has ended while the view runs (401 after a failed refresh), the
+    user is logged out of Django and sent to the login page.
+    """
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        tokens = SessionTokenStore(request.session).load()
+        if not request.user.is_authenticated or tokens is None:
+            return _to_login(request)
+        try:
+            return view(request, *args, **kwargs)
+        except AuthenticationError:
+            auth_logout(request)
+            return _to_login(request)
+
+    return cast(View, wrapper)
+
+
+def ums_admin_required(view: View) -> View:
+    """Like :func:`ums_login_required`, and 403 unless the UMS user is a system admin."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        tokens = SessionTokenStore(request.session).load()
+        if tokens is None or not token_claims(tokens.access_token).get("is_admin"):
+            raise DjangoPermissionDenied("UMS administrator rights are required")
+        return view(request, *args, **kwargs)
+
+    return ums_login_required(cast(View, wrapper))
+
+
+def require_lab_access(lab_kwarg: str = "lab_id", role: str = "viewer") -> Callable[[View], View]:
+    """Require at least ``role`` in the lab named by the URL keyword ``lab_kwarg``.
+
+    Asks ``GET /api/labs/{id}/access``; roles rank viewer < member < lab_admin, and system
+    admins pass. Others get 403. The answer is left on ``request.lab_access``
+    (:class:`ums_client.AccessInfo`).
+    """
+    if role not in ROLE_RANK:
+        raise ValueError(f"unknown lab role {role!r}; one of {', '.join(ROLE_RANK)}")
+
+    def decorator(view: View) -> View:
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            try:
+                access = get_client(request).lab_access(int(kwargs[lab_kwarg]))
+            except (PermissionDenied, NotFound) as exc:
+                raise DjangoPermissionDenied(str(exc)) from exc
+            if ROLE_RANK.get(access.role, 0) < ROLE_RANK[role]:
+                raise DjangoPermissionDenied(f"this needs the {role} role in the lab")
+            request.lab_access = access  # type: ignore[attr-defined]
+            return view(request, *args, **kwargs)
+
+        return ums_login_required(cast(View, wrapper))
+
+    return decorator

@@ -1,0 +1,82 @@
+"""The per-request UMS client and the session-backed token store."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jwt
+from django.conf import settings
+from django.contrib.sessions.backends.base import SessionBase
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest
+
+from ..client import UMSClient
+from ..models import TokenPair
+
+__all__ = ["SESSION_KEY", "SessionTokenStore", "get_client", "seconds_left", "token_claims"]
+
+#: Where the tokens live in ``request.session``.
+SESSION_KEY = "_ums_tokens"
+
+
+class SessionTokenStore:
+    """A :class:`~ums_client.TokenStore` keeping the tokens in a Django session.
+
+    Use a server-side session engine (database, cache): the refresh token is a credential.
+    """
+
+    def __init__(self, session: SessionBase) -> None:
+        self.session = session
+
+    def load(self) -> TokenPair | None:
+        data = self.session.get(SESSION_KEY)
+        if not data:
+            return None
+        return TokenPair(**data)
+
+    def save(self, tokens: TokenPair) -> None:
+        self.session[SESSION_KEY] = {
+            "access_token": tokens.access_token,
+            "refresh_token": tokens.refresh_token,
+            "token_type": tokens.token_type,
+            "expires_in": tokens.expires_in,
+        }
+
+    def clear(self) -> None:
+        self.session.pop(SESSION_KEY, None)
+
+
+def make_client(token_store: Any = None) -> UMSClient:
+    """A client for ``settings.UMS_BASE_URL`` with ``settings.UMS_TIMEOUT`` (default 10 s)."""
+    base_url = getattr(settings, "UMS_BASE_URL", None)
+    if not base_url:
+        raise ImproperlyConfigured("set UMS_BASE_URL to the address of the UMS service")
+    return UMSClient(base_url, float(getattr(settings, "UMS_TIMEOUT", 10.0)), token_store)
+
+
+def get_client(request: HttpRequest) -> UMSClient:
+    """The UMS client of this request, acting with the tokens of its Django session.
+
+    Created once per request; :class:`~ums_client.django.middleware.UMSTokenMiddleware`
+    closes it when the response is done.
+    """
+    client: UMSClient | None = getattr(request, "_ums_client", None)
+    if client is None:
+        client = make_client(SessionTokenStore(request.session))
+        request._ums_client = client  # type: ignore[attr-defined]
+    return client
+
+
+def token_claims(token: str) -> dict[str, Any]:
+    """The claims of a token this process received from UMS itself, read without verification.
+
+    Only for tokens that came straight from UMS and were kept server-side (the session);
+    tokens presented by others must go through :class:`ums_client.TokenVerifier`.
+    """
+    return jwt.decode(token, options={"verify_signature": False})
+
+
+def seconds_left(token: str) -> float:
+    """Seconds until a UMS-issued token expires (negative once it has)."""
+    return float(token_claims(token).get("exp", 0)) - time.time()

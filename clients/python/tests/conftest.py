@@ -1,0 +1,350 @@
+"""Runs the real UMS binary for the tests, and configures a tiny Django project.
+
+The binary is ``$UMS_BIN``, else ``target/debug/ums`` of the repository (as CI builds it).
+Each server gets a free port, a fresh SQLite database in a temp dir and fast password hashing.
+Tests isolate themselves with unique usernames and lab codes.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import django
+import httpx
+import pytest
+from django.conf import settings
+
+from ums_client import MemoryTokenStore, TokenPair, UMSClient, User
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+ADMIN_USERNAME = "root"
+ADMIN_EMAIL = "root@lab.org"
+ADMIN_PASSWORD = "correct horse battery staple"
+ISSUER = "http://ums.test"
+PASSWORD = "Zx9!kq-trellis-44"
+
+settings.configure(
+    SECRET_KEY="ums-client-tests",
+    DEBUG=False,
+    ALLOWED_HOSTS=["testserver"],
+    ROOT_URLCONF="portal.urls",
+    INSTALLED_APPS=[
+        "django.contrib.auth",
+        "django.contrib.contenttypes",
+        "django.contrib.sessions",
+    ],
+    MIDDLEWARE=[
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.middleware.csrf.CsrfViewMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "ums_client.django.middleware.UMSTokenMiddleware",
+    ],
+    AUTHENTICATION_BACKENDS=["ums_client.django.backends.UMSBackend"],
+    DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+    DEFAULT_AUTO_FIELD="django.db.models.AutoField",
+    SESSION_ENGINE="django.contrib.sessions.backends.db",
+    LOGIN_URL="/login/",
+    USE_TZ=True,
+    UMS_BASE_URL="http://127.0.0.1:9",  # each Django test points it at its server
+    UMS_TIMEOUT=10.0,
+)
+django.setup()
+
+
+def unique(prefix: str = "u") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def ums_binary() -> Path:
+    path = Path(os.environ.get("UMS_BIN") or REPO_ROOT / "target" / "debug" / "ums")
+    if not path.is_file():
+        pytest.exit(
+            f"UMS server binary not found at {path}: build it (cargo build) or set UMS_BIN", 2
+        )
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class UMSServer:
+    """One ``ums serve`` process; several may share a database directory."""
+
+    def __init__(self, data_dir: Path, **env: str) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = data_dir / f"ums-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("UMS_")},
+            "UMS_BIND": f"127.0.0.1:{self.port}",
+            "UMS_DATABASE_URL": f"sqlite://{data_dir}/ums.db",
+            "UMS_PASSWORD_HASH_MEMORY_KIB": "64",
+            "UMS_PASSWORD_HASH_ITERATIONS": "1",
+            "UMS_PUBLIC_URL": ISSUER,
+            "UMS_ACCESS_TOKEN_TTL": "1h",
+            "UMS_BOOTSTRAP_ADMIN_USERNAME": ADMIN_USERNAME,
+            "UMS_BOOTSTRAP_ADMIN_EMAIL": ADMIN_EMAIL,
+            "UMS_BOOTSTRAP_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            # All requests come from 127.0.0.1: keep the per-IP and per-session limits out of
+            # the way of tests that are not about them.
+            "UMS_ANON_RATE_LIMIT_PER_MINUTE": "100000",
+            "UMS_RATE_LIMIT_PER_MINUTE": "100000",
+            "UMS_SESSION_RATE_PER_SECOND": "100000",
+            "UMS_IP_BLOCK_THRESHOLD": "100000",
+            "UMS_LOG_FORMAT": "json",
+            **env,
+        }
+
+    def start(self) -> UMSServer:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [str(ums_binary()), "serve"],
+            env=self.env,
+            cwd=self.data_dir,  # no stray .env is read
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ums exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"ums did not become healthy within 30 s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run a ``ums`` command with this server's configuration (same database)."""
+        return subprocess.run(
+            [str(ums_binary()), *args],
+            env=self.env,
+            cwd=self.data_dir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+
+    def mails(self) -> list[dict[str, str]]:
+        """Emails the server wrote to its log (no SMTP is configured): to, subject, body."""
+        found = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            fields = record.get("fields", {}) if isinstance(record, dict) else {}
+            if {"to", "subject", "body"} <= fields.keys():
+                found.append({k: fields[k] for k in ("to", "subject", "body")})
+        return found
+
+    def wait_for_mail(self, to: str, subject: str, timeout: float = 15) -> dict[str, str]:
+        """The newest mail to ``to`` whose subject contains ``subject`` (mail is queued)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for mail in reversed(self.mails()):
+                if mail["to"] == to and subject in mail["subject"]:
+                    return mail
+            time.sleep(0.1)
+        pytest.fail(f"no mail {subject!r} to {to} within {timeout} s")
+
+    def wait_for_token(self, to: str, subject: str) -> str:
+        """The ``token=`` of the link in such a mail."""
+        mail = self.wait_for_mail(to, subject)
+        match = re.search(r"[?&]token=([A-Za-z0-9_-]+)", mail["body"])
+        assert match, f"no token in {mail}"
+        return match.group(1)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+class ServerPool:
+    """Starts servers on demand and stops them all at the end of the run."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="ums-client-tests-"))
+        self.servers: list[UMSServer] = []
+        self.named: dict[str, UMSServer] = {}
+
+    def new_dir(self) -> Path:
+        path = self.root / uuid.uuid4().hex[:8]
+        path.mkdir()
+        return path
+
+    def start(self, data_dir: Path | None = None, **env: str) -> UMSServer:
+        server = UMSServer(data_dir or self.new_dir(), **env)
+        self.servers.append(server)
+        return server.start()
+
+    def named_server(self, name: str, **env: str) -> UMSServer:
+        if name not in self.named:
+            self.named[name] = self.start(**env)
+        return self.named[name]
+
+    def stop_all(self) -> None:
+        for server in self.servers:
+            server.stop()
+        if os.environ.get("UMS_KEEP_TEST_DATA"):
+            print(f"UMS test data kept in {self.root}")
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+POOL = ServerPool()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    POOL.stop_all()
+
+
+def main_server() -> UMSServer:
+    """The shared server (access tokens live 1 h); started on first use."""
+    return POOL.named_server("main")
+
+
+_ROUTE_PROBES: dict[tuple[str, str], bool] = {}
+
+
+def route_served(method: str, path: str) -> bool:
+    """Whether the server serves a route: an unauthenticated empty call is not answered 404.
+
+    Used in ``skipif`` conditions for routes of the contract that the server does not have yet.
+    """
+    key = (method, path)
+    if key not in _ROUTE_PROBES:
+        response = httpx.request(method, main_server().url + path, json={}, timeout=10)
+        _ROUTE_PROBES[key] = response.status_code != 404
+    return _ROUTE_PROBES[key]
+
+
+def wait_until_expired(server: UMSServer, access_token: str, timeout: float = 20) -> None:
+    """Poll until the server refuses ``access_token`` (it has expired)."""
+    deadline = time.monotonic() + timeout
+    headers = {"Authorization": f"Bearer {access_token}"}
+    while time.monotonic() < deadline:
+        if httpx.get(f"{server.url}/api/auth/me", headers=headers).status_code == 401:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"access token still accepted after {timeout} s")
+
+
+class CountingTransport(httpx.HTTPTransport):
+    """Counts the requests sent through it, by path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        with self._lock:
+            self.counts[request.url.path] += 1
+        return super().handle_request(request)
+
+
+# -- fixtures -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ums() -> UMSServer:
+    return main_server()
+
+
+@pytest.fixture(scope="session")
+def ums_short() -> UMSServer:
+    """A second server, with its own database, whose access tokens live 2 seconds."""
+    return POOL.named_server("short", UMS_ACCESS_TOKEN_TTL="2s")
+
+
+@pytest.fixture(scope="session")
+def pool() -> ServerPool:
+    return POOL
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., UMSClient]]:
+    """``make_client(server, tokens=None, **kwargs)``: a client closed after the test."""
+    clients: list[UMSClient] = []
+
+    def make(server: UMSServer, tokens: TokenPair | None = None, **kwargs: object) -> UMSClient:
+        client = UMSClient(server.url, token_store=MemoryTokenStore(tokens), **kwargs)  # type: ignore[arg-type]
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def admin(ums: UMSServer) -> Iterator[UMSClient]:
+    """The bootstrap admin, logged in to the main server."""
+    with UMSClient(ums.url) as client:
+        client.login(ADMIN_USERNAME, ADMIN_PASSWORD)
+        yield client
+
+
+class Account:
+    def __init__(self, user: User, password: str, client: UMSClient) -> None:
+        self.user = user
+        self.password = password
+        self.client = client
+
+    @property
+    def id(self) -> int:
+        return self.user.id
+
+    @property
+    def username(self) -> str:
+        return self.user.username
+
+
+@pytest.fixture
+def new_account(make_client: Callable[..., UMSClient]) -> Callable[..., Account]:
+    """``new_account(server=main, login=True, **names)``: a fresh registered user."""
+
+    def make(server: UMSServer | None = None, login: bool = True, **names: str) -> Account:
+        server = server or main_server()
+        client = make_client(server)
+        username = unique()
+        user = client.register(username, f"{username}@Example.ORG", PASSWORD, **names)
+        if login:
+            client.login(username, PASSWORD)
+        return Account(user, PASSWORD, client)
+
+    return make

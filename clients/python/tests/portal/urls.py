@@ -1,0 +1,13 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("login/", views.login_view),
+    path("logout/", views.logout_view),
+    path("whoami/", views.whoami),
+    path("labs/", views.my_labs),
+    path("labs/<int:lab_id>/", views.lab_page),
+    path("labs/<int:lab_id>/manage/", views.lab_manage),
+    path("admin-only/", views.admin_page),
+]

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from django.contrib.auth import authenticate, login
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect
+from django.views.decorators.http import require_POST
+
+from ums_client import AccountLocked
+from ums_client.django import (
+    get_client,
+    logout,
+    require_lab_access,
+    ums_admin_required,
+    ums_login_required,
+)
+
+
+def login_view(request: HttpRequest) -> HttpResponse:
+    if request.method != "POST":
+        return HttpResponse("<form method=post>...</form>")
+    user = authenticate(
+        request, username=request.POST.get("username"), password=request.POST.get("password")
+    )
+    if user is None:
+        error = getattr(request, "ums_error", None)
+        if isinstance(error, AccountLocked):
+            return HttpResponse(f"locked; retry in {error.retry_after:.0f} s", status=423)
+        return HttpResponse("wrong username or password", status=401)
+    login(request, user)
+    return redirect(request.GET.get("next") or "/whoami/")
+
+
+@ums_login_required
+def whoami(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"username": request.user.get_username()})
+
+
+@ums_login_required
+def my_labs(request: HttpRequest) -> HttpResponse:
+    me = get_client(request).me()
+    return JsonResponse({"labs": [m.code for m in me.labs or ()]})
+
+
+@require_lab_access(lab_kwarg="lab_id", role="viewer")
+def lab_page(request: HttpRequest, lab_id: int) -> HttpResponse:
+    lab = get_client(request).get_lab(lab_id)
+    return JsonResponse({"lab": lab.code, "role": request.lab_access.role})
+
+
+@require_lab_access(role="lab_admin")
+def lab_manage(request: HttpRequest, lab_id: int) -> HttpResponse:
+    members = get_client(request).list_members(lab_id)
+    return JsonResponse({"members": [m.user.username for m in members]})
+
+
+@ums_admin_required
+def admin_page(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"users": get_client(request).list_users().total})
+
+
+@require_POST
+def logout_view(request: HttpRequest) -> HttpResponse:
+    logout(request)
+    return redirect("/login/")

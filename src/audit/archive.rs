@@ -1,0 +1,249 @@
+//! Retention: events older than the hot window move to archive files, one per month
+//! (`audit-YYYY-MM.jsonl.gz`, gzip members appended run by run), keeping their chain fields so
+//! `ums audit verify --archive DIR` checks them. The table keeps a watermark (the last archived
+//! seq and its hash); the append-only triggers let only rows under the watermark be deleted.
+//! Login attempts and delivered outbox rows expire after their own windows.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use flate2::Compression;
+use flate2::read::MultiGzDecoder;
+use flate2::write::GzEncoder;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use crate::audit::StoredEvent;
+use crate::audit::query::{EVENT_COLUMNS, EventRow};
+use crate::clock::Millis;
+use crate::store::Store;
+
+/// One archived event: the stored row, chain fields included.
+#[derive(Debug, Serialize, Deserialize)]
+struct ArchivedEvent {
+    id: i64,
+    seq: i64,
+    occurred_at: i64,
+    action: String,
+    success: bool,
+    user_id: Option<i64>,
+    actor_ip: Option<String>,
+    user_agent: Option<String>,
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    lab_id: Option<i64>,
+    details: String,
+    request_id: Option<String>,
+    prev_hash: String,
+    hash: String,
+}
+
+impl From<&EventRow> for ArchivedEvent {
+    fn from(row: &EventRow) -> Self {
+        let event = &row.event;
+        ArchivedEvent {
+            id: row.id,
+            seq: event.seq,
+            occurred_at: event.occurred_at,
+            action: event.action.clone(),
+            success: event.success,
+            user_id: event.user_id,
+            actor_ip: event.actor_ip.clone(),
+            user_agent: event.user_agent.clone(),
+            resource_type: event.resource_type.clone(),
+            resource_id: event.resource_id.clone(),
+            lab_id: event.lab_id,
+            details: event.details.clone(),
+            request_id: event.request_id.clone(),
+            prev_hash: row.prev_hash.clone(),
+            hash: row.hash.clone(),
+        }
+    }
+}
+
+impl From<ArchivedEvent> for EventRow {
+    fn from(archived: ArchivedEvent) -> Self {
+        EventRow {
+            id: archived.id,
+            prev_hash: archived.prev_hash,
+            hash: archived.hash,
+            event: StoredEvent {
+                seq: archived.seq,
+                occurred_at: archived.occurred_at,
+                action: archived.action,
+                success: archived.success,
+                user_id: archived.user_id,
+                actor_ip: archived.actor_ip,
+                user_agent: archived.user_agent,
+                resource_type: archived.resource_type,
+                resource_id: archived.resource_id,
+                lab_id: archived.lab_id,
+                details: archived.details,
+                request_id: archived.request_id,
+            },
+        }
+    }
+}
+
+fn month_of(millis: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(millis)
+        .unwrap_or_default()
+        .format("%Y-%m")
+        .to_string()
+}
+
+fn archive_path(directory: &Path, month: &str) -> PathBuf {
+    directory.join(format!("audit-{month}.jsonl.gz"))
+}
+
+/// Every archived event of `directory`, month by month, in chain order.
+pub fn read_archives(
+    directory: &Path,
+) -> anyhow::Result<impl Iterator<Item = anyhow::Result<EventRow>>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(directory)
+        .with_context(|| format!("reading {}", directory.display()))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("audit-") && name.ends_with(".jsonl.gz"))
+        })
+        .collect();
+    files.sort();
+    let lines = files.into_iter().flat_map(|path| {
+        let reader = File::open(&path)
+            .map(|file| BufReader::new(MultiGzDecoder::new(file)))
+            .with_context(|| format!("opening {}", path.display()));
+        match reader {
+            Ok(reader) => Box::new(reader.lines().map(move |line| {
+                let line = line.with_context(|| format!("reading {}", path.display()))?;
+                let archived: ArchivedEvent =
+                    serde_json::from_str(&line).context("an archived event")?;
+                Ok(EventRow::from(archived))
+            })) as Box<dyn Iterator<Item = anyhow::Result<EventRow>>>,
+            Err(error) => Box::new(std::iter::once(Err(error))),
+        }
+    });
+    Ok(lines)
+}
+
+/// The last seq already in a month's archive file (0 if none), so a run that crashed after
+/// writing the file but before moving the watermark does not archive events twice.
+fn last_archived_seq(path: &Path) -> anyhow::Result<i64> {
+    if !path.exists() {
+        return Ok(0);
+    }
+    let reader = BufReader::new(MultiGzDecoder::new(File::open(path)?));
+    let mut last = 0;
+    for line in reader.lines() {
+        let archived: ArchivedEvent = serde_json::from_str(&line?)?;
+        last = last.max(archived.seq);
+    }
+    Ok(last)
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ArchiveReport {
+    pub events: u64,
+    pub files: Vec<PathBuf>,
+}
+
+/// Moves events that occurred before `cutoff` (a contiguous prefix of the chain) to archives.
+pub async fn archive(
+    store: &Store,
+    directory: &Path,
+    cutoff: Millis,
+) -> anyhow::Result<ArchiveReport> {
+    std::fs::create_dir_all(directory)
+        .with_context(|| format!("creating {}", directory.display()))?;
+    let mut connection = store.reports().await?;
+    let archived_through: i64 =
+        sqlx::query("SELECT archived_through FROM audit_chain WHERE id = 1")
+            .fetch_one(&mut *connection)
+            .await?
+            .try_get("archived_through")?;
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM audit_logs WHERE seq > $1 ORDER BY seq");
+    let mut by_month: BTreeMap<String, Vec<EventRow>> = BTreeMap::new();
+    let mut last: Option<(i64, String)> = None;
+    {
+        use futures_util::TryStreamExt;
+        let mut rows = sqlx::query(&sql)
+            .bind(archived_through)
+            .fetch(&mut *connection);
+        while let Some(row) = rows.try_next().await? {
+            let row = EventRow::from_row(&row)?;
+            if row.event.occurred_at >= cutoff {
+                break;
+            }
+            last = Some((row.event.seq, row.hash.clone()));
+            by_month
+                .entry(month_of(row.event.occurred_at))
+                .or_default()
+                .push(row);
+            // Bounded batches: a very old backlog is archived over several runs.
+            if by_month.values().map(Vec::len).sum::<usize>() >= 100_000 {
+                break;
+            }
+        }
+    }
+    drop(connection);
+    let Some((last_seq, last_hash)) = last else {
+        return Ok(ArchiveReport::default());
+    };
+    let mut report = ArchiveReport::default();
+    for (month, rows) in by_month {
+        let path = archive_path(directory, &month);
+        let already = last_archived_seq(&path)?;
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+        for row in rows.iter().filter(|row| row.event.seq > already) {
+            serde_json::to_writer(&mut encoder, &ArchivedEvent::from(row))?;
+            encoder.write_all(b"\n")?;
+            report.events += 1;
+        }
+        let member = encoder.finish()?;
+        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+        file.write_all(&member)?;
+        file.sync_all()?;
+        report.files.push(path);
+    }
+    let mut transaction = store.begin().await?;
+    sqlx::query("UPDATE audit_chain SET archived_through = $1, archived_hash = $2 WHERE id = 1")
+        .bind(last_seq)
+        .bind(&last_hash)
+        .execute(&mut *transaction)
+        .await?;
+    sqlx::query("DELETE FROM audit_logs WHERE seq <= $1")
+        .bind(last_seq)
+        .execute(&mut *transaction)
+        .await?;
+    transaction.commit().await?;
+    Ok(report)
+}
+
+/// Deletes login attempts, idle throttles and delivered mail older than their windows.
+pub async fn expire(
+    store: &Store,
+    login_attempts_before: Millis,
+    now: Millis,
+) -> anyhow::Result<u64> {
+    let mut transaction = store.begin().await?;
+    let attempts = sqlx::query("DELETE FROM login_attempts WHERE attempted_at < $1")
+        .bind(login_attempts_before)
+        .execute(&mut *transaction)
+        .await?
+        .rows_affected();
+    sqlx::query("DELETE FROM login_throttles WHERE (locked_until IS NULL OR locked_until < $1) AND updated_at < $2")
+        .bind(now)
+        .bind(now - 86_400_000)
+        .execute(&mut *transaction)
+        .await?;
+    sqlx::query("DELETE FROM email_outbox WHERE status = 'sent' AND sent_at < $1")
+        .bind(now - 30 * 86_400_000)
+        .execute(&mut *transaction)
+        .await?;
+    transaction.commit().await?;
+    Ok(attempts)
+}

@@ -1,0 +1,326 @@
+//! Reading the trail: filters, pages, and a row stream for exports of any size.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::audit::StoredEvent;
+use crate::clock::{Millis, serialize_time};
+use crate::http::AppError;
+use crate::http::pagination::{ListQuery, PageRequest};
+use crate::store::{Conditions, Connection, SqlValue};
+
+pub const EVENT_COLUMNS: &str = "id, seq, occurred_at, action, success, user_id, actor_ip, user_agent, \
+    resource_type, resource_id, lab_id, details, request_id, prev_hash, hash";
+
+/// The contract's audit event.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct EventView {
+    pub id: i64,
+    #[serde(serialize_with = "serialize_time")]
+    #[schema(value_type = String, format = DateTime)]
+    pub occurred_at: Millis,
+    pub action: String,
+    pub success: bool,
+    pub user_id: Option<i64>,
+    pub actor_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub lab_id: Option<i64>,
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+    pub request_id: Option<String>,
+}
+
+/// An event row with its chain fields.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub id: i64,
+    pub event: StoredEvent,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl EventRow {
+    pub fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(EventRow {
+            id: row.try_get("id")?,
+            prev_hash: row.try_get("prev_hash")?,
+            hash: row.try_get("hash")?,
+            event: StoredEvent {
+                seq: row.try_get("seq")?,
+                occurred_at: row.try_get("occurred_at")?,
+                action: row.try_get("action")?,
+                success: row.try_get::<i64, _>("success")? != 0,
+                user_id: row.try_get("user_id")?,
+                actor_ip: row.try_get("actor_ip")?,
+                user_agent: row.try_get("user_agent")?,
+                resource_type: row.try_get("resource_type")?,
+                resource_id: row.try_get("resource_id")?,
+                lab_id: row.try_get("lab_id")?,
+                details: row.try_get("details")?,
+                request_id: row.try_get("request_id")?,
+            },
+        })
+    }
+
+    pub fn view(&self) -> EventView {
+        let event = &self.event;
+        EventView {
+            id: self.id,
+            occurred_at: event.occurred_at,
+            action: event.action.clone(),
+            success: event.success,
+            user_id: event.user_id,
+            actor_ip: event.actor_ip.clone(),
+            user_agent: event.user_agent.clone(),
+            resource_type: event.resource_type.clone(),
+            resource_id: event.resource_id.clone(),
+            lab_id: event.lab_id,
+            details: serde_json::from_str(&event.details).unwrap_or(serde_json::Value::Null),
+            request_id: event.request_id.clone(),
+        }
+    }
+}
+
+/// Parses an RFC 3339 time (or Unix milliseconds) of a `from`/`to` filter.
+pub fn parse_time(value: &str) -> Option<Millis> {
+    chrono::DateTime::parse_from_rfc3339(value)
+        .map(|time| time.timestamp_millis())
+        .ok()
+        .or_else(|| value.parse::<i64>().ok())
+}
+
+/// The filters of `/api/audit-logs`, as SQL conditions.
+#[derive(Debug, Default, Clone)]
+pub struct EventFilter {
+    pub user_id: Option<i64>,
+    pub ip: Option<String>,
+    pub action: Option<String>,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub success: Option<bool>,
+    pub from: Option<Millis>,
+    pub to: Option<Millis>,
+}
+
+impl EventFilter {
+    /// Reads the filters from a list query, collecting problems for `finish`.
+    pub fn read(query: &mut ListQuery) -> Self {
+        EventFilter {
+            user_id: query.id("user_id"),
+            ip: query.text("ip"),
+            action: query.text("action"),
+            resource_type: query.text("resource_type"),
+            resource_id: query.text("resource_id"),
+            success: query.boolean("success"),
+            from: query.time("from"),
+            to: query.time("to"),
+        }
+    }
+
+    pub fn conditions(&self) -> Conditions {
+        let mut conditions = Conditions::new();
+        if let Some(user_id) = self.user_id {
+            conditions.push("user_id = ?", SqlValue::Int(user_id));
+        }
+        for (column, value) in [
+            ("actor_ip", &self.ip),
+            ("action", &self.action),
+            ("resource_type", &self.resource_type),
+            ("resource_id", &self.resource_id),
+        ] {
+            if let Some(value) = value {
+                conditions.push(&format!("{column} = ?"), SqlValue::Text(value.clone()));
+            }
+        }
+        if let Some(success) = self.success {
+            conditions.push("success = ?", SqlValue::Int(i64::from(success)));
+        }
+        if let Some(from) = self.from {
+            conditions.push("occurred_at >= ?", SqlValue::Int(from));
+        }
+        if let Some(to) = self.to {
+            conditions.push("occurred_at <= ?", SqlValue::Int(to));
+        }
+        conditions
+    }
+
+    /// A one-line description for export headers.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(user_id) = self.user_id {
+            parts.push(format!("user_id={user_id}"));
+        }
+        for (name, value) in [
+            ("ip", &self.ip),
+            ("action", &self.action),
+            ("resource_type", &self.resource_type),
+            ("resource_id", &self.resource_id),
+        ] {
+            if let Some(value) = value {
+                parts.push(format!("{name}={value}"));
+            }
+        }
+        if let Some(success) = self.success {
+            parts.push(format!("success={success}"));
+        }
+        if let Some(from) = self.from {
+            parts.push(format!("from={}", crate::clock::to_rfc3339(from)));
+        }
+        if let Some(to) = self.to {
+            parts.push(format!("to={}", crate::clock::to_rfc3339(to)));
+        }
+        if parts.is_empty() {
+            "all events".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+pub async fn page(
+    connection: &mut Connection,
+    filter: &EventFilter,
+    page: PageRequest,
+) -> Result<(Vec<EventView>, i64), AppError> {
+    let conditions = filter.conditions();
+    let where_sql = conditions.where_sql();
+    let (total,): (i64,) = conditions
+        .bind(sqlx::query_as(&format!(
+            "SELECT COUNT(*) FROM audit_logs{where_sql}"
+        )))
+        .fetch_one(&mut *connection)
+        .await?;
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM audit_logs{where_sql} ORDER BY seq DESC LIMIT {} OFFSET {}",
+        conditions.next_placeholder(1),
+        conditions.next_placeholder(2)
+    );
+    let rows = conditions
+        .bind_query(sqlx::query(&sql))
+        .bind(page.per_page)
+        .bind(page.offset())
+        .fetch_all(&mut *connection)
+        .await?;
+    let events = rows
+        .iter()
+        .map(|row| EventRow::from_row(row).map(|row| row.view()))
+        .collect::<Result<_, _>>()?;
+    Ok((events, total))
+}
+
+/// Where an export's bytes go: an HTTP body channel or a file.
+pub trait ChunkSink {
+    fn write(
+        &mut self,
+        bytes: Vec<u8>,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send;
+}
+
+const EXPORT_CHUNK: usize = 64 * 1024;
+
+/// Streams every matching event, in chain order, through `exporter` into `sink` in chunks of
+/// about 64 KiB: memory stays bounded whatever the number of events.
+pub async fn export(
+    connection: &mut Connection,
+    filter: &EventFilter,
+    mut exporter: crate::audit::export::Exporter,
+    sink: &mut impl ChunkSink,
+) -> anyhow::Result<u64> {
+    use futures_util::TryStreamExt;
+    let conditions = filter.conditions();
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM audit_logs{} ORDER BY seq",
+        conditions.where_sql()
+    );
+    let mut rows = conditions
+        .bind_query(sqlx::query(&sql))
+        .fetch(&mut *connection);
+    let mut buffer = exporter.begin();
+    let mut count = 0;
+    while let Some(row) = rows.try_next().await? {
+        buffer.extend(exporter.event(&EventRow::from_row(&row)?));
+        count += 1;
+        if buffer.len() >= EXPORT_CHUNK {
+            sink.write(std::mem::take(&mut buffer)).await?;
+        }
+    }
+    buffer.extend(exporter.finish());
+    sink.write(buffer).await?;
+    Ok(count)
+}
+
+/// A login attempt as the contract shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LoginAttemptView {
+    pub id: i64,
+    pub username: String,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub success: bool,
+    #[serde(serialize_with = "serialize_time")]
+    #[schema(value_type = String, format = DateTime)]
+    pub attempted_at: Millis,
+}
+
+pub async fn login_attempts(
+    connection: &mut Connection,
+    params: HashMap<String, String>,
+) -> Result<crate::http::pagination::Page<LoginAttemptView>, AppError> {
+    let mut query = ListQuery::new(params);
+    let page = query.page();
+    let mut conditions = Conditions::new();
+    if let Some(username) = query.text("username") {
+        conditions.push("lower(username) = lower(?)", SqlValue::Text(username));
+    }
+    if let Some(ip) = query.text("ip") {
+        conditions.push("ip = ?", SqlValue::Text(ip));
+    }
+    if let Some(success) = query.boolean("success") {
+        conditions.push("success = ?", SqlValue::Int(i64::from(success)));
+    }
+    if let Some(from) = query.time("from") {
+        conditions.push("attempted_at >= ?", SqlValue::Int(from));
+    }
+    if let Some(to) = query.time("to") {
+        conditions.push("attempted_at <= ?", SqlValue::Int(to));
+    }
+    query.finish()?;
+    let where_sql = conditions.where_sql();
+    let (total,): (i64,) = conditions
+        .bind(sqlx::query_as(&format!(
+            "SELECT COUNT(*) FROM login_attempts{where_sql}"
+        )))
+        .fetch_one(&mut *connection)
+        .await?;
+    let sql = format!(
+        "SELECT id, username, ip, user_agent, success, attempted_at FROM login_attempts{where_sql} \
+         ORDER BY id DESC LIMIT {} OFFSET {}",
+        conditions.next_placeholder(1),
+        conditions.next_placeholder(2)
+    );
+    let rows = conditions
+        .bind_query(sqlx::query(&sql))
+        .bind(page.per_page)
+        .bind(page.offset())
+        .fetch_all(&mut *connection)
+        .await?;
+    let items = rows
+        .iter()
+        .map(|row| {
+            Ok(LoginAttemptView {
+                id: row.try_get("id")?,
+                username: row.try_get("username")?,
+                ip: row.try_get("ip")?,
+                user_agent: row.try_get("user_agent")?,
+                success: row.try_get::<i64, _>("success")? != 0,
+                attempted_at: row.try_get("attempted_at")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(crate::http::pagination::Page::new(items, total, page))
+}

@@ -1,0 +1,103 @@
+//! HTTP handlers of `/api/audit-logs` and `/api/security/login-attempts` (admins only).
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::mpsc;
+
+use crate::audit::export::{ExportFormat, Exporter};
+use crate::audit::query::{self, ChunkSink, EventFilter, EventView, LoginAttemptView};
+use crate::http::AppError;
+use crate::http::error::Problem;
+use crate::http::extract::AdminUser;
+use crate::http::pagination::{ListQuery, Page};
+use crate::state::AppState;
+
+/// Sends export chunks into a streamed response body.
+struct BodySink(mpsc::Sender<Result<Bytes, std::io::Error>>);
+
+impl ChunkSink for BodySink {
+    async fn write(&mut self, bytes: Vec<u8>) -> anyhow::Result<()> {
+        self.0
+            .send(Ok(Bytes::from(bytes)))
+            .await
+            .map_err(|_| anyhow::anyhow!("the client went away"))
+    }
+}
+
+#[utoipa::path(get, path = "/api/audit-logs", tag = "audit", security(("bearer" = [])),
+    params(("page" = Option<i64>, Query), ("per_page" = Option<i64>, Query), ("user_id" = Option<i64>, Query),
+        ("ip" = Option<String>, Query), ("action" = Option<String>, Query), ("resource_type" = Option<String>, Query),
+        ("resource_id" = Option<String>, Query), ("success" = Option<bool>, Query), ("from" = Option<String>, Query),
+        ("to" = Option<String>, Query), ("format" = Option<String>, Query, description = "json, csv or pdf: an export of the whole filtered set")),
+    responses((status = 200, body = Page<EventView>, description = "A page, or with `format` an export"),
+        (status = 400, body = Problem), (status = 403, body = Problem)))]
+pub async fn audit_logs(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, AppError> {
+    let format = params.get("format").cloned();
+    let mut list = ListQuery::new(params);
+    let page = list.page();
+    let filter = EventFilter::read(&mut list);
+    let format = match format.as_deref() {
+        None => None,
+        Some(value) => Some(
+            ExportFormat::parse(value)
+                .ok_or_else(|| AppError::field("format", "must be json, csv or pdf"))?,
+        ),
+    };
+    list.finish()?;
+    let Some(format) = format else {
+        let mut connection = state.store.reports().await?;
+        let (events, total) = query::page(&mut connection, &filter, page).await?;
+        return Ok(Json(Page::new(events, total, page)).into_response());
+    };
+    // Connect before answering, so an unreachable database is a 503, not a truncated file.
+    let mut connection = state.store.reports().await?;
+    let (sender, mut receiver) = mpsc::channel(8);
+    let exporter = Exporter::new(format, &filter.describe(), state.now());
+    tokio::spawn(async move {
+        let mut sink = BodySink(sender);
+        if let Err(error) = query::export(&mut connection, &filter, exporter, &mut sink).await {
+            tracing::warn!(error = %error, "audit export stopped");
+            let _ = sink
+                .0
+                .send(Err(std::io::Error::other("export failed")))
+                .await;
+        }
+    });
+    let stream = futures_util::stream::poll_fn(move |context| receiver.poll_recv(context));
+    let mut response = Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    if let Ok(disposition) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"audit-log.{}\"",
+        format.extension()
+    )) {
+        headers.insert(header::CONTENT_DISPOSITION, disposition);
+    }
+    Ok(response)
+}
+
+#[utoipa::path(get, path = "/api/security/login-attempts", tag = "audit", security(("bearer" = [])),
+    params(("page" = Option<i64>, Query), ("per_page" = Option<i64>, Query), ("username" = Option<String>, Query),
+        ("ip" = Option<String>, Query), ("success" = Option<bool>, Query), ("from" = Option<String>, Query),
+        ("to" = Option<String>, Query)),
+    responses((status = 200, body = Page<LoginAttemptView>), (status = 400, body = Problem), (status = 403, body = Problem)))]
+pub async fn login_attempts(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Page<LoginAttemptView>>, AppError> {
+    let mut connection = state.store.reports().await?;
+    Ok(Json(query::login_attempts(&mut connection, params).await?))
+}

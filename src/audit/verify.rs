@@ -1,0 +1,169 @@
+//! `ums audit verify`: walks the hash chain (archives first, when given, then the table)
+//! and names the first event that was edited, deleted, inserted or reordered.
+
+use std::fmt;
+use std::path::Path;
+
+use sqlx::Row;
+
+use crate::audit::GENESIS_HASH;
+use crate::audit::archive::read_archives;
+use crate::audit::query::{EVENT_COLUMNS, EventRow};
+use crate::store::Store;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// Events `from..=to` are missing before the event `next_id`.
+    Deleted {
+        from: i64,
+        to: i64,
+        next_id: Option<i64>,
+    },
+    /// The event does not follow the one before it: an event was inserted or the order changed.
+    InsertedOrReordered { seq: i64, id: i64 },
+    /// The event's content no longer matches its hash.
+    Edited { seq: i64, id: i64 },
+    /// The archives do not end where the table says archiving stopped.
+    ArchiveIncomplete {
+        expected_through: i64,
+        found_through: i64,
+    },
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Finding::Deleted { from, to, next_id } => match next_id {
+                Some(id) => write!(
+                    f,
+                    "events seq {from}..={to} were deleted (before event id {id})"
+                ),
+                None => write!(
+                    f,
+                    "events seq {from}..={to} were deleted (at the end of the trail)"
+                ),
+            },
+            Finding::InsertedOrReordered { seq, id } => {
+                write!(
+                    f,
+                    "event seq {seq} (id {id}) does not follow the event before it: inserted or reordered"
+                )
+            }
+            Finding::Edited { seq, id } => write!(f, "event seq {seq} (id {id}) was edited"),
+            Finding::ArchiveIncomplete {
+                expected_through,
+                found_through,
+            } => write!(
+                f,
+                "the archives end at seq {found_through} but the table says seq {expected_through} was archived"
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub checked: u64,
+    pub finding: Option<Finding>,
+}
+
+/// Checks one event against the running chain; returns the finding, if any.
+pub struct ChainWalk {
+    expected_seq: i64,
+    running_hash: String,
+    pub checked: u64,
+}
+
+impl ChainWalk {
+    pub fn new(expected_seq: i64, running_hash: String) -> Self {
+        ChainWalk {
+            expected_seq,
+            running_hash,
+            checked: 0,
+        }
+    }
+
+    pub fn step(&mut self, row: &EventRow) -> Option<Finding> {
+        let seq = row.event.seq;
+        if seq > self.expected_seq {
+            return Some(Finding::Deleted {
+                from: self.expected_seq,
+                to: seq - 1,
+                next_id: Some(row.id),
+            });
+        }
+        if seq < self.expected_seq || row.prev_hash != self.running_hash {
+            return Some(Finding::InsertedOrReordered { seq, id: row.id });
+        }
+        if row.event.chain_hash(&row.prev_hash) != row.hash {
+            return Some(Finding::Edited { seq, id: row.id });
+        }
+        self.running_hash = row.hash.clone();
+        self.expected_seq += 1;
+        self.checked += 1;
+        None
+    }
+}
+
+pub async fn verify(store: &Store, archive_dir: Option<&Path>) -> anyhow::Result<Report> {
+    let mut connection = store.reports().await?;
+    let head = sqlx::query(
+        "SELECT seq, last_hash, archived_through, archived_hash FROM audit_chain WHERE id = 1",
+    )
+    .fetch_one(&mut *connection)
+    .await?;
+    let head_seq: i64 = head.try_get("seq")?;
+    let head_hash: String = head.try_get("last_hash")?;
+    let archived_through: i64 = head.try_get("archived_through")?;
+    let archived_hash: String = head.try_get("archived_hash")?;
+
+    let mut walk = match archive_dir {
+        Some(directory) => {
+            let mut walk = ChainWalk::new(1, GENESIS_HASH.to_string());
+            for row in read_archives(directory)? {
+                if let Some(finding) = walk.step(&row?) {
+                    return Ok(Report {
+                        checked: walk.checked,
+                        finding: Some(finding),
+                    });
+                }
+            }
+            if walk.expected_seq - 1 != archived_through || walk.running_hash != archived_hash {
+                let finding = Finding::ArchiveIncomplete {
+                    expected_through: archived_through,
+                    found_through: walk.expected_seq - 1,
+                };
+                return Ok(Report {
+                    checked: walk.checked,
+                    finding: Some(finding),
+                });
+            }
+            walk
+        }
+        None => ChainWalk::new(archived_through + 1, archived_hash),
+    };
+
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM audit_logs ORDER BY seq");
+    let mut rows = sqlx::query(&sql).fetch(&mut *connection);
+    use futures_util::TryStreamExt;
+    while let Some(row) = rows.try_next().await? {
+        if let Some(finding) = walk.step(&EventRow::from_row(&row)?) {
+            return Ok(Report {
+                checked: walk.checked,
+                finding: Some(finding),
+            });
+        }
+    }
+    // Events cut from the end leave the chain head pointing past the last row.
+    let finding = (walk.expected_seq - 1 != head_seq || walk.running_hash != head_hash).then_some(
+        Finding::Deleted {
+            from: walk.expected_seq,
+            to: head_seq,
+            next_id: None,
+        },
+    );
+    Ok(Report {
+        checked: walk.checked,
+        finding,
+    })
+}
