@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use secrecy::SecretString;
 
 use crate::clock::Clock;
-use crate::config::{Config, LogFormat};
+use crate::config::Config;
 use crate::startup::Application;
 use crate::store::Store;
 
@@ -108,7 +108,7 @@ enum KeysCommand {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::from_env()?;
-    init_logging(config.log_format);
+    crate::telemetry::init_logging(config.log_format);
     let clock = Clock::System;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
@@ -204,19 +204,6 @@ fn read_password() -> anyhow::Result<SecretString> {
         anyhow::bail!("no password given");
     }
     Ok(SecretString::from(password))
-}
-
-pub fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().with_current_span(true).try_init(),
-        LogFormat::Pretty => builder.try_init(),
-    };
 }
 
 async fn audit(config: Config, clock: Clock, command: AuditCommand) -> anyhow::Result<()> {

@@ -8,7 +8,6 @@ use anyhow::Context;
 use axum::ServiceExt;
 use tokio::net::TcpListener;
 use tower::Layer;
-use tower_http::normalize_path::NormalizePathLayer;
 
 use crate::auth::password::PasswordHasherConfig;
 use crate::auth::tokens::Keys;
@@ -17,6 +16,9 @@ use crate::config::Config;
 use crate::state::AppState;
 use crate::store::Store;
 use crate::users::service::{AdminOutcome, ensure_admin};
+
+/// How long in-flight requests may run after a shutdown signal.
+const DRAIN_LIMIT: Duration = Duration::from_secs(7);
 
 pub struct Application {
     listener: TcpListener,
@@ -73,16 +75,27 @@ impl Application {
             workers_stopped.clone(),
         ));
         let maintenance = tokio::spawn(maintain(state.clone(), workers_stopped));
-        let app =
-            NormalizePathLayer::trim_trailing_slash().layer(crate::http::router(state.clone()));
+        let app = axum::middleware::from_fn(crate::http::middleware::trim_trailing_slash)
+            .layer(crate::http::router(state.clone()));
         let service = ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
             SocketAddr,
         >(app);
         tracing::info!(address = %listener.local_addr()?, "ums listening");
-        axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving HTTP")?;
+        // Stop accepting on the signal, let in-flight requests finish, but not forever: the
+        // contract gives the whole shutdown 10 seconds.
+        let (stopping, mut stopped_accepting) = tokio::sync::watch::channel(false);
+        let server = axum::serve(listener, service).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stopping.send(true);
+        });
+        let drain_limit = async move {
+            let _ = stopped_accepting.wait_for(|stopping| *stopping).await;
+            tokio::time::sleep(DRAIN_LIMIT).await;
+        };
+        tokio::select! {
+            served = std::future::IntoFuture::into_future(server) => served.context("serving HTTP")?,
+            () = drain_limit => tracing::warn!("in-flight requests did not finish in time; stopping anyway"),
+        }
         key_refresher.abort();
         let _ = stop_workers.send(true);
         for (name, worker) in [

@@ -213,6 +213,8 @@ pub async fn record(connection: &mut Connection, event: Event) -> Result<(), App
         .bind(&hash)
         .execute(&mut *connection)
         .await?;
+    // Counted when written; a rolled-back transaction over-counts, which a counter tolerates.
+    metrics::counter!("ums_audit_events_total").increment(1);
     Ok(())
 }
 

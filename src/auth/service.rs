@@ -196,6 +196,7 @@ pub async fn login(
             )
             .await?;
             transaction.commit().await?;
+            metrics::counter!("ums_logins_total", "result" => "locked").increment(1);
             let retry_after_seconds = ((until - now).max(0) as u64).div_ceil(1000);
             return Err(AppError::Locked {
                 retry_after_seconds,
@@ -227,7 +228,9 @@ pub async fn login(
                 lockout::clear(&mut transaction, &subject).await?;
             }
             record_failure(&mut transaction, &login, user.as_ref(), origin, now, reason).await?;
+            metrics::counter!("ums_logins_total", "result" => "failure").increment(1);
             if !matched && reservation.locks_on_failure(policy) {
+                metrics::counter!("ums_lockouts_total").increment(1);
                 if let Some(user) = &user {
                     crate::auth::recovery::notify_locked(
                         &mut transaction,
@@ -302,6 +305,7 @@ pub async fn login(
         .await?
         .ok_or(AppError::Unauthorized(BAD_CREDENTIALS))?;
     transaction.commit().await?;
+    metrics::counter!("ums_logins_total", "result" => "success").increment(1);
     Ok(LoginResponse {
         tokens,
         user: UserWithLabs {
@@ -408,6 +412,7 @@ pub async fn refresh(
             )
             .await?;
             transaction.commit().await?;
+            metrics::counter!("ums_tokens_refreshed_total").increment(1);
             Ok(tokens)
         }
         Spend::Reused => {

@@ -100,6 +100,8 @@ pub async fn issue_tokens(
     .bind(refresh_expires_at)
     .execute(&mut *connection)
     .await?;
+    metrics::counter!("ums_tokens_issued_total", "type" => "access").increment(1);
+    metrics::counter!("ums_tokens_issued_total", "type" => "refresh").increment(1);
     Ok(TokenPair {
         access_token: state.keys.sign(&access)?,
         refresh_token: state.keys.sign(&refresh)?,

@@ -75,6 +75,12 @@ impl FromRequestParts<AppState> for AuthUser {
         let user = crate::auth::sessions::live_session_user(state, &claims, now)
             .await?
             .ok_or(AppError::Unauthorized("The session has ended."))?;
+        if let Some(slot) = parts
+            .extensions
+            .get::<crate::http::middleware::RequestUser>()
+        {
+            slot.set(user.id);
+        }
         Ok(AuthUser { user, claims })
     }
 }

@@ -111,3 +111,91 @@ pub async fn refuse_credentials_in_url(request: Request, next: Next) -> Response
     }
     next.run(request).await
 }
+
+/// The caller's user id, filled in by the `AuthUser` extractor when a request authenticates,
+/// so the access log line can name who made it.
+#[derive(Debug, Clone, Default)]
+pub struct RequestUser(pub std::sync::Arc<std::sync::atomic::AtomicI64>);
+
+impl RequestUser {
+    pub fn set(&self, user_id: i64) {
+        self.0.store(user_id, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Option<i64> {
+        Some(self.0.load(std::sync::atomic::Ordering::Relaxed)).filter(|id| *id > 0)
+    }
+}
+
+/// One access-log line and the HTTP metrics per request, labelled by route template
+/// (never the raw path, so ids do not become label values).
+pub async fn observe(mut request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|path| path.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .map(|id| id.0.clone())
+        .unwrap_or_default();
+    let user = RequestUser::default();
+    request.extensions_mut().insert(user.clone());
+    let response = next.run(request).await;
+    let latency = started.elapsed();
+    let status = response.status().as_u16();
+    let class = format!("{}xx", status / 100);
+    let labels = [
+        ("method", method.to_string()),
+        ("route", route.clone()),
+        ("status", class),
+    ];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels).record(latency.as_secs_f64());
+    tracing::info!(
+        target: "ums::access",
+        request_id = %request_id,
+        method = %method,
+        route = %route,
+        status,
+        latency_ms = latency.as_secs_f64() * 1000.0,
+        user_id = user.get(),
+        "request"
+    );
+    response
+}
+
+/// The API docs page runs Swagger UI from assets embedded in the binary: it needs scripts,
+/// styles and images from this origin, and nothing from anywhere else.
+pub async fn docs_policy(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
+             connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ),
+    );
+    response
+}
+
+/// `/api/users/` reaches `/api/users`: the trailing slash is dropped before routing. The docs
+/// UI is left alone, as its asset paths are relative to `/api/docs/`.
+pub async fn trim_trailing_slash(mut request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if path.len() > 1 && path.ends_with('/') && !path.starts_with("/api/docs") {
+        let trimmed = path.trim_end_matches('/');
+        let trimmed = if trimmed.is_empty() { "/" } else { trimmed };
+        let rewritten = match request.uri().query() {
+            Some(query) => format!("{trimmed}?{query}"),
+            None => trimmed.to_string(),
+        };
+        if let Ok(uri) = rewritten.parse() {
+            *request.uri_mut() = uri;
+        }
+    }
+    next.run(request).await
+}

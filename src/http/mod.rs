@@ -34,7 +34,7 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
         labs::list, labs::create, labs::get, labs::update, labs::replace, labs::delete, labs::activate,
         labs::deactivate, labs::members, labs::add_member, labs::remove_member, labs::change_role, labs::access,
         audit::audit_logs, audit::login_attempts,
-        health, ready, openapi,
+        health, ready, openapi, metrics,
     ),
     modifiers(&BearerAuth),
 )]
@@ -110,10 +110,17 @@ pub fn router(state: AppState) -> Router {
         .route("/api/security/login-attempts", get(audit::login_attempts))
         .route("/api/openapi.json", get(openapi))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/ready", get(ready))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
-    api.layer(DefaultBodyLimit::max(BODY_LIMIT))
+    let docs = utoipa_swagger_ui::SwaggerUi::new("/api/docs")
+        .url("/api/docs/openapi.json", ApiDoc::openapi());
+    let docs =
+        Router::<AppState>::from(docs).layer(axum::middleware::from_fn(middleware::docs_policy));
+    api.merge(docs)
+        .layer(axum::middleware::from_fn(middleware::observe))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(
             middleware::refuse_credentials_in_url,
         ))
@@ -140,6 +147,18 @@ async fn method_not_allowed() -> impl IntoResponse {
     responses((status = 200, description = "This OpenAPI 3.1 document")))]
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::telemetry::render(&state).await,
+    )
 }
 
 #[utoipa::path(get, path = "/health", tag = "operations",

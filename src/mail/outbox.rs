@@ -191,6 +191,7 @@ async fn settle(
     let mut transaction = state.store.begin().await?;
     match outcome {
         Ok(()) => {
+            metrics::counter!("ums_emails_total", "result" => "sent").increment(1);
             // The body (which may hold a reset link) is erased once delivered.
             sqlx::query(
                 "UPDATE email_outbox SET status = 'sent', sent_at = $3, body = NULL, claim = NULL, \
@@ -204,6 +205,8 @@ async fn settle(
         }
         Err(error) => {
             let failed = message.attempts >= i64::from(state.config.mail_max_attempts);
+            let result = if failed { "failed" } else { "retried" };
+            metrics::counter!("ums_emails_total", "result" => result).increment(1);
             tracing::warn!(email_id = message.id, attempts = message.attempts, failed, error = %format!("{error:#}"), "email not sent");
             sqlx::query(
                 "UPDATE email_outbox SET status = $3, next_attempt_at = $4, last_error = $5, claim = NULL, \

@@ -39,6 +39,7 @@ pub struct Store {
     reader: AnyPool,
     reports: AnyPool,
     backend: Backend,
+    has_replica: bool,
 }
 
 impl Store {
@@ -60,6 +61,7 @@ impl Store {
                 reports: reader.clone(),
                 reader,
                 backend: Backend::Sqlite,
+                has_replica: false,
             })
         } else {
             let writer = pool(primary, 16, timeout).await?;
@@ -72,6 +74,7 @@ impl Store {
                 writer,
                 reports,
                 backend: Backend::Postgres,
+                has_replica: config.replica_url.is_some(),
             })
         }
     }
@@ -104,6 +107,29 @@ impl Store {
             Err(format!(
                 "schema version {version}, expected {SCHEMA_VERSION}"
             ))
+        }
+    }
+
+    /// (pool, open connections, idle connections) for the metrics.
+    pub fn pool_stats(&self) -> Vec<(&'static str, u32, usize)> {
+        let stats = |pool: &AnyPool| (pool.size(), pool.num_idle());
+        let (writer, reader, reports) = (
+            stats(&self.writer),
+            stats(&self.reader),
+            stats(&self.reports),
+        );
+        match self.backend {
+            Backend::Sqlite => vec![
+                ("writer", writer.0, writer.1),
+                ("reader", reader.0, reader.1),
+            ],
+            Backend::Postgres if self.has_replica => {
+                vec![
+                    ("primary", writer.0, writer.1),
+                    ("replica", reports.0, reports.1),
+                ]
+            }
+            Backend::Postgres => vec![("primary", writer.0, writer.1)],
         }
     }
 

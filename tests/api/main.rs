@@ -7,6 +7,7 @@ mod email;
 mod helpers;
 mod isolation;
 mod labs;
+mod operations;
 mod platform;
 mod smtp;
 mod tokens;
