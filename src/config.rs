@@ -112,6 +112,12 @@ pub struct Config {
     pub audit_retention: Duration,
     pub audit_archive_dir: Option<PathBuf>,
     pub login_attempt_retention: Duration,
+    pub redis_prefix: String,
+    /// Delays before evaluating a login after 1, 2, 3+ failures of its username.
+    pub login_delays: Vec<Duration>,
+    pub stuffing_threshold: u32,
+    pub stuffing_window: Duration,
+    pub request_timeout: Duration,
 }
 
 /// A database URL whose password never reaches `Debug` output or logs.
@@ -339,6 +345,30 @@ impl Config {
                 "UMS_LOGIN_ATTEMPT_RETENTION",
                 Duration::from_secs(90 * 86_400),
             )?,
+            redis_prefix: get("UMS_REDIS_PREFIX").unwrap_or_else(|| "ums".into()),
+            login_delays: match get("UMS_LOGIN_DELAYS").as_deref().map(str::trim) {
+                None => vec![
+                    Duration::from_millis(100),
+                    Duration::from_millis(500),
+                    Duration::from_secs(2),
+                ],
+                Some("none") => Vec::new(),
+                Some(list) => split_list(list)
+                    .iter()
+                    .map(|step| {
+                        parse_duration(step).filter(|delay| *delay <= Duration::from_secs(10))
+                    })
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        invalid(
+                            "UMS_LOGIN_DELAYS",
+                            "expected durations up to 10s, like 100ms,500ms,2s, or none",
+                        )
+                    })?,
+            },
+            stuffing_threshold: number("UMS_STUFFING_THRESHOLD", 50)?,
+            stuffing_window: duration("UMS_STUFFING_WINDOW", Duration::from_secs(300))?,
+            request_timeout: duration("UMS_REQUEST_TIMEOUT", Duration::from_secs(30))?,
         })
     }
 

@@ -130,6 +130,8 @@ async fn prepare_with_access_log(
     config: Config,
     clock: Clock,
 ) -> anyhow::Result<(AppState, tokio::sync::mpsc::Receiver<crate::audit::Event>)> {
+    // Counters bumped before the recorder exists would be lost.
+    crate::telemetry::prometheus();
     let store = Store::connect(&config).await?;
     let applied = crate::store::migrate(&store).await?;
     if !applied.is_empty() {
@@ -164,6 +166,7 @@ async fn prepare_with_access_log(
     }
     let outbox = crate::mail::Outbox::new(config.public_url.clone(), config.secret_key.clone());
     let (access_log, access_events) = crate::audit::batch::AccessLog::new();
+    let limiter = Arc::new(crate::security::limits::Limiter::connect(&config).await);
     let state = AppState {
         config: Arc::new(config),
         store,
@@ -172,6 +175,7 @@ async fn prepare_with_access_log(
         clock,
         outbox,
         access_log,
+        limiter,
     };
     Ok((state, access_events))
 }

@@ -20,6 +20,7 @@ pub struct AppState {
     pub clock: Clock,
     pub outbox: Outbox,
     pub access_log: AccessLog,
+    pub limiter: std::sync::Arc<crate::security::limits::Limiter>,
 }
 
 impl AppState {

@@ -54,6 +54,8 @@ pub enum Action {
     MemberRoleUpdated,
     LabAccessChecked,
     LabMembersRead,
+    IpBlocked,
+    CredentialStuffingDetected,
     KeyRotated,
 }
 
@@ -89,6 +91,8 @@ impl Action {
             Action::MemberRoleUpdated => "lab.member_role_updated",
             Action::LabAccessChecked => "lab.access_checked",
             Action::LabMembersRead => "lab.members_read",
+            Action::IpBlocked => "security.ip_blocked",
+            Action::CredentialStuffingDetected => "security.credential_stuffing_detected",
             Action::KeyRotated => "key.rotated",
         }
     }

@@ -246,14 +246,18 @@ pub async fn reset_password(
     let now = state.now();
     let (token_id, user_id) = {
         let mut connection = state.store.read().await?;
-        let (token_id, user_id, _) = find_live_token(
+        let live = find_live_token(
             &mut connection,
             "password_reset_tokens",
             &request.token,
             now,
         )
-        .await?
-        .ok_or_else(|| AppError::BadRequest(INVALID_LINK.into()))?;
+        .await?;
+        let Some((token_id, user_id, _)) = live else {
+            drop(connection);
+            crate::security::credential_failure(state, origin).await?;
+            return Err(AppError::BadRequest(INVALID_LINK.into()));
+        };
         let user = user_store::find_by_id(&mut connection, user_id)
             .await?
             .ok_or_else(|| AppError::BadRequest(INVALID_LINK.into()))?;
@@ -312,6 +316,7 @@ async fn confirm_password(
     user: &User,
     password: SecretString,
     field: &str,
+    origin: &Origin,
 ) -> Result<(), AppError> {
     let stored = user.password_hash.clone();
     let verification = state
@@ -320,6 +325,7 @@ async fn confirm_password(
     if verification.matched() {
         Ok(())
     } else {
+        crate::security::credential_failure(state, origin).await?;
         Err(AppError::field(field, "is incorrect"))
     }
 }
@@ -343,7 +349,14 @@ pub async fn change_password(
             "must differ from the current password",
         ));
     }
-    confirm_password(state, user, request.current_password, "current_password").await?;
+    confirm_password(
+        state,
+        user,
+        request.current_password,
+        "current_password",
+        origin,
+    )
+    .await?;
     let password = request.new_password;
     let hash = state
         .hashing(move |hasher| hasher.hash(&password))
@@ -399,7 +412,7 @@ pub async fn change_email(
             "is already the account's address",
         ));
     }
-    confirm_password(state, user, request.password, "password").await?;
+    confirm_password(state, user, request.password, "password", origin).await?;
     let now = state.now();
     let mut transaction = state.store.begin().await?;
     if user_store::find_by_login(&mut transaction, email.as_str())

@@ -15,7 +15,9 @@ use crate::auth::service::{self, LoginRequest, LoginResponse, RegisterRequest};
 use crate::auth::sessions::{self, SessionView, TokenPair};
 use crate::http::AppError;
 use crate::http::error::Problem;
-use crate::http::extract::{AuthUser, ClientOrigin, JsonBody, bearer_token, parse_json};
+use crate::http::extract::{
+    AuthUser, ClientOrigin, CredentialGuard, JsonBody, bearer_token, parse_json,
+};
 use crate::state::AppState;
 use crate::users::{UserView, UserWithLabs};
 
@@ -44,6 +46,7 @@ pub async fn register(
         (status = 423, body = Problem, headers(("Retry-After" = u64)))))]
 pub async fn login(
     State(state): State<AppState>,
+    _guard: CredentialGuard,
     ClientOrigin(origin): ClientOrigin,
     JsonBody(request): JsonBody<LoginRequest>,
 ) -> Result<Response, AppError> {
@@ -175,6 +178,7 @@ pub struct Acknowledgement {
     responses((status = 202, body = Acknowledgement), (status = 400, body = Problem)))]
 pub async fn forgot_password(
     State(state): State<AppState>,
+    _guard: CredentialGuard,
     ClientOrigin(origin): ClientOrigin,
     JsonBody(request): JsonBody<ForgotPasswordRequest>,
 ) -> Result<(StatusCode, Json<Acknowledgement>), AppError> {
@@ -191,6 +195,7 @@ pub async fn forgot_password(
     responses((status = 200, body = Acknowledgement), (status = 400, body = Problem)))]
 pub async fn reset_password(
     State(state): State<AppState>,
+    _guard: CredentialGuard,
     ClientOrigin(origin): ClientOrigin,
     JsonBody(request): JsonBody<ResetPasswordRequest>,
 ) -> Result<Json<Acknowledgement>, AppError> {
@@ -206,6 +211,7 @@ pub async fn reset_password(
 pub async fn change_password(
     State(state): State<AppState>,
     caller: AuthUser,
+    _guard: CredentialGuard,
     ClientOrigin(origin): ClientOrigin,
     JsonBody(request): JsonBody<ChangePasswordRequest>,
 ) -> Result<Json<Acknowledgement>, AppError> {
@@ -222,6 +228,7 @@ pub async fn change_password(
 pub async fn change_email(
     State(state): State<AppState>,
     caller: AuthUser,
+    _guard: CredentialGuard,
     ClientOrigin(origin): ClientOrigin,
     JsonBody(request): JsonBody<ChangeEmailRequest>,
 ) -> Result<(StatusCode, Json<Acknowledgement>), AppError> {

@@ -181,6 +181,17 @@ pub async fn login(
         None => Subject::UnknownName(login.to_lowercase()),
     };
 
+    // Progressive delay: slow the next try of a failing username, without holding a thread or
+    // a connection. A locked account answers at once (it will not be evaluated anyway).
+    let failures = {
+        let mut connection = state.store.read().await?;
+        lockout::current_failures(&mut connection, &subject, user.as_ref()).await?
+    };
+    let delay = crate::security::login_delay(&state.config.login_delays, failures);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+
     let now = state.now();
     let reservation = {
         let mut transaction = state.store.begin().await?;
@@ -197,6 +208,7 @@ pub async fn login(
             .await?;
             transaction.commit().await?;
             metrics::counter!("ums_logins_total", "result" => "locked").increment(1);
+            crate::security::credential_failure(state, origin).await?;
             let retry_after_seconds = ((until - now).max(0) as u64).div_ceil(1000);
             return Err(AppError::Locked {
                 retry_after_seconds,
@@ -255,6 +267,10 @@ pub async fn login(
                 .await?;
             }
             transaction.commit().await?;
+            if !matched {
+                crate::security::credential_failure(state, origin).await?;
+                crate::security::watch_for_stuffing(state, &login, origin).await?;
+            }
             return Err(AppError::Unauthorized(BAD_CREDENTIALS));
         }
     };

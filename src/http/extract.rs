@@ -25,16 +25,7 @@ impl FromRequestParts<AppState> for ClientOrigin {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(peer)| {
-                let forwarded = parts
-                    .headers
-                    .get("x-forwarded-for")
-                    .and_then(|value| value.to_str().ok());
-                client_ip(peer.ip(), forwarded, &state.config.trusted_proxies).to_string()
-            });
+        let ip = client_address(&parts.extensions, &parts.headers, state);
         let user_agent = parts
             .headers
             .get(USER_AGENT)
@@ -48,6 +39,26 @@ impl FromRequestParts<AppState> for ClientOrigin {
         }))
     }
 }
+
+/// The client's address (see `security::client_ip`), if the connection carries one.
+pub fn client_address(
+    extensions: &axum::http::Extensions,
+    headers: &axum::http::HeaderMap,
+    state: &AppState,
+) -> Option<String> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| {
+            let forwarded = headers
+                .get("x-forwarded-for")
+                .and_then(|value| value.to_str().ok());
+            client_ip(peer.ip(), forwarded, &state.config.trusted_proxies).to_string()
+        })
+}
+
+/// Claims of an access token already verified by the rate limiter for this request.
+#[derive(Debug, Clone)]
+pub struct VerifiedAccess(pub Claims);
 
 /// The bearer token of the `Authorization` header, if any.
 pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
@@ -71,7 +82,10 @@ impl FromRequestParts<AppState> for AuthUser {
         let token =
             bearer_token(&parts.headers).ok_or(AppError::Unauthorized("Missing bearer token."))?;
         let now = state.now();
-        let claims = verify_access_token(state, token, now).await?;
+        let claims = match parts.extensions.get::<VerifiedAccess>() {
+            Some(VerifiedAccess(claims)) => claims.clone(),
+            None => verify_access_token(state, token, now).await?,
+        };
         let user = crate::auth::sessions::live_session_user(state, &claims, now)
             .await?
             .ok_or(AppError::Unauthorized("The session has ended."))?;
@@ -209,5 +223,19 @@ impl FromRequestParts<AppState> for SelfOrAdmin {
             Err(error) if caller.user.is_admin() => Err(error),
             _ => Err(AppError::Forbidden("You may only act on your own account.")),
         }
+    }
+}
+
+/// Declares a credential endpoint: a client IP blocked for repeated failures gets 429 here,
+/// before any credential is looked at.
+pub struct CredentialGuard;
+
+impl FromRequestParts<AppState> for CredentialGuard {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let ClientOrigin(origin) = ClientOrigin::from_request_parts(parts, state).await?;
+        crate::security::check_ip(state, &origin).await?;
+        Ok(CredentialGuard)
     }
 }

@@ -199,3 +199,109 @@ pub async fn trim_trailing_slash(mut request: Request, next: Next) -> Response {
     }
     next.run(request).await
 }
+
+/// Rate limits: per authenticated user a minute, per session a second (the velocity check),
+/// and per client IP a minute for anonymous calls. Health, readiness, metrics and the docs
+/// are exempt. A token verified here is handed on, so `AuthUser` does not verify it again.
+pub async fn rate_limit(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    if matches!(path, "/health" | "/ready" | "/metrics") || path.starts_with("/api/docs") {
+        return next.run(request).await;
+    }
+    let now = state.now();
+    let config = &state.config;
+    let claims = crate::http::extract::bearer_token(request.headers()).and_then(|token| {
+        state
+            .keys
+            .verify(token, crate::auth::tokens::TokenType::Access, now)
+            .ok()
+    });
+    let refusal = match claims {
+        Some(claims) => {
+            let user = state
+                .limiter
+                .hit(&format!("user:{}", claims.sub), 60_000, now)
+                .await;
+            let refusal = if user.count > i64::from(config.rate_limit_per_minute) {
+                Some(("user", user.window_ends))
+            } else {
+                let session = state
+                    .limiter
+                    .hit(&format!("session:{}", claims.sid), 1000, now)
+                    .await;
+                (session.count > i64::from(config.session_rate_per_second))
+                    .then_some(("session", session.window_ends))
+            };
+            request
+                .extensions_mut()
+                .insert(crate::http::extract::VerifiedAccess(claims));
+            refusal
+        }
+        None => {
+            let ip = crate::http::extract::client_address(
+                request.extensions(),
+                request.headers(),
+                &state,
+            )
+            .unwrap_or_else(|| "unknown".into());
+            let hit = state.limiter.hit(&format!("anon:{ip}"), 60_000, now).await;
+            (hit.count > i64::from(config.anon_rate_limit_per_minute))
+                .then_some(("ip", hit.window_ends))
+        }
+    };
+    if let Some((scope, window_ends)) = refusal {
+        metrics::counter!("ums_rate_limited_total", "scope" => scope).increment(1);
+        return AppError::TooManyRequests {
+            retry_after_seconds: ((window_ends - now).max(0) as u64).div_ceil(1000),
+        }
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Bounds how long a request may run; past `UMS_REQUEST_TIMEOUT` it is answered 503.
+pub async fn timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.config.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!("request timed out");
+            AppError::Unavailable.into_response()
+        }
+    }
+}
+
+/// CORS for the configured origins only; without any, no CORS headers are sent at all.
+pub fn cors(state: &AppState) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::Method;
+    let origins: Vec<HeaderValue> = state
+        .config
+        .cors_origins
+        .iter()
+        .filter_map(|origin| HeaderValue::from_str(origin).ok())
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(tower_http::cors::AllowOrigin::list(origins))
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                REQUEST_ID.clone(),
+            ])
+            .expose_headers([REQUEST_ID.clone(), header::RETRY_AFTER])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
+}

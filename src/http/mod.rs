@@ -118,12 +118,27 @@ pub fn router(state: AppState) -> Router {
         .url("/api/docs/openapi.json", ApiDoc::openapi());
     let docs =
         Router::<AppState>::from(docs).layer(axum::middleware::from_fn(middleware::docs_policy));
-    api.merge(docs)
+    // Layers run outside in: the last added sees the request first.
+    let router = api
+        .merge(docs)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::rate_limit,
+        ))
         .layer(axum::middleware::from_fn(middleware::observe))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(
             middleware::refuse_credentials_in_url,
-        ))
+        ));
+    let router = match middleware::cors(&state) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::security_headers,
@@ -176,16 +191,25 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::V
         Ok(Err(error)) => Err(error),
         Err(_) => Err("timed out".to_string()),
     };
+    let redis = match state.limiter.redis_state() {
+        None => "not configured",
+        Some(true) => "ok",
+        Some(false) => "unavailable: limits are local to this instance",
+    };
     match database {
         Ok(()) => (
             StatusCode::OK,
-            Json(json!({"status": "ready", "checks": {"database": "ok", "migrations": "current"}})),
+            Json(
+                json!({"status": "ready", "checks": {"database": "ok", "migrations": "current", "redis": redis}}),
+            ),
         ),
         Err(error) => {
             tracing::warn!(%error, "readiness check failed");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "unavailable", "checks": {"database": "unavailable"}})),
+                Json(
+                    json!({"status": "unavailable", "checks": {"database": "unavailable", "redis": redis}}),
+                ),
             )
         }
     }

@@ -24,10 +24,11 @@ pub enum EmailKind {
     EmailChanged,
     AccountLocked,
     NewLogin,
+    SecurityAlert,
 }
 
 impl EmailKind {
-    pub const ALL: [EmailKind; 7] = [
+    pub const ALL: [EmailKind; 8] = [
         EmailKind::Welcome,
         EmailKind::PasswordReset,
         EmailKind::PasswordChanged,
@@ -35,6 +36,7 @@ impl EmailKind {
         EmailKind::EmailChanged,
         EmailKind::AccountLocked,
         EmailKind::NewLogin,
+        EmailKind::SecurityAlert,
     ];
 
     /// The template name, also stored as the outbox row's `kind`.
@@ -47,6 +49,7 @@ impl EmailKind {
             EmailKind::EmailChanged => "email_changed",
             EmailKind::AccountLocked => "account_locked",
             EmailKind::NewLogin => "new_login",
+            EmailKind::SecurityAlert => "security_alert",
         }
     }
 
@@ -60,6 +63,7 @@ impl EmailKind {
             EmailKind::EmailChanged => "Your email address was changed",
             EmailKind::AccountLocked => "Your account was locked",
             EmailKind::NewLogin => "New sign-in to your account",
+            EmailKind::SecurityAlert => "Security alert: credential stuffing suspected",
         }
     }
 }
@@ -67,7 +71,7 @@ impl EmailKind {
 static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut environment = Environment::new();
     environment.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    let sources: [(&str, &str); 15] = [
+    let sources: [(&str, &str); 17] = [
         ("layout.html", include_str!("templates/layout.html")),
         ("welcome.txt", include_str!("templates/welcome.txt")),
         ("welcome.html", include_str!("templates/welcome.html")),
@@ -113,6 +117,14 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         ),
         ("new_login.txt", include_str!("templates/new_login.txt")),
         ("new_login.html", include_str!("templates/new_login.html")),
+        (
+            "security_alert.txt",
+            include_str!("templates/security_alert.txt"),
+        ),
+        (
+            "security_alert.html",
+            include_str!("templates/security_alert.html"),
+        ),
     ];
     for (name, source) in sources {
         // A template that does not parse is a build defect: the unit tests render every kind.
@@ -221,7 +233,7 @@ mod tests {
             "forgot_link": "https://ums.test/forgot-password", "when": "2026-01-01T00:00:00.000Z",
             "link": "https://ums.test/x?token=abc&y=1", "valid_hours": 24, "sessions_note": "Other sessions were signed out.",
             "new_email": "new@lab.org", "failures": 5, "unlocks_at": "2026-01-01T00:30:00.000Z",
-            "ip": "10.0.0.1", "device": "Firefox",
+            "ip": "10.0.0.1", "device": "Firefox", "usernames": 40, "window_minutes": 5,
         });
         for kind in EmailKind::ALL {
             let email = render(kind, &context).unwrap();

@@ -115,6 +115,35 @@ pub fn decide(
     }
 }
 
+/// Failures in a row counted for `subject` now: 0 while it is locked (a locked name is
+/// refused without evaluation, so there is nothing to slow down) or after a lock expired.
+pub async fn current_failures(
+    connection: &mut Connection,
+    subject: &Subject,
+    user: Option<&crate::users::User>,
+) -> Result<i64, AppError> {
+    let (count, locked_until) = match (subject, user) {
+        (Subject::User(_), Some(user)) => (user.failed_login_count, user.locked_until),
+        (Subject::UnknownName(name), _) => {
+            let row = sqlx::query(
+                "SELECT failed_login_count, locked_until FROM login_throttles WHERE subject = $1",
+            )
+            .bind(name)
+            .fetch_optional(&mut *connection)
+            .await?;
+            match row {
+                Some(row) => (
+                    row.try_get("failed_login_count")?,
+                    row.try_get("locked_until")?,
+                ),
+                None => (0, None),
+            }
+        }
+        (Subject::User(_), None) => (0, None),
+    };
+    Ok(if locked_until.is_some() { 0 } else { count })
+}
+
 /// A correct password, a reset or an admin unlock: the counter starts again.
 pub async fn clear(connection: &mut Connection, subject: &Subject) -> Result<(), AppError> {
     match subject {

@@ -1,5 +1,151 @@
-//! Defences: lockout, knowing who the client really is, and secrets at rest.
+//! Defences: lockout, IP blocking, progressive delays, rate limits, credential-stuffing
+//! detection, knowing who the client really is, and secrets at rest.
 
 pub mod client_ip;
+pub mod limits;
 pub mod lockout;
 pub mod sealing;
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::audit::{self, Action, Event, Origin};
+use crate::clock::Millis;
+use crate::http::AppError;
+use crate::mail::EmailKind;
+use crate::state::AppState;
+
+/// The delay before evaluating a login for a username that has `failures` failures in a row:
+/// none, then the configured steps (100 ms, 500 ms, 2 s), the last repeating. Bounded, and
+/// reset by a success, so an attacker cannot slow a real user down for long.
+pub fn login_delay(steps: &[Duration], failures: i64) -> Duration {
+    if failures <= 0 || steps.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = usize::try_from(failures - 1)
+        .unwrap_or(usize::MAX)
+        .min(steps.len() - 1);
+    steps[index]
+}
+
+fn ip_key(origin: &Origin) -> String {
+    origin.ip.clone().unwrap_or_else(|| "unknown".into())
+}
+
+/// Refuses a blocked client IP on the credential endpoints.
+pub async fn check_ip(state: &AppState, origin: &Origin) -> Result<(), AppError> {
+    let now = state.now();
+    match state
+        .limiter
+        .blocked_until(&format!("ipblock:{}", ip_key(origin)), now)
+        .await
+    {
+        Some(until) => {
+            metrics::counter!("ums_ip_block_refusals_total").increment(1);
+            Err(AppError::TooManyRequests {
+                retry_after_seconds: ((until - now).max(0) as u64).div_ceil(1000),
+            })
+        }
+        None => Ok(()),
+    }
+}
+
+/// Counts a failed credential check from the client's IP; at the threshold, blocks the IP
+/// and records the block in the audit trail.
+pub async fn credential_failure(state: &AppState, origin: &Origin) -> Result<(), AppError> {
+    let now = state.now();
+    let config = &state.config;
+    let duration = config.ip_block_duration.as_millis() as Millis;
+    let ip = ip_key(origin);
+    let hit = state
+        .limiter
+        .hit(&format!("ipfail:{ip}"), duration, now)
+        .await;
+    if hit.count == i64::from(config.ip_block_threshold) {
+        state
+            .limiter
+            .block(&format!("ipblock:{ip}"), now + duration, now)
+            .await;
+        metrics::counter!("ums_ip_blocks_total").increment(1);
+        let mut transaction = state.store.begin().await?;
+        audit::record(
+            &mut transaction,
+            Event::new(Action::IpBlocked, now)
+                .failed()
+                .resource("security", &ip)
+                .details(json!({"ip": ip, "failures": hit.count, "blocked_until": crate::clock::to_rfc3339(now + duration)}))
+                .origin(origin),
+        )
+        .await?;
+        transaction.commit().await?;
+    }
+    Ok(())
+}
+
+/// Feeds a failed login to the stuffing detector: many failures over many usernames in the
+/// window raise one alert a window (audit event, metric, email to every active admin).
+pub async fn watch_for_stuffing(
+    state: &AppState,
+    username: &str,
+    origin: &Origin,
+) -> Result<(), AppError> {
+    let now = state.now();
+    let config = &state.config;
+    let window = config.stuffing_window.as_millis() as Millis;
+    let (failures, usernames) = state.limiter.record_failure(username, window, now).await;
+    let threshold = i64::from(config.stuffing_threshold);
+    if failures < threshold
+        || usernames < (threshold / 2).max(2)
+        || !state.limiter.claim_alert(window, now).await
+    {
+        return Ok(());
+    }
+    metrics::counter!("ums_credential_stuffing_alerts_total").increment(1);
+    tracing::warn!(failures, usernames, "credential stuffing suspected");
+    let mut transaction = state.store.begin().await?;
+    audit::record(
+        &mut transaction,
+        Event::new(Action::CredentialStuffingDetected, now)
+            .failed()
+            .resource("security", "login")
+            .details(json!({"failures": failures, "usernames": usernames, "window_seconds": window / 1000}))
+            .origin(origin),
+    )
+    .await?;
+    let admins = crate::users::store::active_admins(&mut transaction).await?;
+    for admin in &admins {
+        state
+            .outbox
+            .enqueue(
+                &mut transaction,
+                admin,
+                &admin.email,
+                EmailKind::SecurityAlert,
+                json!({"failures": failures, "usernames": usernames, "window_minutes": window / 60_000}),
+                now,
+            )
+            .await?;
+    }
+    transaction.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_with_failures_and_stop_growing() {
+        let steps = [
+            Duration::from_millis(100),
+            Duration::from_millis(500),
+            Duration::from_secs(2),
+        ];
+        let delays: Vec<_> = (0..6)
+            .map(|failures| login_delay(&steps, failures).as_millis())
+            .collect();
+        assert_eq!(delays, [0, 100, 500, 2000, 2000, 2000]);
+        assert_eq!(login_delay(&[], 3), Duration::ZERO);
+    }
+}

@@ -266,3 +266,12 @@ pub async fn revoke_sessions(
     .await?;
     Ok(result.rows_affected())
 }
+
+pub async fn active_admins(connection: &mut Connection) -> Result<Vec<User>, AppError> {
+    let sql = format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE is_admin = 1 AND is_active = 1 ORDER BY id"
+    );
+    Ok(sqlx::query_as::<_, User>(&sql)
+        .fetch_all(&mut *connection)
+        .await?)
+}

@@ -80,6 +80,14 @@ pub fn base_vars() -> HashMap<String, String> {
         ("UMS_PASSWORD_HASH_MEMORY_KIB", "64"),
         ("UMS_PASSWORD_HASH_ITERATIONS", "1"),
         ("UMS_PUBLIC_URL", "http://ums.test"),
+        // Every test runs from 127.0.0.1 at full speed: the defences that would throttle
+        // that are off here and switched on by the tests of the defences themselves.
+        ("UMS_RATE_LIMIT_PER_MINUTE", "1000000"),
+        ("UMS_ANON_RATE_LIMIT_PER_MINUTE", "1000000"),
+        ("UMS_SESSION_RATE_PER_SECOND", "1000000"),
+        ("UMS_IP_BLOCK_THRESHOLD", "1000000"),
+        ("UMS_STUFFING_THRESHOLD", "1000000"),
+        ("UMS_LOGIN_DELAYS", "none"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -3,6 +3,7 @@
 
 mod audit;
 mod auth;
+mod defences;
 mod email;
 mod helpers;
 mod isolation;

@@ -108,6 +108,7 @@ class UMSServer:
             "UMS_RATE_LIMIT_PER_MINUTE": "100000",
             "UMS_SESSION_RATE_PER_SECOND": "100000",
             "UMS_IP_BLOCK_THRESHOLD": "100000",
+            "UMS_LOGIN_DELAYS": "none",
             "UMS_LOG_FORMAT": "json",
             **env,
         }
@@ -164,7 +165,10 @@ class UMSServer:
                 record = json.loads(line)
             except ValueError:
                 continue
-            fields = record.get("fields", {}) if isinstance(record, dict) else {}
+            if not isinstance(record, dict):
+                continue
+            # The server writes flat JSON lines (fields beside "message"); older builds nested them.
+            fields = record.get("fields", record)
             if {"to", "subject", "body"} <= fields.keys():
                 found.append({k: fields[k] for k in ("to", "subject", "body")})
         return found

@@ -1,0 +1,290 @@
+//! Shared counters for rate limits, IP blocks and the credential-stuffing detector.
+//!
+//! In memory by default; with `UMS_REDIS_URL` they live in Redis, so instances behind one
+//! load balancer enforce one limit together. If Redis fails, each call falls back to the
+//! local counters (the service keeps working, limits become per instance), the failure is
+//! logged and shown by `/ready`, and Redis is tried again after a pause. Account lockout does
+//! not depend on this: its counters live in the database with the login attempts.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use secrecy::ExposeSecret;
+
+use crate::clock::Millis;
+use crate::config::Config;
+
+const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+const REDIS_RETRY_AFTER: Millis = 5_000;
+
+/// A fixed-window hit: how many hits the window holds now and when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hit {
+    pub count: i64,
+    pub window_ends: Millis,
+}
+
+#[derive(Default)]
+struct Local {
+    windows: HashMap<String, (Millis, i64)>,
+    blocks: HashMap<String, Millis>,
+    failures: VecDeque<(Millis, String)>,
+    alerted_until: Millis,
+}
+
+pub struct Limiter {
+    local: Mutex<Local>,
+    redis: Option<ConnectionManager>,
+    prefix: String,
+    redis_down_since: AtomicI64,
+    redis_healthy: AtomicBool,
+}
+
+const HIT_SCRIPT: &str = r"
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return count";
+
+const STUFFING_SCRIPT: &str = r"
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1] - ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1] - ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2])}";
+
+impl Limiter {
+    pub async fn connect(config: &Config) -> Self {
+        let redis = match &config.redis_url {
+            None => None,
+            Some(url) => match redis::Client::open(url.expose_secret()) {
+                Ok(client) => {
+                    let settings = redis::aio::ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(REDIS_TIMEOUT))
+                        .set_response_timeout(Some(REDIS_TIMEOUT))
+                        .set_number_of_retries(1);
+                    match tokio::time::timeout(
+                        Duration::from_secs(2),
+                        ConnectionManager::new_with_config(client, settings),
+                    )
+                    .await
+                    {
+                        Ok(Ok(manager)) => Some(manager),
+                        _ => {
+                            tracing::warn!(
+                                "Redis is unreachable at start; using local limits until it answers"
+                            );
+                            None
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "UMS_REDIS_URL is not usable; using local limits");
+                    None
+                }
+            },
+        };
+        let healthy = redis.is_some();
+        Limiter {
+            local: Mutex::new(Local::default()),
+            redis,
+            prefix: config.redis_prefix.clone(),
+            redis_down_since: AtomicI64::new(0),
+            redis_healthy: AtomicBool::new(healthy),
+        }
+    }
+
+    /// `None` without Redis; otherwise whether the last call reached it.
+    pub fn redis_state(&self) -> Option<bool> {
+        self.redis
+            .as_ref()
+            .map(|_| self.redis_healthy.load(Ordering::Relaxed))
+    }
+
+    /// The Redis connection, unless it failed a moment ago.
+    fn redis(&self, now: Millis) -> Option<ConnectionManager> {
+        let manager = self.redis.as_ref()?;
+        let down_since = self.redis_down_since.load(Ordering::Relaxed);
+        (down_since == 0 || now - down_since > REDIS_RETRY_AFTER).then(|| manager.clone())
+    }
+
+    fn redis_result<T>(
+        &self,
+        result: Result<Result<T, redis::RedisError>, tokio::time::error::Elapsed>,
+        now: Millis,
+    ) -> Option<T> {
+        match result {
+            Ok(Ok(value)) => {
+                if !self.redis_healthy.swap(true, Ordering::Relaxed) {
+                    tracing::info!("Redis answers again; limits are shared");
+                }
+                self.redis_down_since.store(0, Ordering::Relaxed);
+                Some(value)
+            }
+            failure => {
+                if self.redis_healthy.swap(false, Ordering::Relaxed) {
+                    let reason = match failure {
+                        Ok(Err(error)) => error.to_string(),
+                        _ => "timed out".into(),
+                    };
+                    tracing::warn!(error = %reason, "Redis failed; falling back to local limits");
+                }
+                self.redis_down_since.store(now.max(1), Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    fn local(&self) -> std::sync::MutexGuard<'_, Local> {
+        self.local
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts one hit on `key` in the current fixed window of `window` milliseconds.
+    pub async fn hit(&self, key: &str, window: Millis, now: Millis) -> Hit {
+        let window = window.max(1);
+        let start = now - now.rem_euclid(window);
+        let window_ends = start + window;
+        if let Some(mut redis) = self.redis(now) {
+            let redis_key = format!("{}:hit:{key}:{start}", self.prefix);
+            let script = redis::Script::new(HIT_SCRIPT);
+            let mut invocation = script.key(redis_key);
+            invocation.arg(window);
+            let result =
+                tokio::time::timeout(REDIS_TIMEOUT, invocation.invoke_async::<i64>(&mut redis))
+                    .await;
+            if let Some(count) = self.redis_result(result, now) {
+                return Hit { count, window_ends };
+            }
+        }
+        let mut local = self.local();
+        if local.windows.len() > 100_000 {
+            local.windows.retain(|_, (ends, _)| *ends > now);
+        }
+        let entry = local
+            .windows
+            .entry(key.to_string())
+            .or_insert((window_ends, 0));
+        if entry.0 != window_ends {
+            *entry = (window_ends, 0);
+        }
+        entry.1 += 1;
+        Hit {
+            count: entry.1,
+            window_ends,
+        }
+    }
+
+    pub async fn block(&self, key: &str, until: Millis, now: Millis) {
+        if let Some(mut redis) = self.redis(now) {
+            let redis_key = format!("{}:block:{key}", self.prefix);
+            let command = redis::cmd("SET")
+                .arg(redis_key)
+                .arg(until)
+                .arg("PX")
+                .arg((until - now).max(1))
+                .to_owned();
+            let result =
+                tokio::time::timeout(REDIS_TIMEOUT, command.query_async::<()>(&mut redis)).await;
+            if self.redis_result(result, now).is_some() {
+                return;
+            }
+        }
+        self.local().blocks.insert(key.to_string(), until);
+    }
+
+    pub async fn blocked_until(&self, key: &str, now: Millis) -> Option<Millis> {
+        if let Some(mut redis) = self.redis(now) {
+            let redis_key = format!("{}:block:{key}", self.prefix);
+            let command = redis::cmd("GET").arg(redis_key).to_owned();
+            let result = tokio::time::timeout(
+                REDIS_TIMEOUT,
+                command.query_async::<Option<i64>>(&mut redis),
+            )
+            .await;
+            if let Some(until) = self.redis_result(result, now) {
+                return until.filter(|until| *until > now);
+            }
+        }
+        let mut local = self.local();
+        match local.blocks.get(key) {
+            Some(until) if *until > now => Some(*until),
+            Some(_) => {
+                local.blocks.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Records a failed login for the stuffing detector; returns (failures, distinct usernames)
+    /// in the sliding window ending now.
+    pub async fn record_failure(&self, username: &str, window: Millis, now: Millis) -> (i64, i64) {
+        if let Some(mut redis) = self.redis(now) {
+            let script = redis::Script::new(STUFFING_SCRIPT);
+            let mut invocation = script.key(format!("{}:stuffing:failures", self.prefix));
+            invocation
+                .key(format!("{}:stuffing:usernames", self.prefix))
+                .arg(now)
+                .arg(window)
+                .arg(crate::auth::tokens::random_token())
+                .arg(username.to_lowercase());
+            let result = tokio::time::timeout(
+                REDIS_TIMEOUT,
+                invocation.invoke_async::<(i64, i64)>(&mut redis),
+            )
+            .await;
+            if let Some(counts) = self.redis_result(result, now) {
+                return counts;
+            }
+        }
+        let mut local = self.local();
+        local.failures.push_back((now, username.to_lowercase()));
+        while local
+            .failures
+            .front()
+            .is_some_and(|(at, _)| *at <= now - window)
+        {
+            local.failures.pop_front();
+        }
+        let distinct = local
+            .failures
+            .iter()
+            .map(|(_, name)| name.as_str())
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        (local.failures.len() as i64, distinct as i64)
+    }
+
+    /// True once per window: the caller that gets it raises the alert.
+    pub async fn claim_alert(&self, window: Millis, now: Millis) -> bool {
+        if let Some(mut redis) = self.redis(now) {
+            let command = redis::cmd("SET")
+                .arg(format!("{}:stuffing:alerted", self.prefix))
+                .arg(now)
+                .arg("NX")
+                .arg("PX")
+                .arg(window)
+                .to_owned();
+            let result = tokio::time::timeout(
+                REDIS_TIMEOUT,
+                command.query_async::<Option<String>>(&mut redis),
+            )
+            .await;
+            if let Some(set) = self.redis_result(result, now) {
+                return set.is_some();
+            }
+        }
+        let mut local = self.local();
+        if local.alerted_until > now {
+            return false;
+        }
+        local.alerted_until = now + window;
+        true
+    }
+}
