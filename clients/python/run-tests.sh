@@ -22,7 +22,7 @@ trap 'rm -rf "$venv"' EXIT
 echo "== virtualenv ($("$python" --version)) in $venv"
 "$python" -m venv "$venv"
 cd "$repo"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "./clients/python[django]" pytest
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "./clients/python[django]" pytest openapi-spec-validator
 "$venv/bin/python" -m pip list --disable-pip-version-check 2>/dev/null \
   | grep -Ei '^(ums-client|django|httpx|pyjwt|cryptography|pytest) '
 

@@ -36,9 +36,40 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
         audit::audit_logs, audit::login_attempts,
         health, ready, openapi, metrics,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &UniqueOperationIds),
 )]
 pub struct ApiDoc;
+
+/// Handlers of different modules share names (`list`, `get`); operation ids must be unique,
+/// so each is derived from its method and path: `get_api_users_id`.
+struct UniqueOperationIds;
+
+impl utoipa::Modify for UniqueOperationIds {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let slug: String = path
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect::<String>()
+                .split('_')
+                .filter(|part| !part.is_empty())
+                .collect::<Vec<_>>()
+                .join("_");
+            let operations = [
+                ("get", &mut item.get),
+                ("post", &mut item.post),
+                ("put", &mut item.put),
+                ("patch", &mut item.patch),
+                ("delete", &mut item.delete),
+            ];
+            for (method, operation) in operations {
+                if let Some(operation) = operation {
+                    operation.operation_id = Some(format!("{method}_{slug}"));
+                }
+            }
+        }
+    }
+}
 
 struct BearerAuth;
 
