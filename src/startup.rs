@@ -176,6 +176,9 @@ async fn prepare_with_access_log(
         outbox,
         access_log,
         limiter,
+        hash_permits: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(2, usize::from),
+        )),
     };
     Ok((state, access_events))
 }

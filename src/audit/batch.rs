@@ -39,10 +39,16 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut backlog = false;
     loop {
-        let stopping = tokio::select! {
-            _ = tokio::time::sleep(PERIOD) => false,
-            _ = shutdown.changed() => true,
+        // Under load a full batch is followed at once by the next; idle, wait a period.
+        let stopping = if backlog {
+            *shutdown.borrow()
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(PERIOD) => false,
+                _ = shutdown.changed() => true,
+            }
         };
         while batch.len() < BATCH {
             match receiver.try_recv() {
@@ -56,6 +62,7 @@ pub async fn run(
                 batch.push(event);
             }
         }
+        backlog = batch.len() >= BATCH;
         if !batch.is_empty() {
             write(&store, &mut batch).await;
         }
@@ -69,9 +76,7 @@ async fn write(store: &Store, batch: &mut Vec<Event>) {
     for attempt in 1..=5 {
         let result: Result<(), crate::http::AppError> = async {
             let mut transaction = store.begin().await?;
-            for event in batch.iter() {
-                audit::record(&mut transaction, event.clone()).await?;
-            }
+            audit::record_batch(&mut transaction, batch.clone()).await?;
             transaction.commit().await?;
             Ok(())
         }

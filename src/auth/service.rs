@@ -323,7 +323,7 @@ pub async fn login(
     transaction.commit().await?;
     metrics::counter!("ums_logins_total", "result" => "success").increment(1);
     Ok(LoginResponse {
-        tokens,
+        tokens: tokens.sign(&state.keys)?,
         user: UserWithLabs {
             user: user.view(now),
             labs,
@@ -429,7 +429,7 @@ pub async fn refresh(
             .await?;
             transaction.commit().await?;
             metrics::counter!("ums_tokens_refreshed_total").increment(1);
-            Ok(tokens)
+            tokens.sign(&state.keys)
         }
         Spend::Reused => {
             audit::record(

@@ -65,7 +65,28 @@ pub async fn open(
     Ok(id)
 }
 
-/// Signs an access token and a refresh token for `session_id`, recording the refresh token's
+/// The claims of a new token pair, recorded but not yet signed: signing (a millisecond of
+/// RSA) happens after the transaction commits, so it never holds the database writer.
+pub struct IssuedTokens {
+    access: Claims,
+    refresh: Claims,
+    expires_in: u64,
+}
+
+impl IssuedTokens {
+    pub fn sign(self, keys: &crate::auth::tokens::Keys) -> Result<TokenPair, AppError> {
+        metrics::counter!("ums_tokens_issued_total", "type" => "access").increment(1);
+        metrics::counter!("ums_tokens_issued_total", "type" => "refresh").increment(1);
+        Ok(TokenPair {
+            access_token: keys.sign(&self.access)?,
+            refresh_token: keys.sign(&self.refresh)?,
+            token_type: "Bearer",
+            expires_in: self.expires_in,
+        })
+    }
+}
+
+/// Issues an access token and a refresh token for `session_id`, recording the refresh token's
 /// hash. The refresh token expires with its session at the latest.
 pub async fn issue_tokens(
     connection: &mut Connection,
@@ -74,7 +95,7 @@ pub async fn issue_tokens(
     session_id: &str,
     session_expires_at: Millis,
     now: Millis,
-) -> Result<TokenPair, AppError> {
+) -> Result<IssuedTokens, AppError> {
     let config = &state.config;
     let access_ttl = config.access_token_ttl.as_millis() as i64;
     let refresh_expires_at =
@@ -100,12 +121,9 @@ pub async fn issue_tokens(
     .bind(refresh_expires_at)
     .execute(&mut *connection)
     .await?;
-    metrics::counter!("ums_tokens_issued_total", "type" => "access").increment(1);
-    metrics::counter!("ums_tokens_issued_total", "type" => "refresh").increment(1);
-    Ok(TokenPair {
-        access_token: state.keys.sign(&access)?,
-        refresh_token: state.keys.sign(&refresh)?,
-        token_type: "Bearer",
+    Ok(IssuedTokens {
+        access,
+        refresh,
         expires_in: config.access_token_ttl.as_secs(),
     })
 }
