@@ -166,6 +166,10 @@ async fn prepare_with_access_log(
     }
     let outbox = crate::mail::Outbox::new(config.public_url.clone(), config.secret_key.clone());
     let (access_log, access_events) = crate::audit::batch::AccessLog::new();
+    let hash_pool = crate::auth::hash_pool::HashPool::start(
+        hasher.clone(),
+        std::thread::available_parallelism().map_or(2, usize::from),
+    )?;
     let limiter = Arc::new(crate::security::limits::Limiter::connect(&config).await);
     let state = AppState {
         config: Arc::new(config),
@@ -176,9 +180,7 @@ async fn prepare_with_access_log(
         outbox,
         access_log,
         limiter,
-        hash_permits: Arc::new(tokio::sync::Semaphore::new(
-            std::thread::available_parallelism().map_or(2, usize::from),
-        )),
+        hash_pool,
     };
     Ok((state, access_events))
 }

@@ -21,7 +21,7 @@ pub struct AppState {
     pub outbox: Outbox,
     pub access_log: AccessLog,
     pub limiter: std::sync::Arc<crate::security::limits::Limiter>,
-    pub hash_permits: std::sync::Arc<tokio::sync::Semaphore>,
+    pub hash_pool: crate::auth::hash_pool::HashPool,
 }
 
 impl AppState {
@@ -36,15 +36,12 @@ impl AppState {
         }
     }
 
-    /// Runs a password hash or verification on the blocking pool, off the async workers,
-    /// at most one per core at a time: more would only queue in the CPU, and each running
-    /// hash holds its 19 MiB (which the allocator of each extra thread would keep).
+    /// Runs a password hash or verification on the hashing threads (one per core), off
+    /// the async workers.
     pub async fn hashing<T: Send + 'static>(
         &self,
         work: impl FnOnce(&PasswordHasherConfig) -> T + Send + 'static,
     ) -> anyhow::Result<T> {
-        let _permit = self.hash_permits.acquire().await?;
-        let hasher = self.hasher.clone();
-        Ok(tokio::task::spawn_blocking(move || work(&hasher)).await?)
+        self.hash_pool.run(work).await
     }
 }

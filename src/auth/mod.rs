@@ -1,6 +1,7 @@
 //! Authentication: registration, login, tokens, sessions, passwords and the emailed-link
 //! flows (reset, change and verification).
 
+pub mod hash_pool;
 pub mod password;
 pub mod recovery;
 pub mod routes;

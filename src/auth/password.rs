@@ -7,9 +7,13 @@
 use std::collections::HashSet;
 use std::sync::LazyLock;
 
+use std::cell::RefCell;
+
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 
@@ -46,6 +50,42 @@ pub fn check_policy(
     Ok(())
 }
 
+thread_local! {
+    /// Argon2's working memory (19 MiB at the default cost), kept by each hashing thread and
+    /// reused: allocating and freeing it per hash grew the process by hundreds of MiB.
+    static WORKING_MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs Argon2 `argon2` over `password` and `salt` into `output`, in this thread's memory.
+fn argon2_into(
+    argon2: &Argon2<'_>,
+    password: &[u8],
+    salt: &[u8],
+    output: &mut [u8],
+) -> anyhow::Result<()> {
+    let blocks = argon2.params().block_count();
+    // Only the hashing threads keep their memory; a hash made elsewhere (start-up, commands)
+    // gives it back at once.
+    if !std::thread::current()
+        .name()
+        .is_some_and(|name| name.starts_with(crate::auth::hash_pool::THREAD_PREFIX))
+    {
+        let mut memory = vec![Block::default(); blocks];
+        return argon2
+            .hash_password_into_with_memory(password, salt, output, &mut memory)
+            .map_err(|e| anyhow::anyhow!("argon2: {e}"));
+    }
+    WORKING_MEMORY.with(|memory| {
+        let mut memory = memory.borrow_mut();
+        if memory.len() < blocks {
+            memory.resize(blocks, Block::default());
+        }
+        argon2
+            .hash_password_into_with_memory(password, salt, output, &mut memory[..blocks])
+            .map_err(|e| anyhow::anyhow!("argon2: {e}"))
+    })
+}
+
 #[derive(Clone)]
 pub struct PasswordHasherConfig {
     argon2: Argon2<'static>,
@@ -59,21 +99,36 @@ impl PasswordHasherConfig {
         let params = Params::new(cost.memory_kib, cost.iterations, 1, None)
             .map_err(|e| anyhow::anyhow!("argon2 parameters: {e}"))?;
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-        let salt = SaltString::generate(&mut OsRng);
-        let dummy_hash = argon2
-            .hash_password(crate::auth::tokens::random_token().as_bytes(), &salt)
-            .map_err(|e| anyhow::anyhow!("hashing the dummy password: {e}"))?
-            .to_string();
-        Ok(PasswordHasherConfig { argon2, dummy_hash })
+        let mut config = PasswordHasherConfig {
+            argon2,
+            dummy_hash: String::new(),
+        };
+        config.dummy_hash = config.hash_bytes(crate::auth::tokens::random_token().as_bytes())?;
+        Ok(config)
     }
 
     pub fn hash(&self, password: &SecretString) -> anyhow::Result<String> {
+        self.hash_bytes(password.expose_secret().as_bytes())
+    }
+
+    /// An Argon2id PHC string: `$argon2id$v=19$m=…,t=…,p=…$<salt>$<hash>`.
+    fn hash_bytes(&self, password: &[u8]) -> anyhow::Result<String> {
         let salt = SaltString::generate(&mut OsRng);
-        Ok(self
-            .argon2
-            .hash_password(password.expose_secret().as_bytes(), &salt)
-            .map_err(|e| anyhow::anyhow!("hashing a password: {e}"))?
-            .to_string())
+        let mut salt_bytes = [0u8; 64];
+        let salt_bytes = salt
+            .decode_b64(&mut salt_bytes)
+            .map_err(|e| anyhow::anyhow!("salt: {e}"))?;
+        let mut output = [0u8; 32];
+        argon2_into(&self.argon2, password, salt_bytes, &mut output)?;
+        let params = self.argon2.params();
+        Ok(format!(
+            "$argon2id$v=19$m={},t={},p={}${}${}",
+            params.m_cost(),
+            params.t_cost(),
+            params.p_cost(),
+            salt.as_str(),
+            STANDARD_NO_PAD.encode(output)
+        ))
     }
 
     /// Verifies `password` against `stored` (Argon2 PHC or Werkzeug format); `None` for an
@@ -105,10 +160,31 @@ impl PasswordHasherConfig {
         }
     }
 
+    /// Verifies against a stored Argon2 PHC string, at the parameters it names.
     fn verify_argon2(&self, candidate: &[u8], stored: &str) -> bool {
-        PasswordHash::new(stored)
-            .map(|hash| self.argon2.verify_password(candidate, &hash).is_ok())
-            .unwrap_or(false)
+        let Ok(hash) = PasswordHash::new(stored) else {
+            return false;
+        };
+        let (Ok(algorithm), Ok(params), Some(salt), Some(expected)) = (
+            Algorithm::try_from(hash.algorithm),
+            Params::try_from(&hash),
+            hash.salt,
+            hash.hash,
+        ) else {
+            return false;
+        };
+        let version = hash
+            .version
+            .and_then(|version| Version::try_from(version).ok())
+            .unwrap_or(Version::V0x13);
+        let mut salt_bytes = [0u8; 64];
+        let Ok(salt) = salt.decode_b64(&mut salt_bytes) else {
+            return false;
+        };
+        let argon2 = Argon2::new(algorithm, version, params);
+        let mut output = vec![0u8; expected.len()];
+        argon2_into(&argon2, candidate, salt, &mut output).is_ok()
+            && bool::from(output.as_slice().ct_eq(expected.as_bytes()))
     }
 
     /// Whether a stored Argon2 hash was made at the configured cost.
@@ -255,6 +331,36 @@ mod tests {
         );
         assert_eq!(
             hasher.verify(&secret("correct horse"), None),
+            Verification::Mismatch
+        );
+    }
+
+    #[test]
+    fn our_phc_strings_agree_with_the_reference_implementation() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let hasher = cheap();
+        let ours = hasher.hash(&secret("correct horse")).unwrap();
+        let reference = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(64, 1, 1, None).unwrap(),
+        );
+        assert!(
+            reference
+                .verify_password(b"correct horse", &PasswordHash::new(&ours).unwrap())
+                .is_ok()
+        );
+        let salt = SaltString::generate(&mut OsRng);
+        let theirs = reference
+            .hash_password(b"correct horse", &salt)
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            hasher.verify(&secret("correct horse"), Some(&theirs)),
+            Verification::Match
+        );
+        assert_eq!(
+            hasher.verify(&secret("correct horsf"), Some(&theirs)),
             Verification::Mismatch
         );
     }
