@@ -255,6 +255,20 @@ pub async fn list_open(
         .map_err(AppError::from)
 }
 
+/// Built once: this query runs on every authenticated request.
+static LIVE_SESSION_USER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let columns = USER_COLUMNS
+        .split(", ")
+        .map(|column| format!("users.{}", column.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT {columns} FROM sessions JOIN users ON users.id = sessions.user_id \
+         WHERE sessions.id = $1 AND sessions.user_id = $2 AND sessions.revoked_at IS NULL \
+         AND sessions.expires_at > $3"
+    )
+});
+
 /// The account behind an access token, if its session is still open and it is active.
 pub async fn live_session_user(
     state: &AppState,
@@ -264,18 +278,9 @@ pub async fn live_session_user(
     let Some(user_id) = claims.user_id() else {
         return Ok(None);
     };
-    let columns = USER_COLUMNS
-        .split(", ")
-        .map(|column| format!("users.{}", column.trim()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!(
-        "SELECT {columns} FROM sessions JOIN users ON users.id = sessions.user_id \
-         WHERE sessions.id = $1 AND sessions.user_id = $2 AND sessions.revoked_at IS NULL \
-         AND sessions.expires_at > $3"
-    );
+    let sql = LIVE_SESSION_USER.as_str();
     let mut connection = state.store.read().await?;
-    let user = sqlx::query_as::<_, User>(&sql)
+    let user = sqlx::query_as::<_, User>(sql)
         .bind(&claims.sid)
         .bind(user_id)
         .bind(now)
