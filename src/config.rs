@@ -104,6 +104,9 @@ pub struct Config {
     pub rate_limit_per_minute: u32,
     pub anon_rate_limit_per_minute: u32,
     pub session_rate_per_second: u32,
+    /// `UMS_RATE_LIMITS=off` switches the three rate limits off (lockout and IP blocking
+    /// stay): for a deployment whose gateway limits already, and for the limiter's benchmark.
+    pub rate_limits_enabled: bool,
     pub log_format: LogFormat,
     pub bootstrap_admin: Option<BootstrapAdmin>,
     pub database_timeout: Duration,
@@ -235,6 +238,17 @@ impl Config {
                 None => Ok(default),
             }
         };
+        let rate_limits_enabled = match get("UMS_RATE_LIMITS").map(|v| v.trim().to_lowercase()) {
+            None => true,
+            Some(value) if value == "on" => true,
+            Some(value) if value == "off" => false,
+            Some(value) => {
+                return Err(invalid(
+                    "UMS_RATE_LIMITS",
+                    format!("`{value}` is not on or off"),
+                ));
+            }
+        };
         let number = |name: &'static str, default: u32| -> Result<u32, ConfigError> {
             match get(name) {
                 Some(value) => value
@@ -334,6 +348,7 @@ impl Config {
             rate_limit_per_minute: number("UMS_RATE_LIMIT_PER_MINUTE", 1000)?,
             anon_rate_limit_per_minute: number("UMS_ANON_RATE_LIMIT_PER_MINUTE", 300)?,
             session_rate_per_second: number("UMS_SESSION_RATE_PER_SECOND", 10)?,
+            rate_limits_enabled,
             log_format,
             bootstrap_admin,
             database_timeout: duration("UMS_DATABASE_TIMEOUT", Duration::from_secs(3))?,
@@ -476,6 +491,21 @@ mod tests {
         assert_eq!(config.lockout_threshold, 5);
         assert_eq!(config.access_token_ttl, Duration::from_secs(3600));
         assert_eq!(config.sqlite_directory(), Some(PathBuf::from("./data")));
+        assert!(config.rate_limits_enabled);
+    }
+
+    #[test]
+    fn rate_limits_switch_off_only_when_asked() {
+        assert!(
+            !config(&[("UMS_RATE_LIMITS", "OFF")])
+                .unwrap()
+                .rate_limits_enabled
+        );
+        assert!(
+            config(&[("UMS_RATE_LIMITS", "on")])
+                .unwrap()
+                .rate_limits_enabled
+        );
     }
 
     #[test]
@@ -488,6 +518,7 @@ mod tests {
             ("UMS_MAIL_FROM", "nobody"),
             ("UMS_LOCKOUT_THRESHOLD", "0"),
             ("UMS_DATABASE_URL", "mysql://x"),
+            ("UMS_RATE_LIMITS", "no"),
         ] {
             let error = config(&[(name, value)]).unwrap_err();
             assert_eq!(error.variable, name);

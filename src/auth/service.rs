@@ -192,6 +192,7 @@ pub async fn login(
         tokio::time::sleep(delay).await;
     }
 
+    let ip_attempt = crate::security::begin_ip_attempt(state, origin).await?;
     let now = state.now();
     let reservation = {
         let mut transaction = state.store.begin().await?;
@@ -208,7 +209,7 @@ pub async fn login(
             .await?;
             transaction.commit().await?;
             metrics::counter!("ums_logins_total", "result" => "locked").increment(1);
-            crate::security::credential_failure(state, origin).await?;
+            ip_attempt.failed(state, origin).await?;
             let retry_after_seconds = ((until - now).max(0) as u64).div_ceil(1000);
             return Err(AppError::Locked {
                 retry_after_seconds,
@@ -267,8 +268,10 @@ pub async fn login(
                 .await?;
             }
             transaction.commit().await?;
-            if !matched {
-                crate::security::credential_failure(state, origin).await?;
+            if matched {
+                ip_attempt.succeeded(state).await;
+            } else {
+                ip_attempt.failed(state, origin).await?;
                 crate::security::watch_for_stuffing(state, &login, origin).await?;
             }
             return Err(AppError::Unauthorized(BAD_CREDENTIALS));
@@ -322,6 +325,7 @@ pub async fn login(
         .ok_or(AppError::Unauthorized(BAD_CREDENTIALS))?;
     transaction.commit().await?;
     metrics::counter!("ums_logins_total", "result" => "success").increment(1);
+    ip_attempt.succeeded(state).await;
     Ok(LoginResponse {
         tokens: tokens.sign(&state.keys)?,
         user: UserWithLabs {

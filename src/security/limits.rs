@@ -7,8 +7,8 @@
 //! not depend on this: its counters live in the database with the login attempts.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -43,10 +43,18 @@ pub struct Limiter {
     redis_healthy: AtomicBool,
 }
 
+/// Counts one hit on each key (ARGV holds each key's window); one round trip for them all.
 const HIT_SCRIPT: &str = r"
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return count";
+local counts = {}
+for index, key in ipairs(KEYS) do
+  local count = redis.call('INCR', key)
+  if count == 1 then redis.call('PEXPIRE', key, ARGV[index]) end
+  counts[index] = count
+end
+return counts";
+
+static HIT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(HIT_SCRIPT));
+static STUFFING: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(STUFFING_SCRIPT));
 
 const STUFFING_SCRIPT: &str = r"
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3])
@@ -147,36 +155,86 @@ impl Limiter {
 
     /// Counts one hit on `key` in the current fixed window of `window` milliseconds.
     pub async fn hit(&self, key: &str, window: Millis, now: Millis) -> Hit {
-        let window = window.max(1);
-        let start = now - now.rem_euclid(window);
-        let window_ends = start + window;
+        self.hits(&[(key, window)], now).await[0]
+    }
+
+    /// Counts one hit on each `(key, window)`, in one Redis round trip.
+    pub async fn hits(&self, keys: &[(&str, Millis)], now: Millis) -> Vec<Hit> {
+        let windows: Vec<(Millis, Millis)> = keys
+            .iter()
+            .map(|(_, window)| {
+                let window = (*window).max(1);
+                (now - now.rem_euclid(window), window)
+            })
+            .collect();
         if let Some(mut redis) = self.redis(now) {
-            let redis_key = format!("{}:hit:{key}:{start}", self.prefix);
-            let script = redis::Script::new(HIT_SCRIPT);
-            let mut invocation = script.key(redis_key);
-            invocation.arg(window);
-            let result =
-                tokio::time::timeout(REDIS_TIMEOUT, invocation.invoke_async::<i64>(&mut redis))
-                    .await;
-            if let Some(count) = self.redis_result(result, now) {
-                return Hit { count, window_ends };
+            let mut invocation = HIT.prepare_invoke();
+            for ((key, _), (start, window)) in keys.iter().zip(&windows) {
+                invocation
+                    .key(format!("{}:hit:{key}:{start}", self.prefix))
+                    .arg(*window);
+            }
+            let result = tokio::time::timeout(
+                REDIS_TIMEOUT,
+                invocation.invoke_async::<Vec<i64>>(&mut redis),
+            )
+            .await;
+            if let Some(counts) = self.redis_result(result, now)
+                && counts.len() == keys.len()
+            {
+                return counts
+                    .into_iter()
+                    .zip(&windows)
+                    .map(|(count, (start, window))| Hit {
+                        count,
+                        window_ends: start + window,
+                    })
+                    .collect();
             }
         }
         let mut local = self.local();
         if local.windows.len() > 100_000 {
             local.windows.retain(|_, (ends, _)| *ends > now);
         }
-        let entry = local
-            .windows
-            .entry(key.to_string())
-            .or_insert((window_ends, 0));
-        if entry.0 != window_ends {
-            *entry = (window_ends, 0);
+        keys.iter()
+            .zip(&windows)
+            .map(|((key, _), (start, window))| {
+                let window_ends = start + window;
+                let entry = local
+                    .windows
+                    .entry((*key).to_string())
+                    .or_insert((window_ends, 0));
+                if entry.0 != window_ends {
+                    *entry = (window_ends, 0);
+                }
+                entry.1 += 1;
+                Hit {
+                    count: entry.1,
+                    window_ends,
+                }
+            })
+            .collect()
+    }
+
+    /// Takes back one hit counted by `hit(key, window, ..)` that ended in `window_ends`
+    /// (a no-op once that window is over).
+    pub async fn give_back(&self, key: &str, window: Millis, window_ends: Millis, now: Millis) {
+        let start = window_ends - window.max(1);
+        if let Some(mut redis) = self.redis(now) {
+            let command = redis::cmd("DECR")
+                .arg(format!("{}:hit:{key}:{start}", self.prefix))
+                .to_owned();
+            let result =
+                tokio::time::timeout(REDIS_TIMEOUT, command.query_async::<i64>(&mut redis)).await;
+            if self.redis_result(result, now).is_some() {
+                return;
+            }
         }
-        entry.1 += 1;
-        Hit {
-            count: entry.1,
-            window_ends,
+        if let Some(entry) = self.local().windows.get_mut(key)
+            && entry.0 == window_ends
+            && entry.1 > 0
+        {
+            entry.1 -= 1;
         }
     }
 
@@ -226,8 +284,7 @@ impl Limiter {
     /// in the sliding window ending now.
     pub async fn record_failure(&self, username: &str, window: Millis, now: Millis) -> (i64, i64) {
         if let Some(mut redis) = self.redis(now) {
-            let script = redis::Script::new(STUFFING_SCRIPT);
-            let mut invocation = script.key(format!("{}:stuffing:failures", self.prefix));
+            let mut invocation = STUFFING.key(format!("{}:stuffing:failures", self.prefix));
             invocation
                 .key(format!("{}:stuffing:usernames", self.prefix))
                 .arg(now)

@@ -14,6 +14,7 @@ use crate::audit::{self, Action, Event, Origin};
 use crate::clock::Millis;
 use crate::http::AppError;
 use crate::mail::EmailKind;
+use crate::security::limits::Hit;
 use crate::state::AppState;
 
 /// The delay before evaluating a login for a username that has `failures` failures in a row:
@@ -51,35 +52,100 @@ pub async fn check_ip(state: &AppState, origin: &Origin) -> Result<(), AppError>
     }
 }
 
-/// Counts a failed credential check from the client's IP; at the threshold, blocks the IP
-/// and records the block in the audit trail.
+fn ip_window(state: &AppState) -> Millis {
+    state.config.ip_block_duration.as_millis() as Millis
+}
+
+/// A login attempt counted against its client IP *before* its password is evaluated, so
+/// parallel attempts cannot slip past the threshold (the rule the username lockout follows).
+/// A success gives the count back; a failure keeps it.
+#[must_use]
+pub struct IpAttempt {
+    ip: String,
+    hit: Hit,
+}
+
+/// Counts a login attempt from the client's IP, or refuses it when the attempts already
+/// failed and still in flight reach the threshold.
+pub async fn begin_ip_attempt(state: &AppState, origin: &Origin) -> Result<IpAttempt, AppError> {
+    let now = state.now();
+    let ip = ip_key(origin);
+    let key = format!("ipfail:{ip}");
+    let hit = state.limiter.hit(&key, ip_window(state), now).await;
+    if hit.count > i64::from(state.config.ip_block_threshold) {
+        // Refused unevaluated, so it does not count; the attempt in flight at the threshold
+        // blocks the IP if it fails, and frees the place if it succeeds.
+        state
+            .limiter
+            .give_back(&key, ip_window(state), hit.window_ends, now)
+            .await;
+        metrics::counter!("ums_ip_block_refusals_total").increment(1);
+        return Err(AppError::TooManyRequests {
+            retry_after_seconds: 1,
+        });
+    }
+    Ok(IpAttempt { ip, hit })
+}
+
+impl IpAttempt {
+    pub async fn succeeded(self, state: &AppState) {
+        let now = state.now();
+        state
+            .limiter
+            .give_back(
+                &format!("ipfail:{}", self.ip),
+                ip_window(state),
+                self.hit.window_ends,
+                now,
+            )
+            .await;
+    }
+
+    pub async fn failed(self, state: &AppState, origin: &Origin) -> Result<(), AppError> {
+        block_at_threshold(state, origin, &self.ip, self.hit).await
+    }
+}
+
+/// Counts a failed credential check from the client's IP (a wrong current password, a
+/// forged reset link); at the threshold, blocks the IP.
 pub async fn credential_failure(state: &AppState, origin: &Origin) -> Result<(), AppError> {
     let now = state.now();
-    let config = &state.config;
-    let duration = config.ip_block_duration.as_millis() as Millis;
     let ip = ip_key(origin);
     let hit = state
         .limiter
-        .hit(&format!("ipfail:{ip}"), duration, now)
+        .hit(&format!("ipfail:{ip}"), ip_window(state), now)
         .await;
-    if hit.count == i64::from(config.ip_block_threshold) {
-        state
-            .limiter
-            .block(&format!("ipblock:{ip}"), now + duration, now)
-            .await;
-        metrics::counter!("ums_ip_blocks_total").increment(1);
-        let mut transaction = state.store.begin().await?;
-        audit::record(
-            &mut transaction,
-            Event::new(Action::IpBlocked, now)
-                .failed()
-                .resource("security", &ip)
-                .details(json!({"ip": ip, "failures": hit.count, "blocked_until": crate::clock::to_rfc3339(now + duration)}))
-                .origin(origin),
-        )
-        .await?;
-        transaction.commit().await?;
+    block_at_threshold(state, origin, &ip, hit).await
+}
+
+/// The failure that reaches the threshold blocks the IP and records the block.
+async fn block_at_threshold(
+    state: &AppState,
+    origin: &Origin,
+    ip: &str,
+    hit: Hit,
+) -> Result<(), AppError> {
+    if hit.count != i64::from(state.config.ip_block_threshold) {
+        return Ok(());
     }
+    let now = state.now();
+    let until = now + ip_window(state);
+    state
+        .limiter
+        .block(&format!("ipblock:{ip}"), until, now)
+        .await;
+    metrics::counter!("ums_ip_blocks_total").increment(1);
+    let mut transaction = state.store.begin().await?;
+    audit::record(
+        &mut transaction,
+        Event::new(Action::IpBlocked, now)
+            .failed()
+            .resource("security", ip)
+            .details(json!({"ip": ip, "failures": hit.count, "blocked_until": crate::clock::to_rfc3339(until)}))
+            .origin(origin),
+    )
+    .await?;
+    transaction.commit().await?;
     Ok(())
 }
 

@@ -87,6 +87,80 @@ async fn repeated_failures_from_one_ip_block_it_and_only_it() {
 }
 
 #[tokio::test]
+async fn parallel_wrong_passwords_from_one_ip_are_evaluated_no_more_than_the_threshold() {
+    let app = spawn_app_with(&[
+        ("UMS_TRUSTED_PROXIES", "127.0.0.1"),
+        ("UMS_IP_BLOCK_THRESHOLD", "5"),
+        ("UMS_PASSWORD_HASH_MEMORY_KIB", "8192"),
+    ])
+    .await;
+    let attempts = (0..30).map(|index| {
+        let app = &app;
+        async move {
+            login_from(
+                app,
+                "198.51.100.8",
+                &format!("guess{index}"),
+                "wrong password",
+            )
+            .await
+            .status()
+        }
+    });
+    let statuses = futures_util::future::join_all(attempts).await;
+    let unauthorized = statuses
+        .iter()
+        .filter(|status| **status == StatusCode::UNAUTHORIZED)
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|status| **status == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    // Counted before evaluation: exactly the threshold is evaluated, the rest refused.
+    assert_eq!((unauthorized, refused), (5, 25), "{statuses:?}");
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM login_attempts WHERE success = 0")
+            .await,
+        5
+    );
+    assert_eq!(app.audit_events("auth.login_failed").await.len(), 5);
+    assert_eq!(app.audit_events("security.ip_blocked").await.len(), 1);
+    assert_eq!(
+        login_from(&app, "198.51.100.8", "guess0", "wrong password")
+            .await
+            .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn successful_logins_do_not_count_towards_an_ip_block() {
+    let app = spawn_app_with(&[
+        ("UMS_TRUSTED_PROXIES", "127.0.0.1"),
+        ("UMS_IP_BLOCK_THRESHOLD", "3"),
+    ])
+    .await;
+    app.register("alice", "alice@lab.org").await;
+    for _ in 0..2 {
+        let response = login_from(&app, "198.51.100.9", "mallory", "wrong password").await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    for _ in 0..5 {
+        let response = login_from(&app, "198.51.100.9", "alice", PASSWORD).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    // The third failure, not the eighth attempt, blocks.
+    let third = login_from(&app, "198.51.100.9", "mallory", "wrong password").await;
+    assert_eq!(third.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        login_from(&app, "198.51.100.9", "alice", PASSWORD)
+            .await
+            .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
 async fn a_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored() {
     let app = spawn_app_with(&[("UMS_IP_BLOCK_THRESHOLD", "3")]).await;
     for index in 0..3 {
@@ -233,6 +307,31 @@ async fn authenticated_calls_are_limited_per_user_and_per_session_second() {
         "{metrics}"
     );
     assert!(metrics.contains(r#"ums_rate_limited_total{scope="user"} 1"#));
+}
+
+#[tokio::test]
+async fn rate_limits_can_be_switched_off_without_touching_the_ip_block() {
+    let app = spawn_app_with(&[
+        ("UMS_RATE_LIMITS", "off"),
+        ("UMS_SESSION_RATE_PER_SECOND", "1"),
+        ("UMS_RATE_LIMIT_PER_MINUTE", "2"),
+        ("UMS_ANON_RATE_LIMIT_PER_MINUTE", "2"),
+        ("UMS_IP_BLOCK_THRESHOLD", "2"),
+    ])
+    .await;
+    let (_, tokens) = app.user("alice").await;
+    for _ in 0..5 {
+        let response = app.get("/api/auth/me", Some(&tokens.access)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let jwks = app.get("/.well-known/jwks.json", None).await;
+        assert_eq!(jwks.status(), StatusCode::OK);
+    }
+    for _ in 0..2 {
+        let response = login_from(&app, "ignored", "mallory", "wrong password").await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    let blocked = login_from(&app, "ignored", "alice", PASSWORD).await;
+    assert_eq!(blocked.status(), StatusCode::TOO_MANY_REQUESTS);
 }
 
 #[tokio::test]
