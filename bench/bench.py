@@ -249,6 +249,11 @@ def report(work, readme):
         "access": "GET /api/labs/{id}/access",
         "members": "GET /api/labs/{id}/members",
         "mixed": "mixed portal workload",
+        "me-limits-off": "GET /me, rate limits off (restarted)",
+        "me-limits-memory": "GET /me, rate limits in memory (restarted)",
+        "me-limits-redis": "GET /me, rate limits in Redis (restarted)",
+        "login-unaudited": "login, build without audit writes",
+        "login-audited": "login, normal build",
         "legit-alone": "GET /me, 1 user, quiet server",
         "storm": "failed-login storm",
         "legit-storm": "GET /me, 1 user, during the storm",
@@ -328,6 +333,24 @@ def report(work, readme):
         ratio_lines.append(
             f"- Refresh: {refresh['rps']:,.0f}/s = **{100 * refresh['rps'] / sign_limit:.0f}%** of "
             f"the RS256 signature limit.")
+    off = results.get("me-limits-off")
+    if off:
+        for name, where in (("me-limits-memory", "in memory"), ("me-limits-redis", "in Redis")):
+            entry = results.get(name)
+            if entry:
+                ratio_lines.append(
+                    f"- Rate limiter {where} on an authenticated GET /me: {entry['rps']:,.0f}/s "
+                    f"against {off['rps']:,.0f}/s with the limits off = **{entry['rps'] / off['rps']:.2f}×** "
+                    f"the throughput (p99 {entry['p99_ms']:.1f} ms against {off['p99_ms']:.1f} ms).")
+    unaudited, audited = results.get("login-unaudited"), results.get("login-audited")
+    if unaudited and audited:
+        def cpu_ms(entry):
+            return 1000 * (entry["server_cores"] + entry.get("db_cores", 0)) / entry["rps"]
+        ratio_lines.append(
+            f"- The audit write of a login: {audited['rps']:,.1f} logins/s with it against "
+            f"{unaudited['rps']:,.1f}/s without = **{audited['rps'] / unaudited['rps']:.3f}×**; "
+            f"server + database CPU per login {cpu_ms(audited):.1f} ms against "
+            f"{cpu_ms(unaudited):.1f} ms.")
     if spread_line:
         ratio_lines.append(spread_line)
 

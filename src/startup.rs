@@ -81,6 +81,11 @@ impl Application {
             SocketAddr,
         >(app);
         tracing::info!(address = %listener.local_addr()?, "ums listening");
+        if cfg!(feature = "bench-unaudited") {
+            tracing::warn!(
+                "built with bench-unaudited: NO audit events are written (benchmark only)"
+            );
+        }
         // Stop accepting on the signal, let in-flight requests finish, but not forever: the
         // contract gives the whole shutdown 10 seconds.
         let (stopping, mut stopped_accepting) = tokio::sync::watch::channel(false);
@@ -206,6 +211,9 @@ async fn refresh_keys(state: AppState) {
 async fn maintain(state: AppState, mut stopped: tokio::sync::watch::Receiver<bool>) {
     loop {
         let now = state.now();
+        if let Err(error) = crate::audit::archive::prepare_partitions(&state.store, now).await {
+            tracing::warn!(error = %error, "preparing audit partitions failed");
+        }
         let attempts_before = now - state.config.login_attempt_retention.as_millis() as i64;
         if let Err(error) = crate::audit::archive::expire(&state.store, attempts_before, now).await
         {

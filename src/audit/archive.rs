@@ -1,8 +1,10 @@
-//! Retention: events older than the hot window move to archive files, one per month
-//! (`audit-YYYY-MM.jsonl.gz`, gzip members appended run by run), keeping their chain fields so
+//! Retention: events move to archive files a whole month at a time, once the month is older
+//! than the hot window (`audit-YYYY-MM.jsonl.gz`), keeping their chain fields so
 //! `ums audit verify --archive DIR` checks them. The table keeps a watermark (the last archived
 //! seq and its hash); the append-only triggers let only rows under the watermark be deleted.
-//! Login attempts and delivered outbox rows expire after their own windows.
+//! On PostgreSQL the table is partitioned by month and an archived month leaves by dropping
+//! its partition; on SQLite its rows are deleted. Login attempts and delivered outbox rows
+//! expire after their own windows.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -19,7 +21,7 @@ use sqlx::Row;
 use crate::audit::StoredEvent;
 use crate::audit::query::{EVENT_COLUMNS, EventRow};
 use crate::clock::Millis;
-use crate::store::Store;
+use crate::store::{Backend, Store};
 
 /// One archived event: the stored row, chain fields included.
 #[derive(Debug, Serialize, Deserialize)]
@@ -95,6 +97,37 @@ fn month_of(millis: Millis) -> String {
         .to_string()
 }
 
+/// The start (00:00 UTC on the 1st) of the month holding `millis`.
+pub fn month_start(millis: Millis) -> Millis {
+    use chrono::{Datelike, TimeZone};
+    let day = chrono::DateTime::from_timestamp_millis(millis)
+        .unwrap_or_default()
+        .date_naive();
+    chrono::Utc
+        .with_ymd_and_hms(day.year(), day.month(), 1, 0, 0, 0)
+        .single()
+        .map_or(millis, |start| start.timestamp_millis())
+}
+
+/// On PostgreSQL, makes sure the partitions of this month and the next exist (no-op on
+/// SQLite). Run at start and hourly; an event of a month without one lands in the default
+/// partition, so none is ever lost.
+pub async fn prepare_partitions(store: &Store, now: Millis) -> anyhow::Result<()> {
+    if store.backend() != Backend::Postgres {
+        return Ok(());
+    }
+    // Each call commits on its own (no transaction around them): creating a partition locks
+    // the whole table, and that lock must not outlive the statement.
+    let mut connection = store.read().await?;
+    for month in [now, month_start(now) + 32 * 86_400_000] {
+        sqlx::query("SELECT audit_logs_ensure_month($1)")
+            .bind(month)
+            .execute(&mut *connection)
+            .await?;
+    }
+    Ok(())
+}
+
 fn archive_path(directory: &Path, month: &str) -> PathBuf {
     directory.join(format!("audit-{month}.jsonl.gz"))
 }
@@ -149,14 +182,18 @@ fn last_archived_seq(path: &Path) -> anyhow::Result<i64> {
 pub struct ArchiveReport {
     pub events: u64,
     pub files: Vec<PathBuf>,
+    /// The PostgreSQL partitions dropped (months now held only by their archives).
+    pub dropped_partitions: Vec<String>,
 }
 
-/// Moves events that occurred before `cutoff` (a contiguous prefix of the chain) to archives.
+/// Moves the events of the months that ended before `cutoff` (a contiguous prefix of the
+/// chain) to archives.
 pub async fn archive(
     store: &Store,
     directory: &Path,
     cutoff: Millis,
 ) -> anyhow::Result<ArchiveReport> {
+    let cutoff = month_start(cutoff);
     std::fs::create_dir_all(directory)
         .with_context(|| format!("creating {}", directory.display()))?;
     let mut connection = store.reports().await?;
@@ -191,7 +228,12 @@ pub async fn archive(
     }
     drop(connection);
     let Some((last_seq, last_hash)) = last else {
-        return Ok(ArchiveReport::default());
+        // A run that archived but could not drop its partitions tries again.
+        let dropped_partitions = drop_archived_partitions(store, cutoff).await?;
+        return Ok(ArchiveReport {
+            dropped_partitions,
+            ..ArchiveReport::default()
+        });
     };
     let mut report = ArchiveReport::default();
     for (month, rows) in by_month {
@@ -215,12 +257,49 @@ pub async fn archive(
         .bind(&last_hash)
         .execute(&mut *transaction)
         .await?;
-    sqlx::query("DELETE FROM audit_logs WHERE seq <= $1")
+    // PostgreSQL: the months leave with their partitions below; only strays in the default
+    // partition are deleted row by row.
+    let delete = match store.backend() {
+        Backend::Sqlite => "DELETE FROM audit_logs WHERE seq <= $1",
+        Backend::Postgres => "DELETE FROM audit_logs_default WHERE seq <= $1",
+    };
+    sqlx::query(delete)
         .bind(last_seq)
         .execute(&mut *transaction)
         .await?;
     transaction.commit().await?;
+    report.dropped_partitions = drop_archived_partitions(store, cutoff).await?;
     Ok(report)
+}
+
+/// Drops the PostgreSQL partitions of archived months that ended by `cutoff`. Dropping needs
+/// a moment's exclusive lock on the table; rather than queue every audit write behind a long
+/// export's read, it gives up after a few seconds and the next run tries again.
+async fn drop_archived_partitions(store: &Store, cutoff: Millis) -> anyhow::Result<Vec<String>> {
+    if store.backend() != Backend::Postgres {
+        return Ok(Vec::new());
+    }
+    let mut transaction = store.begin().await?;
+    sqlx::query("SET LOCAL lock_timeout = '5s'")
+        .execute(&mut *transaction)
+        .await?;
+    let dropped = sqlx::query("SELECT audit_logs_drop_archived_months($1) AS name")
+        .bind(cutoff)
+        .fetch_all(&mut *transaction)
+        .await;
+    match dropped {
+        Ok(rows) => {
+            transaction.commit().await?;
+            Ok(rows
+                .iter()
+                .map(|row| row.try_get("name"))
+                .collect::<Result<_, _>>()?)
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, "dropping archived audit partitions failed; will retry");
+            Ok(Vec::new())
+        }
+    }
 }
 
 /// Deletes login attempts, idle throttles and delivered mail older than their windows.
@@ -246,4 +325,28 @@ pub async fn expire(
         .await?;
     transaction.commit().await?;
     Ok(attempts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> Millis {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .timestamp_millis()
+    }
+
+    #[test]
+    fn months_start_on_the_first_at_midnight_utc() {
+        let november = at("2026-11-01T00:00:00Z");
+        assert_eq!(month_start(at("2026-11-29T06:04:45.123Z")), november);
+        assert_eq!(month_start(november), november);
+        assert_eq!(month_start(november - 1), at("2026-10-01T00:00:00Z"));
+        assert_eq!(
+            month_start(at("2028-02-29T23:59:59Z")),
+            at("2028-02-01T00:00:00Z")
+        );
+        assert_eq!(month_of(november - 1), "2026-10");
+    }
 }

@@ -5,9 +5,11 @@
 //! which grew the process to hundreds of MiB after a few thousand logins (bench/README.md).
 //! A few long-lived threads reuse their blocks: memory stays at about cores × 19 MiB, and
 //! no more hashes run at once than there are cores to run them. (The working memory itself
-//! is reused per thread in `password.rs`.)
+//! is reused per thread in `password.rs`, and given back after half a minute without work;
+//! the threads take turns waiting, so all have given it back after threads × 30 s.)
 
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -17,6 +19,9 @@ type Job = Box<dyn FnOnce(&PasswordHasherConfig) + Send>;
 
 /// Names of the hashing threads (the password module keeps working memory only on them).
 pub const THREAD_PREFIX: &str = "ums-hash-";
+
+/// How long a hashing thread keeps its working memory without a job.
+const KEEP_MEMORY_IDLE: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct HashPool {
@@ -35,13 +40,16 @@ impl HashPool {
                 .spawn(move || {
                     loop {
                         let job = match receiver.lock() {
-                            Ok(receiver) => receiver.recv(),
+                            Ok(receiver) => receiver.recv_timeout(KEEP_MEMORY_IDLE),
                             Err(_) => return,
                         };
                         match job {
                             Ok(job) => job(&hasher),
+                            Err(mpsc::RecvTimeoutError::Timeout) => {
+                                crate::auth::password::release_working_memory();
+                            }
                             // Every sender is gone: the service is shutting down.
-                            Err(_) => return,
+                            Err(mpsc::RecvTimeoutError::Disconnected) => return,
                         }
                     }
                 })?;

@@ -86,6 +86,12 @@ fn argon2_into(
     })
 }
 
+/// Gives this thread's working memory back (a hashing thread that has been idle a while):
+/// an idle service should not hold cores × 19 MiB it may not need for hours.
+pub fn release_working_memory() {
+    WORKING_MEMORY.with(|memory| *memory.borrow_mut() = Vec::new());
+}
+
 #[derive(Clone)]
 pub struct PasswordHasherConfig {
     argon2: Argon2<'static>,

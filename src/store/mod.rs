@@ -20,7 +20,7 @@ use anyhow::Context;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor};
 
-pub use migrate::{SCHEMA_VERSION, migrate};
+pub use migrate::{SCHEMA_VERSION, migrate, migrate_to};
 
 use crate::config::{Config, DatabaseUrl};
 
@@ -161,6 +161,9 @@ async fn pool(url: &DatabaseUrl, size: u32, timeout: Duration) -> anyhow::Result
         .max_connections(size)
         .min_connections(0)
         .acquire_timeout(timeout)
+        // sqlx already pings every connection when it is released (and closes a broken one);
+        // a second ping on acquire cost every request another round trip.
+        .test_before_acquire(false)
         .after_connect(move |connection, _| {
             Box::pin(async move {
                 if is_sqlite {

@@ -83,13 +83,23 @@ async fn the_database_refuses_to_update_or_delete_events() {
     assert!(delete.is_err(), "DELETE was allowed");
     drop(transaction);
     if app.state.store.backend() == Backend::Postgres {
-        let mut transaction = app.state.store.begin().await.unwrap();
-        assert!(
-            sqlx::query("TRUNCATE audit_logs")
+        let partition = app
+            .text("SELECT tableoid::regclass::text FROM audit_logs WHERE seq = 2")
+            .await
+            .unwrap();
+        assert!(partition.starts_with("audit_logs_20"), "{partition}");
+        for table in ["audit_logs", partition.as_str(), "audit_logs_default"] {
+            let mut transaction = app.state.store.begin().await.unwrap();
+            let truncate = sqlx::query(&format!("TRUNCATE {table}"))
                 .execute(&mut *transaction)
-                .await
-                .is_err()
-        );
+                .await;
+            assert!(truncate.is_err(), "TRUNCATE {table} was allowed");
+        }
+        let mut transaction = app.state.store.begin().await.unwrap();
+        let update = sqlx::query(&format!("UPDATE {partition} SET action = 'x'"))
+            .execute(&mut *transaction)
+            .await;
+        assert!(update.is_err(), "UPDATE of {partition} was allowed");
     }
     assert_eq!(verify(&app.state.store, None).await.unwrap().finding, None);
 }
@@ -470,15 +480,40 @@ async fn a_hundred_thousand_event_export_streams_in_bounded_memory() {
 async fn old_events_move_to_monthly_archives_that_still_verify() {
     let app = busy_app().await;
     let before = app.scalar("SELECT COUNT(*) FROM audit_logs").await;
-    app.clock.advance(Duration::from_secs(91 * 86_400));
-    app.register("recent", "recent@lab.org").await;
+    let partitions = "SELECT COUNT(*) FROM pg_inherits WHERE inhparent = 'audit_logs'::regclass";
+    let postgres = app.state.store.backend() == Backend::Postgres;
+    let partitions_before = if postgres {
+        app.scalar(partitions).await
+    } else {
+        0
+    };
+    // Ninety days later the month of these events is not yet past the window in full...
+    app.clock.advance(Duration::from_secs(90 * 86_400));
     let directory = tempfile::tempdir().unwrap();
+    let cutoff = app.clock.now() - 90 * 86_400 * 1000;
+    let early = ums::audit::archive::archive(&app.state.store, directory.path(), cutoff)
+        .await
+        .unwrap();
+    assert_eq!(
+        early.events, 0,
+        "a month is archived only once it is all past the window"
+    );
+    // ...32 days on it is (whatever day it was), and it leaves whole.
+    app.clock.advance(Duration::from_secs(32 * 86_400));
+    app.register("recent", "recent@lab.org").await;
     let cutoff = app.clock.now() - 90 * 86_400 * 1000;
     let report = ums::audit::archive::archive(&app.state.store, directory.path(), cutoff)
         .await
         .unwrap();
     assert_eq!(report.events as i64, before);
     assert_eq!(report.files.len(), 1);
+    if postgres {
+        // The month left by dropping its partition, not by deleting rows.
+        assert_eq!(report.dropped_partitions.len(), 1, "{report:?}");
+        assert_eq!(app.scalar(partitions).await, partitions_before - 1);
+    } else {
+        assert!(report.dropped_partitions.is_empty());
+    }
     assert!(
         report.files[0]
             .file_name()

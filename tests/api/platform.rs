@@ -330,3 +330,63 @@ async fn migrations_refuse_a_database_newer_than_the_binary() {
         StatusCode::SERVICE_UNAVAILABLE
     );
 }
+
+#[tokio::test]
+async fn an_existing_trail_survives_the_upgrade_to_monthly_partitions() {
+    let mut vars = crate::helpers::base_vars();
+    let _database = crate::helpers::fresh_database(&mut vars).await;
+    let config = ums::config::Config::from_lookup(|name| vars.get(name).cloned()).unwrap();
+    let store = ums::store::Store::connect(&config).await.unwrap();
+    ums::store::migrate_to(&store, 3).await.unwrap();
+    // Events of two months, written by the schema before partitioning.
+    let day = 86_400_000;
+    let start = ums::audit::archive::month_start(chrono::Utc::now().timestamp_millis()) - 40 * day;
+    let mut transaction = store.begin().await.unwrap();
+    for index in 0..50 {
+        let event = ums::audit::Event::new(ums::audit::Action::Login, start + index * day)
+            .resource("session", format!("s{index}"));
+        ums::audit::record(&mut transaction, event).await.unwrap();
+    }
+    transaction.commit().await.unwrap();
+
+    assert_eq!(ums::store::migrate(&store).await.unwrap(), [4]);
+    let mut connection = store.read().await.unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_logs")
+        .fetch_one(&mut *connection)
+        .await
+        .unwrap();
+    assert_eq!(count, 50);
+    if store.backend() == ums::store::Backend::Postgres {
+        // Two or three months of events, the next month, and the default partition.
+        let partitions: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_inherits WHERE inhparent = 'audit_logs'::regclass",
+        )
+        .fetch_one(&mut *connection)
+        .await
+        .unwrap();
+        assert!((4..=6).contains(&partitions), "{partitions} partitions");
+        let in_default: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_logs_default")
+            .fetch_one(&mut *connection)
+            .await
+            .unwrap();
+        assert_eq!(in_default, 0);
+    }
+    drop(connection);
+    let report = ums::audit::verify::verify(&store, None).await.unwrap();
+    assert_eq!((report.finding, report.checked), (None, 50));
+    // The chain goes on where it stopped.
+    let mut transaction = store.begin().await.unwrap();
+    ums::audit::record(
+        &mut transaction,
+        ums::audit::Event::new(
+            ums::audit::Action::Logout,
+            chrono::Utc::now().timestamp_millis(),
+        ),
+    )
+    .await
+    .unwrap();
+    transaction.commit().await.unwrap();
+    let report = ums::audit::verify::verify(&store, None).await.unwrap();
+    assert_eq!((report.finding, report.checked), (None, 51));
+    store.close().await;
+}
