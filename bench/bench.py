@@ -286,7 +286,7 @@ def report(work, readme):
     sessions = memory.get("sessions", 0)
     memory_lines = []
     if idle is not None:
-        memory_lines.append(f"| idle, after seeding | {mib(idle):.0f} MiB | < 50 MiB | "
+        memory_lines.append(f"| idle: after seeding, {meta['nproc'] * 30 + 5} s without requests | {mib(idle):.0f} MiB | < 50 MiB | "
                             f"{verdict(mib(idle) < 50)} |")
     if after is not None:
         memory_lines.append(f"| after {sessions:,} logins, sessions kept | {mib(after):.0f} MiB "
