@@ -4,9 +4,11 @@ use std::sync::Arc;
 
 use crate::audit::batch::AccessLog;
 use crate::auth::password::PasswordHasherConfig;
+use crate::auth::sessions::{IssuedTokens, TokenPair};
 use crate::auth::tokens::Keys;
 use crate::clock::{Clock, Millis};
 use crate::config::Config;
+use crate::http::AppError;
 use crate::mail::Outbox;
 use crate::security::lockout::LockoutPolicy;
 use crate::store::Store;
@@ -43,5 +45,15 @@ impl AppState {
         work: impl FnOnce(&PasswordHasherConfig) -> T + Send + 'static,
     ) -> anyhow::Result<T> {
         self.hash_pool.run(work).await
+    }
+
+    /// Signs freshly issued tokens on the blocking pool: an RS256 signature takes about a
+    /// millisecond, long enough to hold up every request waiting for that async worker,
+    /// among them the one holding SQLite's single write connection.
+    pub async fn sign(&self, tokens: IssuedTokens) -> Result<TokenPair, AppError> {
+        let keys = self.keys.clone();
+        tokio::task::spawn_blocking(move || tokens.sign(&keys))
+            .await
+            .map_err(|error| AppError::Internal(error.into()))?
     }
 }

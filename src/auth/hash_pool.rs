@@ -4,11 +4,12 @@
 //! ever-changing threads and the allocator keeps a 19 MiB block in each thread's arena,
 //! which grew the process to hundreds of MiB after a few thousand logins (bench/README.md).
 //! A few long-lived threads reuse their blocks: memory stays at about cores × 19 MiB, and
-//! no more hashes run at once than there are cores to run them. (The working memory itself
-//! is reused per thread in `password.rs`, and given back after half a minute without work;
-//! the threads take turns waiting, so all have given it back after threads × 30 s.)
+//! no more hashes run at once than there are cores to run them. The working memory itself
+//! is kept per thread in `password.rs`; a thread that had no job for half a minute gives
+//! it back, so an idle service does not hold cores × 19 MiB.
 
-use std::sync::{Arc, Mutex, mpsc};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -23,38 +24,60 @@ pub const THREAD_PREFIX: &str = "ums-hash-";
 /// How long a hashing thread keeps its working memory without a job.
 const KEEP_MEMORY_IDLE: Duration = Duration::from_secs(30);
 
+/// The jobs waiting for a thread; every thread waits on the condition variable at once, so
+/// each one notices its own idleness.
+struct Queue {
+    state: Mutex<QueueState>,
+    work: Condvar,
+}
+
+struct QueueState {
+    jobs: VecDeque<Job>,
+    open: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Closes the queue when the last `HashPool` handle goes: the threads finish and exit.
+struct Closer(Arc<Queue>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0.lock().open = false;
+        self.0.work.notify_all();
+    }
+}
+
 #[derive(Clone)]
 pub struct HashPool {
-    jobs: mpsc::Sender<Job>,
+    queue: Arc<Queue>,
+    _closer: Arc<Closer>,
 }
 
 impl HashPool {
     pub fn start(hasher: PasswordHasherConfig, threads: usize) -> anyhow::Result<Self> {
-        let (jobs, receiver) = mpsc::channel::<Job>();
-        let receiver = Arc::new(Mutex::new(receiver));
+        let queue = Arc::new(Queue {
+            state: Mutex::new(QueueState {
+                jobs: VecDeque::new(),
+                open: true,
+            }),
+            work: Condvar::new(),
+        });
         for index in 0..threads.max(1) {
-            let receiver = receiver.clone();
+            let queue = queue.clone();
             let hasher = hasher.clone();
             std::thread::Builder::new()
                 .name(format!("{THREAD_PREFIX}{index}"))
-                .spawn(move || {
-                    loop {
-                        let job = match receiver.lock() {
-                            Ok(receiver) => receiver.recv_timeout(KEEP_MEMORY_IDLE),
-                            Err(_) => return,
-                        };
-                        match job {
-                            Ok(job) => job(&hasher),
-                            Err(mpsc::RecvTimeoutError::Timeout) => {
-                                crate::auth::password::release_working_memory();
-                            }
-                            // Every sender is gone: the service is shutting down.
-                            Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                        }
-                    }
-                })?;
+                .spawn(move || work(&queue, &hasher))?;
         }
-        Ok(HashPool { jobs })
+        Ok(HashPool {
+            _closer: Arc::new(Closer(queue.clone())),
+            queue,
+        })
     }
 
     /// Runs `work` on a hashing thread and waits for its result without blocking the runtime.
@@ -63,11 +86,72 @@ impl HashPool {
         work: impl FnOnce(&PasswordHasherConfig) -> T + Send + 'static,
     ) -> anyhow::Result<T> {
         let (done, result) = oneshot::channel();
-        self.jobs
-            .send(Box::new(move |hasher| {
+        {
+            let mut state = self.queue.lock();
+            if !state.open {
+                anyhow::bail!("the hashing threads have stopped");
+            }
+            state.jobs.push_back(Box::new(move |hasher| {
                 let _ = done.send(work(hasher));
-            }))
-            .map_err(|_| anyhow::anyhow!("the hashing threads have stopped"))?;
+            }));
+        }
+        self.queue.work.notify_one();
         Ok(result.await?)
+    }
+}
+
+/// One hashing thread: jobs in arrival order until the queue closes.
+fn work(queue: &Queue, hasher: &PasswordHasherConfig) {
+    let mut state = queue.lock();
+    loop {
+        if let Some(job) = state.jobs.pop_front() {
+            drop(state);
+            job(hasher);
+            state = queue.lock();
+            continue;
+        }
+        if !state.open {
+            return;
+        }
+        let (guard, wait) = queue
+            .work
+            .wait_timeout(state, KEEP_MEMORY_IDLE)
+            .unwrap_or_else(PoisonError::into_inner);
+        state = guard;
+        if wait.timed_out() && state.jobs.is_empty() {
+            crate::auth::password::release_working_memory();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HashCost;
+
+    #[tokio::test]
+    async fn jobs_run_on_the_named_threads_and_all_finish() {
+        let hasher = PasswordHasherConfig::new(HashCost {
+            memory_kib: 8,
+            iterations: 1,
+        })
+        .unwrap();
+        let pool = HashPool::start(hasher, 2).unwrap();
+        let names = futures_util::future::join_all((0..8).map(|_| {
+            pool.run(|_| {
+                std::thread::current()
+                    .name()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+        }))
+        .await;
+        assert_eq!(names.len(), 8);
+        assert!(
+            names
+                .iter()
+                .all(|name| name.as_ref().unwrap().starts_with(THREAD_PREFIX)),
+            "{names:?}"
+        );
     }
 }

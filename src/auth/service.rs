@@ -327,7 +327,7 @@ pub async fn login(
     metrics::counter!("ums_logins_total", "result" => "success").increment(1);
     ip_attempt.succeeded(state).await;
     Ok(LoginResponse {
-        tokens: tokens.sign(&state.keys)?,
+        tokens: state.sign(tokens).await?,
         user: UserWithLabs {
             user: user.view(now),
             labs,
@@ -433,7 +433,7 @@ pub async fn refresh(
             .await?;
             transaction.commit().await?;
             metrics::counter!("ums_tokens_refreshed_total").increment(1);
-            tokens.sign(&state.keys)
+            state.sign(tokens).await
         }
         Spend::Reused => {
             audit::record(
