@@ -6,6 +6,7 @@ pub mod limits;
 pub mod lockout;
 pub mod sealing;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -14,7 +15,7 @@ use crate::audit::{self, Action, Event, Origin};
 use crate::clock::Millis;
 use crate::http::AppError;
 use crate::mail::EmailKind;
-use crate::security::limits::Hit;
+use crate::security::limits::{Hit, Limiter};
 use crate::state::AppState;
 
 /// The delay before evaluating a login for a username that has `failures` failures in a row:
@@ -58,11 +59,17 @@ fn ip_window(state: &AppState) -> Millis {
 
 /// A login attempt counted against its client IP *before* its password is evaluated, so
 /// parallel attempts cannot slip past the threshold (the rule the username lockout follows).
-/// A success gives the count back; a failure keeps it.
+/// A success gives the count back; a failure keeps it; an attempt dropped unsettled (its
+/// client went away mid-login) gives it back too, since nothing was learnt from it.
 #[must_use]
 pub struct IpAttempt {
+    key: String,
     ip: String,
     hit: Hit,
+    window: Millis,
+    begun_at: Millis,
+    /// The limiter while the attempt is unsettled.
+    unsettled: Option<Arc<Limiter>>,
 }
 
 /// Counts a login attempt from the client's IP, or refuses it when the attempts already
@@ -71,38 +78,59 @@ pub async fn begin_ip_attempt(state: &AppState, origin: &Origin) -> Result<IpAtt
     let now = state.now();
     let ip = ip_key(origin);
     let key = format!("ipfail:{ip}");
-    let hit = state.limiter.hit(&key, ip_window(state), now).await;
+    let window = ip_window(state);
+    let hit = state.limiter.hit(&key, window, now).await;
     if hit.count > i64::from(state.config.ip_block_threshold) {
         // Refused unevaluated, so it does not count; the attempt in flight at the threshold
         // blocks the IP if it fails, and frees the place if it succeeds.
         state
             .limiter
-            .give_back(&key, ip_window(state), hit.window_ends, now)
+            .give_back(&key, window, hit.window_ends, now)
             .await;
         metrics::counter!("ums_ip_block_refusals_total").increment(1);
         return Err(AppError::TooManyRequests {
             retry_after_seconds: 1,
         });
     }
-    Ok(IpAttempt { ip, hit })
+    Ok(IpAttempt {
+        key,
+        ip,
+        hit,
+        window,
+        begun_at: now,
+        unsettled: Some(state.limiter.clone()),
+    })
 }
 
 impl IpAttempt {
-    pub async fn succeeded(self, state: &AppState) {
-        let now = state.now();
-        state
-            .limiter
-            .give_back(
-                &format!("ipfail:{}", self.ip),
-                ip_window(state),
-                self.hit.window_ends,
-                now,
-            )
-            .await;
+    pub async fn succeeded(mut self, state: &AppState) {
+        if let Some(limiter) = self.unsettled.take() {
+            limiter
+                .give_back(&self.key, self.window, self.hit.window_ends, state.now())
+                .await;
+        }
     }
 
-    pub async fn failed(self, state: &AppState, origin: &Origin) -> Result<(), AppError> {
+    pub async fn failed(mut self, state: &AppState, origin: &Origin) -> Result<(), AppError> {
+        self.unsettled = None;
         block_at_threshold(state, origin, &self.ip, self.hit).await
+    }
+}
+
+impl Drop for IpAttempt {
+    fn drop(&mut self) {
+        let Some(limiter) = self.unsettled.take() else {
+            return;
+        };
+        let (key, window, ends, now) = (
+            std::mem::take(&mut self.key),
+            self.window,
+            self.hit.window_ends,
+            self.begun_at,
+        );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { limiter.give_back(&key, window, ends, now).await });
+        }
     }
 }
 

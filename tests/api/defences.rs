@@ -161,6 +161,37 @@ async fn successful_logins_do_not_count_towards_an_ip_block() {
 }
 
 #[tokio::test]
+async fn a_login_abandoned_by_its_client_does_not_count_against_the_ip() {
+    let app = spawn_app_with(&[
+        ("UMS_TRUSTED_PROXIES", "127.0.0.1"),
+        ("UMS_IP_BLOCK_THRESHOLD", "2"),
+        // A slow hash, so the client can leave while its password is being checked.
+        ("UMS_PASSWORD_HASH_MEMORY_KIB", "65536"),
+        ("UMS_PASSWORD_HASH_ITERATIONS", "8"),
+    ])
+    .await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(30))
+        .build()
+        .unwrap();
+    let abandoned = impatient
+        .post(app.url("/api/auth/login"))
+        .header("x-forwarded-for", "198.51.100.10")
+        .json(&json!({"username": "mallory", "password": "wrong password"}))
+        .send()
+        .await;
+    assert!(abandoned.is_err(), "the login answered within 30 ms");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Two real failures reach the threshold of 2; the abandoned one was not a third.
+    for expected in [StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED] {
+        let response = login_from(&app, "198.51.100.10", "mallory", "wrong password").await;
+        assert_eq!(response.status(), expected);
+    }
+    let blocked = login_from(&app, "198.51.100.10", "mallory", "wrong password").await;
+    assert_eq!(blocked.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
 async fn a_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored() {
     let app = spawn_app_with(&[("UMS_IP_BLOCK_THRESHOLD", "3")]).await;
     for index in 0..3 {
