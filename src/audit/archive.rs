@@ -118,7 +118,7 @@ pub async fn prepare_partitions(store: &Store, now: Millis) -> anyhow::Result<()
     }
     // Each call commits on its own (no transaction around them): creating a partition locks
     // the whole table, and that lock must not outlive the statement.
-    let mut connection = store.read().await?;
+    let mut connection = store.write().await?;
     for month in [now, month_start(now) + 32 * 86_400_000] {
         sqlx::query("SELECT audit_logs_ensure_month($1)")
             .bind(month)

@@ -54,8 +54,7 @@ impl Drop for Closer {
 
 #[derive(Clone)]
 pub struct HashPool {
-    queue: Arc<Queue>,
-    _closer: Arc<Closer>,
+    handle: Arc<Closer>,
 }
 
 impl HashPool {
@@ -75,8 +74,7 @@ impl HashPool {
                 .spawn(move || work(&queue, &hasher))?;
         }
         Ok(HashPool {
-            _closer: Arc::new(Closer(queue.clone())),
-            queue,
+            handle: Arc::new(Closer(queue)),
         })
     }
 
@@ -86,8 +84,9 @@ impl HashPool {
         work: impl FnOnce(&PasswordHasherConfig) -> T + Send + 'static,
     ) -> anyhow::Result<T> {
         let (done, result) = oneshot::channel();
+        let queue = &self.handle.0;
         {
-            let mut state = self.queue.lock();
+            let mut state = queue.lock();
             if !state.open {
                 anyhow::bail!("the hashing threads have stopped");
             }
@@ -95,7 +94,7 @@ impl HashPool {
                 let _ = done.send(work(hasher));
             }));
         }
-        self.queue.work.notify_one();
+        queue.work.notify_one();
         Ok(result.await?)
     }
 }

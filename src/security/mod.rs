@@ -53,6 +53,11 @@ pub async fn check_ip(state: &AppState, origin: &Origin) -> Result<(), AppError>
     }
 }
 
+/// The counter of an IP's failed (and in-flight) credential checks.
+fn failure_key(ip: &str) -> String {
+    format!("ipfail:{ip}")
+}
+
 fn ip_window(state: &AppState) -> Millis {
     state.config.ip_block_duration.as_millis() as Millis
 }
@@ -63,7 +68,6 @@ fn ip_window(state: &AppState) -> Millis {
 /// client went away mid-login) gives it back too, since nothing was learnt from it.
 #[must_use]
 pub struct IpAttempt {
-    key: String,
     ip: String,
     hit: Hit,
     window: Millis,
@@ -77,7 +81,7 @@ pub struct IpAttempt {
 pub async fn begin_ip_attempt(state: &AppState, origin: &Origin) -> Result<IpAttempt, AppError> {
     let now = state.now();
     let ip = ip_key(origin);
-    let key = format!("ipfail:{ip}");
+    let key = failure_key(&ip);
     let window = ip_window(state);
     let hit = state.limiter.hit(&key, window, now).await;
     if hit.count > i64::from(state.config.ip_block_threshold) {
@@ -93,7 +97,6 @@ pub async fn begin_ip_attempt(state: &AppState, origin: &Origin) -> Result<IpAtt
         });
     }
     Ok(IpAttempt {
-        key,
         ip,
         hit,
         window,
@@ -106,7 +109,12 @@ impl IpAttempt {
     pub async fn succeeded(mut self, state: &AppState) {
         if let Some(limiter) = self.unsettled.take() {
             limiter
-                .give_back(&self.key, self.window, self.hit.window_ends, state.now())
+                .give_back(
+                    &failure_key(&self.ip),
+                    self.window,
+                    self.hit.window_ends,
+                    state.now(),
+                )
                 .await;
         }
     }
@@ -123,7 +131,7 @@ impl Drop for IpAttempt {
             return;
         };
         let (key, window, ends, now) = (
-            std::mem::take(&mut self.key),
+            failure_key(&self.ip),
             self.window,
             self.hit.window_ends,
             self.begun_at,
@@ -141,7 +149,7 @@ pub async fn credential_failure(state: &AppState, origin: &Origin) -> Result<(),
     let ip = ip_key(origin);
     let hit = state
         .limiter
-        .hit(&format!("ipfail:{ip}"), ip_window(state), now)
+        .hit(&failure_key(&ip), ip_window(state), now)
         .await;
     block_at_threshold(state, origin, &ip, hit).await
 }

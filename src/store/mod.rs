@@ -87,6 +87,11 @@ impl Store {
         self.writer.begin().await
     }
 
+    /// A connection to the primary outside any transaction: each statement commits alone.
+    pub async fn write(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, sqlx::Error> {
+        self.writer.acquire().await
+    }
+
     pub async fn read(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, sqlx::Error> {
         self.reader.acquire().await
     }
