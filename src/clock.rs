@@ -14,9 +14,9 @@ pub enum Clock {
 }
 
 impl Clock {
-    /// A clock that stands still until moved, starting at the current time.
-    pub fn manual() -> Self {
-        Clock::Manual(Arc::new(AtomicI64::new(system_millis())))
+    /// A clock that stands still until moved, starting at `start`.
+    pub fn manual_at(start: Millis) -> Self {
+        Clock::Manual(Arc::new(AtomicI64::new(start)))
     }
 
     pub fn now(&self) -> Millis {
@@ -74,9 +74,8 @@ mod tests {
 
     #[test]
     fn a_manual_clock_moves_only_when_told() {
-        let clock = Clock::manual();
-        let start = clock.now();
+        let clock = Clock::manual_at(1_700_000_000_000);
         clock.advance(std::time::Duration::from_secs(60));
-        assert_eq!(clock.now() - start, 60_000);
+        assert_eq!(clock.now(), 1_700_000_060_000);
     }
 }

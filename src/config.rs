@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
+
+use crate::security::client_ip::ProxyHeader;
 use secrecy::SecretString;
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +97,8 @@ pub struct Config {
     pub secret_key: Option<SecretString>,
     pub cors_origins: Vec<String>,
     pub trusted_proxies: Vec<IpNet>,
+    /// The forwarding header the trusted proxies write (`UMS_PROXY_HEADER`).
+    pub proxy_header: ProxyHeader,
     pub password_min_length: usize,
     pub hash_cost: HashCost,
     pub lockout_threshold: u32,
@@ -283,6 +287,12 @@ impl Config {
             })
             .transpose()?
             .unwrap_or_default();
+        let proxy_header = match get("UMS_PROXY_HEADER") {
+            Some(value) => ProxyHeader::parse(&value).ok_or_else(|| {
+                invalid("UMS_PROXY_HEADER", "expected x-forwarded-for or forwarded")
+            })?,
+            None => ProxyHeader::XForwardedFor,
+        };
         let log_format = match get("UMS_LOG_FORMAT").as_deref() {
             None | Some("pretty") => LogFormat::Pretty,
             Some("json") => LogFormat::Json,
@@ -338,6 +348,7 @@ impl Config {
             )?,
             secret_key: get("UMS_SECRET_KEY").map(SecretString::from),
             cors_origins,
+            proxy_header,
             trusted_proxies,
             password_min_length,
             hash_cost,

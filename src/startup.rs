@@ -30,6 +30,12 @@ impl Application {
     /// Everything up to a bound listener; `run_until_stopped` then serves.
     pub async fn build(config: Config, clock: Clock) -> anyhow::Result<Self> {
         let (state, access_events) = prepare_with_access_log(config, clock).await?;
+        // The month's audit partition exists before the first request can write an event:
+        // an event that came first would land in the default partition, and the month's
+        // partition could then never be created.
+        crate::audit::archive::prepare_partitions(&state.store, state.now())
+            .await
+            .context("preparing this month's audit partition")?;
         let listener = TcpListener::bind(state.config.bind)
             .await
             .with_context(|| format!("binding {}", state.config.bind))?;

@@ -118,12 +118,28 @@ impl Exporter {
     }
 }
 
+/// One CSV record. Every CSV the service writes goes through here, so every cell is
+/// neutralised against formula injection.
 fn csv_line(fields: &[String]) -> Vec<u8> {
     let mut writer = csv::WriterBuilder::new()
         .terminator(csv::Terminator::CRLF)
         .from_writer(Vec::new());
-    let _ = writer.write_record(fields);
+    let _ = writer.write_record(
+        fields
+            .iter()
+            .map(|field| neutralise_formula(field).into_owned()),
+    );
     writer.into_inner().unwrap_or_default()
+}
+
+/// A cell that a spreadsheet would read as a formula (it starts with `=`, `+`, `-`, `@`, a
+/// tab or a carriage return) gets a leading apostrophe, so it shows as the text it is
+/// (OWASP's advice for CSV injection). Names, user agents and ids are chosen by clients.
+fn neutralise_formula(cell: &str) -> std::borrow::Cow<'_, str> {
+    match cell.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{cell}").into(),
+        _ => cell.into(),
+    }
 }
 
 const PAGE_WIDTH: f32 = 842.0;
@@ -331,6 +347,24 @@ fn pdf_text(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cells_a_spreadsheet_would_run_as_formulas_are_neutralised() {
+        let line = csv_line(&[
+            "=HYPERLINK(\"https://evil.example\")".into(),
+            "+1".into(),
+            "-2+3".into(),
+            "@SUM(A1)".into(),
+            "\tx".into(),
+            "\rx".into(),
+            "alice".into(),
+            "{\"a\":1}".into(),
+        ]);
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            "\"'=HYPERLINK(\"\"https://evil.example\"\")\",'+1,'-2+3,'@SUM(A1),'\tx,\"'\rx\",alice,\"{\"\"a\"\":1}\"\r\n"
+        );
+    }
     use crate::audit::StoredEvent;
 
     fn row(seq: i64) -> EventRow {

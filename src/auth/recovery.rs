@@ -85,8 +85,8 @@ pub async fn send_verification(
     let token = random_token();
     let ttl = state.config.verification_token_ttl;
     sqlx::query(
-        "INSERT INTO email_verification_tokens (user_id, token_hash, email, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO email_verification_tokens (user_id, token_hash, email, created_at, expires_at, credential_stamp) \
+         VALUES ($1, $2, $3, $4, $5, (SELECT credential_stamp FROM users WHERE id = $1))",
     )
     .bind(user.id)
     .bind(hash_token(&token))
@@ -135,7 +135,8 @@ pub async fn forgot_password(
             let token = random_token();
             let ttl = state.config.reset_token_ttl;
             sqlx::query(
-                "INSERT INTO password_reset_tokens (user_id, token_hash, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+                "INSERT INTO password_reset_tokens (user_id, token_hash, created_at, expires_at, credential_stamp) \
+                 VALUES ($1, $2, $3, $4, (SELECT credential_stamp FROM users WHERE id = $1))",
             )
             .bind(user.id)
             .bind(hash_token(&token))
@@ -177,6 +178,8 @@ pub async fn forgot_password(
 }
 
 /// The live token row of `table` whose hash matches, as (row id, user id, email column).
+/// A token is live while unused, unexpired, and issued under the account's current
+/// credential stamp: a credential event since its issue voided it.
 async fn find_live_token(
     connection: &mut Connection,
     table: &str,
@@ -184,12 +187,14 @@ async fn find_live_token(
     now: Millis,
 ) -> Result<Option<(i64, i64, Option<String>)>, AppError> {
     let email_column = if table == "email_verification_tokens" {
-        "email"
+        "link.email"
     } else {
         "NULL AS email"
     };
     let sql = format!(
-        "SELECT id, user_id, {email_column} FROM {table} WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2"
+        "SELECT link.id, link.user_id, {email_column} FROM {table} link \
+         JOIN users ON users.id = link.user_id AND users.credential_stamp = link.credential_stamp \
+         WHERE link.token_hash = $1 AND link.used_at IS NULL AND link.expires_at > $2"
     );
     let row = sqlx::query(&sql)
         .bind(hash_token(token))
@@ -283,6 +288,7 @@ pub async fn reset_password(
         .await?
         .ok_or_else(|| AppError::BadRequest(INVALID_LINK.into()))?;
     store_password(&mut transaction, user_id, &hash, now).await?;
+    user_store::void_emailed_links(&mut transaction, user_id).await?;
     lockout::clear(&mut transaction, &Subject::User(user_id)).await?;
     let revoked =
         user_store::revoke_sessions(&mut transaction, user_id, "password_reset", now).await?;
@@ -364,6 +370,7 @@ pub async fn change_password(
     let now = state.now();
     let mut transaction = state.store.begin().await?;
     store_password(&mut transaction, user.id, &hash, now).await?;
+    user_store::void_emailed_links(&mut transaction, user.id).await?;
     let revoked = sqlx::query(
         "UPDATE sessions SET revoked_at = $2, revoked_reason = 'password_changed' \
          WHERE user_id = $1 AND id <> $3 AND revoked_at IS NULL",
@@ -487,6 +494,7 @@ pub async fn verify_email(
         })?
         .ok_or_else(|| AppError::BadRequest(INVALID_LINK.into()))?;
     if switching {
+        user_store::void_emailed_links(&mut transaction, user_id).await?;
         state
             .outbox
             .enqueue(

@@ -14,10 +14,9 @@ use crate::auth::recovery::{
 use crate::auth::service::{self, LoginRequest, LoginResponse, RegisterRequest};
 use crate::auth::sessions::{self, SessionView, TokenPair};
 use crate::http::AppError;
+use crate::http::body::{JsonBody, optional_json};
 use crate::http::error::Problem;
-use crate::http::extract::{
-    AuthUser, ClientOrigin, CredentialGuard, JsonBody, bearer_token, parse_json,
-};
+use crate::http::extract::{AuthUser, ClientOrigin, CredentialGuard, bearer_token};
 use crate::state::AppState;
 use crate::users::{UserView, UserWithLabs};
 
@@ -71,14 +70,7 @@ impl axum::extract::FromRequest<AppState> for RefreshToken {
         state: &AppState,
     ) -> Result<Self, AppError> {
         let from_header = bearer_token(request.headers()).map(String::from);
-        let bytes = axum::body::Bytes::from_request(request, state)
-            .await
-            .map_err(|_| AppError::PayloadTooLarge)?;
-        let body: RefreshRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
-            RefreshRequest::default()
-        } else {
-            parse_json(&bytes)?
-        };
+        let body: RefreshRequest = optional_json(request, state).await?;
         body.refresh_token
             .or(from_header)
             .map(RefreshToken)
@@ -102,13 +94,9 @@ pub async fn logout(
     State(state): State<AppState>,
     caller: AuthUser,
     ClientOrigin(origin): ClientOrigin,
-    body: axum::body::Bytes,
+    request: axum::extract::Request,
 ) -> Result<StatusCode, AppError> {
-    let request: RefreshRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        RefreshRequest::default()
-    } else {
-        parse_json(&body)?
-    };
+    let request: RefreshRequest = optional_json(request, &state).await?;
     service::logout(
         &state,
         &caller.claims,

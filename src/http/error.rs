@@ -22,6 +22,8 @@ pub enum AppError {
     Forbidden(&'static str),
     #[error("not found")]
     NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
     #[error("conflict on {field}")]
     Conflict {
         field: &'static str,
@@ -33,6 +35,8 @@ pub enum AppError {
     TooManyRequests { retry_after_seconds: u64 },
     #[error("payload too large")]
     PayloadTooLarge,
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
     #[error("service unavailable")]
     Unavailable,
     #[error(transparent)]
@@ -56,10 +60,12 @@ impl AppError {
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound => StatusCode::NOT_FOUND,
+            AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Conflict { .. } => StatusCode::CONFLICT,
             AppError::Locked { .. } => StatusCode::LOCKED,
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -73,10 +79,12 @@ impl AppError {
             AppError::Unauthorized(_) => "unauthorized",
             AppError::Forbidden(_) => "forbidden",
             AppError::NotFound => "not_found",
+            AppError::MethodNotAllowed => "method_not_allowed",
             AppError::Conflict { .. } => "conflict",
             AppError::Locked { .. } => "account_locked",
             AppError::TooManyRequests { .. } => "too_many_requests",
             AppError::PayloadTooLarge => "payload_too_large",
+            AppError::UnsupportedMediaType => "unsupported_media_type",
             AppError::Unavailable => "service_unavailable",
             AppError::Internal(_) => "internal_error",
         }
@@ -88,6 +96,7 @@ impl AppError {
             AppError::BadRequest(detail) => detail.clone(),
             AppError::Unauthorized(detail) | AppError::Forbidden(detail) => (*detail).into(),
             AppError::NotFound => "The resource does not exist.".into(),
+            AppError::MethodNotAllowed => "This method is not allowed here.".into(),
             AppError::Conflict { message, .. } => (*message).into(),
             AppError::Locked { .. } => {
                 "The account is locked after repeated failed logins; try again later or reset the password."
@@ -95,6 +104,9 @@ impl AppError {
             }
             AppError::TooManyRequests { .. } => "Too many requests; slow down.".into(),
             AppError::PayloadTooLarge => "The request body is larger than 1 MiB.".into(),
+            AppError::UnsupportedMediaType => {
+                "The request body must be JSON (Content-Type: application/json).".into()
+            }
             AppError::Unavailable => "The service is temporarily unavailable.".into(),
             AppError::Internal(_) => "An internal error occurred.".into(),
         }

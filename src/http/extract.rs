@@ -3,8 +3,7 @@
 
 use std::net::SocketAddr;
 
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::{AUTHORIZATION, USER_AGENT};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -49,10 +48,14 @@ pub fn client_address(
     extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(peer)| {
-            let forwarded = headers
-                .get("x-forwarded-for")
-                .and_then(|value| value.to_str().ok());
-            client_ip(peer.ip(), forwarded, &state.config.trusted_proxies).to_string()
+            let config = &state.config;
+            client_ip(
+                peer.ip(),
+                headers,
+                config.proxy_header,
+                &config.trusted_proxies,
+            )
+            .to_string()
         })
 }
 
@@ -138,55 +141,6 @@ impl FromRequestParts<AppState> for AdminUser {
             Err(AppError::Forbidden("Administrator rights are required."))
         }
     }
-}
-
-/// A JSON body, read whatever the content type says. Malformed JSON, wrong types and
-/// unknown fields are 400 problems naming the field; a body over the limit is 413.
-pub struct JsonBody<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
-    type Rejection = AppError;
-
-    async fn from_request(request: Request, state: &S) -> Result<Self, AppError> {
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    AppError::PayloadTooLarge
-                } else {
-                    AppError::BadRequest("The request body could not be read.".into())
-                }
-            })?;
-        parse_json(&bytes).map(JsonBody)
-    }
-}
-
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
-    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(deserializer).map_err(|error| {
-        let path = error.path().to_string();
-        let inner = error.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            return AppError::BadRequest(format!("The body is not valid JSON: {inner}"));
-        }
-        // serde's message names the expected type; its position suffix is noise here.
-        let message = inner.to_string();
-        let message = message.split(" at line").next().unwrap_or_default();
-        for (prefix, what) in [
-            ("unknown field `", "unknown field"),
-            ("missing field `", "is required"),
-        ] {
-            if let Some(rest) = message.strip_prefix(prefix) {
-                let field = rest.split('`').next().unwrap_or_default();
-                return AppError::field(field, what);
-            }
-        }
-        if path == "." {
-            AppError::BadRequest(format!("The body has the wrong shape: {message}"))
-        } else {
-            AppError::field(&path, message)
-        }
-    })
 }
 
 /// Path parameters; one that does not parse (a word where an id goes) is a 404 problem.

@@ -244,12 +244,14 @@ pub async fn rate_limit(
             refusal
         }
         None => {
-            let ip = crate::http::extract::client_address(
-                request.extensions(),
-                request.headers(),
-                &state,
-            )
-            .unwrap_or_else(|| "unknown".into());
+            let ip = crate::security::limit_key_of(
+                crate::http::extract::client_address(
+                    request.extensions(),
+                    request.headers(),
+                    &state,
+                )
+                .as_deref(),
+            );
             let hit = state.limiter.hit(&format!("anon:{ip}"), 60_000, now).await;
             (hit.count > i64::from(config.anon_rate_limit_per_minute))
                 .then_some(("ip", hit.window_ends))

@@ -1,5 +1,6 @@
 //! The HTTP surface: router, extractors, middleware and the error type.
 
+pub mod body;
 pub mod error;
 pub mod extract;
 pub mod middleware;
@@ -182,11 +183,8 @@ async fn not_found() -> AppError {
     AppError::NotFound
 }
 
-async fn method_not_allowed() -> impl IntoResponse {
-    let mut response =
-        AppError::BadRequest("This method is not allowed here.".into()).into_response();
-    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    response
+async fn method_not_allowed() -> AppError {
+    AppError::MethodNotAllowed
 }
 
 #[utoipa::path(get, path = "/api/openapi.json", tag = "operations",

@@ -83,10 +83,19 @@ impl ListQuery {
     }
 
     pub fn text(&mut self, name: &str) -> Option<String> {
-        self.params
+        let value = self
+            .params
             .get(name)
             .map(|value| value.trim().to_string())
-            .filter(|value| !value.is_empty())
+            .filter(|value| !value.is_empty())?;
+        if crate::http::body::has_control_character(&value) {
+            self.errors
+                .entry(name.to_string())
+                .or_default()
+                .push("must not contain control characters".into());
+            return None;
+        }
+        Some(value)
     }
 
     pub fn boolean(&mut self, name: &str) -> Option<bool> {

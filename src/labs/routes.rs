@@ -8,8 +8,9 @@ use axum::http::StatusCode;
 
 use crate::audit::Action;
 use crate::http::AppError;
+use crate::http::body::JsonBody;
 use crate::http::error::Problem;
-use crate::http::extract::{AdminUser, ApiPath, AuthUser, ClientOrigin, JsonBody};
+use crate::http::extract::{AdminUser, ApiPath, AuthUser, ClientOrigin};
 use crate::http::pagination::Page;
 use crate::labs::access::{LabAccess, ManageMembers, Read};
 use crate::labs::service::{self, AddMember, ChangeRole, CreateLab, UpdateLab};

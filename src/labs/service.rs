@@ -358,6 +358,10 @@ pub async fn change_role<P: Requirement>(
         .await?
         .ok_or(AppError::NotFound)?;
     keep_a_lab_admin(&mut transaction, access).await?;
+    if previous != role.as_str() {
+        // A role change is a credential event: links emailed before it are void.
+        crate::users::store::void_emailed_links(&mut transaction, user_id).await?;
+    }
     let member = lab_store::member(&mut transaction, lab_id, user_id)
         .await?
         .ok_or(AppError::NotFound)?;

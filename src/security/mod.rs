@@ -31,8 +31,14 @@ pub fn login_delay(steps: &[Duration], failures: i64) -> Duration {
     steps[index]
 }
 
+/// The key an origin's blocks and counters live under (an IPv6 client's /64).
 fn ip_key(origin: &Origin) -> String {
-    origin.ip.clone().unwrap_or_else(|| "unknown".into())
+    limit_key_of(origin.ip.as_deref())
+}
+
+pub fn limit_key_of(ip: Option<&str>) -> String {
+    ip.and_then(|ip| ip.parse().ok())
+        .map_or_else(|| "unknown".into(), client_ip::limit_key)
 }
 
 /// Refuses a blocked client IP on the credential endpoints.

@@ -51,6 +51,13 @@ const MIGRATIONS: &[Migration] = &[
             "migrations/0004_audit_partitions.postgres.sql"
         )),
     },
+    Migration {
+        version: 5,
+        name: "credential_stamp",
+        shared: include_str!("migrations/0005_credential_stamp.sql"),
+        sqlite: Some(include_str!("migrations/0005_credential_stamp.sqlite.sql")),
+        postgres: None,
+    },
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
@@ -62,8 +69,36 @@ pub async fn migrate(store: &Store) -> anyhow::Result<Vec<i64>> {
 }
 
 /// Applies the migrations up to `target` only (tests of upgrades start from older schemas).
+///
+/// On SQLite, foreign keys are off while the migrations run and are checked in full before
+/// they commit: rebuilding a table (SQLite cannot alter a key) drops the old one, which must
+/// not cascade to the rows that refer to it. The pragma has no effect inside a transaction,
+/// so it is set on the connection around it.
 pub async fn migrate_to(store: &Store, target: i64) -> anyhow::Result<Vec<i64>> {
-    let mut transaction = store.begin().await.context("connecting to the database")?;
+    let backend = store.backend();
+    let mut connection = store.write().await.context("connecting to the database")?;
+    if backend == Backend::Sqlite {
+        connection.execute("PRAGMA foreign_keys = OFF").await?;
+    }
+    let applied = apply(&mut connection, backend, target).await;
+    if backend == Backend::Sqlite
+        && let Err(error) = connection.execute("PRAGMA foreign_keys = ON").await
+    {
+        // Never hand a connection without foreign keys back to the pool.
+        connection.close_on_drop();
+        return Err(error).context("turning foreign keys back on");
+    }
+    applied
+}
+
+async fn apply(
+    connection: &mut Connection,
+    backend: Backend,
+    target: i64,
+) -> anyhow::Result<Vec<i64>> {
+    let mut transaction = sqlx::Connection::begin(&mut *connection)
+        .await
+        .context("connecting to the database")?;
     transaction
         .execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations \
@@ -85,15 +120,13 @@ pub async fn migrate_to(store: &Store, target: i64) -> anyhow::Result<Vec<i64>> 
     {
         let (version, name) = (&migration.version, &migration.name);
         if !migration.shared.is_empty() {
-            let sql = migration
-                .shared
-                .replace("{{id}}", identity_key(store.backend()));
+            let sql = migration.shared.replace("{{id}}", identity_key(backend));
             transaction
                 .execute(sql.as_str())
                 .await
                 .with_context(|| format!("applying migration {version} ({name})"))?;
         }
-        let dialect_part = match store.backend() {
+        let dialect_part = match backend {
             Backend::Sqlite => migration.sqlite,
             Backend::Postgres => migration.postgres,
         };
@@ -112,6 +145,17 @@ pub async fn migrate_to(store: &Store, target: i64) -> anyhow::Result<Vec<i64>> 
         .execute(&mut *transaction)
         .await?;
         applied.push(*version);
+    }
+    if backend == Backend::Sqlite {
+        let broken = sqlx::query("PRAGMA foreign_key_check")
+            .fetch_all(&mut *transaction)
+            .await?;
+        if !broken.is_empty() {
+            bail!(
+                "the migrations would leave {} rows referring to rows that do not exist",
+                broken.len()
+            );
+        }
     }
     transaction
         .commit()

@@ -191,13 +191,31 @@ async fn pool(url: &DatabaseUrl, size: u32, timeout: Duration) -> anyhow::Result
 /// True for errors that mean "the database is not reachable right now" (answered 503),
 /// as opposed to a bug or a constraint violation.
 pub fn is_unavailable(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
+    match error {
         sqlx::Error::PoolTimedOut
-            | sqlx::Error::Io(_)
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_)
-    )
+        | sqlx::Error::Io(_)
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // A connection that broke mid-conversation.
+        sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(database) => database
+            .code()
+            .is_some_and(|code| is_unavailable_state(&code)),
+        _ => false,
+    }
+}
+
+/// SQLSTATEs of a database that is going away or not taking work, rather than refusing this
+/// statement: connection exceptions (class 08), an operator's or a crash's shutdown (57P01,
+/// 57P02, 57P03), too many connections (53300), a read-only standby (25006); and SQLite's
+/// busy and locked (5, 6) once its own timeout has passed.
+fn is_unavailable_state(code: &str) -> bool {
+    code.starts_with("08")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "53300" | "25006" | "5" | "6"
+        )
 }
 
 /// The name of the unique index a write collided with, if that is what failed.

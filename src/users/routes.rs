@@ -7,8 +7,9 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 
 use crate::http::AppError;
+use crate::http::body::JsonBody;
 use crate::http::error::Problem;
-use crate::http::extract::{AdminUser, ApiPath, ClientOrigin, JsonBody, SelfOrAdmin};
+use crate::http::extract::{AdminUser, ApiPath, ClientOrigin, SelfOrAdmin};
 use crate::http::pagination::Page;
 use crate::state::AppState;
 use crate::users::service::{self, UpdateUser};

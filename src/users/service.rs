@@ -346,6 +346,14 @@ async fn keep_an_admin(
     Ok(())
 }
 
+/// An admin's change that voids the account's outstanding emailed links: a new address, a
+/// deactivation, a change of system role.
+fn is_credential_event(before: &User, after: &User) -> bool {
+    before.email != after.email
+        || (before.is_active() && !after.is_active())
+        || before.is_admin() != after.is_admin()
+}
+
 pub async fn update(
     state: &AppState,
     caller: &User,
@@ -382,6 +390,9 @@ pub async fn update(
     .ok_or(AppError::NotFound)?;
     if before.is_active() && !after.is_active() {
         user_store::revoke_sessions(&mut transaction, target_id, "deactivated", now).await?;
+    }
+    if is_credential_event(&before, &after) {
+        user_store::void_emailed_links(&mut transaction, target_id).await?;
     }
     let mut changed = serde_json::Map::new();
     let pairs: [(&str, Value, Value); 6] = [

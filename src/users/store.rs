@@ -250,6 +250,17 @@ pub async fn other_active_admins(
 }
 
 /// Revokes every open session of a user (deactivation, password reset).
+/// A credential event: moves the account's credential stamp on, which voids every emailed
+/// link issued before it (reset and verification links carry the stamp they were issued
+/// under and work only while it is the account's).
+pub async fn void_emailed_links(connection: &mut Connection, user_id: i64) -> Result<(), AppError> {
+    sqlx::query("UPDATE users SET credential_stamp = credential_stamp + 1 WHERE id = $1")
+        .bind(user_id)
+        .execute(&mut *connection)
+        .await?;
+    Ok(())
+}
+
 pub async fn revoke_sessions(
     connection: &mut Connection,
     user_id: i64,

@@ -107,6 +107,7 @@ async fn register_refuses_common_passwords_unknown_fields_and_wrong_types() {
     let malformed = app
         .client
         .post(app.url("/api/auth/register"))
+        .header("content-type", "application/json")
         .body("{not json")
         .send()
         .await

@@ -19,8 +19,17 @@ async fn login_from(app: &TestApp, ip: &str, username: &str, password: &str) -> 
         .unwrap()
 }
 
-fn redis_url() -> String {
-    std::env::var("UMS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+/// The Redis the shared-limit tests use: `UMS_TEST_REDIS_URL` (they also start a private
+/// `redis-server`). Unset, they do not run and say so; `.ci/run` sets it and fails when Redis
+/// is down.
+fn redis_url() -> Option<String> {
+    match std::env::var("UMS_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("SKIPPED: this Redis test runs when UMS_TEST_REDIS_URL is set");
+            None
+        }
+    }
 }
 
 fn unique_prefix() -> String {
@@ -407,7 +416,7 @@ async fn cors_answers_only_the_configured_origins() {
 #[tokio::test]
 async fn two_instances_share_ip_blocks_and_rate_limits_through_redis() {
     let prefix = unique_prefix();
-    let redis = redis_url();
+    let Some(redis) = redis_url() else { return };
     let app = spawn_app_with(&[
         ("UMS_REDIS_URL", redis.as_str()),
         ("UMS_REDIS_PREFIX", prefix.as_str()),
@@ -459,9 +468,9 @@ async fn two_instances_share_ip_blocks_and_rate_limits_through_redis() {
 }
 
 #[tokio::test]
-async fn the_anonymous_rate_limit_is_one_limit_across_instances() {
+async fn the_anonymous_rate_limit_is_one_limit_across_instances_through_redis() {
     let prefix = unique_prefix();
-    let redis = redis_url();
+    let Some(redis) = redis_url() else { return };
     let app = spawn_app_with(&[
         ("UMS_REDIS_URL", redis.as_str()),
         ("UMS_REDIS_PREFIX", prefix.as_str()),
@@ -529,6 +538,9 @@ impl Drop for PrivateRedis {
 
 #[tokio::test]
 async fn redis_stopping_mid_test_causes_no_errors_and_is_reported() {
+    if redis_url().is_none() {
+        return;
+    }
     let mut redis = PrivateRedis::start();
     let url = format!("redis://127.0.0.1:{}", redis.port);
     let app = spawn_app_with(&[

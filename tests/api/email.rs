@@ -621,3 +621,94 @@ async fn two_instances_never_send_the_same_email_twice() {
         15
     );
 }
+
+/// Security review, item 1: a pending email change must not survive account recovery.
+#[tokio::test]
+async fn a_credential_event_voids_every_emailed_link_issued_before_it() {
+    let app = spawn_app().await;
+    app.register("alice", "alice@lab.org").await;
+    // An attacker who knows the password asks to move the account to their own address...
+    let attacker = app.login("alice").await;
+    let response = app
+        .post(
+            "/api/auth/change-email",
+            &json!({"new_email": "mallory@evil.example", "password": PASSWORD}),
+            Some(&attacker.access),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let hijack = app
+        .smtp
+        .wait_for("mallory@evil.example", "Verify your email address")
+        .await;
+    // ...and the owner recovers the account by a reset.
+    app.post(
+        "/api/auth/forgot-password",
+        &json!({"email": "alice@lab.org"}),
+        None,
+    )
+    .await;
+    let reset = app
+        .smtp
+        .wait_for("alice@lab.org", "Reset your password")
+        .await;
+    let response = app
+        .post(
+            "/api/auth/reset-password",
+            &json!({"token": reset.token(), "new_password": NEW_PASSWORD}),
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let response = app
+        .post(
+            "/api/auth/verify-email",
+            &json!({"token": hijack.token()}),
+            None,
+        )
+        .await;
+    assert_problem(response, StatusCode::BAD_REQUEST).await;
+    assert_eq!(
+        app.text("SELECT email FROM users WHERE username = 'alice'")
+            .await
+            .as_deref(),
+        Some("alice@lab.org")
+    );
+    assert!(app.audit_events("auth.email_changed").await.is_empty());
+
+    // The same holds for a reset link outstanding when the password is changed.
+    app.clock.advance(Duration::from_secs(3600));
+    app.post(
+        "/api/auth/forgot-password",
+        &json!({"email": "alice@lab.org"}),
+        None,
+    )
+    .await;
+    let stale_reset = app
+        .smtp
+        .wait_for_nth("alice@lab.org", "Reset your password", 2)
+        .await;
+    let owner: Value = app
+        .login_response("alice", NEW_PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let response = app
+        .post(
+            "/api/auth/change-password",
+            &json!({"current_password": NEW_PASSWORD, "new_password": "yet another passphrase"}),
+            owner["access_token"].as_str(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = app
+        .post(
+            "/api/auth/reset-password",
+            &json!({"token": stale_reset.token(), "new_password": "the attacker's choice"}),
+            None,
+        )
+        .await;
+    assert_problem(response, StatusCode::BAD_REQUEST).await;
+}

@@ -150,7 +150,19 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     for (name, value) in extra {
         vars.insert(name.to_string(), value.to_string());
     }
-    launch(vars, database, smtp, Clock::manual()).await
+    launch(vars, database, smtp, Clock::manual_at(test_start())).await
+}
+
+/// The moment every test's clock starts at: `UMS_TEST_NOW` (RFC 3339) when set, so the whole
+/// suite can be run on a chosen date (`.ci/run` runs it on the hard ones: month ends, leap
+/// days, the last second of a year), else the current time.
+pub fn test_start() -> i64 {
+    match std::env::var("UMS_TEST_NOW") {
+        Ok(value) if !value.is_empty() => chrono::DateTime::parse_from_rfc3339(&value)
+            .unwrap_or_else(|error| panic!("UMS_TEST_NOW={value} is not RFC 3339: {error}"))
+            .timestamp_millis(),
+        _ => chrono::Utc::now().timestamp_millis(),
+    }
 }
 
 /// A second instance on the same database and SMTP server as `app` (its own sink handle

@@ -247,10 +247,9 @@ impl Server {
     /// Sends SIGTERM and waits (without blocking the runtime) for the process to exit.
     async fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
         let started = std::time::Instant::now();
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
+        // SAFETY: signals a child process of ours that has not been reaped.
+        let sent = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(sent, 0, "SIGTERM could not be sent");
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return (status, started.elapsed());

@@ -340,7 +340,7 @@ async fn an_existing_trail_survives_the_upgrade_to_monthly_partitions() {
     ums::store::migrate_to(&store, 3).await.unwrap();
     // Events of two months, written by the schema before partitioning.
     let day = 86_400_000;
-    let start = ums::audit::archive::month_start(chrono::Utc::now().timestamp_millis()) - 40 * day;
+    let start = ums::audit::archive::month_start(crate::helpers::test_start()) - 40 * day;
     let mut transaction = store.begin().await.unwrap();
     for index in 0..50 {
         let event = ums::audit::Event::new(ums::audit::Action::Login, start + index * day)
@@ -349,7 +349,7 @@ async fn an_existing_trail_survives_the_upgrade_to_monthly_partitions() {
     }
     transaction.commit().await.unwrap();
 
-    assert_eq!(ums::store::migrate(&store).await.unwrap(), [4]);
+    assert_eq!(ums::store::migrate(&store).await.unwrap(), [4, 5]);
     let mut connection = store.read().await.unwrap();
     let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_logs")
         .fetch_one(&mut *connection)
@@ -357,14 +357,37 @@ async fn an_existing_trail_survives_the_upgrade_to_monthly_partitions() {
         .unwrap();
     assert_eq!(count, 50);
     if store.backend() == ums::store::Backend::Postgres {
-        // Two or three months of events, the next month, and the default partition.
-        let partitions: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM pg_inherits WHERE inhparent = 'audit_logs'::regclass",
+        // A partition for each month with events, for the database's current month and the
+        // next (the migration prepares them), and the default partition.
+        let month = |millis: i64| {
+            chrono::DateTime::from_timestamp_millis(millis)
+                .unwrap()
+                .format("audit_logs_%Y_%m")
+                .to_string()
+        };
+        let database_now: i64 =
+            sqlx::query_scalar("SELECT (extract(epoch FROM now()) * 1000)::BIGINT")
+                .fetch_one(&mut *connection)
+                .await
+                .unwrap();
+        let mut expected: std::collections::BTreeSet<String> =
+            (0..50).map(|index| month(start + index * day)).collect();
+        expected.insert(month(database_now));
+        expected.insert(month(
+            ums::audit::archive::month_start(database_now) + 32 * day,
+        ));
+        expected.insert("audit_logs_default".into());
+        let partitions: std::collections::BTreeSet<String> = sqlx::query_scalar(
+            "SELECT child.relname::TEXT FROM pg_inherits \
+             JOIN pg_class child ON child.oid = pg_inherits.inhrelid \
+             WHERE pg_inherits.inhparent = 'audit_logs'::regclass",
         )
-        .fetch_one(&mut *connection)
+        .fetch_all(&mut *connection)
         .await
-        .unwrap();
-        assert!((4..=6).contains(&partitions), "{partitions} partitions");
+        .unwrap()
+        .into_iter()
+        .collect();
+        assert_eq!(partitions, expected);
         let in_default: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_logs_default")
             .fetch_one(&mut *connection)
             .await
@@ -378,10 +401,7 @@ async fn an_existing_trail_survives_the_upgrade_to_monthly_partitions() {
     let mut transaction = store.begin().await.unwrap();
     ums::audit::record(
         &mut transaction,
-        ums::audit::Event::new(
-            ums::audit::Action::Logout,
-            chrono::Utc::now().timestamp_millis(),
-        ),
+        ums::audit::Event::new(ums::audit::Action::Logout, start + 50 * day),
     )
     .await
     .unwrap();
