@@ -61,6 +61,38 @@ pub struct VerifyEmailRequest {
 
 const INVALID_LINK: &str = "The link is unknown, already used or expired.";
 
+/// At most one link email of a kind to an address in this long: asking again sooner sends
+/// nothing, and the link already sent stays usable. Forty requests are not forty emails.
+pub const RESEND_INTERVAL: Millis = 5 * 60_000;
+
+/// Whether a live link of `table` went to this account (and address) within the resend
+/// interval.
+async fn sent_recently(
+    connection: &mut Connection,
+    table: &str,
+    user_id: i64,
+    email: Option<&str>,
+    now: Millis,
+) -> Result<bool, AppError> {
+    let email_clause = if email.is_some() {
+        "AND link.email = $3"
+    } else {
+        "AND $3 = ''"
+    };
+    let sql = format!(
+        "SELECT COUNT(*) FROM {table} link \
+         JOIN users ON users.id = link.user_id AND users.credential_stamp = link.credential_stamp \
+         WHERE link.user_id = $1 AND link.used_at IS NULL AND link.created_at > $2 {email_clause}"
+    );
+    let count: i64 = sqlx::query_scalar(&sql)
+        .bind(user_id)
+        .bind(now - RESEND_INTERVAL)
+        .bind(email.unwrap_or_default())
+        .fetch_one(&mut *connection)
+        .await?;
+    Ok(count > 0)
+}
+
 fn hours(duration: std::time::Duration) -> u64 {
     duration.as_secs().div_ceil(3600)
 }
@@ -126,6 +158,27 @@ pub async fn forgot_password(
     // Both paths write one audit event in one transaction, so they cost about the same.
     let event = Event::new(Action::PasswordResetRequested, now).origin(origin);
     match &user {
+        Some(user)
+            if sent_recently(
+                &mut transaction,
+                "password_reset_tokens",
+                user.id,
+                None,
+                now,
+            )
+            .await? =>
+        {
+            audit::record(
+                &mut transaction,
+                event
+                    .actor(Some(user.id))
+                    .resource("user", user.id)
+                    .details(
+                        json!({"email_sent": false, "reason": "a reset link was sent minutes ago"}),
+                    ),
+            )
+            .await?;
+        }
         Some(user) => {
             sqlx::query("UPDATE password_reset_tokens SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL")
                 .bind(user.id)
@@ -431,21 +484,31 @@ pub async fn change_email(
             "a user with this email already exists",
         ));
     }
-    send_verification(
+    let resend = sent_recently(
         &mut transaction,
-        state,
-        user,
-        email.as_str(),
-        EmailKind::VerifyEmail,
+        "email_verification_tokens",
+        user.id,
+        Some(email.as_str()),
         now,
     )
     .await?;
+    if !resend {
+        send_verification(
+            &mut transaction,
+            state,
+            user,
+            email.as_str(),
+            EmailKind::VerifyEmail,
+            now,
+        )
+        .await?;
+    }
     audit::record(
         &mut transaction,
         Event::new(Action::EmailChangeRequested, now)
             .actor(Some(user.id))
             .resource("user", user.id)
-            .details(json!({"new_email": email.as_str()}))
+            .details(json!({"new_email": email.as_str(), "email_sent": !resend}))
             .origin(origin),
     )
     .await?;

@@ -59,9 +59,13 @@ pub fn client_address(
         })
 }
 
-/// Claims of an access token already verified by the rate limiter for this request.
+/// An access token verified by the rate limiter for this request, and the account of its
+/// live session.
 #[derive(Debug, Clone)]
-pub struct VerifiedAccess(pub Claims);
+pub struct VerifiedAccess {
+    pub claims: Claims,
+    pub user: User,
+}
 
 /// The bearer token of the `Authorization` header, if any.
 pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
@@ -85,13 +89,16 @@ impl FromRequestParts<AppState> for AuthUser {
         let token =
             bearer_token(&parts.headers).ok_or(AppError::Unauthorized("Missing bearer token."))?;
         let now = state.now();
-        let claims = match parts.extensions.get::<VerifiedAccess>() {
-            Some(VerifiedAccess(claims)) => claims.clone(),
-            None => verify_access_token(state, token, now).await?,
+        let (claims, user) = match parts.extensions.get::<VerifiedAccess>().cloned() {
+            Some(VerifiedAccess { claims, user }) => (claims, user),
+            None => {
+                let claims = verify_access_token(state, token, now).await?;
+                let user = crate::auth::sessions::live_session_user(state, &claims, now)
+                    .await?
+                    .ok_or(AppError::Unauthorized("The session has ended."))?;
+                (claims, user)
+            }
         };
-        let user = crate::auth::sessions::live_session_user(state, &claims, now)
-            .await?
-            .ok_or(AppError::Unauthorized("The session has ended."))?;
         if let Some(slot) = parts
             .extensions
             .get::<crate::http::middleware::RequestUser>()

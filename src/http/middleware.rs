@@ -217,31 +217,38 @@ pub async fn rate_limit(
     }
     let now = state.now();
     let config = &state.config;
+    // Only a live session counts as signed in: a revoked session's token, however well
+    // signed, is limited as an anonymous caller. The account read here is handed on, so
+    // `AuthUser` neither verifies the token nor reads the session again.
     let claims = crate::http::extract::bearer_token(request.headers()).and_then(|token| {
         state
             .keys
             .verify(token, crate::auth::tokens::TokenType::Access, now)
             .ok()
     });
-    let refusal = match claims {
-        Some(claims) => {
-            let user_key = format!("user:{}", claims.sub);
-            let session_key = format!("session:{}", claims.sid);
+    let verified = match claims {
+        Some(claims) => crate::auth::sessions::live_session_user(&state, &claims, now)
+            .await
+            .ok()
+            .flatten()
+            .map(|user| crate::http::extract::VerifiedAccess { claims, user }),
+        None => None,
+    };
+    let refusal = match &verified {
+        Some(verified) => {
+            let user_key = format!("user:{}", verified.claims.sub);
+            let session_key = format!("session:{}", verified.claims.sid);
             let hits = state
                 .limiter
                 .hits(&[(&user_key, 60_000), (&session_key, 1000)], now)
                 .await;
             let (user, session) = (hits[0], hits[1]);
-            let refusal = if user.count > i64::from(config.rate_limit_per_minute) {
+            if user.count > i64::from(config.rate_limit_per_minute) {
                 Some(("user", user.window_ends))
             } else {
                 (session.count > i64::from(config.session_rate_per_second))
                     .then_some(("session", session.window_ends))
-            };
-            request
-                .extensions_mut()
-                .insert(crate::http::extract::VerifiedAccess(claims));
-            refusal
+            }
         }
         None => {
             let ip = crate::security::limit_key_of(
@@ -257,6 +264,9 @@ pub async fn rate_limit(
                 .then_some(("ip", hit.window_ends))
         }
     };
+    if let Some(verified) = verified {
+        request.extensions_mut().insert(verified);
+    }
     if let Some((scope, window_ends)) = refusal {
         metrics::counter!("ums_rate_limited_total", "scope" => scope).increment(1);
         return AppError::TooManyRequests {

@@ -10,6 +10,7 @@ mod isolation;
 mod labs;
 mod operations;
 mod platform;
+mod review;
 mod smtp;
 mod tokens;
 mod users;

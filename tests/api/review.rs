@@ -1,0 +1,446 @@
+//! Regressions of the security review (issue 14): each test failed on the code the review
+//! attacked. Item numbers are the review's.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{PASSWORD, TestApp, assert_problem, spawn_app, spawn_app_with};
+
+/// A login through the trusted proxy at 127.0.0.1 with the given forwarding header lines.
+async fn login_through_proxy(
+    app: &TestApp,
+    header: &str,
+    lines: &[&str],
+    username: &str,
+    password: &str,
+) -> reqwest::Response {
+    let mut request = app.client.post(app.url("/api/auth/login"));
+    for line in lines {
+        request = request.header(header, *line);
+    }
+    request
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Item 2: a client's own `X-Forwarded-For` line in front of the proxy's does not choose
+/// its address, for blocks or for the audit trail.
+#[tokio::test]
+async fn a_forged_forwarding_line_does_not_choose_the_client_address() {
+    let app = spawn_app_with(&[
+        ("UMS_TRUSTED_PROXIES", "127.0.0.1"),
+        ("UMS_IP_BLOCK_THRESHOLD", "5"),
+    ])
+    .await;
+    app.register("alice", "alice@lab.org").await;
+    let mut statuses = Vec::new();
+    for attempt in 0..7 {
+        let forged = format!("10.9.{attempt}.1");
+        let response = login_through_proxy(
+            &app,
+            "x-forwarded-for",
+            &[forged.as_str(), "198.51.100.20"],
+            &format!("guess{attempt}"),
+            "wrong password",
+        )
+        .await;
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429]);
+    let failures = app.audit_events("auth.login_failed").await;
+    assert_eq!(failures.len(), 5);
+    assert!(
+        failures
+            .iter()
+            .all(|event| event["actor_ip"] == "198.51.100.20"),
+        "{failures:?}"
+    );
+}
+
+/// Item 2: the standard `Forwarded` header, read when the proxies are said to write it, and
+/// IPv6 clients blocked by their /64.
+#[tokio::test]
+async fn the_forwarded_header_is_read_and_ipv6_clients_are_blocked_by_their_64() {
+    let app = spawn_app_with(&[
+        ("UMS_TRUSTED_PROXIES", "127.0.0.1"),
+        ("UMS_PROXY_HEADER", "forwarded"),
+        ("UMS_IP_BLOCK_THRESHOLD", "3"),
+    ])
+    .await;
+    app.register("alice", "alice@lab.org").await;
+    for host in 1..=3 {
+        let line = format!("for=\"[2001:db8:5:6::{host}]:4711\";proto=https");
+        let response = login_through_proxy(
+            &app,
+            "forwarded",
+            &[line.as_str()],
+            "alice",
+            "wrong password",
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    // Another address of the same /64 is blocked too; one of another /64 is not.
+    let same_block = login_through_proxy(
+        &app,
+        "forwarded",
+        &["for=\"[2001:db8:5:6:ffff::9]\""],
+        "alice",
+        PASSWORD,
+    )
+    .await;
+    assert_eq!(same_block.status(), StatusCode::TOO_MANY_REQUESTS);
+    let other_block = login_through_proxy(
+        &app,
+        "forwarded",
+        &["for=\"[2001:db8:5:7::1]\""],
+        "alice",
+        PASSWORD,
+    )
+    .await;
+    assert_eq!(other_block.status(), StatusCode::OK);
+    let failure = &app.audit_events("auth.login_failed").await[0];
+    assert_eq!(failure["actor_ip"], "2001:db8:5:6::1");
+    let block = &app.audit_events("security.ip_blocked").await[0];
+    assert_eq!(block["resource_id"], "2001:db8:5:6::/64");
+}
+
+/// Item 3: cells a spreadsheet would run as formulas are neutralised in the CSV export.
+#[tokio::test]
+async fn the_csv_export_neutralises_formulas() {
+    let app = spawn_app().await;
+    let admin = app.admin("root").await;
+    app.register("alice", "alice@lab.org").await;
+    let response = app
+        .client
+        .post(app.url("/api/auth/login"))
+        .header("user-agent", "=HYPERLINK(\"https://evil.example\",\"x\")")
+        .header("x-request-id", "@SUM(1+1)")
+        .json(&json!({"username": "alice", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let csv = app
+        .get(
+            "/api/audit-logs?format=csv&action=auth.login",
+            Some(&admin.access),
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    let alice_line = csv
+        .lines()
+        .find(|line| line.contains("HYPERLINK"))
+        .expect("alice's login");
+    assert!(
+        alice_line.contains("\"'=HYPERLINK(\"\"https://evil.example\"\",\"\"x\"\")\""),
+        "{alice_line}"
+    );
+    assert!(alice_line.contains(",'@SUM(1+1)"), "{alice_line}");
+    assert!(!csv.contains(",=") && !csv.contains(",@"), "{csv}");
+}
+
+/// Item 4: the id of a deleted user (or lab) is never handed out again.
+#[tokio::test]
+async fn ids_of_deleted_users_and_labs_are_never_reused() {
+    let app = spawn_app().await;
+    let admin = app.admin("root").await;
+    let (bob, _) = app.user("bob").await;
+    assert_eq!(
+        app.delete(&format!("/api/users/{bob}"), Some(&admin.access))
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    let (carol, _) = app.user("carol").await;
+    assert!(carol > bob, "carol got id {carol}, bob had {bob}");
+    let carol_events: Vec<Value> = app
+        .get(
+            &format!("/api/audit-logs?user_id={carol}"),
+            Some(&admin.access),
+        )
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        carol_events
+            .iter()
+            .all(|event| !event.to_string().contains("bob")),
+        "carol inherited bob's history: {carol_events:?}"
+    );
+
+    let lab = app.create_lab(&admin.access, "GEN").await;
+    assert_eq!(
+        app.delete(&format!("/api/labs/{lab}"), Some(&admin.access))
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert!(app.create_lab(&admin.access, "BIO").await > lab);
+}
+
+/// Item 13: only JSON is read, one value of it, and a refused body changes nothing.
+#[tokio::test]
+async fn bodies_must_be_one_json_value_sent_as_json() {
+    let app = spawn_app().await;
+    let body = json!({"username": "alice", "email": "alice@lab.org", "password": PASSWORD});
+    for content_type in [
+        Some("text/plain"),
+        None,
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let mut request = app
+            .client
+            .post(app.url("/api/auth/register"))
+            .body(body.to_string());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let problem = assert_problem(
+            request.send().await.unwrap(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        )
+        .await;
+        assert_eq!(problem["status"], 415);
+    }
+    let twice = format!("{body}{body}");
+    for payload in [twice.as_str(), &format!("{body} trailing")] {
+        let response = app
+            .client
+            .post(app.url("/api/auth/register"))
+            .header("content-type", "application/json; charset=utf-8")
+            .body(payload.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_problem(response, StatusCode::BAD_REQUEST).await;
+    }
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM users").await, 0);
+    assert_eq!(app.smtp.messages().len(), 0);
+}
+
+/// Item 14: every missing or invalid field is named at once.
+#[tokio::test]
+async fn every_bad_field_is_named_at_once() {
+    let app = spawn_app().await;
+    let problem = assert_problem(
+        app.post("/api/auth/register", &json!({}), None).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    let mut fields: Vec<&str> = problem["errors"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort();
+    assert_eq!(fields, ["email", "password", "username"], "{problem}");
+
+    let problem = assert_problem(
+        app.post(
+            "/api/auth/register",
+            &json!({"username": 7, "email": "alice@lab.org", "password": true, "extra": 1}),
+            None,
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    let errors = &problem["errors"];
+    assert!(errors["username"].is_array() && errors["password"].is_array());
+    assert_eq!(errors["extra"], json!(["unknown field"]));
+    assert!(errors.get("email").is_none(), "{problem}");
+}
+
+/// Item 15: a problem's `status` is the response's.
+#[tokio::test]
+async fn a_405_says_405_in_its_body() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .delete(app.url("/api/auth/login"))
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(response, StatusCode::METHOD_NOT_ALLOWED).await;
+    assert_eq!(problem["status"], 405);
+    assert_eq!(problem["code"], "method_not_allowed");
+}
+
+/// Item 16: control characters are refused as 400 before they reach a database (a NUL was
+/// a 500 on PostgreSQL).
+#[tokio::test]
+async fn control_characters_are_refused_before_the_database() {
+    let app = spawn_app().await;
+    let admin = app.admin("root").await;
+    let problem = assert_problem(
+        app.post(
+            "/api/auth/login",
+            &json!({"username": "al\u{0}ice", "password": PASSWORD}),
+            None,
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(problem["errors"]["username"].is_array(), "{problem}");
+    assert_problem(
+        app.post(
+            "/api/auth/forgot-password",
+            &json!({"email": "a\u{0}@lab.org"}),
+            None,
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    let problem = assert_problem(
+        app.get("/api/users?q=al%00ice", Some(&admin.access)).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(problem["errors"]["q"].is_array(), "{problem}");
+    assert_problem(
+        app.get("/api/audit-logs?action=a%1Bb", Some(&admin.access))
+            .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert_eq!(app.audit_events("auth.login_failed").await.len(), 0);
+}
+
+/// Item 17: connections the database ended (an operator's shutdown, a restart) are 503 with
+/// `Retry-After`, not 500.
+#[tokio::test]
+async fn connections_ended_by_the_database_are_503() {
+    let app = spawn_app().await;
+    if app.state.store.backend() != ums::store::Backend::Postgres {
+        return; // SQLite has no server to end a connection.
+    }
+    let (_, tokens) = app.user("alice").await;
+    // Fill the pool with open connections, then end them all from the server side.
+    let burst = futures_util::future::join_all(
+        (0..8).map(|_| app.get("/api/auth/me", Some(&tokens.access))),
+    )
+    .await;
+    assert!(
+        burst
+            .iter()
+            .all(|response| response.status() == StatusCode::OK)
+    );
+    app.execute(&["SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()"])
+        .await;
+    let statuses: Vec<u16> = futures_util::future::join_all(
+        (0..8).map(|_| app.get("/api/auth/me", Some(&tokens.access))),
+    )
+    .await
+    .iter()
+    .map(|response| response.status().as_u16())
+    .collect();
+    assert!(
+        statuses.iter().all(|status| [200, 503].contains(status)),
+        "{statuses:?}"
+    );
+}
+
+/// Item 8: a signed but revoked access token does not lift its bearer out of the anonymous
+/// per-IP limit.
+#[tokio::test]
+async fn a_revoked_token_is_limited_as_an_anonymous_caller() {
+    let app = spawn_app_with(&[("UMS_ANON_RATE_LIMIT_PER_MINUTE", "4")]).await;
+    let (_, tokens) = app.user("alice").await;
+    let logout = app
+        .post("/api/auth/logout", &json!({}), Some(&tokens.access))
+        .await;
+    assert_eq!(logout.status(), StatusCode::NO_CONTENT);
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(
+            app.get("/.well-known/jwks.json", Some(&tokens.access))
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    // Registration and login were two anonymous calls of the four this minute.
+    assert_eq!(statuses, [200, 200, 429, 429]);
+}
+
+/// Item 7: forty reset requests for one address are one email, and its link stays usable;
+/// the same for a repeated email change to one address.
+#[tokio::test]
+async fn repeated_link_requests_send_one_email_a_few_minutes() {
+    let app = spawn_app().await;
+    app.register("alice", "alice@lab.org").await;
+    for _ in 0..40 {
+        let response = app
+            .post(
+                "/api/auth/forgot-password",
+                &json!({"email": "alice@lab.org"}),
+                None,
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+    app.smtp
+        .wait_for("alice@lab.org", "Reset your password")
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let resets = |app: &TestApp| {
+        app.smtp
+            .messages_to("alice@lab.org")
+            .into_iter()
+            .filter(|message| message.subject.contains("Reset your password"))
+            .count()
+    };
+    assert_eq!(resets(&app), 1);
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM password_reset_tokens")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.audit_events("auth.password_reset_requested")
+            .await
+            .len(),
+        40
+    );
+    // Minutes later, another request sends another link.
+    app.clock.advance(std::time::Duration::from_secs(301));
+    app.post(
+        "/api/auth/forgot-password",
+        &json!({"email": "alice@lab.org"}),
+        None,
+    )
+    .await;
+    app.smtp
+        .wait_for_nth("alice@lab.org", "Reset your password", 2)
+        .await;
+
+    let tokens = app.login("alice").await;
+    for _ in 0..5 {
+        let response = app
+            .post(
+                "/api/auth/change-email",
+                &json!({"new_email": "new@lab.org", "password": PASSWORD}),
+                Some(&tokens.access),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+    app.smtp
+        .wait_for("new@lab.org", "Verify your email address")
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(app.smtp.messages_to("new@lab.org").len(), 1);
+}
