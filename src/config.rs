@@ -125,6 +125,11 @@ pub struct Config {
     pub stuffing_threshold: u32,
     pub stuffing_window: Duration,
     pub request_timeout: Duration,
+    /// Password hashes that may wait for a hashing thread; past it, 503 (`UMS_HASH_QUEUE_LIMIT`).
+    pub hash_queue_limit: usize,
+    /// Registrations and password-reset requests a client IP may make in an hour
+    /// (`UMS_ACCOUNT_REQUESTS_PER_HOUR`): each costs a password hash or an email.
+    pub account_requests_per_hour: u32,
 }
 
 /// A database URL whose password never reaches `Debug` output or logs.
@@ -395,6 +400,8 @@ impl Config {
             stuffing_threshold: number("UMS_STUFFING_THRESHOLD", 50)?,
             stuffing_window: duration("UMS_STUFFING_WINDOW", Duration::from_secs(300))?,
             request_timeout: duration("UMS_REQUEST_TIMEOUT", Duration::from_secs(30))?,
+            hash_queue_limit: number("UMS_HASH_QUEUE_LIMIT", 64)? as usize,
+            account_requests_per_hour: number("UMS_ACCOUNT_REQUESTS_PER_HOUR", 30)?,
         })
     }
 

@@ -180,6 +180,7 @@ async fn prepare_with_access_log(
     let hash_pool = crate::auth::hash_pool::HashPool::start(
         hasher.clone(),
         std::thread::available_parallelism().map_or(2, usize::from),
+        config.hash_queue_limit,
     )?;
     let limiter = Arc::new(crate::security::limits::Limiter::connect(&config).await);
     let state = AppState {

@@ -43,8 +43,11 @@ impl AppState {
     pub async fn hashing<T: Send + 'static>(
         &self,
         work: impl FnOnce(&PasswordHasherConfig) -> T + Send + 'static,
-    ) -> anyhow::Result<T> {
-        self.hash_pool.run(work).await
+    ) -> Result<T, AppError> {
+        self.hash_pool.run(work).await.map_err(|error| match error {
+            crate::auth::hash_pool::HashPoolError::Full => AppError::Unavailable,
+            stopped => AppError::Internal(stopped.into()),
+        })
     }
 
     /// Signs freshly issued tokens on the blocking pool: an RS256 signature takes about a

@@ -7,6 +7,10 @@
 //! no more hashes run at once than there are cores to run them. The working memory itself
 //! is kept per thread in `password.rs`; a thread that had no job for half a minute gives
 //! it back, so an idle service does not hold cores × 19 MiB.
+//!
+//! The queue is bounded: past `UMS_HASH_QUEUE_LIMIT` waiting jobs a new one is refused at
+//! once (the caller answers 503 with `Retry-After`) rather than queue CPU work for minutes.
+//! A job whose caller has gone (the client hung up) is dropped unrun.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -34,6 +38,16 @@ struct Queue {
 struct QueueState {
     jobs: VecDeque<Job>,
     open: bool,
+    limit: usize,
+}
+
+/// Why a job was not run.
+#[derive(Debug, thiserror::Error)]
+pub enum HashPoolError {
+    #[error("the password hashing queue is full")]
+    Full,
+    #[error("the hashing threads have stopped")]
+    Stopped,
 }
 
 impl Queue {
@@ -58,11 +72,16 @@ pub struct HashPool {
 }
 
 impl HashPool {
-    pub fn start(hasher: PasswordHasherConfig, threads: usize) -> anyhow::Result<Self> {
+    pub fn start(
+        hasher: PasswordHasherConfig,
+        threads: usize,
+        queue_limit: usize,
+    ) -> anyhow::Result<Self> {
         let queue = Arc::new(Queue {
             state: Mutex::new(QueueState {
                 jobs: VecDeque::new(),
                 open: true,
+                limit: queue_limit.max(1),
             }),
             work: Condvar::new(),
         });
@@ -82,20 +101,33 @@ impl HashPool {
     pub async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&PasswordHasherConfig) -> T + Send + 'static,
-    ) -> anyhow::Result<T> {
+    ) -> Result<T, HashPoolError> {
         let (done, result) = oneshot::channel();
         let queue = &self.handle.0;
         {
             let mut state = queue.lock();
             if !state.open {
-                anyhow::bail!("the hashing threads have stopped");
+                return Err(HashPoolError::Stopped);
+            }
+            if state.jobs.len() >= state.limit {
+                metrics::counter!("ums_password_hash_jobs_total", "outcome" => "refused")
+                    .increment(1);
+                return Err(HashPoolError::Full);
             }
             state.jobs.push_back(Box::new(move |hasher| {
+                // The caller went away while this waited (its client hung up): nobody
+                // would read the answer, so the CPU is not spent on it.
+                if done.is_closed() {
+                    metrics::counter!("ums_password_hash_jobs_total", "outcome" => "abandoned")
+                        .increment(1);
+                    return;
+                }
+                metrics::counter!("ums_password_hash_jobs_total", "outcome" => "run").increment(1);
                 let _ = done.send(work(hasher));
             }));
         }
         queue.work.notify_one();
-        Ok(result.await?)
+        result.await.map_err(|_| HashPoolError::Stopped)
     }
 }
 
@@ -135,7 +167,7 @@ mod tests {
             iterations: 1,
         })
         .unwrap();
-        let pool = HashPool::start(hasher, 2).unwrap();
+        let pool = HashPool::start(hasher, 2, 16).unwrap();
         let names = futures_util::future::join_all((0..8).map(|_| {
             pool.run(|_| {
                 std::thread::current()
@@ -152,5 +184,52 @@ mod tests {
                 .all(|name| name.as_ref().unwrap().starts_with(THREAD_PREFIX)),
             "{names:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once_and_an_abandoned_job_is_not_run() {
+        let hasher = PasswordHasherConfig::new(HashCost {
+            memory_kib: 8,
+            iterations: 1,
+        })
+        .unwrap();
+        let pool = HashPool::start(hasher, 1, 1).unwrap();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, running) = std::sync::mpsc::channel::<()>();
+        // The one thread is busy until released...
+        let busy = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                pool.run(move |_| {
+                    let _ = started.send(());
+                    held.recv().is_ok()
+                })
+                .await
+            }
+        });
+        while running.try_recv().is_err() {
+            tokio::task::yield_now().await;
+        }
+        // ...one job may wait, whose caller then gives up...
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let waiting = tokio::spawn({
+            let (pool, ran) = (pool.clone(), ran.clone());
+            async move {
+                pool.run(move |_| ran.store(true, std::sync::atomic::Ordering::SeqCst))
+                    .await
+            }
+        });
+        while pool.handle.0.lock().jobs.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // ...and the next is refused at once.
+        assert!(matches!(pool.run(|_| ()).await, Err(HashPoolError::Full)));
+        waiting.abort();
+        let _ = waiting.await;
+        release.send(()).unwrap();
+        assert!(busy.await.unwrap().unwrap());
+        // The queue drains; the abandoned job was skipped, not run.
+        assert!(pool.run(|_| ()).await.is_ok());
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
     }
 }

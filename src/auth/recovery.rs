@@ -150,6 +150,7 @@ pub async fn forgot_password(
     let Ok(email) = Email::parse(&request.email) else {
         return Err(AppError::field("email", "must be an email address"));
     };
+    crate::security::count_account_request(state, origin).await?;
     let now = state.now();
     let mut transaction = state.store.begin().await?;
     let user = user_store::find_by_login(&mut transaction, email.as_str())

@@ -114,6 +114,30 @@ pub async fn register(
     origin: &Origin,
 ) -> Result<UserView, AppError> {
     let fields = validate_registration(&request, state.config.password_min_length)?;
+    crate::security::count_account_request(state, origin).await?;
+    // A taken name or address is answered before any hashing: a duplicate costs no CPU. The
+    // insert below still checks, for two registrations racing for one name.
+    {
+        let mut connection = state.store.read().await?;
+        if user_store::find_by_username(&mut connection, fields.username.as_str())
+            .await?
+            .is_some()
+        {
+            return Err(AppError::conflict(
+                "username",
+                "a user with this username already exists",
+            ));
+        }
+        if user_store::find_by_login(&mut connection, fields.email.as_str())
+            .await?
+            .is_some_and(|user| user.email == fields.email.as_str())
+        {
+            return Err(AppError::conflict(
+                "email",
+                "a user with this email already exists",
+            ));
+        }
+    }
     let password = request.password;
     let password_hash = state
         .hashing(move |hasher| hasher.hash(&password))

@@ -59,6 +59,24 @@ pub async fn check_ip(state: &AppState, origin: &Origin) -> Result<(), AppError>
     }
 }
 
+/// Counts a registration or a password-reset request against the client's hourly budget of
+/// them: each costs a password hash or an email, so a client cannot turn them into a CPU or
+/// mail amplifier. Past the budget, 429 until the hour's window ends.
+pub async fn count_account_request(state: &AppState, origin: &Origin) -> Result<(), AppError> {
+    let now = state.now();
+    let hit = state
+        .limiter
+        .hit(&format!("account:{}", ip_key(origin)), 3_600_000, now)
+        .await;
+    if hit.count > i64::from(state.config.account_requests_per_hour) {
+        metrics::counter!("ums_rate_limited_total", "scope" => "account_requests").increment(1);
+        return Err(AppError::TooManyRequests {
+            retry_after_seconds: ((hit.window_ends - now).max(0) as u64).div_ceil(1000),
+        });
+    }
+    Ok(())
+}
+
 /// The counter of an IP's failed (and in-flight) credential checks.
 fn failure_key(ip: &str) -> String {
     format!("ipfail:{ip}")

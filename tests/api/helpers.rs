@@ -87,6 +87,7 @@ pub fn base_vars() -> HashMap<String, String> {
         ("UMS_SESSION_RATE_PER_SECOND", "1000000"),
         ("UMS_IP_BLOCK_THRESHOLD", "1000000"),
         ("UMS_STUFFING_THRESHOLD", "1000000"),
+        ("UMS_ACCOUNT_REQUESTS_PER_HOUR", "1000000"),
         ("UMS_LOGIN_DELAYS", "none"),
     ]
     .into_iter()

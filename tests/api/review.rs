@@ -444,3 +444,107 @@ async fn repeated_link_requests_send_one_email_a_few_minutes() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(app.smtp.messages_to("new@lab.org").len(), 1);
 }
+
+/// The value of a counter in `/metrics` (0 when absent).
+async fn metric(app: &TestApp, line_start: &str) -> f64 {
+    let text = app.get("/metrics", None).await.text().await.unwrap();
+    text.lines()
+        .filter(|line| line.starts_with(line_start))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Item 5: a duplicate registration costs no hash; the hash queue is bounded and sheds load
+/// with 503 and `Retry-After`; registrations and reset requests count against a per-IP
+/// budget.
+#[tokio::test]
+async fn registration_cannot_be_turned_into_a_cpu_or_mail_amplifier() {
+    let app = spawn_app_with(&[
+        ("UMS_HASH_QUEUE_LIMIT", "1"),
+        ("UMS_PASSWORD_HASH_MEMORY_KIB", "65536"),
+        ("UMS_PASSWORD_HASH_ITERATIONS", "2"),
+    ])
+    .await;
+    app.register("alice", "alice@lab.org").await;
+    let hashes = "ums_password_hash_jobs_total{outcome=\"run\"}";
+    let before = metric(&app, hashes).await;
+    for body in [
+        json!({"username": "ALICE", "email": "other@lab.org", "password": PASSWORD}),
+        json!({"username": "other", "email": "Alice@lab.org", "password": PASSWORD}),
+    ] {
+        assert_problem(
+            app.post("/api/auth/register", &body, None).await,
+            StatusCode::CONFLICT,
+        )
+        .await;
+    }
+    assert_eq!(metric(&app, hashes).await, before, "a duplicate was hashed");
+
+    // Twelve at once against two hashing threads and a queue of one: some are shed.
+    let bodies: Vec<Value> = (0..12)
+        .map(|index| json!({"username": format!("user{index}"), "email": format!("user{index}@lab.org"), "password": PASSWORD}))
+        .collect();
+    let responses = futures_util::future::join_all(
+        bodies
+            .iter()
+            .map(|body| app.post("/api/auth/register", body, None)),
+    )
+    .await;
+    let mut created = 0;
+    let mut shed = 0;
+    for response in responses {
+        match response.status() {
+            StatusCode::CREATED => created += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(response.headers().contains_key("retry-after"));
+                shed += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(shed > 0 && created > 0, "{created} created, {shed} shed");
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM users").await, 1 + created);
+
+    // The per-IP budget of registrations and reset requests.
+    let limited = spawn_app_with(&[("UMS_ACCOUNT_REQUESTS_PER_HOUR", "3")]).await;
+    let mut statuses = Vec::new();
+    for index in 0..2 {
+        statuses.push(
+            limited
+                .post(
+                    "/api/auth/register",
+                    &json!({"username": format!("person{index}"), "email": format!("u{index}@lab.org"), "password": PASSWORD}),
+                    None,
+                )
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    for _ in 0..2 {
+        statuses.push(
+            limited
+                .post(
+                    "/api/auth/forgot-password",
+                    &json!({"email": "u0@lab.org"}),
+                    None,
+                )
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [201, 201, 202, 429]);
+    limited.clock.advance(std::time::Duration::from_secs(3600));
+    assert_eq!(
+        limited
+            .post(
+                "/api/auth/forgot-password",
+                &json!({"email": "u0@lab.org"}),
+                None,
+            )
+            .await
+            .status(),
+        StatusCode::ACCEPTED
+    );
+}
