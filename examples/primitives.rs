@@ -116,6 +116,7 @@ fn time_all(config: &Config, hasher: &PasswordHasherConfig) -> anyhow::Result<()
         typ: TokenType::Access,
         sid: random_token(),
         is_admin: false,
+        aud: None,
     };
 
     let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)

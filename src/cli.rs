@@ -112,6 +112,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let clock = Clock::System;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
+            if config.secret_key.is_none() {
+                tracing::warn!(
+                    "UMS_SECRET_KEY is not set: signing keys, queued emails and second-factor \
+                     secrets are stored unencrypted, and the audit chain is keyed by a value \
+                     anyone with the database can read. Set it for any real deployment \
+                     (UMS_ENV=production refuses to start without it)."
+                );
+            }
             Application::build(config, clock)
                 .await?
                 .run_until_stopped()

@@ -90,6 +90,10 @@ pub struct Config {
     pub mail_from: String,
     pub jwt_algorithm: JwtAlgorithm,
     pub issuer: String,
+    /// `aud` of issued tokens, checked on every token verified (`UMS_JWT_AUDIENCE`).
+    pub jwt_audience: Option<String>,
+    /// `UMS_ENV=production` refuses to start without `UMS_SECRET_KEY`.
+    pub production: bool,
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
     pub reset_token_ttl: Duration,
@@ -298,6 +302,23 @@ impl Config {
             })?,
             None => ProxyHeader::XForwardedFor,
         };
+        let production = match get("UMS_ENV").map(|value| value.trim().to_lowercase()) {
+            None => false,
+            Some(value) if value == "production" => true,
+            Some(value) if matches!(value.as_str(), "development" | "test" | "staging") => false,
+            Some(value) => {
+                return Err(invalid(
+                    "UMS_ENV",
+                    format!("`{value}` is not production, staging, development or test"),
+                ));
+            }
+        };
+        if production && get("UMS_SECRET_KEY").is_none() {
+            return Err(invalid(
+                "UMS_SECRET_KEY",
+                "UMS_ENV=production needs a secret key: signing keys and second factors would be stored unencrypted",
+            ));
+        }
         let log_format = match get("UMS_LOG_FORMAT").as_deref() {
             None | Some("pretty") => LogFormat::Pretty,
             Some("json") => LogFormat::Json,
@@ -340,6 +361,8 @@ impl Config {
             redis_url,
             bind,
             issuer: public_url.clone(),
+            jwt_audience: get("UMS_JWT_AUDIENCE").map(|value| value.trim().to_string()),
+            production,
             public_url,
             smtp_url,
             mail_from,

@@ -152,7 +152,7 @@ async fn prepare_with_access_log(
     let keys = Keys::load_or_create(
         &store,
         config.jwt_algorithm,
-        config.issuer.clone(),
+        (config.issuer.clone(), config.jwt_audience.clone()),
         config.secret_key.clone(),
         config.refresh_token_ttl,
         clock.now(),

@@ -109,6 +109,7 @@ pub async fn issue_tokens(
         typ,
         sid: session_id.to_string(),
         is_admin: user.is_admin(),
+        aud: state.keys.audience().map(String::from),
     };
     let access = claims(TokenType::Access, now + access_ttl);
     let refresh = claims(TokenType::Refresh, refresh_expires_at);

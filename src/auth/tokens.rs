@@ -26,6 +26,9 @@ use crate::config::JwtAlgorithm;
 use crate::security::sealing::{seal, unseal};
 use crate::store::{Connection, Store};
 
+/// The shortest time between two key reloads caused by unknown `kid`s.
+const KID_RELOAD_INTERVAL: Millis = 10_000;
+
 /// 256 random bits, URL-safe: refresh-token ids, session ids, reset and verification tokens.
 pub fn random_token() -> String {
     let mut bytes = [0u8; 32];
@@ -55,6 +58,9 @@ pub struct Claims {
     pub typ: TokenType,
     pub sid: String,
     pub is_admin: bool,
+    /// The audience (`UMS_JWT_AUDIENCE`), when one is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
 }
 
 impl Claims {
@@ -93,6 +99,10 @@ struct KeyRing {
 pub struct Keys {
     ring: Arc<RwLock<KeyRing>>,
     issuer: String,
+    audience: Option<String>,
+    /// When an unknown `kid` last made this instance re-read the keys (milliseconds), so a
+    /// stream of tokens with made-up kids cannot turn every request into a key reload.
+    last_reload: Arc<std::sync::atomic::AtomicI64>,
     secret_key: Option<SecretString>,
     /// How long a retired key keeps verifying (the refresh-token lifetime).
     retirement: i64,
@@ -103,7 +113,7 @@ impl Keys {
     pub async fn load_or_create(
         store: &Store,
         algorithm: JwtAlgorithm,
-        issuer: String,
+        (issuer, audience): (String, Option<String>),
         secret_key: Option<SecretString>,
         retirement: std::time::Duration,
         now: Millis,
@@ -124,6 +134,8 @@ impl Keys {
         Ok(Keys {
             ring: Arc::new(RwLock::new(ring)),
             issuer,
+            audience,
+            last_reload: Arc::new(std::sync::atomic::AtomicI64::new(now)),
             secret_key,
             retirement,
         })
@@ -151,8 +163,36 @@ impl Keys {
         Ok(())
     }
 
+    /// Re-reads the keys for a token signed by a key this instance does not know (another
+    /// instance may have rotated), at most once in `KID_RELOAD_INTERVAL`; false when it was
+    /// too soon to try again.
+    pub async fn reload_for_unknown_kid(
+        &self,
+        store: &Store,
+        algorithm: JwtAlgorithm,
+        now: Millis,
+    ) -> anyhow::Result<bool> {
+        use std::sync::atomic::Ordering;
+        let last = self.last_reload.load(Ordering::Relaxed);
+        if now - last < KID_RELOAD_INTERVAL
+            || self
+                .last_reload
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return Ok(false);
+        }
+        metrics::counter!("ums_key_reloads_total", "cause" => "unknown_kid").increment(1);
+        self.reload(store, algorithm, now).await?;
+        Ok(true)
+    }
+
     pub fn issuer(&self) -> &str {
         &self.issuer
+    }
+
+    pub fn audience(&self) -> Option<&str> {
+        self.audience.as_deref()
     }
 
     pub fn jwks(&self) -> serde_json::Value {
@@ -192,7 +232,16 @@ impl Keys {
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.set_issuer(&[&self.issuer]);
-        validation.set_required_spec_claims(&["exp", "iss", "sub", "iat"]);
+        match &self.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                validation.set_required_spec_claims(&["exp", "iss", "sub", "iat", "aud"]);
+            }
+            None => {
+                validation.validate_aud = false;
+                validation.set_required_spec_claims(&["exp", "iss", "sub", "iat"]);
+            }
+        }
         let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
             .map_err(|_| TokenError::Invalid)?
             .claims;

@@ -112,10 +112,17 @@ impl FromRequestParts<AppState> for AuthUser {
 async fn verify_access_token(state: &AppState, token: &str, now: i64) -> Result<Claims, AppError> {
     match state.keys.verify(token, TokenType::Access, now) {
         Ok(claims) => Ok(claims),
-        // Another instance may have rotated keys since this one loaded them.
+        // Another instance may have rotated keys since this one loaded them; a made-up kid
+        // gets one reload in ten seconds, not one a request.
         Err(TokenError::UnknownKey) => {
             let algorithm = state.config.jwt_algorithm;
-            state.keys.reload(&state.store, algorithm, now).await?;
+            if !state
+                .keys
+                .reload_for_unknown_kid(&state.store, algorithm, now)
+                .await?
+            {
+                return Err(token_rejection(TokenError::UnknownKey));
+            }
             state
                 .keys
                 .verify(token, TokenType::Access, now)

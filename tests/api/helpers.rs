@@ -169,14 +169,17 @@ pub fn test_start() -> i64 {
 /// A second instance on the same database and SMTP server as `app` (its own sink handle
 /// receives nothing; read `app.smtp`).
 pub async fn spawn_second_instance(app: &TestApp) -> TestApp {
+    spawn_second_instance_with(app, &[]).await
+}
+
+/// A second instance as above, with some variables of its own.
+pub async fn spawn_second_instance_with(app: &TestApp, extra: &[(&str, &str)]) -> TestApp {
     let smtp = SmtpSink::start().await;
-    launch(
-        app.vars.clone(),
-        TestDatabase::Borrowed,
-        smtp,
-        app.clock.clone(),
-    )
-    .await
+    let mut vars = app.vars.clone();
+    for (name, value) in extra {
+        vars.insert(name.to_string(), value.to_string());
+    }
+    launch(vars, TestDatabase::Borrowed, smtp, app.clock.clone()).await
 }
 
 async fn launch(

@@ -548,3 +548,82 @@ async fn registration_cannot_be_turned_into_a_cpu_or_mail_amplifier() {
         StatusCode::ACCEPTED
     );
 }
+
+/// Item 12: tokens name their audience and are refused by a service of another audience.
+#[tokio::test]
+async fn tokens_carry_and_check_their_audience() {
+    let app = spawn_app_with(&[("UMS_JWT_AUDIENCE", "lab-portal")]).await;
+    let (_, tokens) = app.user("alice").await;
+    let (_, claims) = crate::helpers::jwt_parts(&tokens.access);
+    assert_eq!(claims["aud"], "lab-portal");
+    assert_eq!(
+        app.get("/api/auth/me", Some(&tokens.access)).await.status(),
+        StatusCode::OK
+    );
+    // Same database and keys, another audience: the signature is good, the audience is not.
+    let other =
+        crate::helpers::spawn_second_instance_with(&app, &[("UMS_JWT_AUDIENCE", "billing")]).await;
+    assert_problem(
+        other.get("/api/auth/me", Some(&tokens.access)).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+}
+
+/// Item 12: tokens naming a key nobody has cost one key reload in ten seconds, not one each.
+#[tokio::test]
+async fn made_up_key_ids_do_not_reload_the_keys_on_every_request() {
+    use base64::Engine;
+    let app = spawn_app().await;
+    let (_, tokens) = app.user("alice").await;
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut parts = tokens.access.split('.');
+    let (header, body, signature) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    let mut header: Value = serde_json::from_slice(&engine.decode(header).unwrap()).unwrap();
+    let reloads = "ums_key_reloads_total";
+    let before = metric(&app, reloads).await;
+    app.clock.advance(std::time::Duration::from_secs(11));
+    for index in 0..20 {
+        header["kid"] = json!(format!("made-up-{index}"));
+        let forged = format!("{}.{body}.{signature}", engine.encode(header.to_string()));
+        assert_problem(
+            app.get("/api/users", Some(&forged)).await,
+            StatusCode::UNAUTHORIZED,
+        )
+        .await;
+    }
+    assert_eq!(metric(&app, reloads).await - before, 1.0);
+}
+
+/// Item 12: a production deployment without a secret key does not start.
+#[test]
+fn production_refuses_to_start_without_a_secret_key() {
+    let directory = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ums"))
+        .env_clear()
+        .current_dir(directory.path())
+        .env("UMS_ENV", "production")
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("UMS_SECRET_KEY"), "{stderr}");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ums"))
+        .env_clear()
+        .current_dir(directory.path())
+        .env("UMS_ENV", "production")
+        .env("UMS_SECRET_KEY", "a long random secret for this test")
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -365,7 +365,7 @@ async fn signing_keys_are_encrypted_at_rest_with_a_secret_key() {
         .text("SELECT private_key FROM signing_keys")
         .await
         .unwrap();
-    assert!(stored.starts_with("aes256gcm:"));
+    assert!(stored.starts_with("aes256gcm-v2:"));
     app.register("alice", "alice@lab.org").await;
     let tokens = app.login("alice").await;
     assert_eq!(
