@@ -154,7 +154,9 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
         if let AppError::Internal(cause) = &self {
-            tracing::error!(error = ?cause, "request failed");
+            // One line: the cause chain, never a backtrace (`{:?}` of an anyhow error prints
+            // one when RUST_BACKTRACE is set). The request span adds the request id.
+            tracing::error!(error = %format!("{cause:#}"), "request failed");
         }
         let errors = match &self {
             AppError::Validation(errors) => Some(errors.clone()),

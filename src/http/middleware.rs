@@ -26,7 +26,10 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
         .map(String::from)
         .unwrap_or_else(|| crate::auth::tokens::random_token()[..22].to_string());
     request.extensions_mut().insert(RequestId(id.clone()));
-    let mut response = next.run(request).await;
+    // Every line logged while serving the request carries its id, so a failure joins its
+    // access-log line.
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID.clone(), value);
     }

@@ -486,3 +486,70 @@ fn the_env_example_lists_every_variable() {
     }
     assert!(missing.is_empty(), ".env.example lacks {missing:?}");
 }
+
+/// Security review, item 19: a 5xx is one log line with its cause chain and its request id,
+/// not a backtrace of several kilobytes, even with RUST_BACKTRACE set.
+#[tokio::test]
+async fn a_failure_is_logged_as_one_line_with_its_cause_and_request_id() {
+    let mut vars = crate::helpers::base_vars();
+    let _database = crate::helpers::fresh_database(&mut vars).await;
+    vars.insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
+    vars.insert("RUST_BACKTRACE".into(), "1".into());
+    let mut server = Server::start(vars);
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", server.address);
+    client
+        .post(url("/api/auth/register"))
+        .json(&json!({"username": "alice", "email": "alice@lab.org", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let login: Value = client
+        .post(url("/api/auth/login"))
+        .json(&json!({"username": "alice", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // Break the database under the running service.
+    let config = ums::config::Config::from_lookup(|name| server.vars.get(name).cloned()).unwrap();
+    let store = ums::store::Store::connect(&config).await.unwrap();
+    let mut transaction = store.begin().await.unwrap();
+    sqlx::query("DROP TABLE lab_memberships")
+        .execute(&mut *transaction)
+        .await
+        .unwrap();
+    transaction.commit().await.unwrap();
+    store.close().await;
+    let response = client
+        .get(url("/api/auth/me"))
+        .bearer_auth(login["access_token"].as_str().unwrap())
+        .header("x-request-id", "failing-request-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = response.text().await.unwrap();
+    assert!(!body.contains("lab_memberships"), "{body}");
+    server.terminate().await;
+    let log = server.log.lock().unwrap().clone();
+    let failures: Vec<&String> = log
+        .iter()
+        .filter(|line| line.contains("request failed"))
+        .collect();
+    assert_eq!(failures.len(), 1, "{log:#?}");
+    let line = failures[0];
+    let entry: Value = serde_json::from_str(line).expect("one JSON line");
+    assert_eq!(entry["span"]["request_id"], "failing-request-1", "{line}");
+    assert!(
+        entry["error"].as_str().unwrap().contains("lab_memberships"),
+        "{line}"
+    );
+    assert!(line.len() < 1500, "{} bytes: {line}", line.len());
+    assert!(
+        !line.contains("backtrace") && !line.contains(".rs:"),
+        "{line}"
+    );
+}
