@@ -186,10 +186,25 @@ impl Outbox {
         extra: Value,
         now: Millis,
     ) -> Result<(), AppError> {
+        // Mail to an address nobody has proven theirs (a registration, a new address) carries
+        // no text its requester chose: whoever typed the address could be writing to a
+        // stranger, and a name like "URGENT: sign in at https://…" would arrive under our
+        // name.
+        let proven = user.email_verified != 0 && user.email.eq_ignore_ascii_case(recipient);
+        let (name, username) = if proven {
+            let name = if user.first_name.is_empty() {
+                &user.username
+            } else {
+                &user.first_name
+            };
+            (name.clone(), user.username.clone())
+        } else {
+            (String::new(), String::new())
+        };
         let mut context = json!({
             "service": "UMS",
-            "name": if user.first_name.is_empty() { user.username.clone() } else { user.first_name.clone() },
-            "username": user.username,
+            "name": name,
+            "username": username,
             "recipient": recipient,
             "forgot_link": self.forgot_password_link(),
             "when": crate::clock::to_rfc3339(now),

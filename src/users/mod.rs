@@ -80,7 +80,31 @@ pub fn parse_name(value: &str) -> Result<String, &'static str> {
     if value.chars().any(char::is_control) {
         return Err("must not contain control characters");
     }
+    if value.chars().any(is_invisible_format_character) {
+        return Err("must not contain invisible or direction-changing characters");
+    }
+    if looks_like_a_link(value) {
+        return Err("must not contain a web address, an email address or markup");
+    }
     Ok(value.to_string())
+}
+
+/// Characters that change how the text around them is shown without being seen: the bidi
+/// embeddings, overrides and isolates (U+202E turns "moc.live" into "evil.com"), zero-width
+/// joiners and marks, the byte-order mark.
+fn is_invisible_format_character(c: char) -> bool {
+    matches!(c,
+        '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}'
+        | '\u{061C}' | '\u{FEFF}')
+}
+
+/// A name is shown in emails and pages: it must not smuggle in something a reader would
+/// follow (a URL, an address) or a tag.
+fn looks_like_a_link(value: &str) -> bool {
+    let lower = value.to_lowercase();
+    ["://", "www.", "@", "/", "\\", "<", ">"]
+        .iter()
+        .any(|marker| lower.contains(marker))
 }
 
 /// The account as stored. `password_hash` never leaves this crate: `UserView` is what is
@@ -196,6 +220,23 @@ pub struct UserWithLabs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_carry_no_links_markup_or_direction_tricks() {
+        for name in ["Zoë", "O'Brien", "Jean-Luc", "St. John", "José María", "李"] {
+            assert!(parse_name(name).is_ok(), "{name}");
+        }
+        for name in [
+            "team. URGENT: sign in at https://evil.example/login",
+            "www.evil.example",
+            "help@evil.example",
+            "<b>Admin</b>",
+            "alice\u{202E}moc.live",
+            "zero\u{200B}width",
+        ] {
+            assert!(parse_name(name).is_err(), "{name:?}");
+        }
+    }
 
     #[test]
     fn usernames_follow_the_contract() {

@@ -627,3 +627,61 @@ fn production_refuses_to_start_without_a_secret_key() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Item 10: mail to an address nobody has proven carries no text its requester chose, and
+/// names cannot carry links or direction overrides.
+#[tokio::test]
+async fn mail_to_an_unproven_address_carries_no_chosen_text() {
+    let app = spawn_app().await;
+    let problem = assert_problem(
+        app.post(
+            "/api/auth/register",
+            &json!({"username": "team", "email": "victim@lab.org", "password": PASSWORD,
+                    "first_name": "URGENT: sign in at https://evil.example/login",
+                    "last_name": "\u{202E}nimda"}),
+            None,
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(
+        problem["errors"]["first_name"].is_array() && problem["errors"]["last_name"].is_array()
+    );
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM users").await, 0);
+
+    app.post(
+        "/api/auth/register",
+        &json!({"username": "URGENT-call-555-0100", "email": "victim@lab.org",
+                "password": PASSWORD, "first_name": "Wire the money today"}),
+        None,
+    )
+    .await;
+    let welcome = app.smtp.wait_for("victim@lab.org", "Welcome").await;
+    for part in [&welcome.text, &welcome.html] {
+        assert!(!part.contains("URGENT") && !part.contains("Wire"), "{part}");
+    }
+    assert!(welcome.text.starts_with("Hello,"), "{}", welcome.text);
+    // Once the address is proven, the account's own names are used again.
+    app.post(
+        "/api/auth/verify-email",
+        &json!({"token": welcome.token()}),
+        None,
+    )
+    .await;
+    app.post(
+        "/api/auth/forgot-password",
+        &json!({"email": "victim@lab.org"}),
+        None,
+    )
+    .await;
+    let reset = app
+        .smtp
+        .wait_for("victim@lab.org", "Reset your password")
+        .await;
+    assert!(
+        reset.text.contains("Hello Wire the money today,"),
+        "{}",
+        reset.text
+    );
+}
