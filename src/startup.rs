@@ -182,7 +182,7 @@ async fn prepare_with_access_log(
         std::thread::available_parallelism().map_or(2, usize::from),
         config.hash_queue_limit,
     )?;
-    let limiter = Arc::new(crate::security::limits::Limiter::connect(&config).await);
+    let limiter = crate::security::limits::Limiter::connect(&config).await;
     let state = AppState {
         config: Arc::new(config),
         store,

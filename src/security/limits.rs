@@ -3,12 +3,14 @@
 //! In memory by default; with `UMS_REDIS_URL` they live in Redis, so instances behind one
 //! load balancer enforce one limit together. If Redis fails, each call falls back to the
 //! local counters (the service keeps working, limits become per instance), the failure is
-//! logged and shown by `/ready`, and Redis is tried again after a pause. Account lockout does
-//! not depend on this: its counters live in the database with the login attempts.
+//! logged and shown by `/ready`, and Redis is tried again after a pause. A Redis that is down
+//! when the service starts is connected in the background as soon as it answers. Account
+//! lockout does not depend on this: its counters live in the database with the login
+//! attempts.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -19,6 +21,21 @@ use crate::config::Config;
 
 const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 const REDIS_RETRY_AFTER: Millis = 5_000;
+
+/// One attempt to connect, bounded in time.
+async fn connect_redis(client: &redis::Client) -> Option<ConnectionManager> {
+    let settings = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(REDIS_TIMEOUT))
+        .set_response_timeout(Some(REDIS_TIMEOUT))
+        .set_number_of_retries(1);
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        ConnectionManager::new_with_config(client.clone(), settings),
+    )
+    .await
+    .ok()?
+    .ok()
+}
 
 /// A fixed-window hit: how many hits the window holds now and when it ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +54,10 @@ struct Local {
 
 pub struct Limiter {
     local: Mutex<Local>,
-    redis: Option<ConnectionManager>,
+    /// Whether `UMS_REDIS_URL` is set at all.
+    redis_configured: bool,
+    /// The connection, once Redis has answered (at start, or later in the background).
+    redis: OnceLock<ConnectionManager>,
     prefix: String,
     redis_down_since: AtomicI64,
     redis_healthy: AtomicBool,
@@ -66,56 +86,67 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2])}";
 
 impl Limiter {
-    pub async fn connect(config: &Config) -> Self {
-        let redis = match &config.redis_url {
+    pub async fn connect(config: &Config) -> Arc<Self> {
+        let client = match &config.redis_url {
             None => None,
             Some(url) => match redis::Client::open(url.expose_secret()) {
-                Ok(client) => {
-                    let settings = redis::aio::ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(REDIS_TIMEOUT))
-                        .set_response_timeout(Some(REDIS_TIMEOUT))
-                        .set_number_of_retries(1);
-                    match tokio::time::timeout(
-                        Duration::from_secs(2),
-                        ConnectionManager::new_with_config(client, settings),
-                    )
-                    .await
-                    {
-                        Ok(Ok(manager)) => Some(manager),
-                        _ => {
-                            tracing::warn!(
-                                "Redis is unreachable at start; using local limits until it answers"
-                            );
-                            None
-                        }
-                    }
-                }
+                Ok(client) => Some(client),
                 Err(error) => {
                     tracing::warn!(error = %error, "UMS_REDIS_URL is not usable; using local limits");
                     None
                 }
             },
         };
-        let healthy = redis.is_some();
-        Limiter {
+        let limiter = Arc::new(Limiter {
             local: Mutex::new(Local::default()),
-            redis,
+            redis_configured: config.redis_url.is_some(),
+            redis: OnceLock::new(),
             prefix: config.redis_prefix.clone(),
             redis_down_since: AtomicI64::new(0),
-            redis_healthy: AtomicBool::new(healthy),
+            redis_healthy: AtomicBool::new(false),
+        });
+        let Some(client) = client else {
+            return limiter;
+        };
+        if let Some(manager) = connect_redis(&client).await {
+            limiter.connected(manager);
+            return limiter;
         }
+        tracing::warn!("Redis is unreachable at start; using local limits until it answers");
+        // Keep trying in the background, until it answers or the service stops.
+        let weak = Arc::downgrade(&limiter);
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(500);
+            loop {
+                tokio::time::sleep(pause).await;
+                let Some(limiter) = weak.upgrade() else {
+                    return;
+                };
+                if let Some(manager) = connect_redis(&client).await {
+                    limiter.connected(manager);
+                    tracing::info!("Redis answers; limits are shared from now on");
+                    return;
+                }
+                pause = (pause * 2).min(Duration::from_secs(15));
+            }
+        });
+        limiter
+    }
+
+    fn connected(&self, manager: ConnectionManager) {
+        let _ = self.redis.set(manager);
+        self.redis_healthy.store(true, Ordering::Relaxed);
     }
 
     /// `None` without Redis; otherwise whether the last call reached it.
     pub fn redis_state(&self) -> Option<bool> {
-        self.redis
-            .as_ref()
-            .map(|_| self.redis_healthy.load(Ordering::Relaxed))
+        self.redis_configured
+            .then(|| self.redis.get().is_some() && self.redis_healthy.load(Ordering::Relaxed))
     }
 
     /// The Redis connection, unless it failed a moment ago.
     fn redis(&self, now: Millis) -> Option<ConnectionManager> {
-        let manager = self.redis.as_ref()?;
+        let manager = self.redis.get()?;
         let down_since = self.redis_down_since.load(Ordering::Relaxed);
         (down_since == 0 || now - down_since > REDIS_RETRY_AFTER).then(|| manager.clone())
     }

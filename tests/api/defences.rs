@@ -498,13 +498,20 @@ struct PrivateRedis {
     port: u16,
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl PrivateRedis {
     fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Self::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> Self {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -592,4 +599,50 @@ async fn redis_stopping_mid_test_causes_no_errors_and_is_reported() {
             .starts_with("unavailable"),
         "{body}"
     );
+}
+
+/// Security review, item 18: a Redis that is down when the service starts is connected as
+/// soon as it answers, and `/ready` tells the real state meanwhile.
+#[tokio::test]
+async fn redis_down_at_start_is_connected_when_it_comes_up() {
+    if redis_url().is_none() {
+        return;
+    }
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let app = spawn_app_with(&[
+        ("UMS_REDIS_URL", url.as_str()),
+        ("UMS_REDIS_PREFIX", "late"),
+        ("UMS_ANON_RATE_LIMIT_PER_MINUTE", "1000"),
+    ])
+    .await;
+    let ready: Value = app.get("/ready", None).await.json().await.unwrap();
+    assert!(
+        ready["checks"]["redis"]
+            .as_str()
+            .unwrap()
+            .starts_with("unavailable"),
+        "{ready}"
+    );
+    let _redis = PrivateRedis::start_on(port);
+    let mut state = Value::Null;
+    for _ in 0..100 {
+        let ready: Value = app.get("/ready", None).await.json().await.unwrap();
+        state = ready["checks"]["redis"].clone();
+        if state == "ok" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(state, "ok");
+    // The counters now live in that Redis.
+    app.get("/.well-known/jwks.json", None).await;
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("late:*")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty());
 }
