@@ -34,7 +34,9 @@ impl ChunkSink for BodySink {
         ("ip" = Option<String>, Query), ("action" = Option<String>, Query), ("resource_type" = Option<String>, Query),
         ("resource_id" = Option<String>, Query), ("success" = Option<bool>, Query), ("from" = Option<String>, Query),
         ("to" = Option<String>, Query), ("format" = Option<String>, Query, description = "json, csv or pdf: an export of the whole filtered set")),
-    responses((status = 200, body = Page<EventView>, description = "A page, or with `format` an export"),
+    responses((status = 200, description = "A page, or with `format` an export of the whole filtered set: JSON lines, CSV or PDF",
+            content((Page<EventView> = "application/json"), (String = "application/x-ndjson"),
+                (String = "text/csv"), (String = "application/pdf"))),
         (status = 400, body = Problem), (status = 403, body = Problem)))]
 pub async fn audit_logs(
     State(state): State<AppState>,

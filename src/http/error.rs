@@ -183,6 +183,13 @@ impl IntoResponse for AppError {
         if let Some(seconds) = self.retry_after() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: a 401 names the scheme that would be accepted.
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"ums\""),
+            );
+        }
         response
     }
 }

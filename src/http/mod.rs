@@ -4,6 +4,7 @@ pub mod body;
 pub mod error;
 pub mod extract;
 pub mod middleware;
+pub mod openapi;
 pub mod pagination;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -15,6 +16,7 @@ use serde_json::json;
 use utoipa::OpenApi;
 
 pub use error::AppError;
+use openapi::CommonResponses;
 
 use crate::audit::routes as audit;
 use crate::auth::routes as auth;
@@ -37,7 +39,7 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
         audit::audit_logs, audit::login_attempts,
         health, ready, openapi, metrics,
     ),
-    modifiers(&BearerAuth, &UniqueOperationIds),
+    modifiers(&BearerAuth, &UniqueOperationIds, &CommonResponses),
 )]
 pub struct ApiDoc;
 

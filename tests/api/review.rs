@@ -685,3 +685,41 @@ async fn mail_to_an_unproven_address_carries_no_chosen_text() {
         reset.text
     );
 }
+
+/// Item 20: the document lists what the service answers (problems with their content type,
+/// the export formats), and a 401 names the scheme it wants.
+#[tokio::test]
+async fn the_openapi_document_lists_every_answer() {
+    let app = spawn_app().await;
+    let document: Value = app
+        .get("/api/openapi.json", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let register = &document["paths"]["/api/auth/register"]["post"]["responses"];
+    for status in ["201", "400", "409", "413", "415", "429", "503"] {
+        assert!(register[status].is_object(), "register lacks {status}");
+    }
+    assert!(register["400"]["content"]["application/problem+json"].is_object());
+    let me = &document["paths"]["/api/auth/me"]["get"]["responses"];
+    assert!(me["401"].is_object() && me["429"].is_object());
+    let export = &document["paths"]["/api/audit-logs"]["get"]["responses"]["200"]["content"];
+    for content_type in [
+        "application/json",
+        "application/x-ndjson",
+        "text/csv",
+        "application/pdf",
+    ] {
+        assert!(
+            export[content_type].is_object(),
+            "export lacks {content_type}"
+        );
+    }
+    let response = app.get("/api/auth/me", None).await;
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        "Bearer realm=\"ums\""
+    );
+    assert_problem(response, StatusCode::UNAUTHORIZED).await;
+}
