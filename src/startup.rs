@@ -36,6 +36,9 @@ impl Application {
         crate::audit::archive::prepare_partitions(&state.store, state.now())
             .await
             .context("preparing this month's audit partition")?;
+        crate::auth::service::measure_verify_floor(&state)
+            .await
+            .context("timing the imported password hashes")?;
         let listener = TcpListener::bind(state.config.bind)
             .await
             .with_context(|| format!("binding {}", state.config.bind))?;
@@ -193,6 +196,7 @@ async fn prepare_with_access_log(
         access_log,
         limiter,
         hash_pool,
+        verify_floor: Arc::default(),
     };
     Ok((state, access_events))
 }
@@ -218,6 +222,9 @@ async fn refresh_keys(state: AppState) {
 async fn maintain(state: AppState, mut stopped: tokio::sync::watch::Receiver<bool>) {
     loop {
         let now = state.now();
+        if let Err(error) = crate::auth::service::measure_verify_floor(&state).await {
+            tracing::warn!(error = %error, "timing the imported password hashes failed");
+        }
         if let Err(error) = crate::audit::archive::prepare_partitions(&state.store, now).await {
             tracing::warn!(error = %error, "preparing audit partitions failed");
         }

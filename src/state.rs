@@ -24,6 +24,7 @@ pub struct AppState {
     pub access_log: AccessLog,
     pub limiter: std::sync::Arc<crate::security::limits::Limiter>,
     pub hash_pool: crate::auth::hash_pool::HashPool,
+    pub verify_floor: Arc<crate::auth::password::VerifyFloor>,
 }
 
 impl AppState {

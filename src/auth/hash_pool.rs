@@ -69,6 +69,8 @@ impl Drop for Closer {
 #[derive(Clone)]
 pub struct HashPool {
     handle: Arc<Closer>,
+    /// Jobs run to the end by this pool (the metric counts every pool of the process).
+    jobs_run: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl HashPool {
@@ -94,7 +96,13 @@ impl HashPool {
         }
         Ok(HashPool {
             handle: Arc::new(Closer(queue)),
+            jobs_run: Arc::default(),
         })
+    }
+
+    /// How many jobs this pool has run.
+    pub fn jobs_run(&self) -> u64 {
+        self.jobs_run.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs `work` on a hashing thread and waits for its result without blocking the runtime.
@@ -104,6 +112,7 @@ impl HashPool {
     ) -> Result<T, HashPoolError> {
         let (done, result) = oneshot::channel();
         let queue = &self.handle.0;
+        let jobs_run = self.jobs_run.clone();
         {
             let mut state = queue.lock();
             if !state.open {
@@ -123,6 +132,7 @@ impl HashPool {
                     return;
                 }
                 metrics::counter!("ums_password_hash_jobs_total", "outcome" => "run").increment(1);
+                jobs_run.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let _ = done.send(work(hasher));
             }));
         }

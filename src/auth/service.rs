@@ -246,9 +246,12 @@ pub async fn login(
     let stored_hash = user.as_ref().map(|user| user.password_hash.clone());
     let password = request.password;
     let rehash_password = password.clone();
+    let started = std::time::Instant::now();
     let verification = state
         .hashing(move |hasher| hasher.verify(&password, stored_hash.as_deref()))
         .await?;
+    // Every answer takes at least the slowest imported hash's time (see `VerifyFloor`).
+    state.verify_floor.pad(started).await;
     let now = state.now();
 
     let user = match (user, verification.matched()) {
@@ -547,5 +550,34 @@ pub async fn revoke_session(
     )
     .await?;
     transaction.commit().await?;
+    Ok(())
+}
+
+/// Sets the login floor to the time the slowest imported hash method still stored takes to
+/// check (zero when none is left). At start and hourly, so imports and first logins move it.
+pub async fn measure_verify_floor(state: &AppState) -> Result<(), AppError> {
+    let hashes: Vec<String> = {
+        let mut connection = state.store.read().await?;
+        sqlx::query_scalar(
+            "SELECT password_hash FROM users WHERE password_hash NOT LIKE '$argon2%'",
+        )
+        .fetch_all(&mut *connection)
+        .await?
+    };
+    let methods = crate::auth::password::legacy_methods(hashes.iter().map(String::as_str));
+    let floor = if methods.is_empty() {
+        std::time::Duration::ZERO
+    } else {
+        state
+            .hashing(move |_| {
+                methods
+                    .iter()
+                    .map(|method| crate::auth::password::time_legacy_method(method))
+                    .max()
+                    .unwrap_or_default()
+            })
+            .await?
+    };
+    state.verify_floor.set(floor);
     Ok(())
 }

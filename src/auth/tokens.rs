@@ -103,6 +103,7 @@ pub struct Keys {
     /// When an unknown `kid` last made this instance re-read the keys (milliseconds), so a
     /// stream of tokens with made-up kids cannot turn every request into a key reload.
     last_reload: Arc<std::sync::atomic::AtomicI64>,
+    unknown_kid_reloads: Arc<std::sync::atomic::AtomicU64>,
     secret_key: Option<SecretString>,
     /// How long a retired key keeps verifying (the refresh-token lifetime).
     retirement: i64,
@@ -136,6 +137,7 @@ impl Keys {
             issuer,
             audience,
             last_reload: Arc::new(std::sync::atomic::AtomicI64::new(now)),
+            unknown_kid_reloads: Arc::default(),
             secret_key,
             retirement,
         })
@@ -183,8 +185,16 @@ impl Keys {
             return Ok(false);
         }
         metrics::counter!("ums_key_reloads_total", "cause" => "unknown_kid").increment(1);
+        self.unknown_kid_reloads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.reload(store, algorithm, now).await?;
         Ok(true)
+    }
+
+    /// How many times an unknown kid made this key set reload.
+    pub fn unknown_kid_reloads(&self) -> u64 {
+        self.unknown_kid_reloads
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn issuer(&self) -> &str {

@@ -445,15 +445,6 @@ async fn repeated_link_requests_send_one_email_a_few_minutes() {
     assert_eq!(app.smtp.messages_to("new@lab.org").len(), 1);
 }
 
-/// The value of a counter in `/metrics` (0 when absent).
-async fn metric(app: &TestApp, line_start: &str) -> f64 {
-    let text = app.get("/metrics", None).await.text().await.unwrap();
-    text.lines()
-        .filter(|line| line.starts_with(line_start))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Item 5: a duplicate registration costs no hash; the hash queue is bounded and sheds load
 /// with 503 and `Retry-After`; registrations and reset requests count against a per-IP
 /// budget.
@@ -466,8 +457,7 @@ async fn registration_cannot_be_turned_into_a_cpu_or_mail_amplifier() {
     ])
     .await;
     app.register("alice", "alice@lab.org").await;
-    let hashes = "ums_password_hash_jobs_total{outcome=\"run\"}";
-    let before = metric(&app, hashes).await;
+    let before = app.state.hash_pool.jobs_run();
     for body in [
         json!({"username": "ALICE", "email": "other@lab.org", "password": PASSWORD}),
         json!({"username": "other", "email": "Alice@lab.org", "password": PASSWORD}),
@@ -478,7 +468,11 @@ async fn registration_cannot_be_turned_into_a_cpu_or_mail_amplifier() {
         )
         .await;
     }
-    assert_eq!(metric(&app, hashes).await, before, "a duplicate was hashed");
+    assert_eq!(
+        app.state.hash_pool.jobs_run(),
+        before,
+        "a duplicate was hashed"
+    );
 
     // Twelve at once against two hashing threads and a queue of one: some are shed.
     let bodies: Vec<Value> = (0..12)
@@ -584,8 +578,7 @@ async fn made_up_key_ids_do_not_reload_the_keys_on_every_request() {
         parts.next().unwrap(),
     );
     let mut header: Value = serde_json::from_slice(&engine.decode(header).unwrap()).unwrap();
-    let reloads = "ums_key_reloads_total";
-    let before = metric(&app, reloads).await;
+    let before = app.state.keys.unknown_kid_reloads();
     app.clock.advance(std::time::Duration::from_secs(11));
     for index in 0..20 {
         header["kid"] = json!(format!("made-up-{index}"));
@@ -596,7 +589,7 @@ async fn made_up_key_ids_do_not_reload_the_keys_on_every_request() {
         )
         .await;
     }
-    assert_eq!(metric(&app, reloads).await - before, 1.0);
+    assert_eq!(app.state.keys.unknown_kid_reloads() - before, 1);
 }
 
 /// Item 12: a production deployment without a secret key does not start.
@@ -722,4 +715,46 @@ async fn the_openapi_document_lists_every_answer() {
         "Bearer realm=\"ums\""
     );
     assert_problem(response, StatusCode::UNAUTHORIZED).await;
+}
+
+/// Item 9: an imported (Werkzeug) account cannot be told from another by the time a wrong
+/// password takes: every check takes at least the slowest imported hash's time.
+#[tokio::test]
+async fn imported_accounts_cost_the_same_time_as_any_other() {
+    let mut vars = crate::helpers::base_vars();
+    let _database = crate::helpers::fresh_database(&mut vars).await;
+    let directory = tempfile::tempdir().unwrap();
+    let file = directory.path().join("users.csv");
+    std::fs::write(
+        &file,
+        format!(
+            "username,email,password_hash\nolduser,old@lab.org,pbkdf2:sha256:200000$saltsalt${}\n",
+            "ab".repeat(32)
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ums"))
+        .env_clear()
+        .envs(&vars)
+        .arg("import-users")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let extra: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let app = spawn_app_with(&extra).await;
+    app.register("alice", "alice@lab.org").await;
+    let floor = app.state.verify_floor.get().as_secs_f64();
+    assert!(floor > 0.0, "no floor with an imported hash stored");
+    for login in ["alice", "nobody-here", "olduser"] {
+        let started = std::time::Instant::now();
+        let response = app.login_response(login, "wrong password").await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let took = started.elapsed().as_secs_f64();
+        assert!(took >= floor * 0.99, "{login}: {took} s, floor {floor} s");
+    }
 }
