@@ -148,6 +148,9 @@ async fn prepare_with_access_log(
     crate::telemetry::prometheus();
     let store = Store::connect(&config).await?;
     let applied = crate::store::migrate(&store).await?;
+    crate::audit::key_the_chain(&store)
+        .await
+        .context("keying the audit chain")?;
     if !applied.is_empty() {
         tracing::info!(?applied, "migrations applied");
     }
@@ -232,6 +235,10 @@ async fn maintain(state: AppState, mut stopped: tokio::sync::watch::Receiver<boo
         if let Err(error) = crate::audit::archive::expire(&state.store, attempts_before, now).await
         {
             tracing::warn!(error = %error, "expiring old rows failed");
+        }
+        let directory = state.config.audit_archive_dir.as_deref();
+        if let Err(error) = crate::audit::checkpoint::write(&state.store, directory, now).await {
+            tracing::warn!(error = %format!("{error:#}"), "writing an audit checkpoint failed");
         }
         if let Some(directory) = &state.config.audit_archive_dir {
             let cutoff = now - state.config.audit_retention.as_millis() as i64;

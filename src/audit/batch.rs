@@ -76,7 +76,7 @@ async fn write(store: &Store, batch: &mut Vec<Event>) {
     for attempt in 1..=5 {
         let result: Result<(), crate::http::AppError> = async {
             let mut transaction = store.begin().await?;
-            audit::record_batch(&mut transaction, batch.clone()).await?;
+            audit::record_batch(&mut transaction, store.chain_key(), batch.clone()).await?;
             transaction.commit().await?;
             Ok(())
         }

@@ -8,6 +8,7 @@
 
 pub mod archive;
 pub mod batch;
+pub mod checkpoint;
 pub mod export;
 pub mod query;
 pub mod routes;
@@ -168,9 +169,96 @@ impl Event {
 
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// The key of the chain's HMAC, derived from `UMS_SECRET_KEY` (its own HKDF context). With a
+/// key, nobody who can only write to the database can recompute the chain after an edit.
+/// Without a secret key the chain is plain SHA-256 (and `serve` warns at start).
+#[derive(Clone, Default)]
+pub struct ChainKey(Option<ChainKeys>);
+
+/// The chain's links and its checkpoints are signed under keys of their own.
+#[derive(Clone)]
+struct ChainKeys {
+    links: [u8; 32],
+    checkpoints: [u8; 32],
+}
+
+impl ChainKey {
+    pub fn from_secret(secret_key: Option<&secrecy::SecretString>) -> Self {
+        use crate::security::sealing::{derive_key, purpose};
+        ChainKey(secret_key.map(|secret| ChainKeys {
+            links: derive_key(secret, purpose::AUDIT_CHAIN),
+            checkpoints: derive_key(secret, purpose::AUDIT_CHECKPOINT),
+        }))
+    }
+
+    pub fn is_keyed(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// HMAC-SHA256 of `parts` under the links key (`checkpoint: false`) or the checkpoint
+    /// key; `None` without a secret key.
+    pub fn sign(&self, checkpoint: bool, parts: &[&[u8]]) -> Option<String> {
+        use aws_lc_rs::hmac;
+        let keys = self.0.as_ref()?;
+        let key = if checkpoint {
+            &keys.checkpoints
+        } else {
+            &keys.links
+        };
+        let mut context = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, key));
+        for part in parts {
+            context.update(part);
+        }
+        Some(hex::encode(context.sign().as_ref()))
+    }
+}
+
+impl std::fmt::Debug for ChainKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_keyed() {
+            "ChainKey(keyed)"
+        } else {
+            "ChainKey(unkeyed)"
+        })
+    }
+}
+
 /// Appends an event to the chain inside the caller's transaction.
-pub async fn record(connection: &mut Connection, event: Event) -> Result<(), AppError> {
-    record_batch(connection, vec![event]).await
+pub async fn record(
+    connection: &mut Connection,
+    key: &ChainKey,
+    event: Event,
+) -> Result<(), AppError> {
+    record_batch(connection, key, vec![event]).await
+}
+
+/// From this seq on, the chain is an HMAC under the chain key (`audit_chain.keyed_from`, set
+/// the first time the service runs with a secret key); before it, plain SHA-256.
+pub fn is_keyed_at(keyed_from: Option<i64>, seq: i64) -> bool {
+    keyed_from.is_some_and(|from| seq >= from)
+}
+
+/// Starts keying the chain at the next event when a secret key is configured; refuses a
+/// keyed chain without one (its events could not be written or verified).
+pub async fn key_the_chain(store: &crate::store::Store) -> anyhow::Result<()> {
+    let mut transaction = store.begin().await?;
+    let keyed_from: Option<i64> =
+        sqlx::query_scalar("SELECT keyed_from FROM audit_chain WHERE id = 1")
+            .fetch_one(&mut *transaction)
+            .await?;
+    match (keyed_from, store.chain_key().is_keyed()) {
+        (None, true) => {
+            sqlx::query("UPDATE audit_chain SET keyed_from = seq + 1 WHERE id = 1")
+                .execute(&mut *transaction)
+                .await?;
+            transaction.commit().await?;
+        }
+        (Some(from), false) => anyhow::bail!(
+            "the audit chain is keyed from event {from} on; UMS_SECRET_KEY is needed to extend and verify it"
+        ),
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Rows per INSERT statement (14 parameters each, well under both databases' limits).
@@ -178,18 +266,24 @@ const ROWS_PER_INSERT: usize = 100;
 
 /// Appends events, in order, with one claim on the chain head: the batched access log writes
 /// hundreds of events for the cost of a few statements.
-pub async fn record_batch(connection: &mut Connection, events: Vec<Event>) -> Result<(), AppError> {
+pub async fn record_batch(
+    connection: &mut Connection,
+    key: &ChainKey,
+    events: Vec<Event>,
+) -> Result<(), AppError> {
     if events.is_empty() || cfg!(feature = "bench-unaudited") {
         return Ok(());
     }
     let count = events.len() as i64;
-    let head =
-        sqlx::query("UPDATE audit_chain SET seq = seq + $1 WHERE id = 1 RETURNING seq, last_hash")
-            .bind(count)
-            .fetch_one(&mut *connection)
-            .await?;
+    let head = sqlx::query(
+        "UPDATE audit_chain SET seq = seq + $1 WHERE id = 1 RETURNING seq, last_hash, keyed_from",
+    )
+    .bind(count)
+    .fetch_one(&mut *connection)
+    .await?;
     let last_seq: i64 = head.try_get("seq")?;
     let mut prev_hash: String = head.try_get("last_hash")?;
+    let keyed_from: Option<i64> = head.try_get("keyed_from")?;
     let mut rows = Vec::with_capacity(events.len());
     for (offset, event) in events.into_iter().enumerate() {
         let stored = StoredEvent {
@@ -206,7 +300,15 @@ pub async fn record_batch(connection: &mut Connection, events: Vec<Event>) -> Re
             details: event.details.to_string(),
             request_id: event.origin.request_id,
         };
-        let hash = stored.chain_hash(&prev_hash);
+        let hash = if is_keyed_at(keyed_from, stored.seq) {
+            stored.keyed_chain_hash(&prev_hash, key).ok_or_else(|| {
+                AppError::Internal(anyhow::anyhow!(
+                    "the audit chain is keyed and UMS_SECRET_KEY is not set"
+                ))
+            })?
+        } else {
+            stored.chain_hash(&prev_hash)
+        };
         rows.push((
             stored,
             std::mem::replace(&mut prev_hash, hash.clone()),
@@ -278,7 +380,21 @@ impl StoredEvent {
     /// SHA-256 over the previous hash and a canonical JSON array of the fields, in a fixed
     /// order (an array, so no key ordering question arises).
     pub fn chain_hash(&self, prev_hash: &str) -> String {
-        let canonical = json!([
+        let mut hasher = Sha256::new();
+        hasher.update(prev_hash.as_bytes());
+        hasher.update(self.canonical().as_bytes());
+        hex::encode(hasher.finalize())
+    }
+
+    /// HMAC-SHA256 under the chain key over the same input; `None` without a key.
+    pub fn keyed_chain_hash(&self, prev_hash: &str, key: &ChainKey) -> Option<String> {
+        key.sign(false, &[prev_hash.as_bytes(), self.canonical().as_bytes()])
+    }
+
+    /// A canonical JSON array of the fields, in a fixed order (an array, so no key ordering
+    /// question arises).
+    fn canonical(&self) -> String {
+        json!([
             self.seq,
             self.occurred_at,
             self.action,
@@ -291,11 +407,8 @@ impl StoredEvent {
             self.lab_id,
             self.details,
             self.request_id,
-        ]);
-        let mut hasher = Sha256::new();
-        hasher.update(prev_hash.as_bytes());
-        hasher.update(canonical.to_string().as_bytes());
-        hex::encode(hasher.finalize())
+        ])
+        .to_string()
     }
 }
 

@@ -1,14 +1,20 @@
 //! `ums audit verify`: walks the hash chain (archives first, when given, then the table)
-//! and names the first event that was edited, deleted, inserted or reordered.
+//! and names the first event that was edited, deleted, inserted or reordered. From
+//! `keyed_from` on the links are HMACs under the chain key; the signed checkpoints kept
+//! outside the database (`audit/checkpoint.rs`) must lie on the chain, so even a chain
+//! recomputed in full by someone with the database (but not the key) is found out.
 
 use std::fmt;
 use std::path::Path;
 
 use sqlx::Row;
 
-use crate::audit::GENESIS_HASH;
+use std::collections::BTreeMap;
+
 use crate::audit::archive::read_archives;
+use crate::audit::checkpoint;
 use crate::audit::query::{EVENT_COLUMNS, EventRow};
+use crate::audit::{ChainKey, GENESIS_HASH, is_keyed_at};
 use crate::store::Store;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +34,13 @@ pub enum Finding {
         expected_through: i64,
         found_through: i64,
     },
+    /// A signed checkpoint names another hash at its seq than the chain has: the chain was
+    /// rewritten from before that point.
+    CheckpointMismatch { seq: i64 },
+    /// A checkpoint is past the end of the chain: events were cut from its end.
+    CheckpointBeyondHead { seq: i64, head: i64 },
+    /// A checkpoint line whose signature does not hold (edited, or made without the key).
+    CheckpointForged { line: usize },
 }
 
 impl fmt::Display for Finding {
@@ -57,6 +70,18 @@ impl fmt::Display for Finding {
                 f,
                 "the archives end at seq {found_through} but the table says seq {expected_through} was archived"
             ),
+            Finding::CheckpointMismatch { seq } => write!(
+                f,
+                "the chain at seq {seq} is not what the signed checkpoint recorded: rewritten"
+            ),
+            Finding::CheckpointBeyondHead { seq, head } => write!(
+                f,
+                "a signed checkpoint names seq {seq} but the chain ends at {head}: events were deleted"
+            ),
+            Finding::CheckpointForged { line } => write!(
+                f,
+                "checkpoint line {line} does not carry a valid signature: edited or forged"
+            ),
         }
     }
 }
@@ -71,16 +96,38 @@ pub struct Report {
 pub struct ChainWalk {
     expected_seq: i64,
     running_hash: String,
+    key: ChainKey,
+    keyed_from: Option<i64>,
+    /// Signed checkpoints still ahead of the walk: seq → hash.
+    checkpoints: BTreeMap<i64, String>,
     pub checked: u64,
 }
 
 impl ChainWalk {
-    pub fn new(expected_seq: i64, running_hash: String) -> Self {
+    pub fn new(
+        expected_seq: i64,
+        running_hash: String,
+        key: ChainKey,
+        keyed_from: Option<i64>,
+    ) -> Self {
         ChainWalk {
             expected_seq,
             running_hash,
+            key,
+            keyed_from,
+            checkpoints: BTreeMap::new(),
             checked: 0,
         }
+    }
+
+    fn expect_checkpoints(&mut self, checkpoints: BTreeMap<i64, String>) {
+        self.checkpoints = checkpoints;
+    }
+
+    /// The checkpoints the walk passed without meeting (below where it started): they are
+    /// checked by a walk that includes the archives.
+    fn skip_checkpoints_before(&mut self, seq: i64) {
+        self.checkpoints = self.checkpoints.split_off(&seq);
     }
 
     pub fn step(&mut self, row: &EventRow) -> Option<Finding> {
@@ -95,8 +142,18 @@ impl ChainWalk {
         if seq < self.expected_seq || row.prev_hash != self.running_hash {
             return Some(Finding::InsertedOrReordered { seq, id: row.id });
         }
-        if row.event.chain_hash(&row.prev_hash) != row.hash {
+        let expected = if is_keyed_at(self.keyed_from, seq) {
+            row.event.keyed_chain_hash(&row.prev_hash, &self.key)
+        } else {
+            Some(row.event.chain_hash(&row.prev_hash))
+        };
+        if expected.as_deref() != Some(row.hash.as_str()) {
             return Some(Finding::Edited { seq, id: row.id });
+        }
+        if let Some(recorded) = self.checkpoints.remove(&seq)
+            && recorded != row.hash
+        {
+            return Some(Finding::CheckpointMismatch { seq });
         }
         self.running_hash = row.hash.clone();
         self.expected_seq += 1;
@@ -108,7 +165,7 @@ impl ChainWalk {
 pub async fn verify(store: &Store, archive_dir: Option<&Path>) -> anyhow::Result<Report> {
     let mut connection = store.reports().await?;
     let head = sqlx::query(
-        "SELECT seq, last_hash, archived_through, archived_hash FROM audit_chain WHERE id = 1",
+        "SELECT seq, last_hash, archived_through, archived_hash, keyed_from FROM audit_chain WHERE id = 1",
     )
     .fetch_one(&mut *connection)
     .await?;
@@ -116,10 +173,37 @@ pub async fn verify(store: &Store, archive_dir: Option<&Path>) -> anyhow::Result
     let head_hash: String = head.try_get("last_hash")?;
     let archived_through: i64 = head.try_get("archived_through")?;
     let archived_hash: String = head.try_get("archived_hash")?;
+    let keyed_from: Option<i64> = head.try_get("keyed_from")?;
+    let key = store.chain_key().clone();
+
+    let checkpoints = match archive_dir {
+        Some(directory) => match checkpoint::read(directory, &key)? {
+            Ok(checkpoints) => checkpoints,
+            Err(line) => {
+                return Ok(Report {
+                    checked: 0,
+                    finding: Some(Finding::CheckpointForged { line }),
+                });
+            }
+        },
+        None => BTreeMap::new(),
+    };
+    if let Some((&seq, _)) = checkpoints.last_key_value()
+        && seq > head_seq
+    {
+        return Ok(Report {
+            checked: 0,
+            finding: Some(Finding::CheckpointBeyondHead {
+                seq,
+                head: head_seq,
+            }),
+        });
+    }
 
     let mut walk = match archive_dir {
         Some(directory) => {
-            let mut walk = ChainWalk::new(1, GENESIS_HASH.to_string());
+            let mut walk = ChainWalk::new(1, GENESIS_HASH.to_string(), key, keyed_from);
+            walk.expect_checkpoints(checkpoints);
             for row in read_archives(directory)? {
                 if let Some(finding) = walk.step(&row?) {
                     return Ok(Report {
@@ -140,8 +224,9 @@ pub async fn verify(store: &Store, archive_dir: Option<&Path>) -> anyhow::Result
             }
             walk
         }
-        None => ChainWalk::new(archived_through + 1, archived_hash),
+        None => ChainWalk::new(archived_through + 1, archived_hash, key, keyed_from),
     };
+    walk.skip_checkpoints_before(walk.expected_seq);
 
     // Archived rows may wait for their partition to be dropped: the archive holds them.
     let sql = format!("SELECT {EVENT_COLUMNS} FROM audit_logs WHERE seq > $1 ORDER BY seq");

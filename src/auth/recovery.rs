@@ -171,6 +171,7 @@ pub async fn forgot_password(
         {
             audit::record(
                 &mut transaction,
+                state.store.chain_key(),
                 event
                     .actor(Some(user.id))
                     .resource("user", user.id)
@@ -212,6 +213,7 @@ pub async fn forgot_password(
                 .await?;
             audit::record(
                 &mut transaction,
+                state.store.chain_key(),
                 event.actor(Some(user.id)).resource("user", user.id),
             )
             .await?;
@@ -219,6 +221,7 @@ pub async fn forgot_password(
         None => {
             audit::record(
                 &mut transaction,
+                state.store.chain_key(),
                 event
                     .failed()
                     .resource("user", "unknown")
@@ -359,6 +362,7 @@ pub async fn reset_password(
         .await?;
     audit::record(
         &mut transaction,
+        state.store.chain_key(),
         Event::new(Action::PasswordReset, now)
             .actor(Some(user_id))
             .resource("user", user_id)
@@ -448,6 +452,7 @@ pub async fn change_password(
         .await?;
     audit::record(
         &mut transaction,
+        state.store.chain_key(),
         Event::new(Action::PasswordChanged, now)
             .actor(Some(user.id))
             .resource("user", user.id)
@@ -506,6 +511,7 @@ pub async fn change_email(
     }
     audit::record(
         &mut transaction,
+        state.store.chain_key(),
         Event::new(Action::EmailChangeRequested, now)
             .actor(Some(user.id))
             .resource("user", user.id)
@@ -573,6 +579,7 @@ pub async fn verify_email(
     }
     audit::record(
         &mut transaction,
+        state.store.chain_key(),
         Event::new(
             if switching {
                 Action::EmailChanged

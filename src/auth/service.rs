@@ -170,6 +170,7 @@ pub async fn register(
     .await?;
     audit::record(
         &mut transaction,
+        state.store.chain_key(),
         Event::new(Action::Register, now)
             .actor(Some(user.id))
             .resource("user", user.id)
@@ -224,6 +225,7 @@ pub async fn login(
         if let Reservation::Locked { until } = reservation {
             record_failure(
                 &mut transaction,
+                state.store.chain_key(),
                 &login,
                 user.as_ref(),
                 origin,
@@ -267,7 +269,16 @@ pub async fn login(
                 // The password was right: the account is disabled, not under attack.
                 lockout::clear(&mut transaction, &subject).await?;
             }
-            record_failure(&mut transaction, &login, user.as_ref(), origin, now, reason).await?;
+            record_failure(
+                &mut transaction,
+                state.store.chain_key(),
+                &login,
+                user.as_ref(),
+                origin,
+                now,
+                reason,
+            )
+            .await?;
             metrics::counter!("ums_logins_total", "result" => "failure").increment(1);
             if !matched && reservation.locks_on_failure(policy) {
                 metrics::counter!("ums_lockouts_total").increment(1);
@@ -283,6 +294,7 @@ pub async fn login(
                 }
                 audit::record(
                     &mut transaction,
+                    state.store.chain_key(),
                     Event::new(Action::AccountLocked, now)
                         .actor(user.as_ref().map(|user| user.id))
                         .resource("security", user.as_ref().map_or(0, |user| user.id))
@@ -339,6 +351,7 @@ pub async fn login(
     record_attempt(&mut transaction, &login, origin, true, now).await?;
     audit::record(
         &mut transaction,
+        state.store.chain_key(),
         Event::new(Action::Login, now)
             .actor(Some(user.id))
             .resource("session", &session_id)
@@ -384,6 +397,7 @@ async fn record_attempt(
 
 async fn record_failure(
     connection: &mut crate::store::Connection,
+    key: &audit::ChainKey,
     login: &str,
     user: Option<&User>,
     origin: &Origin,
@@ -393,6 +407,7 @@ async fn record_failure(
     record_attempt(connection, login, origin, false, now).await?;
     audit::record(
         connection,
+        key,
         Event::new(Action::LoginFailed, now)
             .failed()
             .actor(user.map(|user| user.id))
@@ -452,6 +467,7 @@ pub async fn refresh(
             .await?;
             audit::record(
                 &mut transaction,
+                state.store.chain_key(),
                 Event::new(Action::TokenRefreshed, now)
                     .actor(Some(user.id))
                     .resource("session", &claims.sid)
@@ -465,6 +481,7 @@ pub async fn refresh(
         Spend::Reused => {
             audit::record(
                 &mut transaction,
+                state.store.chain_key(),
                 Event::new(Action::RefreshTokenReused, now)
                     .failed()
                     .actor(Some(user_id))
@@ -510,6 +527,7 @@ pub async fn logout(
         sessions::revoke(&mut transaction, session_id, "logout", now).await?;
         audit::record(
             &mut transaction,
+            state.store.chain_key(),
             Event::new(Action::Logout, now)
                 .actor(Some(user_id))
                 .resource("session", session_id)
@@ -543,6 +561,7 @@ pub async fn revoke_session(
     }
     audit::record(
         &mut transaction,
+        state.store.chain_key(),
         Event::new(Action::SessionRevoked, now)
             .actor(Some(user_id))
             .resource("session", session_id)

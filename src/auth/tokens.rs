@@ -280,6 +280,7 @@ pub async fn rotate(
     let kid = insert_new_key(&mut transaction, algorithm, secret_key, now).await?;
     crate::audit::record(
         &mut transaction,
+        store.chain_key(),
         crate::audit::Event::new(crate::audit::Action::KeyRotated, now)
             .resource("key", &kid)
             .details(serde_json::json!({"algorithm": algorithm.as_str()})),

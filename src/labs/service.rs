@@ -83,6 +83,7 @@ pub async fn create(
     let lab = lab_store::insert(&mut transaction, &code, &name, &description, now).await?;
     audit::record(
         &mut transaction,
+        state.store.chain_key(),
         Event::new(Action::LabCreated, now)
             .actor(Some(actor.id))
             .resource("lab", lab.id)
@@ -173,6 +174,7 @@ pub async fn update(
     }
     audit::record(
         &mut transaction,
+        state.store.chain_key(),
         Event::new(Action::LabUpdated, now)
             .actor(Some(actor.id))
             .resource("lab", lab_id)
@@ -210,6 +212,7 @@ pub async fn set_active(
     };
     audit::record(
         &mut transaction,
+        state.store.chain_key(),
         Event::new(action, now)
             .actor(Some(actor.id))
             .resource("lab", lab_id)
@@ -238,6 +241,7 @@ pub async fn delete(
         .ok_or(AppError::NotFound)?;
     audit::record(
         &mut transaction,
+        state.store.chain_key(),
         Event::new(Action::LabDeleted, now)
             .actor(Some(actor.id))
             .resource("lab", lab_id)
@@ -302,6 +306,7 @@ pub async fn add_member<P: Requirement>(
         .ok_or(AppError::NotFound)?;
     audit::record(
         &mut transaction,
+        state.store.chain_key(),
         Event::new(Action::MemberAdded, now)
             .actor(Some(access.caller.user.id))
             .resource("membership", format!("{lab_id}:{}", request.user_id))
@@ -330,6 +335,7 @@ pub async fn remove_member<P: Requirement>(
     keep_a_lab_admin(&mut transaction, access).await?;
     audit::record(
         &mut transaction,
+        state.store.chain_key(),
         Event::new(Action::MemberRemoved, now)
             .actor(Some(access.caller.user.id))
             .resource("membership", format!("{lab_id}:{user_id}"))
@@ -367,6 +373,7 @@ pub async fn change_role<P: Requirement>(
         .ok_or(AppError::NotFound)?;
     audit::record(
         &mut transaction,
+        state.store.chain_key(),
         Event::new(Action::MemberRoleUpdated, now)
             .actor(Some(access.caller.user.id))
             .resource("membership", format!("{lab_id}:{user_id}"))

@@ -198,6 +198,7 @@ async fn block_at_threshold(
     let mut transaction = state.store.begin().await?;
     audit::record(
         &mut transaction,
+        state.store.chain_key(),
         Event::new(Action::IpBlocked, now)
             .failed()
             .resource("security", ip)
@@ -232,6 +233,7 @@ pub async fn watch_for_stuffing(
     let mut transaction = state.store.begin().await?;
     audit::record(
         &mut transaction,
+        state.store.chain_key(),
         Event::new(Action::CredentialStuffingDetected, now)
             .failed()
             .resource("security", "login")

@@ -58,6 +58,13 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: Some(include_str!("migrations/0005_credential_stamp.sqlite.sql")),
         postgres: None,
     },
+    Migration {
+        version: 6,
+        name: "keyed_audit_chain",
+        shared: include_str!("migrations/0006_keyed_audit_chain.sql"),
+        sqlite: None,
+        postgres: None,
+    },
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;

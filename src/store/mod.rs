@@ -40,6 +40,8 @@ pub struct Store {
     reports: AnyPool,
     backend: Backend,
     has_replica: bool,
+    /// The audit chain's HMAC key: the store writes and checks the chain.
+    chain_key: crate::audit::ChainKey,
 }
 
 impl Store {
@@ -52,6 +54,7 @@ impl Store {
         }
         let timeout = config.database_timeout;
         let primary = &config.database_url;
+        let chain_key = crate::audit::ChainKey::from_secret(config.secret_key.as_ref());
         if primary.is_sqlite() {
             let url = sqlite_url(primary);
             let writer = pool(&url, 1, timeout).await?;
@@ -62,6 +65,7 @@ impl Store {
                 reader,
                 backend: Backend::Sqlite,
                 has_replica: false,
+                chain_key,
             })
         } else {
             let writer = pool(primary, 16, timeout).await?;
@@ -75,12 +79,17 @@ impl Store {
                 reports,
                 backend: Backend::Postgres,
                 has_replica: config.replica_url.is_some(),
+                chain_key,
             })
         }
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    pub fn chain_key(&self) -> &crate::audit::ChainKey {
+        &self.chain_key
     }
 
     pub async fn begin(&self) -> Result<Transaction, sqlx::Error> {

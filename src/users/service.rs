@@ -71,6 +71,7 @@ pub async fn ensure_admin(
     .await?;
     audit::record(
         &mut transaction,
+        store.chain_key(),
         Event::new(Action::UserCreated, now)
             .resource("user", user.id)
             .details(json!({"username": user.username, "is_admin": true, "via": "command line"})),
@@ -204,6 +205,7 @@ pub async fn import_users(
     }
     audit::record(
         &mut transaction,
+        store.chain_key(),
         Event::new(Action::UsersImported, now)
             .resource("user", "import")
             .details(
@@ -422,6 +424,7 @@ pub async fn update(
     }
     audit::record(
         &mut transaction,
+        state.store.chain_key(),
         Event::new(Action::UserUpdated, now)
             .actor(Some(caller.id))
             .resource("user", target_id)
@@ -448,6 +451,7 @@ pub async fn delete(
     user_store::delete(&mut transaction, target_id).await?;
     audit::record(
         &mut transaction,
+        state.store.chain_key(),
         Event::new(Action::UserDeleted, now)
             .actor(Some(caller.id))
             .resource("user", target_id)
@@ -477,6 +481,7 @@ pub async fn unlock(
     .await?;
     audit::record(
         &mut transaction,
+        state.store.chain_key(),
         Event::new(Action::UserUnlocked, now)
             .actor(Some(caller.id))
             .resource("user", target_id)

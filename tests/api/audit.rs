@@ -55,7 +55,7 @@ fn partition_month_start(name: &str) -> i64 {
 }
 
 /// Lifts the append-only triggers, as someone with raw database access could.
-async fn lift_triggers(app: &TestApp) {
+pub(crate) async fn lift_triggers(app: &TestApp) {
     match app.state.store.backend() {
         Backend::Sqlite => {
             app.execute(&[

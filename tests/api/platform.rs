@@ -341,15 +341,50 @@ async fn an_existing_trail_survives_the_upgrade_to_monthly_partitions() {
     // Events of two months, written by the schema before partitioning.
     let day = 86_400_000;
     let start = ums::audit::archive::month_start(crate::helpers::test_start()) - 40 * day;
+    // Written as the code of that schema wrote them: plain SHA-256 links.
     let mut transaction = store.begin().await.unwrap();
+    let mut prev_hash = ums::audit::GENESIS_HASH.to_string();
     for index in 0..50 {
-        let event = ums::audit::Event::new(ums::audit::Action::Login, start + index * day)
-            .resource("session", format!("s{index}"));
-        ums::audit::record(&mut transaction, event).await.unwrap();
+        let event = ums::audit::StoredEvent {
+            seq: index + 1,
+            occurred_at: start + index * day,
+            action: "auth.login".into(),
+            success: true,
+            user_id: None,
+            actor_ip: None,
+            user_agent: None,
+            resource_type: Some("session".into()),
+            resource_id: Some(format!("s{index}")),
+            lab_id: None,
+            details: "{}".into(),
+            request_id: None,
+        };
+        let hash = event.chain_hash(&prev_hash);
+        sqlx::query(
+            "INSERT INTO audit_logs (seq, occurred_at, action, success, resource_type, resource_id, details, prev_hash, hash) \
+             VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8)",
+        )
+        .bind(event.seq)
+        .bind(event.occurred_at)
+        .bind(&event.action)
+        .bind(&event.resource_type)
+        .bind(&event.resource_id)
+        .bind(&event.details)
+        .bind(&prev_hash)
+        .bind(&hash)
+        .execute(&mut *transaction)
+        .await
+        .unwrap();
+        prev_hash = hash;
     }
+    sqlx::query("UPDATE audit_chain SET seq = 50, last_hash = $1 WHERE id = 1")
+        .bind(&prev_hash)
+        .execute(&mut *transaction)
+        .await
+        .unwrap();
     transaction.commit().await.unwrap();
 
-    assert_eq!(ums::store::migrate(&store).await.unwrap(), [4, 5]);
+    assert_eq!(ums::store::migrate(&store).await.unwrap(), [4, 5, 6]);
     let mut connection = store.read().await.unwrap();
     let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_logs")
         .fetch_one(&mut *connection)
@@ -401,6 +436,7 @@ async fn an_existing_trail_survives_the_upgrade_to_monthly_partitions() {
     let mut transaction = store.begin().await.unwrap();
     ums::audit::record(
         &mut transaction,
+        store.chain_key(),
         ums::audit::Event::new(ums::audit::Action::Logout, start + 50 * day),
     )
     .await

@@ -758,3 +758,154 @@ async fn imported_accounts_cost_the_same_time_as_any_other() {
         assert!(took >= floor * 0.99, "{login}: {took} s, floor {floor} s");
     }
 }
+
+/// Rewrites the trail as someone with database access but not the secret key could: lifts
+/// the append-only triggers, edits the first event and recomputes every link after it with
+/// the published algorithm (plain SHA-256), down to the chain head.
+async fn rewrite_the_trail(app: &TestApp, downgrade: bool) {
+    crate::audit::lift_triggers(app).await;
+    let mut transaction = app.state.store.begin().await.unwrap();
+    let rows = sqlx::query(&format!(
+        "SELECT {} FROM audit_logs ORDER BY seq",
+        ums::audit::query::EVENT_COLUMNS
+    ))
+    .fetch_all(&mut *transaction)
+    .await
+    .unwrap();
+    let mut prev_hash = ums::audit::GENESIS_HASH.to_string();
+    for (index, row) in rows.iter().enumerate() {
+        let mut row = ums::audit::query::EventRow::from_row(row).unwrap();
+        if index == 0 {
+            row.event.details = "{\"note\":\"nothing happened\"}".into();
+        }
+        let hash = row.event.chain_hash(&prev_hash);
+        sqlx::query("UPDATE audit_logs SET details = $1, prev_hash = $2, hash = $3 WHERE seq = $4")
+            .bind(&row.event.details)
+            .bind(&prev_hash)
+            .bind(&hash)
+            .bind(row.event.seq)
+            .execute(&mut *transaction)
+            .await
+            .unwrap();
+        prev_hash = hash;
+    }
+    let downgrade_sql = if downgrade { ", keyed_from = NULL" } else { "" };
+    sqlx::query(&format!(
+        "UPDATE audit_chain SET last_hash = $1{downgrade_sql} WHERE id = 1"
+    ))
+    .bind(&prev_hash)
+    .execute(&mut *transaction)
+    .await
+    .unwrap();
+    transaction.commit().await.unwrap();
+}
+
+/// Item 6: with a secret key the chain is an HMAC, so recomputing it after an edit needs
+/// the key; and signed checkpoints kept outside the database catch even a chain rewritten
+/// whole and downgraded to plain SHA-256.
+#[tokio::test]
+async fn the_audit_chain_cannot_be_recomputed_without_the_key() {
+    let secret = ("UMS_SECRET_KEY", "a long random secret for the audit tests");
+    let app = spawn_app_with(&[secret]).await;
+    app.user("alice").await;
+    app.user("bob").await;
+    let report = ums::audit::verify::verify(&app.state.store, None)
+        .await
+        .unwrap();
+    assert_eq!(report.finding, None);
+    assert!(report.checked >= 4);
+    rewrite_the_trail(&app, false).await;
+    let report = ums::audit::verify::verify(&app.state.store, None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            report.finding,
+            Some(ums::audit::verify::Finding::Edited { seq: 1, .. })
+        ),
+        "{report:?}"
+    );
+
+    // Downgraded to an unkeyed chain, it verifies on its own, but not against the checkpoint.
+    let app = spawn_app_with(&[secret]).await;
+    app.user("alice").await;
+    let directory = tempfile::tempdir().unwrap();
+    ums::audit::checkpoint::write(&app.state.store, Some(directory.path()), app.clock.now())
+        .await
+        .unwrap();
+    app.user("bob").await;
+    assert_eq!(
+        ums::audit::verify::verify(&app.state.store, Some(directory.path()))
+            .await
+            .unwrap()
+            .finding,
+        None
+    );
+    rewrite_the_trail(&app, true).await;
+    assert_eq!(
+        ums::audit::verify::verify(&app.state.store, None)
+            .await
+            .unwrap()
+            .finding,
+        None,
+        "the downgraded chain is consistent in itself"
+    );
+    let report = ums::audit::verify::verify(&app.state.store, Some(directory.path()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            report.finding,
+            Some(ums::audit::verify::Finding::CheckpointMismatch { .. })
+        ),
+        "{report:?}"
+    );
+
+    // A checkpoint line edited by hand does not verify.
+    let path = directory.path().join(ums::audit::checkpoint::FILE_NAME);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let edited: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let mut forged = edited.clone();
+    forged["seq"] = json!(edited["seq"].as_i64().unwrap() - 1);
+    std::fs::write(&path, format!("{forged}\n")).unwrap();
+    let report = ums::audit::verify::verify(&app.state.store, Some(directory.path()))
+        .await
+        .unwrap();
+    assert_eq!(
+        report.finding,
+        Some(ums::audit::verify::Finding::CheckpointForged { line: 1 })
+    );
+}
+
+/// Item 6: a trail written before the chain was keyed stays verifiable; keying starts at
+/// the next event.
+#[tokio::test]
+async fn an_unkeyed_trail_is_keyed_from_the_next_event_on() {
+    let app = spawn_app().await;
+    app.user("alice").await;
+    let before = app.scalar("SELECT seq FROM audit_chain").await;
+    let mut vars: Vec<(&str, &str)> = app
+        .vars
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    vars.push(("UMS_SECRET_KEY", "a long random secret for the audit tests"));
+    let keyed = crate::helpers::spawn_second_instance_with(&app, &vars).await;
+    assert_eq!(
+        app.scalar("SELECT keyed_from FROM audit_chain").await,
+        before + 1
+    );
+    keyed.user("bob").await;
+    let report = ums::audit::verify::verify(&keyed.state.store, None)
+        .await
+        .unwrap();
+    assert_eq!(report.finding, None);
+    assert!(report.checked as i64 > before);
+    // The unkeyed instance may no longer extend it.
+    let config = ums::config::Config::from_lookup(|name| app.vars.get(name).cloned()).unwrap();
+    assert!(
+        ums::startup::Application::build(config, ums::clock::Clock::System)
+            .await
+            .is_err()
+    );
+}
