@@ -65,6 +65,15 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: None,
         postgres: None,
     },
+    Migration {
+        version: 7,
+        name: "audit_functions_run_as_owner",
+        shared: "",
+        sqlite: None,
+        postgres: Some(include_str!(
+            "migrations/0007_audit_functions_run_as_owner.postgres.sql"
+        )),
+    },
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
@@ -84,6 +93,14 @@ pub async fn migrate(store: &Store) -> anyhow::Result<Vec<i64>> {
 pub async fn migrate_to(store: &Store, target: i64) -> anyhow::Result<Vec<i64>> {
     let backend = store.backend();
     let mut connection = store.write().await.context("connecting to the database")?;
+    // A current schema needs no statement that only its owner may run: `serve` can then use
+    // a role that owns nothing (see the README's PostgreSQL roles).
+    if let Ok(current) = current_version(&mut connection).await
+        && current >= target.min(SCHEMA_VERSION)
+        && current <= SCHEMA_VERSION
+    {
+        return Ok(Vec::new());
+    }
     if backend == Backend::Sqlite {
         connection.execute("PRAGMA foreign_keys = OFF").await?;
     }

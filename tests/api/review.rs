@@ -909,3 +909,100 @@ async fn an_unkeyed_trail_is_keyed_from_the_next_event_on() {
             .is_err()
     );
 }
+
+/// Item 6: on PostgreSQL `serve` runs as a role that owns nothing (the README's grants), with
+/// `migrate` run by the owner; that role cannot lift the trail's protections.
+#[tokio::test]
+async fn serve_runs_as_a_role_that_cannot_lift_the_trail_protections() {
+    let Ok(admin_url) = std::env::var("UMS_TEST_POSTGRES_URL") else {
+        return; // The roles are PostgreSQL's.
+    };
+    if admin_url.is_empty() {
+        return;
+    }
+    let mut vars = crate::helpers::base_vars();
+    let _database = crate::helpers::fresh_database(&mut vars).await;
+    let owner_url = vars["UMS_DATABASE_URL"].clone();
+    // The owner migrates...
+    let config = ums::config::Config::from_lookup(|name| vars.get(name).cloned()).unwrap();
+    let store = ums::store::Store::connect(&config).await.unwrap();
+    ums::store::migrate(&store).await.unwrap();
+    store.close().await;
+    // ...and grants the service's role what the README says.
+    let role = format!(
+        "ums_app_{}",
+        ums::auth::tokens::random_token()[..8]
+            .to_lowercase()
+            .replace(['-', '_'], "x")
+    );
+    let owner = sqlx::PgPool::connect(&owner_url).await.unwrap();
+    for statement in [
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"),
+        format!("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}"),
+        format!("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {role}"),
+    ] {
+        sqlx::query(&statement).execute(&owner).await.unwrap();
+    }
+    let (base, name) = owner_url.rsplit_once('/').unwrap();
+    let app_url = base.replacen("postgres@", &format!("{role}@"), 1) + "/" + name;
+    let extra: Vec<(String, String)> = vars
+        .iter()
+        .map(|(key, value)| {
+            let value = if key == "UMS_DATABASE_URL" {
+                app_url.clone()
+            } else {
+                value.clone()
+            };
+            (key.clone(), value)
+        })
+        .collect();
+    let extra: Vec<(&str, &str)> = extra
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    {
+        let app = spawn_app_with(&extra).await;
+        let (_, tokens) = app.user("alice").await;
+        assert_eq!(
+            app.get("/api/auth/me", Some(&tokens.access)).await.status(),
+            StatusCode::OK
+        );
+        assert!(app.audit_events("auth.login").await.len() == 1);
+        // Partitions are prepared through the owner's functions.
+        ums::audit::archive::prepare_partitions(
+            &app.state.store,
+            app.clock.now() + 90 * 86_400_000,
+        )
+        .await
+        .unwrap();
+        // The service's own credentials cannot lift the protections.
+        for attack in [
+            "ALTER TABLE audit_logs DISABLE TRIGGER audit_logs_append_only",
+            "TRUNCATE audit_logs",
+            "UPDATE audit_logs SET details = '{}'",
+            "DROP TABLE audit_logs_default",
+        ] {
+            let mut transaction = app.state.store.begin().await.unwrap();
+            let refused = sqlx::query(attack).execute(&mut *transaction).await;
+            assert!(refused.is_err(), "the service's role could: {attack}");
+        }
+    }
+    sqlx::query(&format!("DROP OWNED BY {role}"))
+        .execute(&owner)
+        .await
+        .unwrap();
+    owner.close().await;
+    let cluster = sqlx::PgPool::connect(&admin_url).await.unwrap();
+    // Connections of the role may linger a moment after the app stops.
+    for _ in 0..50 {
+        if sqlx::query(&format!("DROP ROLE IF EXISTS {role}"))
+            .execute(&cluster)
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
