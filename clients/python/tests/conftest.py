@@ -44,6 +44,7 @@ settings.configure(
         "django.contrib.auth",
         "django.contrib.contenttypes",
         "django.contrib.sessions",
+        "ums_client.django",
     ],
     MIDDLEWARE=[
         "django.contrib.sessions.middleware.SessionMiddleware",
@@ -56,9 +57,11 @@ settings.configure(
     DEFAULT_AUTO_FIELD="django.db.models.AutoField",
     SESSION_ENGINE="django.contrib.sessions.backends.db",
     LOGIN_URL="/login/",
+    LOGIN_REDIRECT_URL="/whoami/",
     USE_TZ=True,
     UMS_BASE_URL="http://127.0.0.1:9",  # each Django test points it at its server
     UMS_TIMEOUT=10.0,
+    UMS_ADMIN_CACHE_TTL=0,  # admin checks ask UMS every time (the cache has its own test)
 )
 django.setup()
 
@@ -108,6 +111,7 @@ class UMSServer:
             "UMS_RATE_LIMIT_PER_MINUTE": "100000",
             "UMS_SESSION_RATE_PER_SECOND": "100000",
             "UMS_IP_BLOCK_THRESHOLD": "100000",
+            "UMS_ACCOUNT_REQUESTS_PER_HOUR": "100000",  # registrations and resets per IP
             "UMS_LOGIN_DELAYS": "none",
             "UMS_LOG_FORMAT": "json",
             **env,
@@ -293,6 +297,19 @@ def ums() -> UMSServer:
 def ums_short() -> UMSServer:
     """A second server, with its own database, whose access tokens live 2 seconds."""
     return POOL.named_server("short", UMS_ACCESS_TOKEN_TTL="2s")
+
+
+@pytest.fixture(scope="session")
+def audience_servers() -> tuple[UMSServer, UMSServer, UMSServer]:
+    """Three servers sharing one database and signing keys, differing in ``UMS_JWT_AUDIENCE``.
+
+    ``lab-portal``, ``billing`` and none: a token of one is well signed for all three, so only
+    the audience check tells them apart.
+    """
+    portal = POOL.start(UMS_JWT_AUDIENCE="lab-portal")
+    billing = POOL.start(data_dir=portal.data_dir, UMS_JWT_AUDIENCE="billing")
+    plain = POOL.start(data_dir=portal.data_dir)
+    return portal, billing, plain
 
 
 @pytest.fixture(scope="session")

@@ -7,14 +7,32 @@ The portal (tests/portal) has a login view using the UMS backend, a lab page beh
 from __future__ import annotations
 
 from collections.abc import Iterator
+from urllib.parse import urlencode
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
 from django.core.management import call_command
 from django.test import Client, override_settings
 
-from conftest import ADMIN_PASSWORD, ADMIN_USERNAME, PASSWORD, UMSServer, unique, wait_until_expired
-from ums_client import AuthenticationError, MemoryTokenStore, TokenPair, UMSClient
+from conftest import (
+    ADMIN_PASSWORD,
+    ADMIN_USERNAME,
+    ISSUER,
+    PASSWORD,
+    UMSServer,
+    unique,
+    wait_until_expired,
+)
+from ums_client import (
+    AuthenticationError,
+    InvalidToken,
+    MemoryTokenStore,
+    TokenPair,
+    UMSClient,
+)
+from ums_client.django import get_verifier
+from ums_client.django.models import UmsIdentity
 from ums_client.django.store import SESSION_KEY, SessionTokenStore
 
 
@@ -69,7 +87,7 @@ def test_mirrored_user_follows_changes_in_ums(portal, admin, new_account):
     browser_login(account.username)
     admin.update_user(account.id, is_admin=True, first_name="Promoted")
 
-    browser_login(account.user.email)  # by email this time: the mirror is keyed by username
+    browser_login(account.user.email)  # by email this time: the mirror is keyed by UMS id
     local = get_user_model().objects.get(username=account.username)
     assert local.is_staff and local.is_superuser
     assert local.first_name == "Promoted"
@@ -221,3 +239,197 @@ def test_two_requests_of_one_session_do_not_both_refresh(ums_short, django_db, n
         assert first.refresh_token != before.refresh_token
         with UMSClient(ums_short.url, token_store=MemoryTokenStore(second)) as client:
             assert client.me().id == account.id  # the UMS session survived
+
+
+# -- security review: local users are linked by UMS id, not username -----------------------
+
+
+def local_fields(user) -> tuple:
+    return (user.pk, user.username, user.email, user.first_name, user.is_staff, user.is_active)
+
+
+@pytest.mark.parametrize("fate", ["deleted", "renamed"])
+def test_reused_username_gets_its_own_local_user(portal, admin, new_account, make_client, fate):
+    """A's UMS username goes to someone else (A deleted or renamed): B logging in under it must
+    get a local user of B's own, and A's row (A's permissions, objects, history) stays A's."""
+    first = new_account(login=False, first_name="Ada")
+    browser_login(first.username)
+    users = get_user_model().objects
+    row_a = users.get(username=first.username)
+    before = local_fields(row_a)
+
+    if fate == "deleted":
+        admin.delete_user(first.id)
+    else:
+        admin.update_user(first.id, username=unique("renamed"))
+    newcomer = make_client(portal).register(first.username, f"{unique()}@example.org", PASSWORD)
+    assert newcomer.id != first.id and newcomer.username == first.username
+
+    browser = browser_login(first.username)
+    row_b = users.get(username=browser.get("/whoami/").json()["username"])
+    assert row_b.pk != row_a.pk  # not A's row
+    row_a.refresh_from_db()
+    assert local_fields(row_a) == before  # untouched
+    assert row_b.username == f"{first.username}-2"  # the name was taken locally
+    assert row_b.email == newcomer.email and row_b.first_name == ""
+    assert UmsIdentity.objects.get(user=row_a).ums_id == first.id
+    assert UmsIdentity.objects.get(user=row_b).ums_id == newcomer.id
+
+    if fate == "renamed":  # A is still A, under the new name
+        renamed = admin.get_user(first.id).username
+        browser_login(renamed)
+        row_a.refresh_from_db()
+        assert row_a.username == renamed and row_a.pk == before[0]
+        assert users.filter(ums_identity__ums_id=first.id).count() == 1
+
+
+def test_local_account_with_the_same_username_is_not_taken_over(portal):
+    """A purely local account (say, one made with createsuperuser) named like a UMS user."""
+    username = unique()
+    local = get_user_model().objects.create_user(username, "local@example.org", "local-pass")
+    local.is_superuser = True
+    local.save()
+    with UMSClient(portal.url) as client:
+        remote = client.register(username, f"{username}@example.org", PASSWORD)
+
+    browser = browser_login(remote.username)
+    mirror = get_user_model().objects.get(username=browser.get("/whoami/").json()["username"])
+    assert mirror.pk != local.pk and mirror.username == f"{username}-2"
+    assert not mirror.is_superuser and not mirror.has_usable_password()
+    local.refresh_from_db()
+    assert local.is_superuser and local.check_password("local-pass")
+    assert local.email == "local@example.org"
+    assert UmsIdentity.objects.get(user=mirror).ums_id == remote.id
+    assert not UmsIdentity.objects.filter(user=local).exists()
+
+
+def test_unlinked_mirrors_are_adopted_only_when_asked(portal, new_account):
+    """Upgrading from the username-keyed mirror: its rows have no link and unusable passwords."""
+    users = get_user_model().objects
+    old, other = new_account(login=False), new_account(login=False)
+    for account in (old, other):
+        legacy = users.create_user(account.username, "old@example.org")
+        assert not legacy.has_usable_password()
+
+    browser_login(other.username)  # default: no adoption
+    assert UmsIdentity.objects.get(ums_id=other.id).user.username == f"{other.username}-2"
+
+    with override_settings(UMS_ADOPT_UNLINKED_USERS=True):
+        browser_login(old.username)
+    adopted = UmsIdentity.objects.get(ums_id=old.id).user
+    assert adopted.username == old.username
+    assert adopted.email == old.user.email  # now synced from UMS
+
+
+def test_the_link_table_migration_matches_the_model(django_db):
+    call_command("makemigrations", "ums_client", check=True, dry_run=True, verbosity=0)
+
+
+# -- security review: admin rights are checked with UMS, not read from the token -----------
+
+
+def test_admin_demoted_in_ums_is_refused_at_once(portal, admin, new_account):
+    """The access token says ``is_admin`` for its whole hour; UMS knows better (cache TTL 0)."""
+    account = new_account(login=False)
+    admin.update_user(account.id, is_admin=True)
+    browser = browser_login(account.username)  # a token whose is_admin claim is true
+    assert browser.get("/admin-only/settings/").status_code == 200
+    local = get_user_model().objects.get(username=account.username)
+    assert local.is_staff and local.is_superuser
+
+    admin.update_user(account.id, is_admin=False)  # by another admin
+    assert browser.get("/admin-only/settings/").status_code == 403
+    assert browser.get("/admin-only/").status_code == 403
+    local.refresh_from_db()
+    assert not local.is_staff and not local.is_superuser  # the local flags followed
+    assert browser.get("/whoami/").status_code == 200  # still logged in, just no admin
+
+
+def test_admin_promoted_in_ums_is_let_in_at_once(portal, admin, new_account):
+    account = new_account(login=False)
+    browser = browser_login(account.username)  # a token whose is_admin claim is false
+    assert browser.get("/admin-only/settings/").status_code == 403
+    admin.update_user(account.id, is_admin=True)
+    assert browser.get("/admin-only/settings/").status_code == 200
+
+
+def test_admin_check_needs_a_live_ums_session(portal, admin, new_account):
+    account = new_account(login=False)
+    admin.update_user(account.id, is_admin=True)
+    browser = browser_login(account.username)
+    with UMSClient(portal.url, token_store=MemoryTokenStore(session_tokens(browser))) as twin:
+        twin.logout()  # the session ends in UMS; its access token still says is_admin
+    response = browser.get("/admin-only/settings/")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/login/")
+
+
+def test_admin_check_is_cached_for_the_configured_ttl(portal, admin, new_account):
+    account = new_account(login=False)
+    admin.update_user(account.id, is_admin=True)
+    browser = browser_login(account.username)
+    cache.clear()
+    with override_settings(UMS_ADMIN_CACHE_TTL=60):
+        assert browser.get("/admin-only/settings/").status_code == 200
+        admin.update_user(account.id, is_admin=False)
+        assert browser.get("/admin-only/settings/").status_code == 200  # the cached answer
+        cache.clear()  # as when the TTL has passed
+        assert browser.get("/admin-only/settings/").status_code == 403
+
+
+# -- security review: the login view's next is checked (no open redirect) ------------------
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "https://evil.example/",
+        "//evil.example/",
+        "https:evil.example",
+        "/\\evil.example/",
+        "javascript:alert(1)",
+        "http://testserver.evil.example/",
+    ],
+)
+@pytest.mark.parametrize("where", ["query", "form"])
+def test_login_refuses_a_next_off_the_site(portal, new_account, target, where):
+    account = new_account(login=False)
+    form = {"username": account.username, "password": PASSWORD}
+    if where == "query":
+        response = Client().post(f"/login/?{urlencode({'next': target})}", form)
+    else:
+        response = Client().post("/login/", {**form, "next": target})
+    assert response.status_code == 302
+    assert response["Location"] == "/whoami/"  # settings.LOGIN_REDIRECT_URL
+
+
+@pytest.mark.parametrize("target", ["/labs/", "/labs/?page=2", "http://testserver/labs/"])
+def test_login_follows_a_next_on_the_site(portal, new_account, target):
+    account = new_account(login=False)
+    form = {"username": account.username, "password": PASSWORD}
+    response = Client().post(f"/login/?{urlencode({'next': target})}", form)
+    assert response.status_code == 302
+    assert response["Location"] == target
+
+
+# -- security review: the audience of access tokens ---------------------------------------
+
+
+def test_get_verifier_checks_the_audience_setting(audience_servers, django_db):
+    portal_ums, billing_ums, _ = audience_servers
+    account_name = unique()
+    with UMSClient(portal_ums.url) as client:
+        client.register(account_name, f"{account_name}@example.org", PASSWORD)
+    for_billing = UMSClient(billing_ums.url)
+    with for_billing:
+        billing_token = for_billing.login(account_name, PASSWORD).access_token
+    with override_settings(UMS_BASE_URL=portal_ums.url, UMS_ISSUER=ISSUER):
+        browser = browser_login(account_name)  # the integration works with audience tokens
+        assert browser.get("/labs/").status_code == 200
+        token = session_tokens(browser).access_token
+        with override_settings(UMS_JWT_AUDIENCE="lab-portal"):
+            assert get_verifier().verify(token)["aud"] == "lab-portal"
+            with pytest.raises(InvalidToken, match="audience"):
+                get_verifier().verify(billing_token)
+        with pytest.raises(InvalidToken, match="audience"):
+            get_verifier().verify(token)  # no audience configured: a token naming one is refused

@@ -14,7 +14,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from conftest import ISSUER, PASSWORD, CountingTransport, free_port, wait_until_expired
+from conftest import (
+    ISSUER,
+    PASSWORD,
+    CountingTransport,
+    free_port,
+    unique,
+    wait_until_expired,
+)
 from ums_client import InvalidToken, ServiceUnavailable, TokenVerifier, UMSClient
 
 JWKS = "/.well-known/jwks.json"
@@ -241,3 +248,65 @@ def test_eddsa_tokens(pool):
         pytest.raises(InvalidToken, match="not allowed"),
     ):
         rsa_only.verify(access)
+
+
+# -- the audience (UMS_JWT_AUDIENCE) -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def audience_tokens(audience_servers) -> dict[str | None, str]:
+    """Access tokens of one user from the three servers of ``audience_servers``, by audience."""
+    portal, billing, plain = audience_servers
+    name = unique("aud")
+    with UMSClient(portal.url) as client:
+        client.register(name, f"{name}@example.org", PASSWORD)
+    tokens: dict[str | None, str] = {}
+    for audience, server in (("lab-portal", portal), ("billing", billing), (None, plain)):
+        with UMSClient(server.url) as client:
+            tokens[audience] = client.login(name, PASSWORD).access_token
+    return tokens
+
+
+def test_audience_is_verified_when_configured(audience_servers, audience_tokens):
+    token = audience_tokens["lab-portal"]
+    assert claims_of(token)["aud"] == "lab-portal"
+    with TokenVerifier(audience_servers[0].url, issuer=ISSUER, audience="lab-portal") as v:
+        assert v.verify(token)["aud"] == "lab-portal"
+        with pytest.raises(InvalidToken, match="audience"):
+            v.verify(audience_tokens["billing"])  # well signed, for another service
+    with TokenVerifier(
+        audience_servers[0].url, issuer=ISSUER, audience=["billing", "lab-portal"]
+    ) as either:
+        assert either.verify(token)["sub"] == either.verify(audience_tokens["billing"])["sub"]
+
+
+def test_token_without_audience_is_refused_when_one_is_configured(
+    audience_servers, audience_tokens
+):
+    token = audience_tokens[None]
+    assert "aud" not in claims_of(token)
+    with (
+        TokenVerifier(audience_servers[0].url, issuer=ISSUER, audience="lab-portal") as v,
+        pytest.raises(InvalidToken, match='"aud"'),
+    ):
+        v.verify(token)
+    with TokenVerifier(audience_servers[0].url, issuer=ISSUER) as no_audience:
+        assert no_audience.verify(token)["typ"] == "access"
+
+
+def test_token_naming_an_audience_is_refused_when_none_is_configured(
+    audience_servers, audience_tokens
+):
+    """RFC 7519: a recipient that does not identify itself with ``aud`` rejects the token."""
+    with (
+        TokenVerifier(audience_servers[0].url, issuer=ISSUER) as v,
+        pytest.raises(InvalidToken, match="audience"),
+    ):
+        v.verify(audience_tokens["lab-portal"])
+
+
+@pytest.mark.parametrize("audience", ["", [], ["lab-portal", ""]])
+def test_empty_audience_is_rejected(audience):
+    """An empty audience would make PyJWT skip the check altogether."""
+    with pytest.raises(ValueError, match="audience"):
+        TokenVerifier("http://ums.test", issuer=ISSUER, audience=audience)

@@ -40,6 +40,15 @@ class TokenVerifier:
     signature verifies, ``iss`` equals ``issuer``, it has not expired and ``typ`` is
     ``access``. :meth:`verify` returns the claims (``sub`` is the user id as a string,
     ``sid`` the session, ``is_admin``); otherwise it raises :class:`~ums_client.InvalidToken`.
+
+    ``audience`` is the server's ``UMS_JWT_AUDIENCE`` (one value or several accepted ones).
+    When it is given, a token must carry an ``aud`` claim naming it: a token without ``aud``
+    was issued for no particular service (or by a server configured differently) and is
+    refused, as is one issued for another service sharing the same keys. Without
+    ``audience``, tokens that do carry ``aud`` are refused (RFC 7519: a recipient that does not
+    identify itself with the audience must reject the token), so set it on every verifier
+    once the server sets ``UMS_JWT_AUDIENCE``.
+
     Note that offline verification cannot see a logout: a revoked session's access token stays
     valid here until it expires.
     """
@@ -49,6 +58,7 @@ class TokenVerifier:
         base_url: str | None = None,
         *,
         issuer: str,
+        audience: str | Iterable[str] | None = None,
         jwks_url: str | None = None,
         algorithms: Iterable[str] = ("RS256", "EdDSA"),
         cache_ttl: float = 300.0,
@@ -61,6 +71,12 @@ class TokenVerifier:
             raise ValueError("give exactly one of base_url and jwks_url")
         self.jwks_url = jwks_url or f"{base_url.rstrip('/')}/.well-known/jwks.json"  # type: ignore[union-attr]
         self.issuer = issuer
+        if audience is not None and not isinstance(audience, str):
+            audience = tuple(audience)
+        if audience is not None and (not audience or not all(audience)):
+            # "" would make PyJWT skip the check (it treats a falsy audience as absent).
+            raise ValueError("audience must be a non-empty string (or strings), or None")
+        self.audience: str | tuple[str, ...] | None = audience
         self.algorithms = tuple(algorithms)
         unsafe = [a for a in self.algorithms if a == "none" or a.upper().startswith("HS")]
         if not self.algorithms or unsafe:
@@ -103,16 +119,25 @@ class TokenVerifier:
                 key.key,
                 algorithms=[alg],
                 issuer=self.issuer,
+                audience=self.audience,
                 leeway=self.leeway,
-                options={"require": _REQUIRED_CLAIMS},
+                options={"require": self._required_claims},
             )
         except jwt.ExpiredSignatureError as exc:
             raise InvalidToken("the token has expired") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise InvalidToken(f"the token is not for this audience: {exc}") from exc
         except jwt.PyJWTError as exc:
             raise InvalidToken(f"invalid token: {exc}") from exc
         if claims.get("typ") != "access":
             raise InvalidToken(f"not an access token (typ={claims.get('typ')!r})")
         return claims
+
+    @property
+    def _required_claims(self) -> list[str]:
+        # PyJWT already refuses a missing "aud" when an audience is given; requiring it too
+        # keeps that refusal explicit rather than a detail of the library.
+        return [*_REQUIRED_CLAIMS, "aud"] if self.audience is not None else _REQUIRED_CLAIMS
 
     def _key(self, kid: str) -> _Key:
         with self._lock:

@@ -10,4 +10,5 @@ urlpatterns = [
     path("labs/<int:lab_id>/", views.lab_page),
     path("labs/<int:lab_id>/manage/", views.lab_manage),
     path("admin-only/", views.admin_page),
+    path("admin-only/settings/", views.admin_settings),
 ]

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.auth import authenticate, login
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import redirect
+from django.shortcuts import redirect, resolve_url
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from ums_client import AccountLocked
@@ -27,7 +29,21 @@ def login_view(request: HttpRequest) -> HttpResponse:
             return HttpResponse(f"locked; retry in {error.retry_after:.0f} s", status=423)
         return HttpResponse("wrong username or password", status=401)
     login(request, user)
-    return redirect(request.GET.get("next") or "/whoami/")
+    return redirect(next_url(request))
+
+
+def next_url(request: HttpRequest) -> str:
+    """Where to go after logging in: ``next`` if it stays on this site, else the default.
+
+    An unchecked ``next`` is an open redirect: a link to ``/login/?next=https://evil.example/``
+    would send someone who has just typed their password on to a look-alike site.
+    """
+    candidate = request.POST.get("next") or request.GET.get("next")
+    if candidate and url_has_allowed_host_and_scheme(
+        candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return candidate
+    return resolve_url(settings.LOGIN_REDIRECT_URL)
 
 
 @ums_login_required
@@ -56,6 +72,12 @@ def lab_manage(request: HttpRequest, lab_id: int) -> HttpResponse:
 @ums_admin_required
 def admin_page(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"users": get_client(request).list_users().total})
+
+
+@ums_admin_required
+def admin_settings(request: HttpRequest) -> HttpResponse:
+    """An admin page that makes no UMS call itself: only the decorator guards it."""
+    return JsonResponse({"admin": request.user.get_username()})
 
 
 @require_POST

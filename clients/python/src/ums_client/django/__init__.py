@@ -2,9 +2,14 @@
 
 Settings::
 
+    INSTALLED_APPS = [..., "ums_client.django"]  # required, then migrate: links users by UMS id
     UMS_BASE_URL = "https://ums.example.org"   # required
     UMS_TIMEOUT = 10.0                         # seconds, optional
     UMS_REFRESH_LEEWAY = 30                    # refresh when fewer seconds are left, optional
+    UMS_ADMIN_CACHE_TTL = 30                   # seconds an admin check by UMS is reused, optional
+    UMS_ISSUER = "https://ums.example.org"     # iss for get_verifier(), default UMS_BASE_URL
+    UMS_JWT_AUDIENCE = "lab-portal"            # aud for get_verifier(), as set on the server
+    UMS_ADOPT_UNLINKED_USERS = False           # upgrade aid, see backends.sync_user
     AUTHENTICATION_BACKENDS = ["ums_client.django.backends.UMSBackend"]
     MIDDLEWARE = [
         ...,
@@ -21,12 +26,13 @@ registry); this module can be imported before Django is set up.
 
 from .auth import logout
 from .decorators import ROLE_RANK, require_lab_access, ums_admin_required, ums_login_required
-from .store import SessionTokenStore, get_client
+from .store import SessionTokenStore, get_client, get_verifier
 
 __all__ = [
     "ROLE_RANK",
     "SessionTokenStore",
     "get_client",
+    "get_verifier",
     "logout",
     "require_lab_access",
     "ums_admin_required",

@@ -2,29 +2,73 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
+from django.apps import apps
+from django.conf import settings
 from django.contrib.auth import get_user_model, user_logged_in
 from django.contrib.auth.backends import BaseBackend
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import FieldDoesNotExist
+from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 
 from ..errors import AccountLocked, AuthenticationError, RateLimited, ValidationError
 from ..models import User as RemoteUser
 from .store import SessionTokenStore, make_client
 
+if TYPE_CHECKING:
+    from .models import UmsIdentity
+
 __all__ = ["UMSBackend", "sync_user"]
+
+# Concurrent first logins can race on the unique UMS id or username: retry that often.
+_SYNC_ATTEMPTS = 3
+
+
+def _identity_model() -> type[UmsIdentity]:
+    """The link table, with a clear error when the app was not installed."""
+    if not apps.is_installed("ums_client.django"):
+        raise ImproperlyConfigured(
+            'add "ums_client.django" to INSTALLED_APPS and run migrate: local users are linked '
+            "to UMS accounts by UMS id in its table, never by username"
+        )
+    from .models import UmsIdentity
+
+    return UmsIdentity
 
 
 def sync_user(remote: RemoteUser) -> AbstractBaseUser:
-    """Create or update the local user mirroring a UMS user (matched by username).
+    """Create or update the local user mirroring a UMS user, matched by its UMS id.
+
+    The link is a :class:`~ums_client.django.models.UmsIdentity` row. Usernames are not
+    matched: UMS lets an admin rename an account, and a renamed or deleted account's username
+    can be registered again by someone else, who must not inherit the old owner's local row
+    (its permissions, objects and history). A new local user gets the UMS username, or
+    ``<username>-2``, ``-3``... when another local row (of another UMS user, or a purely local
+    account) already has it, case-insensitively; that row is left untouched. A linked user
+    follows renames in UMS the same way.
 
     Copies email, first and last name, ``is_active``, and ``is_admin`` into both
     ``is_staff`` and ``is_superuser`` (for the fields the user model has). A new local user
     gets an unusable password: only UMS checks passwords.
     """
+    identities = _identity_model()
+    for attempt in range(_SYNC_ATTEMPTS):
+        try:
+            with transaction.atomic():
+                return _sync(identities, remote)
+        except IntegrityError:
+            # Another request linked this UMS user, or took the username, meanwhile: look again.
+            if attempt == _SYNC_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _sync(identities: type[UmsIdentity], remote: RemoteUser) -> AbstractBaseUser:
     model = get_user_model()
     username_field = str(model.USERNAME_FIELD)
 
@@ -36,7 +80,6 @@ def sync_user(remote: RemoteUser) -> AbstractBaseUser:
         return True
 
     wanted: dict[str, Any] = {
-        username_field: remote.username,
         "email": remote.email,
         "first_name": remote.first_name,
         "last_name": remote.last_name,
@@ -45,19 +88,75 @@ def sync_user(remote: RemoteUser) -> AbstractBaseUser:
         "is_superuser": remote.is_admin,
     }
     wanted = {k: v for k, v in wanted.items() if has_field(k)}
-    lookup = {f"{username_field}__iexact": remote.username}
-    user: AbstractBaseUser | None = model._default_manager.filter(**lookup).first()
+    identity = identities._default_manager.select_related("user").filter(ums_id=remote.id).first()
+    user: AbstractBaseUser | None = identity.user if identity is not None else None
     if user is None:
-        user = model(**wanted)
-        user.set_unusable_password()
-        user.save()
-        return user
+        user = _adoptable_user(model, username_field, remote.username)
+        if user is None:
+            username = _free_username(model, username_field, remote.username)
+            user = model(**wanted, **{username_field: username})
+            user.set_unusable_password()
+            user.save()
+            identities._default_manager.create(user=user, ums_id=remote.id)
+            return user
+        identities._default_manager.create(user=user, ums_id=remote.id)
+    current = str(getattr(user, username_field))
+    if not _is_name_for(current, remote.username):
+        wanted[username_field] = _free_username(model, username_field, remote.username, user.pk)
     changed = [k for k, v in wanted.items() if getattr(user, k) != v]
     if changed:
         for name in changed:
             setattr(user, name, wanted[name])
         user.save(update_fields=changed)
     return user
+
+
+def _is_name_for(local: str, remote: str) -> bool:
+    """Whether ``local`` is what :func:`_free_username` gives ``remote`` (kept as it is).
+
+    A user who got ``alice-2`` keeps it even once ``alice`` is free again: local names should
+    not move under people's feet.
+    """
+    return local == remote or re.fullmatch(rf"{re.escape(remote)}-[0-9]+", local) is not None
+
+
+def _free_username(
+    model: type[AbstractBaseUser], field: str, wanted: str, exclude_pk: Any = None
+) -> str:
+    """``wanted``, or ``wanted-2``, ``wanted-3``... the first no other local user has."""
+    others = model._default_manager.all()
+    if exclude_pk is not None:
+        others = others.exclude(pk=exclude_pk)
+    max_length = getattr(model._meta.get_field(field), "max_length", None)
+    candidate, n = wanted, 1
+    while others.filter(**{f"{field}__iexact": candidate}).exists():
+        n += 1
+        suffix = f"-{n}"
+        base = wanted[: max_length - len(suffix)] if max_length else wanted
+        candidate = base + suffix
+    return candidate
+
+
+def _adoptable_user(
+    model: type[AbstractBaseUser], username_field: str, username: str
+) -> AbstractBaseUser | None:
+    """A local mirror made before users were linked by UMS id, if it may be taken over.
+
+    Only with ``settings.UMS_ADOPT_UNLINKED_USERS`` (off by default), and only an unlinked
+    user with an unusable password (as this backend creates them; never an account that
+    logs in locally, such as one made by ``createsuperuser``). Adopting goes by username, the
+    very thing the link exists to avoid, so it is meant for the upgrade only: turn it off once
+    the users of the old mirrors have logged in again.
+    """
+    if not getattr(settings, "UMS_ADOPT_UNLINKED_USERS", False):
+        return None
+    candidates: Iterable[AbstractBaseUser] = model._default_manager.filter(
+        **{f"{username_field}__iexact": username, "ums_identity__isnull": True}
+    )
+    for user in candidates:
+        if not user.has_usable_password():
+            return user
+    return None
 
 
 class UMSBackend(BaseBackend):

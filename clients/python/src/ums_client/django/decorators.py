@@ -6,7 +6,9 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar, cast
 
+from django.conf import settings
 from django.contrib.auth import logout as auth_logout
+from django.core.cache import cache
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import HttpRequest, HttpResponse
 
@@ -49,16 +51,50 @@ def ums_login_required(view: View) -> View:
 
 
 def ums_admin_required(view: View) -> View:
-    """Like :func:`ums_login_required`, and 403 unless the UMS user is a system admin."""
+    """Like :func:`ums_login_required`, and 403 unless UMS says now that the user is an admin.
+
+    The ``is_admin`` claim of the access token is not trusted: it was true when the token was
+    issued and stays in it until the token expires (an hour by default), long after a
+    demotion. Instead UMS is asked (``GET /api/auth/me`` with the user's token) and the answer
+    is cached in Django's default cache for ``settings.UMS_ADMIN_CACHE_TTL`` seconds (default
+    30; 0 asks on every request), per UMS session, so a demotion, a deactivation or a revoked
+    session takes effect within that time. The answer also updates the local user
+    (``is_staff``/``is_superuser``). If UMS cannot be reached the error propagates: the view is
+    not served on the strength of an old answer.
+    """
 
     @wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        tokens = SessionTokenStore(request.session).load()
-        if tokens is None or not token_claims(tokens.access_token).get("is_admin"):
+        if not _is_admin_now(request):
             raise DjangoPermissionDenied("UMS administrator rights are required")
         return view(request, *args, **kwargs)
 
     return ums_login_required(cast(View, wrapper))
+
+
+def _is_admin_now(request: HttpRequest) -> bool:
+    """Whether UMS currently sees the session's user as an active system admin."""
+    tokens = SessionTokenStore(request.session).load()
+    if tokens is None:
+        return False
+    ttl = float(getattr(settings, "UMS_ADMIN_CACHE_TTL", 30))
+    claims = token_claims(tokens.access_token)  # only to name the cache entry
+    key = f"ums_client:is_admin:{claims.get('sub')}:{claims.get('sid')}"
+    if ttl > 0:
+        cached = cache.get(key)
+        if cached is not None:
+            return bool(cached)
+    try:
+        remote = get_client(request).me()  # AuthenticationError: ums_login_required logs out
+    except PermissionDenied as exc:
+        raise DjangoPermissionDenied(str(exc)) from exc
+    from .backends import sync_user  # needs the app registry, unlike this module
+
+    sync_user(remote)
+    is_admin = remote.is_admin and remote.is_active
+    if ttl > 0:
+        cache.set(key, is_admin, ttl)
+    return is_admin
 
 
 def require_lab_access(lab_kwarg: str = "lab_id", role: str = "viewer") -> Callable[[View], View]:

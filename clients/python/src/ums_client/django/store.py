@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -13,8 +14,16 @@ from django.http import HttpRequest
 
 from ..client import UMSClient
 from ..models import TokenPair
+from ..verifier import TokenVerifier
 
-__all__ = ["SESSION_KEY", "SessionTokenStore", "get_client", "seconds_left", "token_claims"]
+__all__ = [
+    "SESSION_KEY",
+    "SessionTokenStore",
+    "get_client",
+    "get_verifier",
+    "seconds_left",
+    "token_claims",
+]
 
 #: Where the tokens live in ``request.session``.
 SESSION_KEY = "_ums_tokens"
@@ -66,6 +75,35 @@ def get_client(request: HttpRequest) -> UMSClient:
         client = make_client(SessionTokenStore(request.session))
         request._ums_client = client  # type: ignore[attr-defined]
     return client
+
+
+_VERIFIERS: dict[tuple[str, str, str | None, float], TokenVerifier] = {}
+_VERIFIERS_LOCK = threading.Lock()
+
+
+def get_verifier() -> TokenVerifier:
+    """A :class:`~ums_client.TokenVerifier` for access tokens presented to this site.
+
+    For views that accept UMS access tokens from other clients (``Authorization: Bearer``).
+    It fetches the keys from ``settings.UMS_BASE_URL`` and checks ``iss`` against
+    ``settings.UMS_ISSUER`` (the server's ``UMS_PUBLIC_URL``; default ``UMS_BASE_URL``) and
+    ``aud`` against ``settings.UMS_JWT_AUDIENCE`` (the server's setting of that name; unset
+    means no audience, and then tokens carrying one are refused). One verifier is kept per
+    configuration, so that its key cache outlives the request.
+    """
+    base_url = getattr(settings, "UMS_BASE_URL", None)
+    if not base_url:
+        raise ImproperlyConfigured("set UMS_BASE_URL to the address of the UMS service")
+    issuer = getattr(settings, "UMS_ISSUER", None) or base_url
+    audience = getattr(settings, "UMS_JWT_AUDIENCE", None) or None
+    timeout = float(getattr(settings, "UMS_TIMEOUT", 10.0))
+    config = (base_url, issuer, audience, timeout)
+    with _VERIFIERS_LOCK:
+        verifier = _VERIFIERS.get(config)
+        if verifier is None:
+            verifier = TokenVerifier(base_url, issuer=issuer, audience=audience, timeout=timeout)
+            _VERIFIERS[config] = verifier
+    return verifier
 
 
 def token_claims(token: str) -> dict[str, Any]:
