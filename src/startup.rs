@@ -223,9 +223,14 @@ async fn refresh_keys(state: AppState) {
 /// Hourly upkeep: expire login attempts and spent rows, and archive old audit events when
 /// `UMS_AUDIT_ARCHIVE_DIR` is set.
 async fn maintain(state: AppState, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let mut first = true;
     loop {
         let now = state.now();
-        if let Err(error) = crate::auth::service::measure_verify_floor(&state).await {
+        // `Application::build` has just timed them; from then on, hourly (imports and first
+        // logins change what is stored).
+        if !std::mem::take(&mut first)
+            && let Err(error) = crate::auth::service::measure_verify_floor(&state).await
+        {
             tracing::warn!(error = %error, "timing the imported password hashes failed");
         }
         if let Err(error) = crate::audit::archive::prepare_partitions(&state.store, now).await {
