@@ -658,7 +658,7 @@ pub async fn notify_new_login(
             EmailKind::NewLogin,
             json!({
                 "ip": origin.ip.as_deref().unwrap_or("unknown"),
-                "device": origin.user_agent.as_deref().unwrap_or("unknown"),
+                "device": crate::mail::describe_device(origin.user_agent.as_deref()),
             }),
             now,
         )

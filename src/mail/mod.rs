@@ -159,6 +159,35 @@ pub struct Outbox {
     secret_key: Option<SecretString>,
 }
 
+/// How a sign-in alert names the device: its user agent, which the signing-in client
+/// chose, so without anything a reader could follow (web addresses, email addresses) or
+/// that hides (control and direction characters), and at most 120 characters.
+pub fn describe_device(user_agent: Option<&str>) -> String {
+    let Some(user_agent) = user_agent else {
+        return "unknown".into();
+    };
+    let words: Vec<&str> = user_agent
+        .split_whitespace()
+        .filter(|word| {
+            let lower = word.to_lowercase();
+            !(lower.contains("://") || lower.contains("www.") || lower.contains('@'))
+        })
+        .collect();
+    let clean: String = words
+        .join(" ")
+        .chars()
+        .filter(|c| {
+            !c.is_control() && !matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+        })
+        .take(120)
+        .collect();
+    if clean.trim().is_empty() {
+        "unknown".into()
+    } else {
+        clean
+    }
+}
+
 impl Outbox {
     pub fn new(public_url: String, secret_key: Option<SecretString>) -> Self {
         Outbox {
@@ -240,6 +269,24 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_name_carries_no_link_and_no_hidden_text() {
+        assert_eq!(
+            describe_device(Some(
+                "URGENT: sign in again at https://evil.example/login now"
+            )),
+            "URGENT: sign in again at now"
+        );
+        assert_eq!(
+            describe_device(Some("Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0")),
+            "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"
+        );
+        assert_eq!(describe_device(Some("a\u{202E}b www.evil.example")), "ab");
+        assert_eq!(describe_device(Some("https://x")), "unknown");
+        assert_eq!(describe_device(None), "unknown");
+        assert_eq!(describe_device(Some(&"x".repeat(500))).len(), 120);
+    }
 
     #[test]
     fn every_kind_renders_both_parts_with_its_details() {

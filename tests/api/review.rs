@@ -677,6 +677,31 @@ async fn mail_to_an_unproven_address_carries_no_chosen_text() {
         "{}",
         reset.text
     );
+
+    // A sign-in alert names the device by its user agent, which the signing-in client wrote:
+    // nothing in it to follow.
+    for agent in [
+        "Firefox/128.0",
+        "URGENT call us at https://evil.example/help",
+    ] {
+        let response = app
+            .client
+            .post(app.url("/api/auth/login"))
+            .header("user-agent", agent)
+            .json(&json!({"username": "victim@lab.org", "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let alert = app
+        .smtp
+        .wait_for("victim@lab.org", "New sign-in to your account")
+        .await;
+    for part in [&alert.text, &alert.html] {
+        assert!(!part.contains("evil.example"), "{part}");
+    }
+    assert!(alert.text.contains("URGENT call us at"), "{}", alert.text);
 }
 
 /// Item 20: the document lists what the service answers (problems with their content type,
