@@ -114,9 +114,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => {
             if config.secret_key.is_none() {
                 tracing::warn!(
-                    "UMS_SECRET_KEY is not set: signing keys, queued emails and second-factor \
-                     secrets are stored unencrypted, and the audit chain is keyed by a value \
-                     anyone with the database can read. Set it for any real deployment \
+                    "UMS_SECRET_KEY is not set: signing keys and queued emails are stored \
+                     unencrypted, and the audit chain is plain SHA-256, which anyone who can \
+                     write to the database can recompute. Set it for any real deployment \
                      (UMS_ENV=production refuses to start without it)."
                 );
             }

@@ -316,7 +316,7 @@ impl Config {
         if production && get("UMS_SECRET_KEY").is_none() {
             return Err(invalid(
                 "UMS_SECRET_KEY",
-                "is required when UMS_ENV is production: signing keys and second factors would be stored unencrypted",
+                "is required when UMS_ENV is production: signing keys would be stored unencrypted and the audit chain unkeyed",
             ));
         }
         let log_format = match get("UMS_LOG_FORMAT").as_deref() {

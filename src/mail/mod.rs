@@ -176,9 +176,7 @@ pub fn describe_device(user_agent: Option<&str>) -> String {
     let clean: String = words
         .join(" ")
         .chars()
-        .filter(|c| {
-            !c.is_control() && !matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
-        })
+        .filter(|c| !c.is_control() && !crate::users::is_invisible_format_character(*c))
         .take(120)
         .collect();
     if clean.trim().is_empty() {

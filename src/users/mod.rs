@@ -92,7 +92,7 @@ pub fn parse_name(value: &str) -> Result<String, &'static str> {
 /// Characters that change how the text around them is shown without being seen: the bidi
 /// embeddings, overrides and isolates (U+202E turns "moc.live" into "evil.com"), zero-width
 /// joiners and marks, the byte-order mark.
-fn is_invisible_format_character(c: char) -> bool {
+pub fn is_invisible_format_character(c: char) -> bool {
     matches!(c,
         '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}'
         | '\u{061C}' | '\u{FEFF}')
