@@ -7,6 +7,39 @@ use std::sync::atomic::{AtomicI64, Ordering};
 /// Milliseconds since the Unix epoch: the one time unit the store and the rules use.
 pub type Millis = i64;
 
+/// A stored instant, to the millisecond: `timestamptz` on PostgreSQL and INTEGER
+/// milliseconds on SQLite (`store/types.rs`); RFC 3339 in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(Millis);
+
+impl Timestamp {
+    pub const fn from_millis(millis: Millis) -> Self {
+        Timestamp(millis)
+    }
+
+    pub const fn millis(self) -> Millis {
+        self.0
+    }
+}
+
+impl From<Millis> for Timestamp {
+    fn from(millis: Millis) -> Self {
+        Timestamp(millis)
+    }
+}
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&to_rfc3339(self.0))
+    }
+}
+
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&to_rfc3339(self.0))
+    }
+}
+
 #[derive(Clone)]
 pub enum Clock {
     System,

@@ -72,12 +72,12 @@ pub async fn render(state: &AppState) -> String {
         }
     }
     if let Ok(mut connection) = state.store.read().await {
-        let sessions: Result<(i64,), _> = sqlx::query_as(
+        let sessions: Result<(i64,), _> = crate::with_db!(connection, |db| sqlx::query_as(
             "SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL AND expires_at > $1",
         )
-        .bind(now)
-        .fetch_one(&mut *connection)
-        .await;
+        .bind(crate::clock::Timestamp::from(now))
+        .fetch_one(db)
+        .await);
         if let Ok((sessions,)) = sessions {
             metrics::gauge!("ums_active_sessions").set(sessions as f64);
         }

@@ -16,11 +16,10 @@ use flate2::Compression;
 use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 
 use crate::audit::StoredEvent;
-use crate::audit::query::{EVENT_COLUMNS, EventRow};
-use crate::clock::Millis;
+use crate::audit::query::{EVENT_COLUMNS, EventRecord, EventRow};
+use crate::clock::{Millis, Timestamp};
 use crate::store::{Backend, Store};
 
 /// One archived event: the stored row, chain fields included.
@@ -120,10 +119,10 @@ pub async fn prepare_partitions(store: &Store, now: Millis) -> anyhow::Result<()
     // the whole table, and that lock must not outlive the statement.
     let mut connection = store.write().await?;
     for month in [now, month_start(now) + 32 * 86_400_000] {
-        sqlx::query("SELECT audit_logs_ensure_month($1)")
-            .bind(month)
-            .execute(&mut *connection)
-            .await?;
+        crate::execute!(
+            connection,
+            sqlx::query("SELECT audit_logs_ensure_month($1)").bind(Timestamp::from(month))
+        )?;
     }
     Ok(())
 }
@@ -197,21 +196,21 @@ pub async fn archive(
     std::fs::create_dir_all(directory)
         .with_context(|| format!("creating {}", directory.display()))?;
     let mut connection = store.reports().await?;
-    let archived_through: i64 =
-        sqlx::query("SELECT archived_through FROM audit_chain WHERE id = 1")
-            .fetch_one(&mut *connection)
-            .await?
-            .try_get("archived_through")?;
+    let archived_through: i64 = crate::with_db!(connection, |db| sqlx::query_scalar(
+        "SELECT archived_through FROM audit_chain WHERE id = 1"
+    )
+    .fetch_one(db)
+    .await)?;
     let sql = format!("SELECT {EVENT_COLUMNS} FROM audit_logs WHERE seq > $1 ORDER BY seq");
     let mut by_month: BTreeMap<String, Vec<EventRow>> = BTreeMap::new();
     let mut last: Option<(i64, String)> = None;
     {
         use futures_util::TryStreamExt;
-        let mut rows = sqlx::query(&sql)
+        let mut rows = crate::with_db!(connection, |db| sqlx::query_as::<_, EventRecord>(&sql)
             .bind(archived_through)
-            .fetch(&mut *connection);
+            .fetch(db));
         while let Some(row) = rows.try_next().await? {
-            let row = EventRow::from_row(&row)?;
+            let row = EventRow::from(row);
             if row.event.occurred_at >= cutoff {
                 break;
             }
@@ -252,21 +251,21 @@ pub async fn archive(
         report.files.push(path);
     }
     let mut transaction = store.begin().await?;
-    sqlx::query("UPDATE audit_chain SET archived_through = $1, archived_hash = $2 WHERE id = 1")
+    crate::execute!(
+        transaction,
+        sqlx::query(
+            "UPDATE audit_chain SET archived_through = $1, archived_hash = $2 WHERE id = 1"
+        )
         .bind(last_seq)
         .bind(&last_hash)
-        .execute(&mut *transaction)
-        .await?;
+    )?;
     // PostgreSQL: the months leave with their partitions below; only strays in the default
     // partition are deleted row by row.
     let delete = match store.backend() {
         Backend::Sqlite => "DELETE FROM audit_logs WHERE seq <= $1",
         Backend::Postgres => "DELETE FROM audit_logs_default WHERE seq <= $1",
     };
-    sqlx::query(delete)
-        .bind(last_seq)
-        .execute(&mut *transaction)
-        .await?;
+    crate::execute!(transaction, sqlx::query(delete).bind(last_seq))?;
     transaction.commit().await?;
     report.dropped_partitions = drop_archived_partitions(store, cutoff).await?;
     Ok(report)
@@ -280,20 +279,17 @@ async fn drop_archived_partitions(store: &Store, cutoff: Millis) -> anyhow::Resu
         return Ok(Vec::new());
     }
     let mut transaction = store.begin().await?;
-    sqlx::query("SET LOCAL lock_timeout = '5s'")
-        .execute(&mut *transaction)
-        .await?;
-    let dropped = sqlx::query("SELECT audit_logs_drop_archived_months($1) AS name")
-        .bind(cutoff)
-        .fetch_all(&mut *transaction)
-        .await;
+    crate::execute!(transaction, sqlx::query("SET LOCAL lock_timeout = '5s'"))?;
+    let dropped = crate::with_db!(transaction, |db| sqlx::query_scalar::<_, String>(
+        "SELECT audit_logs_drop_archived_months($1) AS name"
+    )
+    .bind(Timestamp::from(cutoff))
+    .fetch_all(db)
+    .await);
     match dropped {
-        Ok(rows) => {
+        Ok(names) => {
             transaction.commit().await?;
-            Ok(rows
-                .iter()
-                .map(|row| row.try_get("name"))
-                .collect::<Result<_, _>>()?)
+            Ok(names)
         }
         Err(error) => {
             tracing::warn!(error = %error, "dropping archived audit partitions failed; will retry");
@@ -309,20 +305,20 @@ pub async fn expire(
     now: Millis,
 ) -> anyhow::Result<u64> {
     let mut transaction = store.begin().await?;
-    let attempts = sqlx::query("DELETE FROM login_attempts WHERE attempted_at < $1")
-        .bind(login_attempts_before)
-        .execute(&mut *transaction)
-        .await?
-        .rows_affected();
-    sqlx::query("DELETE FROM login_throttles WHERE (locked_until IS NULL OR locked_until < $1) AND updated_at < $2")
-        .bind(now)
-        .bind(now - 86_400_000)
-        .execute(&mut *transaction)
-        .await?;
-    sqlx::query("DELETE FROM email_outbox WHERE status = 'sent' AND sent_at < $1")
-        .bind(now - 30 * 86_400_000)
-        .execute(&mut *transaction)
-        .await?;
+    let attempts = crate::execute!(
+        transaction,
+        sqlx::query("DELETE FROM login_attempts WHERE attempted_at < $1")
+            .bind(Timestamp::from(login_attempts_before))
+    )?;
+    crate::execute!(transaction, sqlx::query("DELETE FROM login_throttles WHERE (locked_until IS NULL OR locked_until < $1) AND updated_at < $2")
+        .bind(Timestamp::from(now))
+        .bind(Timestamp::from(now - 86_400_000))
+        )?;
+    crate::execute!(
+        transaction,
+        sqlx::query("DELETE FROM email_outbox WHERE status = 'sent' AND sent_at < $1")
+            .bind(Timestamp::from(now - 30 * 86_400_000))
+    )?;
     transaction.commit().await?;
     Ok(attempts)
 }

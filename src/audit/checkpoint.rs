@@ -11,7 +11,6 @@ use std::path::Path;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 use subtle::ConstantTimeEq;
 
 use crate::audit::ChainKey;
@@ -45,14 +44,14 @@ fn signature(key: &ChainKey, seq: i64, hash: &str, at: &str) -> String {
 
 /// Records the current head: in the log always, and in `directory` when there is one.
 pub async fn write(store: &Store, directory: Option<&Path>, now: Millis) -> anyhow::Result<()> {
-    let head = {
+    let (seq, hash): (i64, String) = {
         let mut connection = store.read().await?;
-        sqlx::query("SELECT seq, last_hash FROM audit_chain WHERE id = 1")
-            .fetch_one(&mut *connection)
-            .await?
+        crate::with_db!(connection, |db| sqlx::query_as(
+            "SELECT seq, last_hash FROM audit_chain WHERE id = 1"
+        )
+        .fetch_one(db)
+        .await)?
     };
-    let seq: i64 = head.try_get("seq")?;
-    let hash: String = head.try_get("last_hash")?;
     if seq == 0 {
         return Ok(());
     }

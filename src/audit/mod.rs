@@ -16,11 +16,11 @@ pub mod verify;
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use sqlx::Row;
+use sqlx::types::Json;
 
-use crate::clock::Millis;
+use crate::clock::{Millis, Timestamp};
 use crate::http::AppError;
-use crate::store::{Connection, flag};
+use crate::store::{Connection, Inet};
 
 /// Every action the service records, in one place.
 // One variant per dotted action; `as_str` is the stored name.
@@ -242,15 +242,17 @@ pub fn is_keyed_at(keyed_from: Option<i64>, seq: i64) -> bool {
 /// keyed chain without one (its events could not be written or verified).
 pub async fn key_the_chain(store: &crate::store::Store) -> anyhow::Result<()> {
     let mut transaction = store.begin().await?;
-    let keyed_from: Option<i64> =
-        sqlx::query_scalar("SELECT keyed_from FROM audit_chain WHERE id = 1")
-            .fetch_one(&mut *transaction)
-            .await?;
+    let keyed_from: Option<i64> = crate::with_db!(transaction, |db| sqlx::query_scalar(
+        "SELECT keyed_from FROM audit_chain WHERE id = 1"
+    )
+    .fetch_one(db)
+    .await)?;
     match (keyed_from, store.chain_key().is_keyed()) {
         (None, true) => {
-            sqlx::query("UPDATE audit_chain SET keyed_from = seq + 1 WHERE id = 1")
-                .execute(&mut *transaction)
-                .await?;
+            crate::execute!(
+                transaction,
+                sqlx::query("UPDATE audit_chain SET keyed_from = seq + 1 WHERE id = 1")
+            )?;
             transaction.commit().await?;
         }
         (Some(from), false) => anyhow::bail!(
@@ -275,15 +277,17 @@ pub async fn record_batch(
         return Ok(());
     }
     let count = events.len() as i64;
-    let head = sqlx::query(
-        "UPDATE audit_chain SET seq = seq + $1 WHERE id = 1 RETURNING seq, last_hash, keyed_from",
-    )
-    .bind(count)
-    .fetch_one(&mut *connection)
-    .await?;
-    let last_seq: i64 = head.try_get("seq")?;
-    let mut prev_hash: String = head.try_get("last_hash")?;
-    let keyed_from: Option<i64> = head.try_get("keyed_from")?;
+    let (last_seq, mut prev_hash, keyed_from): (i64, String, Option<i64>) = crate::with_db!(
+        connection,
+        |db| {
+            sqlx::query_as(
+            "UPDATE audit_chain SET seq = seq + $1 WHERE id = 1 RETURNING seq, last_hash, keyed_from",
+        )
+        .bind(count)
+        .fetch_one(db)
+        .await
+        }
+    )?;
     let mut rows = Vec::with_capacity(events.len());
     for (offset, event) in events.into_iter().enumerate() {
         let stored = StoredEvent {
@@ -292,7 +296,13 @@ pub async fn record_batch(
             action: event.action.as_str().to_string(),
             success: event.success,
             user_id: event.user_id,
-            actor_ip: event.origin.ip,
+            // Stored as an address (`inet`), so hashed as the address's own text.
+            actor_ip: event
+                .origin
+                .ip
+                .as_deref()
+                .and_then(Inet::parse)
+                .map(|ip| ip.to_string()),
             user_agent: event.origin.user_agent,
             resource_type: event.resource_type.map(String::from),
             resource_id: event.resource_id,
@@ -330,30 +340,41 @@ pub async fn record_batch(
              resource_type, resource_id, lab_id, details, request_id, prev_hash, hash) VALUES {}",
             placeholders.join(", ")
         );
-        let mut query = sqlx::query(&sql);
-        for (stored, prev, hash) in chunk {
-            query = query
-                .bind(stored.seq)
-                .bind(stored.occurred_at)
-                .bind(&stored.action)
-                .bind(flag(stored.success))
-                .bind(stored.user_id)
-                .bind(&stored.actor_ip)
-                .bind(&stored.user_agent)
-                .bind(&stored.resource_type)
-                .bind(&stored.resource_id)
-                .bind(stored.lab_id)
-                .bind(&stored.details)
-                .bind(&stored.request_id)
-                .bind(prev)
-                .bind(hash);
-        }
-        query.execute(&mut *connection).await?;
+        let values = chunk
+            .iter()
+            .map(|(stored, _, _)| {
+                let details: &serde_json::value::RawValue =
+                    serde_json::from_str(&stored.details)
+                        .map_err(|error| AppError::Internal(error.into()))?;
+                Ok((stored.actor_ip.as_deref().and_then(Inet::parse), details))
+            })
+            .collect::<Result<Vec<_>, AppError>>()?;
+        crate::execute!(connection, {
+            let mut query = sqlx::query(&sql);
+            for ((stored, prev, hash), (actor_ip, details)) in chunk.iter().zip(&values) {
+                query = query
+                    .bind(stored.seq)
+                    .bind(Timestamp::from(stored.occurred_at))
+                    .bind(&stored.action)
+                    .bind(stored.success)
+                    .bind(stored.user_id)
+                    .bind(*actor_ip)
+                    .bind(&stored.user_agent)
+                    .bind(&stored.resource_type)
+                    .bind(&stored.resource_id)
+                    .bind(stored.lab_id)
+                    .bind(Json(*details))
+                    .bind(&stored.request_id)
+                    .bind(prev)
+                    .bind(hash);
+            }
+            query
+        })?;
     }
-    sqlx::query("UPDATE audit_chain SET last_hash = $1 WHERE id = 1")
-        .bind(&prev_hash)
-        .execute(&mut *connection)
-        .await?;
+    crate::execute!(
+        connection,
+        sqlx::query("UPDATE audit_chain SET last_hash = $1 WHERE id = 1").bind(&prev_hash)
+    )?;
     // Counted when written; a rolled-back transaction over-counts, which a counter tolerates.
     metrics::counter!("ums_audit_events_total").increment(count as u64);
     Ok(())

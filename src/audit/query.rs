@@ -3,14 +3,13 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
-use sqlx::Row;
-use sqlx::any::AnyRow;
+use sqlx::types::Json;
 
 use crate::audit::StoredEvent;
-use crate::clock::{Millis, serialize_time};
+use crate::clock::{Millis, Timestamp};
 use crate::http::AppError;
 use crate::http::pagination::{ListQuery, PageRequest};
-use crate::store::{Conditions, Connection, SqlValue};
+use crate::store::{Conditions, Connection, Inet, SqlValue};
 
 pub const EVENT_COLUMNS: &str = "id, seq, occurred_at, action, success, user_id, actor_ip, user_agent, \
     resource_type, resource_id, lab_id, details, request_id, prev_hash, hash";
@@ -19,9 +18,8 @@ pub const EVENT_COLUMNS: &str = "id, seq, occurred_at, action, success, user_id,
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EventView {
     pub id: i64,
-    #[serde(serialize_with = "serialize_time")]
     #[schema(value_type = String, format = DateTime)]
-    pub occurred_at: Millis,
+    pub occurred_at: Timestamp,
     pub action: String,
     pub success: bool,
     pub user_id: Option<i64>,
@@ -44,34 +42,59 @@ pub struct EventRow {
     pub hash: String,
 }
 
-impl EventRow {
-    pub fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
-        Ok(EventRow {
-            id: row.try_get("id")?,
-            prev_hash: row.try_get("prev_hash")?,
-            hash: row.try_get("hash")?,
-            event: StoredEvent {
-                seq: row.try_get("seq")?,
-                occurred_at: row.try_get("occurred_at")?,
-                action: row.try_get("action")?,
-                success: row.try_get::<i64, _>("success")? != 0,
-                user_id: row.try_get("user_id")?,
-                actor_ip: row.try_get("actor_ip")?,
-                user_agent: row.try_get("user_agent")?,
-                resource_type: row.try_get("resource_type")?,
-                resource_id: row.try_get("resource_id")?,
-                lab_id: row.try_get("lab_id")?,
-                details: row.try_get("details")?,
-                request_id: row.try_get("request_id")?,
-            },
-        })
-    }
+/// An `audit_logs` row in the database's own types (`EVENT_COLUMNS`).
+#[derive(sqlx::FromRow)]
+pub struct EventRecord {
+    id: i64,
+    seq: i64,
+    occurred_at: Timestamp,
+    action: String,
+    success: bool,
+    user_id: Option<i64>,
+    actor_ip: Option<Inet>,
+    user_agent: Option<String>,
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    lab_id: Option<i64>,
+    details: Json<serde_json::Value>,
+    request_id: Option<String>,
+    prev_hash: String,
+    hash: String,
+}
 
+impl From<EventRecord> for EventRow {
+    /// The details are hashed in their canonical text (keys in order, no spaces), which is
+    /// what `record` wrote and what re-serialising the stored value gives back, whether the
+    /// database kept the text (SQLite) or its own binary form (`jsonb`).
+    fn from(record: EventRecord) -> Self {
+        EventRow {
+            id: record.id,
+            prev_hash: record.prev_hash,
+            hash: record.hash,
+            event: StoredEvent {
+                seq: record.seq,
+                occurred_at: record.occurred_at.millis(),
+                action: record.action,
+                success: record.success,
+                user_id: record.user_id,
+                actor_ip: record.actor_ip.map(|ip| ip.to_string()),
+                user_agent: record.user_agent,
+                resource_type: record.resource_type,
+                resource_id: record.resource_id,
+                lab_id: record.lab_id,
+                details: record.details.0.to_string(),
+                request_id: record.request_id,
+            },
+        }
+    }
+}
+
+impl EventRow {
     pub fn view(&self) -> EventView {
         let event = &self.event;
         EventView {
             id: self.id,
-            occurred_at: event.occurred_at,
+            occurred_at: Timestamp::from(event.occurred_at),
             action: event.action.clone(),
             success: event.success,
             user_id: event.user_id,
@@ -98,7 +121,7 @@ pub fn parse_time(value: &str) -> Option<Millis> {
 #[derive(Debug, Default, Clone)]
 pub struct EventFilter {
     pub user_id: Option<i64>,
-    pub ip: Option<String>,
+    pub ip: Option<std::net::IpAddr>,
     pub action: Option<String>,
     pub resource_type: Option<String>,
     pub resource_id: Option<String>,
@@ -112,7 +135,7 @@ impl EventFilter {
     pub fn read(query: &mut ListQuery) -> Self {
         EventFilter {
             user_id: query.id("user_id"),
-            ip: query.text("ip"),
+            ip: query.ip("ip"),
             action: query.text("action"),
             resource_type: query.text("resource_type"),
             resource_id: query.text("resource_id"),
@@ -127,8 +150,10 @@ impl EventFilter {
         if let Some(user_id) = self.user_id {
             conditions.push("user_id = ?", SqlValue::Int(user_id));
         }
+        if let Some(ip) = self.ip {
+            conditions.push("actor_ip = ?", SqlValue::Address(Inet(ip)));
+        }
         for (column, value) in [
-            ("actor_ip", &self.ip),
             ("action", &self.action),
             ("resource_type", &self.resource_type),
             ("resource_id", &self.resource_id),
@@ -138,13 +163,13 @@ impl EventFilter {
             }
         }
         if let Some(success) = self.success {
-            conditions.push("success = ?", SqlValue::Int(i64::from(success)));
+            conditions.push("success = ?", SqlValue::Flag(success));
         }
         if let Some(from) = self.from {
-            conditions.push("occurred_at >= ?", SqlValue::Int(from));
+            conditions.push("occurred_at >= ?", SqlValue::Time(from.into()));
         }
         if let Some(to) = self.to {
-            conditions.push("occurred_at <= ?", SqlValue::Int(to));
+            conditions.push("occurred_at <= ?", SqlValue::Time(to.into()));
         }
         conditions
     }
@@ -155,8 +180,10 @@ impl EventFilter {
         if let Some(user_id) = self.user_id {
             parts.push(format!("user_id={user_id}"));
         }
+        if let Some(ip) = self.ip {
+            parts.push(format!("ip={ip}"));
+        }
         for (name, value) in [
-            ("ip", &self.ip),
             ("action", &self.action),
             ("resource_type", &self.resource_type),
             ("resource_id", &self.resource_id),
@@ -189,27 +216,27 @@ pub async fn page(
 ) -> Result<(Vec<EventView>, i64), AppError> {
     let conditions = filter.conditions();
     let where_sql = conditions.where_sql();
-    let (total,): (i64,) = conditions
+    let (total,): (i64,) = crate::with_db!(connection, |db| conditions
         .bind(sqlx::query_as(&format!(
             "SELECT COUNT(*) FROM audit_logs{where_sql}"
         )))
-        .fetch_one(&mut *connection)
-        .await?;
+        .fetch_one(db)
+        .await)?;
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM audit_logs{where_sql} ORDER BY seq DESC LIMIT {} OFFSET {}",
         conditions.next_placeholder(1),
         conditions.next_placeholder(2)
     );
-    let rows = conditions
-        .bind_query(sqlx::query(&sql))
+    let rows = crate::with_db!(connection, |db| conditions
+        .bind(sqlx::query_as::<_, EventRecord>(&sql))
         .bind(page.per_page)
         .bind(page.offset())
-        .fetch_all(&mut *connection)
-        .await?;
+        .fetch_all(db)
+        .await)?;
     let events = rows
-        .iter()
-        .map(|row| EventRow::from_row(row).map(|row| row.view()))
-        .collect::<Result<_, _>>()?;
+        .into_iter()
+        .map(|record| EventRow::from(record).view())
+        .collect();
     Ok((events, total))
 }
 
@@ -237,13 +264,13 @@ pub async fn export(
         "SELECT {EVENT_COLUMNS} FROM audit_logs{} ORDER BY seq",
         conditions.where_sql()
     );
-    let mut rows = conditions
-        .bind_query(sqlx::query(&sql))
-        .fetch(&mut *connection);
+    let mut rows = crate::with_db!(connection, |db| conditions
+        .bind(sqlx::query_as::<_, EventRecord>(&sql))
+        .fetch(db));
     let mut buffer = exporter.begin();
     let mut count = 0;
     while let Some(row) = rows.try_next().await? {
-        buffer.extend(exporter.event(&EventRow::from_row(&row)?));
+        buffer.extend(exporter.event(&EventRow::from(row)));
         count += 1;
         if buffer.len() >= EXPORT_CHUNK {
             sink.write(std::mem::take(&mut buffer)).await?;
@@ -262,9 +289,18 @@ pub struct LoginAttemptView {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
     pub success: bool,
-    #[serde(serialize_with = "serialize_time")]
     #[schema(value_type = String, format = DateTime)]
-    pub attempted_at: Millis,
+    pub attempted_at: Timestamp,
+}
+
+#[derive(sqlx::FromRow)]
+struct LoginAttemptRecord {
+    id: i64,
+    username: String,
+    ip: Option<Inet>,
+    user_agent: Option<String>,
+    success: bool,
+    attempted_at: Timestamp,
 }
 
 pub async fn login_attempts(
@@ -275,52 +311,50 @@ pub async fn login_attempts(
     let page = query.page();
     let mut conditions = Conditions::new();
     if let Some(username) = query.text("username") {
-        conditions.push("lower(username) = lower(?)", SqlValue::Text(username));
+        conditions.push("username = ?", SqlValue::Folded(username));
     }
-    if let Some(ip) = query.text("ip") {
-        conditions.push("ip = ?", SqlValue::Text(ip));
+    if let Some(ip) = query.ip("ip") {
+        conditions.push("ip = ?", SqlValue::Address(Inet(ip)));
     }
     if let Some(success) = query.boolean("success") {
-        conditions.push("success = ?", SqlValue::Int(i64::from(success)));
+        conditions.push("success = ?", SqlValue::Flag(success));
     }
     if let Some(from) = query.time("from") {
-        conditions.push("attempted_at >= ?", SqlValue::Int(from));
+        conditions.push("attempted_at >= ?", SqlValue::Time(from.into()));
     }
     if let Some(to) = query.time("to") {
-        conditions.push("attempted_at <= ?", SqlValue::Int(to));
+        conditions.push("attempted_at <= ?", SqlValue::Time(to.into()));
     }
     query.finish()?;
     let where_sql = conditions.where_sql();
-    let (total,): (i64,) = conditions
+    let (total,): (i64,) = crate::with_db!(connection, |db| conditions
         .bind(sqlx::query_as(&format!(
             "SELECT COUNT(*) FROM login_attempts{where_sql}"
         )))
-        .fetch_one(&mut *connection)
-        .await?;
+        .fetch_one(db)
+        .await)?;
     let sql = format!(
         "SELECT id, username, ip, user_agent, success, attempted_at FROM login_attempts{where_sql} \
          ORDER BY id DESC LIMIT {} OFFSET {}",
         conditions.next_placeholder(1),
         conditions.next_placeholder(2)
     );
-    let rows = conditions
-        .bind_query(sqlx::query(&sql))
+    let rows = crate::with_db!(connection, |db| conditions
+        .bind(sqlx::query_as::<_, LoginAttemptRecord>(&sql))
         .bind(page.per_page)
         .bind(page.offset())
-        .fetch_all(&mut *connection)
-        .await?;
+        .fetch_all(db)
+        .await)?;
     let items = rows
-        .iter()
-        .map(|row| {
-            Ok(LoginAttemptView {
-                id: row.try_get("id")?,
-                username: row.try_get("username")?,
-                ip: row.try_get("ip")?,
-                user_agent: row.try_get("user_agent")?,
-                success: row.try_get::<i64, _>("success")? != 0,
-                attempted_at: row.try_get("attempted_at")?,
-            })
+        .into_iter()
+        .map(|row| LoginAttemptView {
+            id: row.id,
+            username: row.username,
+            ip: row.ip.map(|ip| ip.to_string()),
+            user_agent: row.user_agent,
+            success: row.success,
+            attempted_at: row.attempted_at,
         })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        .collect();
     Ok(crate::http::pagination::Page::new(items, total, page))
 }

@@ -7,13 +7,11 @@
 use std::fmt;
 use std::path::Path;
 
-use sqlx::Row;
-
 use std::collections::BTreeMap;
 
 use crate::audit::archive::read_archives;
 use crate::audit::checkpoint;
-use crate::audit::query::{EVENT_COLUMNS, EventRow};
+use crate::audit::query::{EVENT_COLUMNS, EventRecord, EventRow};
 use crate::audit::{ChainKey, GENESIS_HASH, is_keyed_at};
 use crate::store::Store;
 
@@ -158,16 +156,19 @@ impl ChainWalk {
 
 pub async fn verify(store: &Store, archive_dir: Option<&Path>) -> anyhow::Result<Report> {
     let mut connection = store.reports().await?;
-    let head = sqlx::query(
-        "SELECT seq, last_hash, archived_through, archived_hash, keyed_from FROM audit_chain WHERE id = 1",
-    )
-    .fetch_one(&mut *connection)
-    .await?;
-    let head_seq: i64 = head.try_get("seq")?;
-    let head_hash: String = head.try_get("last_hash")?;
-    let archived_through: i64 = head.try_get("archived_through")?;
-    let archived_hash: String = head.try_get("archived_hash")?;
-    let keyed_from: Option<i64> = head.try_get("keyed_from")?;
+    let (head_seq, head_hash, archived_through, archived_hash, keyed_from): (
+        i64,
+        String,
+        i64,
+        String,
+        Option<i64>,
+    ) = crate::with_db!(connection, |db| {
+        sqlx::query_as(
+            "SELECT seq, last_hash, archived_through, archived_hash, keyed_from FROM audit_chain WHERE id = 1",
+        )
+        .fetch_one(db)
+        .await
+    })?;
     let key = store.chain_key().clone();
 
     let checkpoints = match archive_dir {
@@ -223,12 +224,12 @@ pub async fn verify(store: &Store, archive_dir: Option<&Path>) -> anyhow::Result
 
     // Archived rows may wait for their partition to be dropped: the archive holds them.
     let sql = format!("SELECT {EVENT_COLUMNS} FROM audit_logs WHERE seq > $1 ORDER BY seq");
-    let mut rows = sqlx::query(&sql)
+    let mut rows = crate::with_db!(connection, |db| sqlx::query_as::<_, EventRecord>(&sql)
         .bind(archived_through)
-        .fetch(&mut *connection);
+        .fetch(db));
     use futures_util::TryStreamExt;
     while let Some(row) = rows.try_next().await? {
-        if let Some(finding) = walk.step(&EventRow::from_row(&row)?) {
+        if let Some(finding) = walk.step(&EventRow::from(row)) {
             return Ok(Report {
                 checked: walk.checked,
                 finding: Some(finding),

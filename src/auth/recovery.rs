@@ -8,17 +8,16 @@
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
-use sqlx::Row;
 
 use crate::audit::{self, Action, Event, Origin};
 use crate::auth::password::check_policy;
 use crate::auth::tokens::{hash_token, random_token};
-use crate::clock::{Millis, to_rfc3339};
+use crate::clock::{Millis, Timestamp, to_rfc3339};
 use crate::http::AppError;
 use crate::mail::EmailKind;
 use crate::security::lockout::{self, Subject};
 use crate::state::AppState;
-use crate::store::Connection;
+use crate::store::{Connection, Inet};
 use crate::users::store::{self as user_store, UserChanges};
 use crate::users::{Email, User, UserView};
 
@@ -84,12 +83,12 @@ async fn sent_recently(
          JOIN users ON users.id = link.user_id AND users.credential_stamp = link.credential_stamp \
          WHERE link.user_id = $1 AND link.used_at IS NULL AND link.created_at > $2 {email_clause}"
     );
-    let count: i64 = sqlx::query_scalar(&sql)
+    let count: i64 = crate::with_db!(connection, |db| sqlx::query_scalar(&sql)
         .bind(user_id)
-        .bind(now - RESEND_INTERVAL)
+        .bind(Timestamp::from(now - RESEND_INTERVAL))
         .bind(email.unwrap_or_default())
-        .fetch_one(&mut *connection)
-        .await?;
+        .fetch_one(db)
+        .await)?;
     Ok(count > 0)
 }
 
@@ -107,26 +106,24 @@ pub async fn send_verification(
     kind: EmailKind,
     now: Millis,
 ) -> Result<(), AppError> {
-    sqlx::query(
+    crate::execute!(connection, sqlx::query(
         "UPDATE email_verification_tokens SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL",
     )
     .bind(user.id)
-    .bind(now)
-    .execute(&mut *connection)
-    .await?;
+    .bind(Timestamp::from(now))
+    )?;
     let token = random_token();
     let ttl = state.config.verification_token_ttl;
-    sqlx::query(
+    crate::execute!(connection, sqlx::query(
         "INSERT INTO email_verification_tokens (user_id, token_hash, email, created_at, expires_at, credential_stamp) \
          VALUES ($1, $2, $3, $4, $5, (SELECT credential_stamp FROM users WHERE id = $1))",
     )
     .bind(user.id)
     .bind(hash_token(&token))
     .bind(email)
-    .bind(now)
-    .bind(now + ttl.as_millis() as i64)
-    .execute(&mut *connection)
-    .await?;
+    .bind(Timestamp::from(now))
+    .bind(Timestamp::from(now + ttl.as_millis() as i64))
+    )?;
     let link = state.outbox.link("verify-email", &token);
     state
         .outbox
@@ -182,23 +179,21 @@ pub async fn forgot_password(
             .await?;
         }
         Some(user) => {
-            sqlx::query("UPDATE password_reset_tokens SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL")
+            crate::execute!(transaction, sqlx::query("UPDATE password_reset_tokens SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL")
                 .bind(user.id)
-                .bind(now)
-                .execute(&mut *transaction)
-                .await?;
+                .bind(Timestamp::from(now))
+                )?;
             let token = random_token();
             let ttl = state.config.reset_token_ttl;
-            sqlx::query(
+            crate::execute!(transaction, sqlx::query(
                 "INSERT INTO password_reset_tokens (user_id, token_hash, created_at, expires_at, credential_stamp) \
                  VALUES ($1, $2, $3, $4, (SELECT credential_stamp FROM users WHERE id = $1))",
             )
             .bind(user.id)
             .bind(hash_token(&token))
-            .bind(now)
-            .bind(now + ttl.as_millis() as i64)
-            .execute(&mut *transaction)
-            .await?;
+            .bind(Timestamp::from(now))
+            .bind(Timestamp::from(now + ttl.as_millis() as i64))
+            )?;
             let link = state.outbox.link("reset-password", &token);
             state
                 .outbox
@@ -253,19 +248,11 @@ async fn find_live_token(
          JOIN users ON users.id = link.user_id AND users.credential_stamp = link.credential_stamp \
          WHERE link.token_hash = $1 AND link.used_at IS NULL AND link.expires_at > $2"
     );
-    let row = sqlx::query(&sql)
+    Ok(crate::with_db!(connection, |db| sqlx::query_as(&sql)
         .bind(hash_token(token))
-        .bind(now)
-        .fetch_optional(&mut *connection)
-        .await?;
-    Ok(match row {
-        Some(row) => Some((
-            row.try_get("id")?,
-            row.try_get("user_id")?,
-            row.try_get("email")?,
-        )),
-        None => None,
-    })
+        .bind(Timestamp::from(now))
+        .fetch_optional(db)
+        .await)?)
 }
 
 /// Spends a token row; false if another request spent it first.
@@ -276,12 +263,11 @@ async fn spend_token(
     now: Millis,
 ) -> Result<bool, AppError> {
     let sql = format!("UPDATE {table} SET used_at = $2 WHERE id = $1 AND used_at IS NULL");
-    let result = sqlx::query(&sql)
-        .bind(id)
-        .bind(now)
-        .execute(&mut *connection)
-        .await?;
-    Ok(result.rows_affected() == 1)
+    let result = crate::execute!(
+        connection,
+        sqlx::query(&sql).bind(id).bind(Timestamp::from(now))
+    )?;
+    Ok(result == 1)
 }
 
 /// Sets a new password and stamps `password_changed_at`.
@@ -291,12 +277,11 @@ async fn store_password(
     hash: &str,
     now: Millis,
 ) -> Result<(), AppError> {
-    sqlx::query("UPDATE users SET password_hash = $2, password_changed_at = $3, updated_at = $3 WHERE id = $1")
+    crate::execute!(connection, sqlx::query("UPDATE users SET password_hash = $2, password_changed_at = $3, updated_at = $3 WHERE id = $1")
         .bind(user_id)
         .bind(hash)
-        .bind(now)
-        .execute(&mut *connection)
-        .await?;
+        .bind(Timestamp::from(now))
+        )?;
     Ok(())
 }
 
@@ -429,16 +414,16 @@ pub async fn change_password(
     let mut transaction = state.store.begin().await?;
     store_password(&mut transaction, user.id, &hash, now).await?;
     user_store::void_emailed_links(&mut transaction, user.id).await?;
-    let revoked = sqlx::query(
-        "UPDATE sessions SET revoked_at = $2, revoked_reason = 'password_changed' \
+    let revoked = crate::execute!(
+        transaction,
+        sqlx::query(
+            "UPDATE sessions SET revoked_at = $2, revoked_reason = 'password_changed' \
          WHERE user_id = $1 AND id <> $3 AND revoked_at IS NULL",
-    )
-    .bind(user.id)
-    .bind(now)
-    .bind(current_session)
-    .execute(&mut *transaction)
-    .await?
-    .rows_affected();
+        )
+        .bind(user.id)
+        .bind(Timestamp::from(now))
+        .bind(current_session)
+    )?;
     state
         .outbox
         .enqueue(
@@ -633,19 +618,20 @@ pub async fn notify_new_login(
     current_session: &str,
     now: Millis,
 ) -> Result<(), AppError> {
-    if user.new_login_alerts == 0 {
+    if !user.new_login_alerts {
         return Ok(());
     }
-    let (earlier, same_device): (i64, i64) = sqlx::query_as(
-        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN COALESCE(ip, '') = $2 AND COALESCE(user_agent, '') = $3 THEN 1 ELSE 0 END), 0) \
+    let (earlier, same_device): (i64, i64) = crate::with_db!(connection, |db| {
+        sqlx::query_as(
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN ip IS NOT DISTINCT FROM $2 AND user_agent IS NOT DISTINCT FROM $3 THEN 1 ELSE 0 END), 0) \
          FROM sessions WHERE user_id = $1 AND id <> $4",
     )
     .bind(user.id)
-    .bind(origin.ip.as_deref().unwrap_or_default())
-    .bind(origin.user_agent.as_deref().unwrap_or_default())
+    .bind(origin.ip.as_deref().and_then(Inet::parse))
+    .bind(origin.user_agent.as_deref())
     .bind(current_session)
-    .fetch_one(&mut *connection)
-    .await?;
+    .fetch_one(db).await
+    })?;
     if earlier == 0 || same_device > 0 {
         return Ok(());
     }

@@ -382,16 +382,15 @@ async fn record_attempt(
     success: bool,
     now: i64,
 ) -> Result<(), AppError> {
-    sqlx::query(
+    crate::execute!(connection, sqlx::query(
         "INSERT INTO login_attempts (username, ip, user_agent, success, attempted_at) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(login)
-    .bind(&origin.ip)
+    .bind(origin.ip.as_deref().and_then(crate::store::Inet::parse))
     .bind(&origin.user_agent)
-    .bind(crate::store::flag(success))
-    .bind(now)
-    .execute(&mut *connection)
-    .await?;
+    .bind(success)
+    .bind(crate::clock::Timestamp::from(now))
+    )?;
     Ok(())
 }
 
@@ -577,11 +576,11 @@ pub async fn revoke_session(
 pub async fn measure_verify_floor(state: &AppState) -> Result<(), AppError> {
     let hashes: Vec<String> = {
         let mut connection = state.store.read().await?;
-        sqlx::query_scalar(
+        crate::with_db!(connection, |db| sqlx::query_scalar(
             "SELECT password_hash FROM users WHERE password_hash NOT LIKE '$argon2%'",
         )
-        .fetch_all(&mut *connection)
-        .await?
+        .fetch_all(db)
+        .await)?
     };
     let methods = crate::auth::password::legacy_methods(hashes.iter().map(String::as_str));
     let floor = if methods.is_empty() {

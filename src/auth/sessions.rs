@@ -6,14 +6,13 @@
 //! the refresh lifetime counted from its login.
 
 use serde::Serialize;
-use sqlx::Row;
 
 use crate::audit::Origin;
 use crate::auth::tokens::{Claims, TokenType, hash_token, random_token};
-use crate::clock::{Millis, serialize_time};
+use crate::clock::{Millis, Timestamp};
 use crate::http::AppError;
 use crate::state::AppState;
-use crate::store::Connection;
+use crate::store::{Connection, Inet};
 use crate::users::User;
 use crate::users::store::USER_COLUMNS;
 
@@ -32,12 +31,10 @@ pub struct SessionView {
     pub id: String,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
-    #[serde(serialize_with = "serialize_time")]
     #[schema(value_type = String, format = DateTime)]
-    pub created_at: Millis,
-    #[serde(serialize_with = "serialize_time")]
+    pub created_at: Timestamp,
     #[schema(value_type = String, format = DateTime)]
-    pub last_used_at: Millis,
+    pub last_used_at: Timestamp,
     pub current: bool,
 }
 
@@ -50,18 +47,17 @@ pub async fn open(
     lifetime: Millis,
 ) -> Result<String, AppError> {
     let id = random_token()[..32].to_string();
-    sqlx::query(
+    crate::execute!(connection, sqlx::query(
         "INSERT INTO sessions (id, user_id, ip, user_agent, created_at, last_used_at, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $5, $6)",
     )
     .bind(&id)
     .bind(user_id)
-    .bind(&origin.ip)
+    .bind(origin.ip.as_deref().and_then(Inet::parse))
     .bind(&origin.user_agent)
-    .bind(now)
-    .bind(now + lifetime)
-    .execute(&mut *connection)
-    .await?;
+    .bind(Timestamp::from(now))
+    .bind(Timestamp::from(now + lifetime))
+    )?;
     Ok(id)
 }
 
@@ -113,15 +109,14 @@ pub async fn issue_tokens(
     };
     let access = claims(TokenType::Access, now + access_ttl);
     let refresh = claims(TokenType::Refresh, refresh_expires_at);
-    sqlx::query(
+    crate::execute!(connection, sqlx::query(
         "INSERT INTO refresh_tokens (token_hash, session_id, issued_at, expires_at) VALUES ($1, $2, $3, $4)",
     )
     .bind(hash_token(&refresh.jti))
     .bind(session_id)
-    .bind(now)
-    .bind(refresh_expires_at)
-    .execute(&mut *connection)
-    .await?;
+    .bind(Timestamp::from(now))
+    .bind(Timestamp::from(refresh_expires_at))
+    )?;
     Ok(IssuedTokens {
         access,
         refresh,
@@ -145,42 +140,46 @@ pub async fn spend_refresh_token(
     now: Millis,
 ) -> Result<Spend, AppError> {
     let token_hash = hash_token(&claims.jti);
-    let spent = sqlx::query(
+    let spent: Option<String> = crate::with_db!(connection, |db| sqlx::query_scalar(
         "UPDATE refresh_tokens SET spent_at = $2 WHERE token_hash = $1 AND spent_at IS NULL \
          AND session_id = $3 RETURNING session_id",
     )
     .bind(&token_hash)
-    .bind(now)
+    .bind(Timestamp::from(now))
     .bind(&claims.sid)
-    .fetch_optional(&mut *connection)
-    .await?;
+    .fetch_optional(db)
+    .await)?;
     if spent.is_none() {
-        let known = sqlx::query("SELECT session_id FROM refresh_tokens WHERE token_hash = $1")
-            .bind(&token_hash)
-            .fetch_optional(&mut *connection)
-            .await?;
+        let known: Option<String> = crate::with_db!(connection, |db| sqlx::query_scalar(
+            "SELECT session_id FROM refresh_tokens WHERE token_hash = $1"
+        )
+        .bind(&token_hash)
+        .fetch_optional(db)
+        .await)?;
         if known.is_some() {
             revoke(connection, &claims.sid, "refresh_token_reused", now).await?;
             return Ok(Spend::Reused);
         }
         return Ok(Spend::Dead);
     }
-    let session = sqlx::query(
+    let session: Option<Timestamp> = crate::with_db!(connection, |db| {
+        sqlx::query_scalar(
         "SELECT expires_at FROM sessions WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2",
     )
     .bind(&claims.sid)
-    .bind(now)
-    .fetch_optional(&mut *connection)
-    .await?;
+    .bind(Timestamp::from(now))
+    .fetch_optional(db).await
+    })?;
     match session {
-        Some(row) => {
-            sqlx::query("UPDATE sessions SET last_used_at = $2 WHERE id = $1")
-                .bind(&claims.sid)
-                .bind(now)
-                .execute(&mut *connection)
-                .await?;
+        Some(expires_at) => {
+            crate::execute!(
+                connection,
+                sqlx::query("UPDATE sessions SET last_used_at = $2 WHERE id = $1")
+                    .bind(&claims.sid)
+                    .bind(Timestamp::from(now))
+            )?;
             Ok(Spend::Spent {
-                session_expires_at: row.try_get("expires_at")?,
+                session_expires_at: expires_at.millis(),
             })
         }
         None => Ok(Spend::Dead),
@@ -194,15 +193,14 @@ pub async fn revoke(
     reason: &str,
     now: Millis,
 ) -> Result<bool, AppError> {
-    let result = sqlx::query(
+    let result = crate::execute!(connection, sqlx::query(
         "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 WHERE id = $1 AND revoked_at IS NULL",
     )
     .bind(session_id)
-    .bind(now)
+    .bind(Timestamp::from(now))
     .bind(reason)
-    .execute(&mut *connection)
-    .await?;
-    Ok(result.rows_affected() > 0)
+    )?;
+    Ok(result > 0)
 }
 
 /// Revokes one session of `user_id`; false if it is not theirs or already over.
@@ -212,16 +210,17 @@ pub async fn revoke_own(
     session_id: &str,
     now: Millis,
 ) -> Result<bool, AppError> {
-    let result = sqlx::query(
-        "UPDATE sessions SET revoked_at = $3, revoked_reason = 'revoked_by_user' \
+    let result = crate::execute!(
+        connection,
+        sqlx::query(
+            "UPDATE sessions SET revoked_at = $3, revoked_reason = 'revoked_by_user' \
          WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL AND expires_at > $3",
-    )
-    .bind(session_id)
-    .bind(user_id)
-    .bind(now)
-    .execute(&mut *connection)
-    .await?;
-    Ok(result.rows_affected() > 0)
+        )
+        .bind(session_id)
+        .bind(user_id)
+        .bind(Timestamp::from(now))
+    )?;
+    Ok(result > 0)
 }
 
 /// The caller's open sessions, most recently used first.
@@ -231,29 +230,34 @@ pub async fn list_open(
     current_session: &str,
     now: Millis,
 ) -> Result<Vec<SessionView>, AppError> {
-    let rows = sqlx::query(
+    #[derive(sqlx::FromRow)]
+    struct SessionRow {
+        id: String,
+        ip: Option<Inet>,
+        user_agent: Option<String>,
+        created_at: Timestamp,
+        last_used_at: Timestamp,
+    }
+    let rows = crate::with_db!(connection, |db| sqlx::query_as::<_, SessionRow>(
         "SELECT id, ip, user_agent, created_at, last_used_at FROM sessions \
          WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 \
          ORDER BY last_used_at DESC, created_at DESC",
     )
     .bind(user_id)
-    .bind(now)
-    .fetch_all(&mut *connection)
-    .await?;
-    rows.into_iter()
-        .map(|row| {
-            let id: String = row.try_get("id")?;
-            Ok(SessionView {
-                current: id == current_session,
-                id,
-                ip: row.try_get("ip")?,
-                user_agent: row.try_get("user_agent")?,
-                created_at: row.try_get("created_at")?,
-                last_used_at: row.try_get("last_used_at")?,
-            })
+    .bind(Timestamp::from(now))
+    .fetch_all(db)
+    .await)?;
+    Ok(rows
+        .into_iter()
+        .map(|row| SessionView {
+            current: row.id == current_session,
+            id: row.id,
+            ip: row.ip.map(|ip| ip.to_string()),
+            user_agent: row.user_agent,
+            created_at: row.created_at,
+            last_used_at: row.last_used_at,
         })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(AppError::from)
+        .collect())
 }
 
 /// Built once: this query runs on every authenticated request.
@@ -281,11 +285,11 @@ pub async fn live_session_user(
     };
     let sql = LIVE_SESSION_USER.as_str();
     let mut connection = state.store.read().await?;
-    let user = sqlx::query_as::<_, User>(sql)
+    let user = crate::with_db!(connection, |db| sqlx::query_as::<_, User>(sql)
         .bind(&claims.sid)
         .bind(user_id)
-        .bind(now)
-        .fetch_optional(&mut *connection)
-        .await?;
+        .bind(Timestamp::from(now))
+        .fetch_optional(db)
+        .await)?;
     Ok(user.filter(User::is_active))
 }

@@ -19,9 +19,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 
-use crate::clock::Millis;
+use crate::clock::{Millis, Timestamp};
 use crate::config::JwtAlgorithm;
 use crate::security::sealing::{seal, unseal};
 use crate::store::{Connection, Store};
@@ -121,12 +120,13 @@ impl Keys {
     ) -> anyhow::Result<Self> {
         let retirement = retirement.as_millis() as i64;
         let mut transaction = store.begin().await?;
-        let has_signing_key =
-            sqlx::query("SELECT kid FROM signing_keys WHERE retired_at IS NULL AND algorithm = $1")
-                .bind(algorithm.as_str())
-                .fetch_optional(&mut *transaction)
-                .await?
-                .is_some();
+        let has_signing_key = crate::with_db!(transaction, |db| sqlx::query_scalar::<_, String>(
+            "SELECT kid FROM signing_keys WHERE retired_at IS NULL AND algorithm = $1"
+        )
+        .bind(algorithm.as_str())
+        .fetch_optional(db)
+        .await)?
+        .is_some();
         if !has_signing_key {
             insert_new_key(&mut transaction, algorithm, secret_key.as_ref(), now).await?;
         }
@@ -273,10 +273,11 @@ pub async fn rotate(
     now: Millis,
 ) -> anyhow::Result<String> {
     let mut transaction = store.begin().await?;
-    sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL")
-        .bind(now)
-        .execute(&mut *transaction)
-        .await?;
+    crate::execute!(
+        transaction,
+        sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL")
+            .bind(Timestamp::from(now))
+    )?;
     let kid = insert_new_key(&mut transaction, algorithm, secret_key, now).await?;
     crate::audit::record(
         &mut transaction,
@@ -303,17 +304,18 @@ async fn insert_new_key(
         Jwk::from_encoding_key(&encoding_key, jwt_algorithm).context("building the JWK")?;
     jwk.common.key_id = Some(kid.clone());
     jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
-    sqlx::query(
-        "INSERT INTO signing_keys (kid, algorithm, private_key, public_jwk, created_at) \
+    crate::execute!(
+        connection,
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, algorithm, private_key, public_jwk, created_at) \
          VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(&kid)
-    .bind(algorithm.as_str())
-    .bind(seal(&private_der, secret_key)?)
-    .bind(serde_json::to_string(&jwk)?)
-    .bind(now)
-    .execute(&mut *connection)
-    .await?;
+        )
+        .bind(&kid)
+        .bind(algorithm.as_str())
+        .bind(seal(&private_der, secret_key)?)
+        .bind(serde_json::to_string(&jwk)?)
+        .bind(Timestamp::from(now))
+    )?;
     Ok(kid)
 }
 
@@ -359,28 +361,39 @@ async fn load_ring(
     now: Millis,
 ) -> anyhow::Result<KeyRing> {
     let mut connection = store.read().await?;
-    let rows = sqlx::query(
+    #[derive(sqlx::FromRow)]
+    struct KeyRow {
+        kid: String,
+        algorithm: String,
+        private_key: String,
+        public_jwk: String,
+        retired_at: Option<Timestamp>,
+    }
+    let rows = crate::with_db!(connection, |db| sqlx::query_as::<_, KeyRow>(
         "SELECT kid, algorithm, private_key, public_jwk, retired_at FROM signing_keys \
          WHERE retired_at IS NULL OR retired_at > $1 ORDER BY created_at DESC, kid",
     )
-    .bind(now - retirement)
-    .fetch_all(&mut *connection)
-    .await?;
+    .bind(Timestamp::from(now - retirement))
+    .fetch_all(db)
+    .await)?;
     let mut verifying = HashMap::new();
     let mut public = Vec::new();
     let mut signing = None;
     for row in rows {
-        let kid: String = row.try_get("kid")?;
-        let key_algorithm: String = row.try_get("algorithm")?;
-        let jwk: Jwk = serde_json::from_str(&row.try_get::<String, _>("public_jwk")?)?;
+        let KeyRow {
+            kid,
+            algorithm: key_algorithm,
+            private_key: sealed,
+            public_jwk,
+            retired_at,
+        } = row;
+        let jwk: Jwk = serde_json::from_str(&public_jwk)?;
         let jwt_algorithm = match JwtAlgorithm::parse(&key_algorithm) {
             Some(JwtAlgorithm::Rs256) => Algorithm::RS256,
             Some(JwtAlgorithm::EdDsa) => Algorithm::EdDSA,
             None => bail!("signing key {kid} has an unknown algorithm {key_algorithm}"),
         };
-        let retired: Option<i64> = row.try_get("retired_at")?;
-        if retired.is_none() && signing.is_none() && key_algorithm == algorithm.as_str() {
-            let sealed: String = row.try_get("private_key")?;
+        if retired_at.is_none() && signing.is_none() && key_algorithm == algorithm.as_str() {
             let der = unseal(&sealed, secret_key)
                 .with_context(|| format!("opening signing key {kid}"))?;
             signing = Some((kid.clone(), jwt_algorithm, encoding_key(algorithm, &der)?));

@@ -127,6 +127,21 @@ impl ListQuery {
         }
     }
 
+    /// An IP address (v4 or v6).
+    pub fn ip(&mut self, name: &str) -> Option<std::net::IpAddr> {
+        let value = self.text(name)?;
+        match value.parse() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                self.errors
+                    .entry(name.to_string())
+                    .or_default()
+                    .push("must be an IP address".into());
+                None
+            }
+        }
+    }
+
     /// An RFC 3339 time (or Unix milliseconds), as milliseconds.
     pub fn time(&mut self, name: &str) -> Option<i64> {
         let value = self.text(name)?;

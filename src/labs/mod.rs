@@ -8,7 +8,7 @@ pub mod store;
 
 use serde::Serialize;
 
-use crate::clock::{Millis, serialize_time};
+use crate::clock::Timestamp;
 
 /// A lab code: 2–32 letters, digits, `_`, `-`; unique without regard to case.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,14 +124,14 @@ pub struct Lab {
     pub code: String,
     pub name: String,
     pub description: String,
-    pub is_active: i64,
-    pub created_at: i64,
-    pub updated_at: i64,
+    pub is_active: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
 }
 
 impl Lab {
     pub fn is_active(&self) -> bool {
-        self.is_active != 0
+        self.is_active
     }
 
     pub fn view(&self) -> LabView {
@@ -155,12 +155,10 @@ pub struct LabView {
     pub name: String,
     pub description: String,
     pub is_active: bool,
-    #[serde(serialize_with = "serialize_time")]
     #[schema(value_type = String, format = DateTime)]
-    pub created_at: Millis,
-    #[serde(serialize_with = "serialize_time")]
+    pub created_at: Timestamp,
     #[schema(value_type = String, format = DateTime)]
-    pub updated_at: Millis,
+    pub updated_at: Timestamp,
 }
 
 /// A member in a lab's member list.
@@ -168,9 +166,8 @@ pub struct LabView {
 pub struct MemberView {
     pub user: MemberUser,
     pub role: String,
-    #[serde(serialize_with = "serialize_time")]
     #[schema(value_type = String, format = DateTime)]
-    pub joined_at: Millis,
+    pub joined_at: Timestamp,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

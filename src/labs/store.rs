@@ -1,13 +1,11 @@
 //! Queries on `labs` and `lab_memberships`. Every membership query names its lab: there is
 //! no query here that reads or writes a lab's rows without the lab filter.
 
-use sqlx::Row;
-
-use crate::clock::Millis;
+use crate::clock::{Millis, Timestamp};
 use crate::http::AppError;
 use crate::http::pagination::PageRequest;
 use crate::labs::{Lab, LabCode, LabRole, MemberUser, MemberView};
-use crate::store::{Conditions, Connection, SqlValue, flag, like_pattern, unique_violation};
+use crate::store::{Conditions, Connection, Db, SqlValue, like_pattern, unique_violation};
 
 const LAB_COLUMNS: &str = "labs.id, labs.code, labs.name, labs.description, labs.is_active, labs.created_at, labs.updated_at";
 
@@ -27,25 +25,27 @@ pub async fn insert(
 ) -> Result<Lab, AppError> {
     let sql = format!(
         "INSERT INTO labs (code, name, description, is_active, created_at, updated_at) \
-         VALUES ($1, $2, $3, 1, $4, $4) RETURNING {}",
+         VALUES ($1, $2, $3, TRUE, $4, $4) RETURNING {}",
         LAB_COLUMNS.replace("labs.", "")
     );
-    sqlx::query_as::<_, Lab>(&sql)
+    crate::with_db!(connection, |db| sqlx::query_as::<_, Lab>(&sql)
         .bind(code.as_str())
         .bind(name)
         .bind(description)
-        .bind(now)
-        .fetch_one(&mut *connection)
-        .await
-        .map_err(duplicate_code)
+        .bind(Timestamp::from(now))
+        .fetch_one(db)
+        .await)
+    .map_err(duplicate_code)
 }
 
 pub async fn find(connection: &mut Connection, lab_id: i64) -> Result<Option<Lab>, AppError> {
     let sql = format!("SELECT {LAB_COLUMNS} FROM labs WHERE labs.id = $1");
-    Ok(sqlx::query_as::<_, Lab>(&sql)
-        .bind(lab_id)
-        .fetch_optional(&mut *connection)
-        .await?)
+    Ok(crate::with_db!(connection, |db| sqlx::query_as::<_, Lab>(
+        &sql
+    )
+    .bind(lab_id)
+    .fetch_optional(db)
+    .await)?)
 }
 
 /// The lab and the user's role in it, if the user is a member.
@@ -59,16 +59,21 @@ pub async fn membership_in(
          JOIN labs ON labs.id = lab_memberships.lab_id \
          WHERE lab_memberships.lab_id = $1 AND lab_memberships.user_id = $2"
     );
-    let Some(row) = sqlx::query(&sql)
-        .bind(lab_id)
-        .bind(user_id)
-        .fetch_optional(&mut *connection)
-        .await?
+    #[derive(sqlx::FromRow)]
+    struct LabAndRole {
+        #[sqlx(flatten)]
+        lab: Lab,
+        role: String,
+    }
+    let Some(LabAndRole { lab, role }) =
+        crate::with_db!(connection, |db| sqlx::query_as::<_, LabAndRole>(&sql)
+            .bind(lab_id)
+            .bind(user_id)
+            .fetch_optional(db)
+            .await)?
     else {
         return Ok(None);
     };
-    let lab = <Lab as sqlx::FromRow<_>>::from_row(&row)?;
-    let role: String = row.try_get("role")?;
     let role = LabRole::parse(&role).map_err(|e| anyhow::anyhow!("stored role {role}: {e}"))?;
     Ok(Some((lab, role)))
 }
@@ -99,25 +104,25 @@ pub async fn list(
         );
     }
     if let Some(active) = filter.is_active {
-        conditions.push("labs.is_active = ?", SqlValue::Int(flag(active)));
+        conditions.push("labs.is_active = ?", SqlValue::Flag(active));
     }
     let where_sql = conditions.where_sql();
     let count_sql = format!("SELECT COUNT(*) FROM labs{where_sql}");
-    let (total,): (i64,) = conditions
+    let (total,): (i64,) = crate::with_db!(connection, |db| conditions
         .bind(sqlx::query_as(&count_sql))
-        .fetch_one(&mut *connection)
-        .await?;
+        .fetch_one(db)
+        .await)?;
     let items_sql = format!(
         "SELECT {LAB_COLUMNS} FROM labs{where_sql} ORDER BY labs.code LIMIT {} OFFSET {}",
         conditions.next_placeholder(1),
         conditions.next_placeholder(2)
     );
-    let items = conditions
+    let items = crate::with_db!(connection, |db| conditions
         .bind(sqlx::query_as::<_, Lab>(&items_sql))
         .bind(page.per_page)
         .bind(page.offset())
-        .fetch_all(&mut *connection)
-        .await?;
+        .fetch_all(db)
+        .await)?;
     Ok((items, total))
 }
 
@@ -140,62 +145,88 @@ pub async fn update(
          WHERE id = $1 RETURNING {}",
         LAB_COLUMNS.replace("labs.", "")
     );
-    sqlx::query_as::<_, Lab>(&sql)
+    crate::with_db!(connection, |db| sqlx::query_as::<_, Lab>(&sql)
         .bind(lab_id)
         .bind(changes.code.as_ref().map(LabCode::as_str))
         .bind(changes.name.as_deref())
         .bind(changes.description.as_deref())
-        .bind(changes.is_active.map(flag))
-        .bind(now)
-        .fetch_optional(&mut *connection)
-        .await
-        .map_err(duplicate_code)
+        .bind(changes.is_active)
+        .bind(Timestamp::from(now))
+        .fetch_optional(db)
+        .await)
+    .map_err(duplicate_code)
 }
 
 /// Deletes a lab and its memberships; returns how many memberships went with it.
 pub async fn delete(connection: &mut Connection, lab_id: i64) -> Result<Option<i64>, AppError> {
-    let (members,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM lab_memberships WHERE lab_id = $1")
-            .bind(lab_id)
-            .fetch_one(&mut *connection)
-            .await?;
-    sqlx::query("DELETE FROM lab_memberships WHERE lab_id = $1")
-        .bind(lab_id)
-        .execute(&mut *connection)
-        .await?;
-    let deleted = sqlx::query("DELETE FROM labs WHERE id = $1")
-        .bind(lab_id)
-        .execute(&mut *connection)
-        .await?;
-    Ok((deleted.rows_affected() > 0).then_some(members))
+    let (members,): (i64,) = crate::with_db!(connection, |db| sqlx::query_as(
+        "SELECT COUNT(*) FROM lab_memberships WHERE lab_id = $1"
+    )
+    .bind(lab_id)
+    .fetch_one(db)
+    .await)?;
+    crate::execute!(
+        connection,
+        sqlx::query("DELETE FROM lab_memberships WHERE lab_id = $1").bind(lab_id)
+    )?;
+    let deleted = crate::execute!(
+        connection,
+        sqlx::query("DELETE FROM labs WHERE id = $1").bind(lab_id)
+    )?;
+    Ok((deleted > 0).then_some(members))
 }
 
-/// Takes the lab's row lock (PostgreSQL) for the rest of the transaction, so concurrent
-/// membership changes of one lab are ordered and the lab_admin rule holds under races.
+/// Takes the lab's row lock for the rest of the transaction, so concurrent membership
+/// changes of one lab are ordered and the lab_admin rule holds under races. SQLite needs no
+/// lock: its one writer connection already orders every transaction.
 pub async fn lock(connection: &mut Connection, lab_id: i64) -> Result<bool, AppError> {
-    let result = sqlx::query("UPDATE labs SET updated_at = updated_at WHERE id = $1")
-        .bind(lab_id)
-        .execute(&mut *connection)
-        .await?;
-    Ok(result.rows_affected() > 0)
+    const FIND: &str = "SELECT id FROM labs WHERE id = $1";
+    let found = match connection.db() {
+        Db::Postgres(db) => {
+            sqlx::query_scalar::<_, i64>(&format!("{FIND} FOR UPDATE"))
+                .bind(lab_id)
+                .fetch_optional(db)
+                .await?
+        }
+        Db::Sqlite(db) => {
+            sqlx::query_scalar::<_, i64>(FIND)
+                .bind(lab_id)
+                .fetch_optional(db)
+                .await?
+        }
+    };
+    Ok(found.is_some())
 }
 
 const MEMBER_SELECT: &str = "SELECT users.id, users.username, users.email, users.first_name, users.last_name, \
     lab_memberships.role, lab_memberships.created_at FROM lab_memberships \
     JOIN users ON users.id = lab_memberships.user_id WHERE lab_memberships.lab_id = $1";
 
-fn member_from_row(row: &sqlx::any::AnyRow) -> Result<MemberView, sqlx::Error> {
-    Ok(MemberView {
-        user: MemberUser {
-            id: row.try_get("id")?,
-            username: row.try_get("username")?,
-            email: row.try_get("email")?,
-            first_name: row.try_get("first_name")?,
-            last_name: row.try_get("last_name")?,
-        },
-        role: row.try_get("role")?,
-        joined_at: row.try_get("created_at")?,
-    })
+#[derive(sqlx::FromRow)]
+struct MemberRow {
+    id: i64,
+    username: String,
+    email: String,
+    first_name: String,
+    last_name: String,
+    role: String,
+    created_at: Timestamp,
+}
+
+impl From<MemberRow> for MemberView {
+    fn from(row: MemberRow) -> Self {
+        MemberView {
+            user: MemberUser {
+                id: row.id,
+                username: row.username,
+                email: row.email,
+                first_name: row.first_name,
+                last_name: row.last_name,
+            },
+            role: row.role,
+            joined_at: row.created_at,
+        }
+    }
 }
 
 pub async fn members(
@@ -203,11 +234,11 @@ pub async fn members(
     lab_id: i64,
 ) -> Result<Vec<MemberView>, AppError> {
     let sql = format!("{MEMBER_SELECT} ORDER BY users.username");
-    let rows = sqlx::query(&sql)
+    let rows = crate::with_db!(connection, |db| sqlx::query_as::<_, MemberRow>(&sql)
         .bind(lab_id)
-        .fetch_all(&mut *connection)
-        .await?;
-    Ok(rows.iter().map(member_from_row).collect::<Result<_, _>>()?)
+        .fetch_all(db)
+        .await)?;
+    Ok(rows.into_iter().map(MemberView::from).collect())
 }
 
 pub async fn member(
@@ -216,12 +247,12 @@ pub async fn member(
     user_id: i64,
 ) -> Result<Option<MemberView>, AppError> {
     let sql = format!("{MEMBER_SELECT} AND lab_memberships.user_id = $2");
-    let row = sqlx::query(&sql)
+    let row = crate::with_db!(connection, |db| sqlx::query_as::<_, MemberRow>(&sql)
         .bind(lab_id)
         .bind(user_id)
-        .fetch_optional(&mut *connection)
-        .await?;
-    Ok(row.as_ref().map(member_from_row).transpose()?)
+        .fetch_optional(db)
+        .await)?;
+    Ok(row.map(MemberView::from))
 }
 
 pub async fn add_member(
@@ -231,15 +262,14 @@ pub async fn add_member(
     role: LabRole,
     now: Millis,
 ) -> Result<(), AppError> {
-    sqlx::query(
+    crate::execute!(connection, sqlx::query(
         "INSERT INTO lab_memberships (user_id, lab_id, role, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
     )
     .bind(user_id)
     .bind(lab_id)
     .bind(role.as_str())
-    .bind(now)
-    .execute(&mut *connection)
-    .await
+    .bind(Timestamp::from(now))
+    )
     .map_err(|error| match unique_violation(&error) {
         Some(_) => AppError::conflict("user_id", "the user is already a member of this lab"),
         None => AppError::from(error),
@@ -253,14 +283,13 @@ pub async fn remove_member(
     lab_id: i64,
     user_id: i64,
 ) -> Result<Option<String>, AppError> {
-    let row = sqlx::query(
+    Ok(crate::with_db!(connection, |db| sqlx::query_scalar(
         "DELETE FROM lab_memberships WHERE lab_id = $1 AND user_id = $2 RETURNING role",
     )
     .bind(lab_id)
     .bind(user_id)
-    .fetch_optional(&mut *connection)
-    .await?;
-    Ok(row.map(|row| row.try_get("role")).transpose()?)
+    .fetch_optional(db)
+    .await)?)
 }
 
 /// Changes a member's role; returns the previous role, or `None` if not a member.
@@ -271,25 +300,25 @@ pub async fn set_role(
     role: LabRole,
     now: Millis,
 ) -> Result<Option<String>, AppError> {
-    let previous =
-        sqlx::query("SELECT role FROM lab_memberships WHERE lab_id = $1 AND user_id = $2")
-            .bind(lab_id)
-            .bind(user_id)
-            .fetch_optional(&mut *connection)
-            .await?;
+    let previous: Option<String> = crate::with_db!(connection, |db| sqlx::query_scalar(
+        "SELECT role FROM lab_memberships WHERE lab_id = $1 AND user_id = $2"
+    )
+    .bind(lab_id)
+    .bind(user_id)
+    .fetch_optional(db)
+    .await)?;
     let Some(previous) = previous else {
         return Ok(None);
     };
-    sqlx::query(
+    crate::execute!(connection, sqlx::query(
         "UPDATE lab_memberships SET role = $3, updated_at = $4 WHERE lab_id = $1 AND user_id = $2",
     )
     .bind(lab_id)
     .bind(user_id)
     .bind(role.as_str())
-    .bind(now)
-    .execute(&mut *connection)
-    .await?;
-    Ok(Some(previous.try_get("role")?))
+    .bind(Timestamp::from(now))
+    )?;
+    Ok(Some(previous))
 }
 
 /// (members, lab_admins) of a lab.
@@ -297,12 +326,12 @@ pub async fn admin_balance(
     connection: &mut Connection,
     lab_id: i64,
 ) -> Result<(i64, i64), AppError> {
-    let (members, admins): (i64, i64) = sqlx::query_as(
+    let (members, admins): (i64, i64) = crate::with_db!(connection, |db| sqlx::query_as(
         "SELECT COUNT(*), COALESCE(SUM(CASE WHEN role = 'lab_admin' THEN 1 ELSE 0 END), 0) \
          FROM lab_memberships WHERE lab_id = $1",
     )
     .bind(lab_id)
-    .fetch_one(&mut *connection)
-    .await?;
+    .fetch_one(db)
+    .await)?;
     Ok((members, admins))
 }

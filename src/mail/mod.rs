@@ -217,7 +217,7 @@ impl Outbox {
         // no text its requester chose: whoever typed the address could be writing to a
         // stranger, and a name like "URGENT: sign in at https://…" would arrive under our
         // name.
-        let proven = user.email_verified != 0 && user.email.eq_ignore_ascii_case(recipient);
+        let proven = user.email_verified && user.email.eq_ignore_ascii_case(recipient);
         let (name, username) = if proven {
             let name = if user.first_name.is_empty() {
                 &user.username
@@ -244,7 +244,7 @@ impl Outbox {
             &serde_json::to_vec(&email).map_err(anyhow::Error::from)?,
             self.secret_key.as_ref(),
         )?;
-        sqlx::query(
+        crate::execute!(connection, sqlx::query(
             "INSERT INTO email_outbox (kind, recipient, subject, body, status, attempts, next_attempt_at, created_at) \
              VALUES ($1, $2, $3, $4, 'queued', 0, $5, $5)",
         )
@@ -252,9 +252,8 @@ impl Outbox {
         .bind(recipient)
         .bind(&email.subject)
         .bind(body)
-        .bind(now)
-        .execute(&mut *connection)
-        .await?;
+        .bind(crate::clock::Timestamp::from(now))
+        )?;
         Ok(())
     }
 

@@ -14,10 +14,9 @@ use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 use serde::Serialize;
-use sqlx::Row;
 use tokio::sync::watch;
 
-use crate::clock::Millis;
+use crate::clock::{Millis, Timestamp};
 use crate::config::Config;
 use crate::mail::RenderedEmail;
 use crate::state::AppState;
@@ -57,6 +56,7 @@ pub fn backoff(attempts: i64) -> Millis {
     (1000i64 << exponent).min(60_000)
 }
 
+#[derive(sqlx::FromRow)]
 struct Claimed {
     id: i64,
     recipient: String,
@@ -121,25 +121,14 @@ async fn claim_batch(state: &AppState, claim: &str) -> anyhow::Result<Vec<Claime
          RETURNING id, recipient, body, attempts"
     );
     let mut transaction = state.store.begin().await?;
-    let rows = sqlx::query(&sql)
-        .bind(now)
+    let mut claimed = crate::with_db!(transaction, |db| sqlx::query_as::<_, Claimed>(&sql)
+        .bind(Timestamp::from(now))
         .bind(claim)
-        .bind(now + LEASE)
+        .bind(Timestamp::from(now + LEASE))
         .bind(BATCH)
-        .fetch_all(&mut *transaction)
-        .await?;
+        .fetch_all(db)
+        .await)?;
     transaction.commit().await?;
-    let mut claimed = rows
-        .iter()
-        .map(|row| {
-            Ok(Claimed {
-                id: row.try_get("id")?,
-                recipient: row.try_get("recipient")?,
-                body: row.try_get("body")?,
-                attempts: row.try_get("attempts")?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
     claimed.sort_by_key(|message| message.id);
     Ok(claimed)
 }
@@ -193,32 +182,30 @@ async fn settle(
         Ok(()) => {
             metrics::counter!("ums_emails_total", "result" => "sent").increment(1);
             // The body (which may hold a reset link) is erased once delivered.
-            sqlx::query(
+            crate::execute!(transaction, sqlx::query(
                 "UPDATE email_outbox SET status = 'sent', sent_at = $3, body = NULL, claim = NULL, \
                  lease_until = NULL, last_error = NULL WHERE id = $1 AND claim = $2",
             )
             .bind(message.id)
             .bind(claim)
-            .bind(now)
-            .execute(&mut *transaction)
-            .await?;
+            .bind(Timestamp::from(now))
+            )?;
         }
         Err(error) => {
             let failed = message.attempts >= i64::from(state.config.mail_max_attempts);
             let result = if failed { "failed" } else { "retried" };
             metrics::counter!("ums_emails_total", "result" => result).increment(1);
             tracing::warn!(email_id = message.id, attempts = message.attempts, failed, error = %format!("{error:#}"), "email not sent");
-            sqlx::query(
+            crate::execute!(transaction, sqlx::query(
                 "UPDATE email_outbox SET status = $3, next_attempt_at = $4, last_error = $5, claim = NULL, \
                  lease_until = NULL WHERE id = $1 AND claim = $2",
             )
             .bind(message.id)
             .bind(claim)
             .bind(if failed { "failed" } else { "queued" })
-            .bind(now + backoff(message.attempts))
+            .bind(Timestamp::from(now + backoff(message.attempts)))
             .bind(format!("{error:#}").chars().take(500).collect::<String>())
-            .execute(&mut *transaction)
-            .await?;
+            )?;
         }
     }
     transaction.commit().await?;
@@ -227,13 +214,14 @@ async fn settle(
 
 async fn release(state: &AppState, claim: &str) -> anyhow::Result<()> {
     let mut transaction = state.store.begin().await?;
-    sqlx::query(
-        "UPDATE email_outbox SET status = 'queued', claim = NULL, lease_until = NULL, \
+    crate::execute!(
+        transaction,
+        sqlx::query(
+            "UPDATE email_outbox SET status = 'queued', claim = NULL, lease_until = NULL, \
          attempts = attempts - 1 WHERE claim = $1 AND status = 'sending'",
-    )
-    .bind(claim)
-    .execute(&mut *transaction)
-    .await?;
+        )
+        .bind(claim)
+    )?;
     transaction.commit().await?;
     Ok(())
 }
@@ -249,13 +237,13 @@ pub struct OutboxCounts {
 /// How many messages are in each state (for `/metrics` and operators).
 pub async fn counts(state: &AppState) -> anyhow::Result<OutboxCounts> {
     let mut connection = state.store.read().await?;
-    let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM email_outbox GROUP BY status")
-        .fetch_all(&mut *connection)
-        .await?;
+    let rows: Vec<(String, i64)> = crate::with_db!(connection, |db| sqlx::query_as(
+        "SELECT status, COUNT(*) AS n FROM email_outbox GROUP BY status"
+    )
+    .fetch_all(db)
+    .await)?;
     let mut counts = OutboxCounts::default();
-    for row in rows {
-        let status: String = row.try_get("status")?;
-        let n: i64 = row.try_get("n")?;
+    for (status, n) in rows {
         match status.as_str() {
             "queued" => counts.queued = n,
             "sending" => counts.sending = n,

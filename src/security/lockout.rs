@@ -9,9 +9,7 @@
 //! Real accounts keep their counter on the `users` row; submitted names that match no
 //! account use `login_throttles`, so both lock alike and the response reveals nothing.
 
-use sqlx::Row;
-
-use crate::clock::Millis;
+use crate::clock::{Millis, Timestamp};
 use crate::http::AppError;
 use crate::store::Connection;
 
@@ -61,19 +59,19 @@ pub async fn reserve(
     subject: &Subject,
     now: Millis,
 ) -> Result<Reservation, AppError> {
-    let row = match subject {
+    let (attempt, locked_until): (i64, Option<Timestamp>) = match subject {
         Subject::User(id) => {
             let sql = format!(
                 "UPDATE users SET {} WHERE id = $1 RETURNING failed_login_count, locked_until",
                 reservation_assignments("users")
             );
-            sqlx::query(&sql)
+            crate::with_db!(connection, |db| sqlx::query_as(&sql)
                 .bind(*id)
-                .bind(now)
+                .bind(Timestamp::from(now))
                 .bind(policy.threshold)
-                .bind(now + policy.duration)
-                .fetch_one(&mut *connection)
-                .await?
+                .bind(Timestamp::from(now + policy.duration))
+                .fetch_one(db)
+                .await)?
         }
         Subject::UnknownName(name) => {
             let sql = format!(
@@ -83,18 +81,21 @@ pub async fn reserve(
                  RETURNING failed_login_count, locked_until",
                 reservation_assignments("login_throttles")
             );
-            sqlx::query(&sql)
+            crate::with_db!(connection, |db| sqlx::query_as(&sql)
                 .bind(name)
-                .bind(now)
+                .bind(Timestamp::from(now))
                 .bind(policy.threshold)
-                .bind(now + policy.duration)
-                .fetch_one(&mut *connection)
-                .await?
+                .bind(Timestamp::from(now + policy.duration))
+                .fetch_one(db)
+                .await)?
         }
     };
-    let attempt: i64 = row.try_get("failed_login_count")?;
-    let locked_until: Option<i64> = row.try_get("locked_until")?;
-    Ok(decide(policy, attempt, locked_until, now))
+    Ok(decide(
+        policy,
+        attempt,
+        locked_until.map(Timestamp::millis),
+        now,
+    ))
 }
 
 /// The rule, apart from the storage: attempts up to the threshold are evaluated.
@@ -125,19 +126,15 @@ pub async fn current_failures(
     let (count, locked_until) = match (subject, user) {
         (Subject::User(_), Some(user)) => (user.failed_login_count, user.locked_until),
         (Subject::UnknownName(name), _) => {
-            let row = sqlx::query(
-                "SELECT failed_login_count, locked_until FROM login_throttles WHERE subject = $1",
-            )
-            .bind(name)
-            .fetch_optional(&mut *connection)
-            .await?;
-            match row {
-                Some(row) => (
-                    row.try_get("failed_login_count")?,
-                    row.try_get("locked_until")?,
-                ),
-                None => (0, None),
-            }
+            let row: Option<(i64, Option<Timestamp>)> = crate::with_db!(connection, |db| {
+                sqlx::query_as(
+                    "SELECT failed_login_count, locked_until FROM login_throttles WHERE subject = $1",
+                )
+                .bind(name)
+                .fetch_optional(db)
+                .await
+            })?;
+            row.unwrap_or((0, None))
         }
         (Subject::User(_), None) => (0, None),
     };
@@ -148,18 +145,19 @@ pub async fn current_failures(
 pub async fn clear(connection: &mut Connection, subject: &Subject) -> Result<(), AppError> {
     match subject {
         Subject::User(id) => {
-            sqlx::query(
-                "UPDATE users SET failed_login_count = 0, locked_until = NULL WHERE id = $1",
-            )
-            .bind(*id)
-            .execute(&mut *connection)
-            .await?;
+            crate::execute!(
+                connection,
+                sqlx::query(
+                    "UPDATE users SET failed_login_count = 0, locked_until = NULL WHERE id = $1",
+                )
+                .bind(*id)
+            )?;
         }
         Subject::UnknownName(name) => {
-            sqlx::query("DELETE FROM login_throttles WHERE subject = $1")
-                .bind(name)
-                .execute(&mut *connection)
-                .await?;
+            crate::execute!(
+                connection,
+                sqlx::query("DELETE FROM login_throttles WHERE subject = $1").bind(name)
+            )?;
         }
     }
     Ok(())

@@ -6,9 +6,9 @@
 //! transaction.
 
 use anyhow::{Context, bail};
-use sqlx::{Executor, Row};
 
-use super::{Backend, Connection, Store};
+use super::{AsDb, Backend, Store};
+use crate::with_db;
 
 struct Migration {
     version: i64,
@@ -74,6 +74,13 @@ const MIGRATIONS: &[Migration] = &[
             "migrations/0007_audit_functions_run_as_owner.postgres.sql"
         )),
     },
+    Migration {
+        version: 8,
+        name: "native_types",
+        shared: "",
+        sqlite: Some(include_str!("migrations/0008_native_types.sqlite.sql")),
+        postgres: Some(include_str!("migrations/0008_native_types.postgres.sql")),
+    },
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
@@ -102,11 +109,11 @@ pub async fn migrate_to(store: &Store, target: i64) -> anyhow::Result<Vec<i64>> 
         return Ok(Vec::new());
     }
     if backend == Backend::Sqlite {
-        connection.execute("PRAGMA foreign_keys = OFF").await?;
+        crate::execute!(connection, sqlx::query("PRAGMA foreign_keys = OFF"))?;
     }
-    let applied = apply(&mut connection, backend, target).await;
+    let applied = apply(store, &mut connection, target).await;
     if backend == Backend::Sqlite
-        && let Err(error) = connection.execute("PRAGMA foreign_keys = ON").await
+        && let Err(error) = crate::execute!(connection, sqlx::query("PRAGMA foreign_keys = ON"))
     {
         // Never hand a connection without foreign keys back to the pool.
         connection.close_on_drop();
@@ -116,20 +123,23 @@ pub async fn migrate_to(store: &Store, target: i64) -> anyhow::Result<Vec<i64>> 
 }
 
 async fn apply(
-    connection: &mut Connection,
-    backend: Backend,
+    store: &Store,
+    connection: &mut super::PooledConnection,
     target: i64,
 ) -> anyhow::Result<Vec<i64>> {
-    let mut transaction = sqlx::Connection::begin(&mut *connection)
+    let backend = store.backend();
+    let mut transaction = connection
+        .begin()
         .await
         .context("connecting to the database")?;
-    transaction
-        .execute(
+    crate::execute!(
+        &mut transaction,
+        sqlx::query(
             "CREATE TABLE IF NOT EXISTS schema_migrations \
              (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
         )
-        .await
-        .context("creating schema_migrations")?;
+    )
+    .context("creating schema_migrations")?;
     let current = current_version(&mut transaction).await?;
     if current > SCHEMA_VERSION {
         bail!(
@@ -145,9 +155,7 @@ async fn apply(
         let (version, name) = (&migration.version, &migration.name);
         if !migration.shared.is_empty() {
             let sql = migration.shared.replace("{{id}}", identity_key(backend));
-            transaction
-                .execute(sql.as_str())
-                .await
+            crate::execute!(&mut transaction, sqlx::raw_sql(sql.as_str()))
                 .with_context(|| format!("applying migration {version} ({name})"))?;
         }
         let dialect_part = match backend {
@@ -155,30 +163,29 @@ async fn apply(
             Backend::Postgres => migration.postgres,
         };
         if let Some(sql) = dialect_part {
-            transaction
-                .execute(sql)
-                .await
+            crate::execute!(&mut transaction, sqlx::raw_sql(sql))
                 .with_context(|| format!("applying migration {version} ({name}), dialect part"))?;
         }
-        sqlx::query(
-            "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
-        )
-        .bind(*version)
-        .bind(*name)
-        .bind(chrono::Utc::now().timestamp_millis())
-        .execute(&mut *transaction)
-        .await?;
+        crate::execute!(
+            &mut transaction,
+            sqlx::query(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+            )
+            .bind(*version)
+            .bind(*name)
+            .bind(chrono::Utc::now().timestamp_millis())
+        )?;
         applied.push(*version);
     }
     if backend == Backend::Sqlite {
-        let broken = sqlx::query("PRAGMA foreign_key_check")
-            .fetch_all(&mut *transaction)
-            .await?;
-        if !broken.is_empty() {
-            bail!(
-                "the migrations would leave {} rows referring to rows that do not exist",
-                broken.len()
-            );
+        let broken = with_db!(&mut transaction, |db| sqlx::query(
+            "PRAGMA foreign_key_check"
+        )
+        .fetch_all(db)
+        .await
+        .map(|rows| rows.len()))?;
+        if broken > 0 {
+            bail!("the migrations would leave {broken} rows referring to rows that do not exist");
         }
     }
     transaction
@@ -195,10 +202,11 @@ fn identity_key(backend: Backend) -> &'static str {
     }
 }
 
-pub async fn current_version(connection: &mut Connection) -> anyhow::Result<i64> {
-    let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS version FROM schema_migrations")
-        .fetch_one(&mut *connection)
-        .await
-        .context("reading the schema version")?;
-    Ok(row.try_get::<i64, _>("version")?)
+pub async fn current_version(connection: &mut (impl AsDb + ?Sized)) -> anyhow::Result<i64> {
+    with_db!(connection, |db| sqlx::query_scalar::<_, i64>(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
+    )
+    .fetch_one(db)
+    .await)
+    .context("reading the schema version")
 }

@@ -1,9 +1,10 @@
-//! The database: one data-access layer for SQLite and PostgreSQL.
+//! The database: one data-access layer for SQLite and PostgreSQL, each in its own types.
 //!
-//! Every query is written once, in the SQL that both dialects share (`$n` parameters,
-//! `RETURNING`, `ON CONFLICT`, expression indexes), and runs through sqlx's `Any` driver.
-//! Columns are BIGINT or TEXT only (times in Unix milliseconds, flags 0/1), because those two
-//! types mean the same thing on both databases and through `Any`.
+//! Each query is written once and compiled for both of sqlx's typed drivers (`with_db!`):
+//! values are bound and read natively (a time is `timestamptz` on PostgreSQL and INTEGER
+//! milliseconds on SQLite, a flag `boolean` or 0/1, the audit details `jsonb` or JSON text,
+//! an address `inet` or text; see `types.rs`), and the SQL text is the one both dialects
+//! accept. Where they differ, the store says so by name (`Backend`), never by templating.
 //!
 //! Three pools, chosen per query by what it needs:
 //! - `writer`: transactions. On SQLite it holds one connection, so writers queue in the
@@ -12,20 +13,23 @@
 //! - `reports`: lists and exports that may lag a little; the read replica when one is set.
 
 mod migrate;
+pub mod types;
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool};
 
 pub use migrate::{SCHEMA_VERSION, migrate, migrate_to};
+pub use types::{CaseInsensitive, Inet};
+
+use crate::clock::Timestamp;
 
 use crate::config::{Config, DatabaseUrl};
-
-pub type Transaction = sqlx::Transaction<'static, sqlx::Any>;
-pub type Connection = AnyConnection;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -33,11 +37,197 @@ pub enum Backend {
     Postgres,
 }
 
+/// One pool of either database.
+#[derive(Clone)]
+pub enum Pool {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// A connection to either database, borrowed for some statements: what `with_db!` runs on.
+pub enum Db<'c> {
+    Postgres(&'c mut PgConnection),
+    Sqlite(&'c mut SqliteConnection),
+}
+
+/// Anything statements can run on: a transaction, a pooled connection, a borrowed one.
+pub trait AsDb: Send {
+    fn db(&mut self) -> Db<'_>;
+}
+
+/// What the capabilities' store functions take: `&mut Connection` is a transaction as well as
+/// a plain connection (both dereference to it), so a function does not care which it is in.
+pub type Connection = dyn AsDb;
+
+/// Runs the same statement on whichever database `$connection` is on. The body is compiled
+/// once per driver, so every value it binds or reads must have both databases' encodings.
+///
+/// ```ignore
+/// let user = with_db!(connection, |db| sqlx::query_as::<_, User>(SQL).bind(id).fetch_optional(db).await)?;
+/// ```
+#[macro_export]
+macro_rules! with_db {
+    ($connection:expr, |$db:ident| $body:expr) => {
+        match $crate::store::AsDb::db(&mut *$connection) {
+            $crate::store::Db::Postgres($db) => $body,
+            $crate::store::Db::Sqlite($db) => $body,
+        }
+    };
+}
+
+/// Runs a statement that returns no rows on whichever database `$connection` is on: the
+/// number of rows it changed.
+#[macro_export]
+macro_rules! execute {
+    ($connection:expr, $query:expr) => {
+        $crate::with_db!($connection, |db| $query
+            .execute(db)
+            .await
+            .map(|done| done.rows_affected()))
+    };
+}
+
+impl<T: AsDb + ?Sized> AsDb for &mut T {
+    fn db(&mut self) -> Db<'_> {
+        (**self).db()
+    }
+}
+
+impl AsDb for Db<'_> {
+    fn db(&mut self) -> Db<'_> {
+        match self {
+            Db::Postgres(connection) => Db::Postgres(connection),
+            Db::Sqlite(connection) => Db::Sqlite(connection),
+        }
+    }
+}
+
+/// A transaction: dropped without `commit`, it rolls back.
+pub enum Tx<'c> {
+    Postgres(sqlx::Transaction<'c, Postgres>),
+    Sqlite(sqlx::Transaction<'c, Sqlite>),
+}
+
+/// A transaction on a connection of its own from the writer pool.
+pub type Transaction = Tx<'static>;
+
+impl Tx<'_> {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Postgres(transaction) => transaction.commit().await,
+            Tx::Sqlite(transaction) => transaction.commit().await,
+        }
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Postgres(transaction) => transaction.rollback().await,
+            Tx::Sqlite(transaction) => transaction.rollback().await,
+        }
+    }
+}
+
+impl AsDb for Tx<'_> {
+    fn db(&mut self) -> Db<'_> {
+        match self {
+            Tx::Postgres(transaction) => Db::Postgres(transaction),
+            Tx::Sqlite(transaction) => Db::Sqlite(transaction),
+        }
+    }
+}
+
+/// A connection taken from a pool, returned to it when dropped.
+pub enum PooledConnection {
+    Postgres(PoolConnection<Postgres>),
+    Sqlite(PoolConnection<Sqlite>),
+}
+
+impl PooledConnection {
+    /// Closes the connection instead of returning it to the pool (its session state is not
+    /// what the pool promises).
+    pub fn close_on_drop(&mut self) {
+        match self {
+            PooledConnection::Postgres(connection) => connection.close_on_drop(),
+            PooledConnection::Sqlite(connection) => connection.close_on_drop(),
+        }
+    }
+
+    /// A transaction on this connection.
+    pub async fn begin(&mut self) -> Result<Tx<'_>, sqlx::Error> {
+        Ok(match self {
+            PooledConnection::Postgres(connection) => {
+                Tx::Postgres(sqlx::Connection::begin(&mut **connection).await?)
+            }
+            PooledConnection::Sqlite(connection) => {
+                Tx::Sqlite(sqlx::Connection::begin(&mut **connection).await?)
+            }
+        })
+    }
+}
+
+impl AsDb for PooledConnection {
+    fn db(&mut self) -> Db<'_> {
+        match self {
+            PooledConnection::Postgres(connection) => Db::Postgres(connection),
+            PooledConnection::Sqlite(connection) => Db::Sqlite(connection),
+        }
+    }
+}
+
+macro_rules! deref_to_connection {
+    ($type:ty) => {
+        impl std::ops::Deref for $type {
+            type Target = Connection;
+            fn deref(&self) -> &Connection {
+                self
+            }
+        }
+        impl std::ops::DerefMut for $type {
+            fn deref_mut(&mut self) -> &mut Connection {
+                self
+            }
+        }
+    };
+}
+deref_to_connection!(Transaction);
+deref_to_connection!(PooledConnection);
+
+impl Pool {
+    async fn acquire(&self) -> Result<PooledConnection, sqlx::Error> {
+        Ok(match self {
+            Pool::Postgres(pool) => PooledConnection::Postgres(pool.acquire().await?),
+            Pool::Sqlite(pool) => PooledConnection::Sqlite(pool.acquire().await?),
+        })
+    }
+
+    async fn begin(&self) -> Result<Transaction, sqlx::Error> {
+        Ok(match self {
+            Pool::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+            Pool::Sqlite(pool) => Tx::Sqlite(pool.begin().await?),
+        })
+    }
+
+    /// (open connections, idle connections).
+    fn stats(&self) -> (u32, usize) {
+        match self {
+            Pool::Postgres(pool) => (pool.size(), pool.num_idle()),
+            Pool::Sqlite(pool) => (pool.size(), pool.num_idle()),
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            Pool::Postgres(pool) => pool.close().await,
+            Pool::Sqlite(pool) => pool.close().await,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
-    writer: AnyPool,
-    reader: AnyPool,
-    reports: AnyPool,
+    writer: Pool,
+    reader: Pool,
+    reports: Pool,
     backend: Backend,
     has_replica: bool,
     /// The audit chain's HMAC key: the store writes and checks the chain.
@@ -46,7 +236,6 @@ pub struct Store {
 
 impl Store {
     pub async fn connect(config: &Config) -> anyhow::Result<Self> {
-        sqlx::any::install_default_drivers();
         if let Some(directory) = config.sqlite_directory() {
             std::fs::create_dir_all(&directory).with_context(|| {
                 format!("creating the database directory {}", directory.display())
@@ -56,9 +245,8 @@ impl Store {
         let primary = &config.database_url;
         let chain_key = crate::audit::ChainKey::from_secret(config.secret_key.as_ref());
         if primary.is_sqlite() {
-            let url = sqlite_url(primary);
-            let writer = pool(&url, 1, timeout).await?;
-            let reader = pool(&url, 8, timeout).await?;
+            let writer = sqlite_pool(primary, 1, timeout)?;
+            let reader = sqlite_pool(primary, 8, timeout)?;
             Ok(Store {
                 writer,
                 reports: reader.clone(),
@@ -68,9 +256,9 @@ impl Store {
                 chain_key,
             })
         } else {
-            let writer = pool(primary, 16, timeout).await?;
+            let writer = postgres_pool(primary, 16, timeout)?;
             let reports = match &config.replica_url {
-                Some(replica) => pool(replica, 8, timeout).await?,
+                Some(replica) => postgres_pool(replica, 8, timeout)?,
                 None => writer.clone(),
             };
             Ok(Store {
@@ -97,15 +285,15 @@ impl Store {
     }
 
     /// A connection to the primary outside any transaction: each statement commits alone.
-    pub async fn write(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, sqlx::Error> {
+    pub async fn write(&self) -> Result<PooledConnection, sqlx::Error> {
         self.writer.acquire().await
     }
 
-    pub async fn read(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, sqlx::Error> {
+    pub async fn read(&self) -> Result<PooledConnection, sqlx::Error> {
         self.reader.acquire().await
     }
 
-    pub async fn reports(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, sqlx::Error> {
+    pub async fn reports(&self) -> Result<PooledConnection, sqlx::Error> {
         self.reports.acquire().await
     }
 
@@ -126,11 +314,10 @@ impl Store {
 
     /// (pool, open connections, idle connections) for the metrics.
     pub fn pool_stats(&self) -> Vec<(&'static str, u32, usize)> {
-        let stats = |pool: &AnyPool| (pool.size(), pool.num_idle());
         let (writer, reader, reports) = (
-            stats(&self.writer),
-            stats(&self.reader),
-            stats(&self.reports),
+            self.writer.stats(),
+            self.reader.stats(),
+            self.reports.stats(),
         );
         match self.backend {
             Backend::Sqlite => vec![
@@ -154,47 +341,40 @@ impl Store {
     }
 }
 
-/// SQLite URLs get `mode=rwc` so a file that does not exist yet is created.
-fn sqlite_url(url: &DatabaseUrl) -> DatabaseUrl {
-    let raw = url.expose();
-    if raw.contains("mode=") {
-        url.clone()
-    } else if raw.contains('?') {
-        DatabaseUrl::new(format!("{raw}&mode=rwc"))
-    } else {
-        DatabaseUrl::new(format!("{raw}?mode=rwc"))
-    }
-}
-
-async fn pool(url: &DatabaseUrl, size: u32, timeout: Duration) -> anyhow::Result<AnyPool> {
-    let options = AnyConnectOptions::from_str(url.expose())
+/// SQLite: WAL lets readers run beside the writer; the busy timeout covers the moments
+/// another process (a CLI command) holds the write lock. A file that does not exist yet is
+/// created.
+fn sqlite_pool(url: &DatabaseUrl, size: u32, timeout: Duration) -> anyhow::Result<Pool> {
+    let options = SqliteConnectOptions::from_str(url.expose())
         .with_context(|| format!("parsing the database URL {url:?}"))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(5))
         .disable_statement_logging();
-    let is_sqlite = url.is_sqlite();
-    let pool = AnyPoolOptions::new()
+    let pool = SqlitePoolOptions::new()
         .max_connections(size)
         .min_connections(0)
         .acquire_timeout(timeout)
         // sqlx already pings every connection when it is released (and closes a broken one);
         // a second ping on acquire cost every request another round trip.
         .test_before_acquire(false)
-        .after_connect(move |connection, _| {
-            Box::pin(async move {
-                if is_sqlite {
-                    // WAL lets readers run beside the writer; the busy timeout covers the
-                    // moments another process (a CLI command) holds the write lock.
-                    connection
-                        .execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
-                        )
-                        .await?;
-                }
-                Ok(())
-            })
-        })
         .connect_lazy_with(options);
-    Ok(pool)
+    Ok(Pool::Sqlite(pool))
+}
+
+fn postgres_pool(url: &DatabaseUrl, size: u32, timeout: Duration) -> anyhow::Result<Pool> {
+    let options = PgConnectOptions::from_str(url.expose())
+        .with_context(|| format!("parsing the database URL {url:?}"))?
+        .disable_statement_logging();
+    let pool = PgPoolOptions::new()
+        .max_connections(size)
+        .min_connections(0)
+        .acquire_timeout(timeout)
+        .test_before_acquire(false)
+        .connect_lazy_with(options);
+    Ok(Pool::Postgres(pool))
 }
 
 /// True for errors that mean "the database is not reachable right now" (answered 503),
@@ -243,16 +423,16 @@ pub fn unique_violation(error: &sqlx::Error) -> Option<String> {
     )
 }
 
-/// Flags are stored as 0/1 BIGINT on both databases.
-pub fn flag(value: bool) -> i64 {
-    i64::from(value)
-}
-
 /// A value bound into a dynamically built query.
 #[derive(Debug, Clone)]
 pub enum SqlValue {
     Int(i64),
     Text(String),
+    Flag(bool),
+    Time(Timestamp),
+    /// Text compared without regard to case (a username, an email, a lab code).
+    Folded(String),
+    Address(Inet),
 }
 
 /// The WHERE clause of a list query with optional filters, numbered `$1..` in order.
@@ -261,6 +441,24 @@ pub enum SqlValue {
 pub struct Conditions {
     clauses: Vec<String>,
     values: Vec<SqlValue>,
+}
+
+/// Binds the filter values in order, in the driver's own types.
+macro_rules! bind_values {
+    ($values:expr, $query:expr) => {{
+        let mut query = $query;
+        for value in $values {
+            query = match value {
+                SqlValue::Int(number) => query.bind(*number),
+                SqlValue::Text(text) => query.bind(text.as_str()),
+                SqlValue::Flag(flag) => query.bind(*flag),
+                SqlValue::Time(time) => query.bind(*time),
+                SqlValue::Folded(text) => query.bind(CaseInsensitive(text.as_str())),
+                SqlValue::Address(address) => query.bind(*address),
+            };
+        }
+        query
+    }};
 }
 
 impl Conditions {
@@ -290,30 +488,36 @@ impl Conditions {
     }
 
     /// The same binding for a plain `query` (rows read by name or streamed).
-    pub fn bind_query<'q>(
+    pub fn bind_query<'q, DB>(
         &'q self,
-        mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
-    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-        for value in &self.values {
-            query = match value {
-                SqlValue::Int(number) => query.bind(*number),
-                SqlValue::Text(text) => query.bind(text.as_str()),
-            };
-        }
-        query
+        query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    ) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+    where
+        DB: sqlx::Database,
+        i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        Timestamp: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        CaseInsensitive<'q>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        Inet: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    {
+        bind_values!(&self.values, query)
     }
 
-    pub fn bind<'q, O>(
+    pub fn bind<'q, DB, O>(
         &'q self,
-        mut query: sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments<'q>>,
-    ) -> sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments<'q>> {
-        for value in &self.values {
-            query = match value {
-                SqlValue::Int(number) => query.bind(*number),
-                SqlValue::Text(text) => query.bind(text.as_str()),
-            };
-        }
-        query
+        query: sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>,
+    ) -> sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>
+    where
+        DB: sqlx::Database,
+        i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        Timestamp: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        CaseInsensitive<'q>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        Inet: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    {
+        bind_values!(&self.values, query)
     }
 }
 

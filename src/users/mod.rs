@@ -6,7 +6,7 @@ pub mod store;
 
 use serde::Serialize;
 
-use crate::clock::{Millis, serialize_optional_time, serialize_time};
+use crate::clock::{Millis, Timestamp};
 
 /// A username: 3–64 letters, digits, `.`, `_`, `-`. Unique without regard to case, shown as
 /// entered.
@@ -117,30 +117,30 @@ pub struct User {
     pub password_hash: String,
     pub first_name: String,
     pub last_name: String,
-    pub is_active: i64,
-    pub is_admin: i64,
-    pub email_verified: i64,
+    pub is_active: bool,
+    pub is_admin: bool,
+    pub email_verified: bool,
     pub failed_login_count: i64,
-    pub locked_until: Option<i64>,
-    pub last_login_at: Option<i64>,
-    pub password_changed_at: Option<i64>,
-    pub mfa_enabled: i64,
-    pub new_login_alerts: i64,
-    pub created_at: i64,
-    pub updated_at: i64,
+    pub locked_until: Option<Timestamp>,
+    pub last_login_at: Option<Timestamp>,
+    pub password_changed_at: Option<Timestamp>,
+    pub mfa_enabled: bool,
+    pub new_login_alerts: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
 }
 
 impl User {
     pub fn is_active(&self) -> bool {
-        self.is_active != 0
+        self.is_active
     }
 
     pub fn is_admin(&self) -> bool {
-        self.is_admin != 0
+        self.is_admin
     }
 
     pub fn is_locked(&self, now: Millis) -> bool {
-        self.locked_until.is_some_and(|until| until > now)
+        self.locked_until.is_some_and(|until| until.millis() > now)
     }
 
     pub fn view(&self, now: Millis) -> UserView {
@@ -152,10 +152,10 @@ impl User {
             last_name: self.last_name.clone(),
             is_active: self.is_active(),
             is_admin: self.is_admin(),
-            email_verified: self.email_verified != 0,
+            email_verified: self.email_verified,
             is_locked: self.is_locked(now),
-            mfa_enabled: self.mfa_enabled != 0,
-            new_login_alerts: self.new_login_alerts != 0,
+            mfa_enabled: self.mfa_enabled,
+            new_login_alerts: self.new_login_alerts,
             last_login_at: self.last_login_at,
             password_changed_at: self.password_changed_at,
             created_at: self.created_at,
@@ -179,18 +179,14 @@ pub struct UserView {
     pub mfa_enabled: bool,
     /// Whether a sign-in from a new device or address sends an alert (the user may opt out).
     pub new_login_alerts: bool,
-    #[serde(serialize_with = "serialize_optional_time")]
     #[schema(value_type = Option<String>, format = DateTime)]
-    pub last_login_at: Option<Millis>,
-    #[serde(serialize_with = "serialize_optional_time")]
+    pub last_login_at: Option<Timestamp>,
     #[schema(value_type = Option<String>, format = DateTime)]
-    pub password_changed_at: Option<Millis>,
-    #[serde(serialize_with = "serialize_time")]
+    pub password_changed_at: Option<Timestamp>,
     #[schema(value_type = String, format = DateTime)]
-    pub created_at: Millis,
-    #[serde(serialize_with = "serialize_time")]
+    pub created_at: Timestamp,
     #[schema(value_type = String, format = DateTime)]
-    pub updated_at: Millis,
+    pub updated_at: Timestamp,
 }
 
 /// A lab as it appears in a user's list of labs.
@@ -200,13 +196,7 @@ pub struct Membership {
     pub code: String,
     pub name: String,
     pub role: String,
-    #[serde(serialize_with = "serialize_flag")]
-    #[schema(value_type = bool)]
-    pub is_active: i64,
-}
-
-fn serialize_flag<S: serde::Serializer>(value: &i64, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_bool(*value != 0)
+    pub is_active: bool,
 }
 
 /// The user object with its labs, as login and `/me` return it.

@@ -1,8 +1,9 @@
 //! Queries on `users` and a user's memberships.
 
 use crate::clock::Millis;
+use crate::clock::Timestamp;
 use crate::http::AppError;
-use crate::store::{Connection, flag, unique_violation};
+use crate::store::{CaseInsensitive, Connection, unique_violation};
 use crate::users::{Email, Membership, User, Username};
 
 pub const USER_COLUMNS: &str = "id, username, email, password_hash, first_name, last_name, \
@@ -30,19 +31,19 @@ pub async fn insert(
          is_admin, email_verified, password_changed_at, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9) RETURNING {USER_COLUMNS}"
     );
-    sqlx::query_as::<_, User>(&sql)
+    crate::with_db!(connection, |db| sqlx::query_as::<_, User>(&sql)
         .bind(user.username.as_str())
         .bind(user.email.as_str())
         .bind(user.password_hash)
         .bind(user.first_name)
         .bind(user.last_name)
-        .bind(flag(user.is_active))
-        .bind(flag(user.is_admin))
-        .bind(flag(user.email_verified))
-        .bind(now)
-        .fetch_one(&mut *connection)
-        .await
-        .map_err(duplicate_username_or_email)
+        .bind(user.is_active)
+        .bind(user.is_admin)
+        .bind(user.email_verified)
+        .bind(Timestamp::from(now))
+        .fetch_one(db)
+        .await)
+    .map_err(duplicate_username_or_email)
 }
 
 /// Maps a unique-index collision on `users` to the 409 that names the field.
@@ -60,10 +61,12 @@ pub fn duplicate_username_or_email(error: sqlx::Error) -> AppError {
 
 pub async fn find_by_id(connection: &mut Connection, id: i64) -> Result<Option<User>, AppError> {
     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
-    Ok(sqlx::query_as::<_, User>(&sql)
-        .bind(id)
-        .fetch_optional(&mut *connection)
-        .await?)
+    Ok(crate::with_db!(connection, |db| {
+        sqlx::query_as::<_, User>(&sql)
+            .bind(id)
+            .fetch_optional(db)
+            .await
+    })?)
 }
 
 /// Finds the account a login names, by username (any case) or by email.
@@ -71,24 +74,26 @@ pub async fn find_by_login(
     connection: &mut Connection,
     login: &str,
 ) -> Result<Option<User>, AppError> {
-    let sql = format!(
-        "SELECT {USER_COLUMNS} FROM users WHERE lower(username) = lower($1) OR lower(email) = lower($1)"
-    );
-    Ok(sqlx::query_as::<_, User>(&sql)
-        .bind(login)
-        .fetch_optional(&mut *connection)
-        .await?)
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1 OR email = $1");
+    Ok(crate::with_db!(connection, |db| {
+        sqlx::query_as::<_, User>(&sql)
+            .bind(CaseInsensitive(login))
+            .fetch_optional(db)
+            .await
+    })?)
 }
 
 pub async fn find_by_username(
     connection: &mut Connection,
     username: &str,
 ) -> Result<Option<User>, AppError> {
-    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE lower(username) = lower($1)");
-    Ok(sqlx::query_as::<_, User>(&sql)
-        .bind(username)
-        .fetch_optional(&mut *connection)
-        .await?)
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1");
+    Ok(crate::with_db!(connection, |db| {
+        sqlx::query_as::<_, User>(&sql)
+            .bind(CaseInsensitive(username))
+            .fetch_optional(db)
+            .await
+    })?)
 }
 
 /// The labs a user belongs to, with the role in each.
@@ -96,14 +101,17 @@ pub async fn labs_of(
     connection: &mut Connection,
     user_id: i64,
 ) -> Result<Vec<Membership>, AppError> {
-    Ok(sqlx::query_as::<_, Membership>(
+    Ok(crate::with_db!(connection, |db| sqlx::query_as::<
+        _,
+        Membership,
+    >(
         "SELECT labs.id, labs.code, labs.name, lab_memberships.role, labs.is_active \
          FROM lab_memberships JOIN labs ON labs.id = lab_memberships.lab_id \
          WHERE lab_memberships.user_id = $1 ORDER BY labs.code",
     )
     .bind(user_id)
-    .fetch_all(&mut *connection)
-    .await?)
+    .fetch_all(db)
+    .await)?)
 }
 
 /// Records a successful login: stamps the time and, when the stored hash was of an older
@@ -114,15 +122,16 @@ pub async fn record_login(
     rehashed_password: Option<&str>,
     now: Millis,
 ) -> Result<(), AppError> {
-    sqlx::query(
-        "UPDATE users SET last_login_at = $2, \
+    crate::execute!(
+        connection,
+        sqlx::query(
+            "UPDATE users SET last_login_at = $2, \
          password_hash = COALESCE($3, password_hash), updated_at = $2 WHERE id = $1",
-    )
-    .bind(user_id)
-    .bind(now)
-    .bind(rehashed_password)
-    .execute(&mut *connection)
-    .await?;
+        )
+        .bind(user_id)
+        .bind(Timestamp::from(now))
+        .bind(rehashed_password)
+    )?;
     Ok(())
 }
 
@@ -146,28 +155,28 @@ pub async fn list(
         );
     }
     if let Some(active) = filter.is_active {
-        conditions.push("is_active = ?", SqlValue::Int(flag(active)));
+        conditions.push("is_active = ?", SqlValue::Flag(active));
     }
     if let Some(admin) = filter.is_admin {
-        conditions.push("is_admin = ?", SqlValue::Int(flag(admin)));
+        conditions.push("is_admin = ?", SqlValue::Flag(admin));
     }
     let where_sql = conditions.where_sql();
     let count_sql = format!("SELECT COUNT(*) FROM users{where_sql}");
-    let (total,): (i64,) = conditions
+    let (total,): (i64,) = crate::with_db!(connection, |db| conditions
         .bind(sqlx::query_as(&count_sql))
-        .fetch_one(&mut *connection)
-        .await?;
+        .fetch_one(db)
+        .await)?;
     let items_sql = format!(
         "SELECT {USER_COLUMNS} FROM users{where_sql} ORDER BY id LIMIT {} OFFSET {}",
         conditions.next_placeholder(1),
         conditions.next_placeholder(2)
     );
-    let users = conditions
+    let users = crate::with_db!(connection, |db| conditions
         .bind(sqlx::query_as::<_, User>(&items_sql))
         .bind(page.per_page)
         .bind(page.offset())
-        .fetch_all(&mut *connection)
-        .await?;
+        .fetch_all(db)
+        .await)?;
     Ok((users, total))
 }
 
@@ -198,20 +207,20 @@ pub async fn update(
          new_login_alerts = COALESCE($10, new_login_alerts) \
          WHERE id = $1 RETURNING {USER_COLUMNS}"
     );
-    sqlx::query_as::<_, User>(&sql)
+    crate::with_db!(connection, |db| sqlx::query_as::<_, User>(&sql)
         .bind(user_id)
         .bind(changes.username.as_ref().map(Username::as_str))
         .bind(changes.email.as_ref().map(Email::as_str))
         .bind(changes.first_name.as_deref())
         .bind(changes.last_name.as_deref())
-        .bind(changes.is_active.map(flag))
-        .bind(changes.is_admin.map(flag))
-        .bind(email_verified.map(flag))
-        .bind(now)
-        .bind(changes.new_login_alerts.map(flag))
-        .fetch_optional(&mut *connection)
-        .await
-        .map_err(duplicate_username_or_email)
+        .bind(changes.is_active)
+        .bind(changes.is_admin)
+        .bind(email_verified)
+        .bind(Timestamp::from(now))
+        .bind(changes.new_login_alerts)
+        .fetch_optional(db)
+        .await)
+    .map_err(duplicate_username_or_email)
 }
 
 pub async fn delete(connection: &mut Connection, user_id: i64) -> Result<bool, AppError> {
@@ -223,16 +232,13 @@ pub async fn delete(connection: &mut Connection, user_id: i64) -> Result<bool, A
         "DELETE FROM password_reset_tokens WHERE user_id = $1",
         "DELETE FROM email_verification_tokens WHERE user_id = $1",
     ] {
-        sqlx::query(sql)
-            .bind(user_id)
-            .execute(&mut *connection)
-            .await?;
+        crate::execute!(connection, sqlx::query(sql).bind(user_id))?;
     }
-    let result = sqlx::query("DELETE FROM users WHERE id = $1")
-        .bind(user_id)
-        .execute(&mut *connection)
-        .await?;
-    Ok(result.rows_affected() > 0)
+    let result = crate::execute!(
+        connection,
+        sqlx::query("DELETE FROM users WHERE id = $1").bind(user_id)
+    )?;
+    Ok(result > 0)
 }
 
 /// Active system admins other than `user_id`.
@@ -240,12 +246,12 @@ pub async fn other_active_admins(
     connection: &mut Connection,
     user_id: i64,
 ) -> Result<i64, AppError> {
-    let (count,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM users WHERE is_admin = 1 AND is_active = 1 AND id <> $1",
+    let (count,): (i64,) = crate::with_db!(connection, |db| sqlx::query_as(
+        "SELECT COUNT(*) FROM users WHERE is_admin AND is_active AND id <> $1",
     )
     .bind(user_id)
-    .fetch_one(&mut *connection)
-    .await?;
+    .fetch_one(db)
+    .await)?;
     Ok(count)
 }
 
@@ -254,10 +260,11 @@ pub async fn other_active_admins(
 /// link issued before it (reset and verification links carry the stamp they were issued
 /// under and work only while it is the account's).
 pub async fn void_emailed_links(connection: &mut Connection, user_id: i64) -> Result<(), AppError> {
-    sqlx::query("UPDATE users SET credential_stamp = credential_stamp + 1 WHERE id = $1")
-        .bind(user_id)
-        .execute(&mut *connection)
-        .await?;
+    crate::execute!(
+        connection,
+        sqlx::query("UPDATE users SET credential_stamp = credential_stamp + 1 WHERE id = $1")
+            .bind(user_id)
+    )?;
     Ok(())
 }
 
@@ -267,22 +274,19 @@ pub async fn revoke_sessions(
     reason: &str,
     now: Millis,
 ) -> Result<u64, AppError> {
-    let result = sqlx::query(
+    let result = crate::execute!(connection, sqlx::query(
         "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 WHERE user_id = $1 AND revoked_at IS NULL",
     )
     .bind(user_id)
-    .bind(now)
+    .bind(Timestamp::from(now))
     .bind(reason)
-    .execute(&mut *connection)
-    .await?;
-    Ok(result.rows_affected())
+    )?;
+    Ok(result)
 }
 
 pub async fn active_admins(connection: &mut Connection) -> Result<Vec<User>, AppError> {
-    let sql = format!(
-        "SELECT {USER_COLUMNS} FROM users WHERE is_admin = 1 AND is_active = 1 ORDER BY id"
-    );
-    Ok(sqlx::query_as::<_, User>(&sql)
-        .fetch_all(&mut *connection)
-        .await?)
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE is_admin AND is_active ORDER BY id");
+    Ok(crate::with_db!(connection, |db| {
+        sqlx::query_as::<_, User>(&sql).fetch_all(db).await
+    })?)
 }

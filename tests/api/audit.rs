@@ -104,15 +104,17 @@ async fn an_untouched_trail_verifies() {
 async fn the_database_refuses_to_update_or_delete_events() {
     let app = busy_app().await;
     let mut transaction = app.state.store.begin().await.unwrap();
-    let update = sqlx::query("UPDATE audit_logs SET details = '{}' WHERE seq = 2")
-        .execute(&mut *transaction)
-        .await;
+    let update = ums::execute!(
+        transaction,
+        sqlx::query("UPDATE audit_logs SET details = '{}' WHERE seq = 2")
+    );
     assert!(update.is_err(), "UPDATE was allowed");
     drop(transaction);
     let mut transaction = app.state.store.begin().await.unwrap();
-    let delete = sqlx::query("DELETE FROM audit_logs WHERE seq = 2")
-        .execute(&mut *transaction)
-        .await;
+    let delete = ums::execute!(
+        transaction,
+        sqlx::query("DELETE FROM audit_logs WHERE seq = 2")
+    );
     assert!(delete.is_err(), "DELETE was allowed");
     drop(transaction);
     if app.state.store.backend() == Backend::Postgres {
@@ -123,15 +125,14 @@ async fn the_database_refuses_to_update_or_delete_events() {
         assert!(partition.starts_with("audit_logs_20"), "{partition}");
         for table in ["audit_logs", partition.as_str(), "audit_logs_default"] {
             let mut transaction = app.state.store.begin().await.unwrap();
-            let truncate = sqlx::query(&format!("TRUNCATE {table}"))
-                .execute(&mut *transaction)
-                .await;
+            let truncate = ums::execute!(transaction, sqlx::query(&format!("TRUNCATE {table}")));
             assert!(truncate.is_err(), "TRUNCATE {table} was allowed");
         }
         let mut transaction = app.state.store.begin().await.unwrap();
-        let update = sqlx::query(&format!("UPDATE {partition} SET action = 'x'"))
-            .execute(&mut *transaction)
-            .await;
+        let update = ums::execute!(
+            transaction,
+            sqlx::query(&format!("UPDATE {partition} SET action = 'x'"))
+        );
         assert!(update.is_err(), "UPDATE of {partition} was allowed");
     }
     assert_eq!(verify(&app.state.store, None).await.unwrap().finding, None);
@@ -246,7 +247,8 @@ async fn an_inserted_event_is_named() {
     let hash = forged.chain_hash(&prev);
     app.execute(&[&format!(
         "INSERT INTO audit_logs (seq, occurred_at, action, success, user_id, resource_type, resource_id, details, prev_hash, hash) \
-         VALUES (3, 1, 'user.updated', 1, 1, 'user', '1', '{{}}', '{prev}', '{hash}')"
+         VALUES (3, {}, 'user.updated', TRUE, 1, 'user', '1', '{{}}', '{prev}', '{hash}')",
+        app.time_sql("1")
     )])
     .await;
     let id = app.scalar("SELECT id FROM audit_logs WHERE seq = 4").await;
@@ -469,11 +471,12 @@ async fn the_pdf_export_is_a_readable_report() {
 #[tokio::test]
 async fn a_hundred_thousand_event_export_streams_in_bounded_memory() {
     let app = spawn_app().await;
-    app.execute(&[
+    app.execute(&[&format!(
         "INSERT INTO audit_logs (seq, occurred_at, action, success, user_id, details, prev_hash, hash) \
          WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) \
-         SELECT i, 1700000000000 + i, 'bulk.event', 1, i, '{\"note\":\"padding padding padding padding padding padding\"}', 'x', 'y' FROM n",
-    ])
+         SELECT i, {}, 'bulk.event', TRUE, i, '{{\"note\":\"padding padding padding padding padding padding\"}}', 'x', 'y' FROM n",
+        app.time_sql("1700000000000 + i")
+    )])
     .await;
     let directory = tempfile::tempdir().unwrap();
     let output_path = directory.path().join("export.csv");
@@ -625,18 +628,19 @@ async fn lab_reads_are_logged_in_batches_and_flushed_at_shutdown() {
     app.stop().await;
     let store = app.reopen_store().await;
     let mut connection = store.read().await.unwrap();
-    let (checks,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_logs WHERE action = 'lab.access_checked' AND lab_id = $1 AND user_id = $2")
+    let (checks,): (i64,) = ums::with_db!(connection, |db| sqlx::query_as("SELECT COUNT(*) FROM audit_logs WHERE action = 'lab.access_checked' AND lab_id = $1 AND user_id = $2")
         .bind(lab)
         .bind(alice)
-        .fetch_one(&mut *connection)
-        .await
+        .fetch_one(db)
+        .await)
         .unwrap();
     assert_eq!(checks, 3);
-    let (reads,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM audit_logs WHERE action = 'lab.members_read'")
-            .fetch_one(&mut *connection)
-            .await
-            .unwrap();
+    let (reads,): (i64,) = ums::with_db!(connection, |db| sqlx::query_as(
+        "SELECT COUNT(*) FROM audit_logs WHERE action = 'lab.members_read'"
+    )
+    .fetch_one(db)
+    .await)
+    .unwrap();
     assert_eq!(reads, 1);
     drop(connection);
     assert_eq!(verify(&store, None).await.unwrap().finding, None);

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
-use sqlx::Row;
 use ums::clock::Clock;
 use ums::config::Config;
 use ums::startup::Application;
@@ -243,7 +242,7 @@ impl TestApp {
     pub async fn execute(&self, statements: &[&str]) {
         let mut transaction = self.state.store.begin().await.unwrap();
         for sql in statements {
-            sqlx::query(sql).execute(&mut *transaction).await.unwrap();
+            ums::execute!(transaction, sqlx::raw_sql(sql)).unwrap();
         }
         transaction.commit().await.unwrap();
     }
@@ -321,51 +320,74 @@ impl TestApp {
         .await
     }
 
+    /// A SQL expression of the time `millis` (an expression in Unix milliseconds) in this
+    /// database's own type, for rows a test writes by hand.
+    pub fn time_sql(&self, millis: &str) -> String {
+        match self.state.store.backend() {
+            ums::store::Backend::Postgres => {
+                format!("(TIMESTAMPTZ 'epoch' + ({millis}) * INTERVAL '1 millisecond')")
+            }
+            ums::store::Backend::Sqlite => format!("({millis})"),
+        }
+    }
+
     /// A single integer from SQL run directly against the database.
     pub async fn scalar(&self, sql: &str) -> i64 {
         let mut connection = self.state.store.read().await.unwrap();
-        sqlx::query(sql)
-            .fetch_one(&mut *connection)
-            .await
-            .unwrap()
-            .try_get::<i64, _>(0)
-            .unwrap()
+        ums::with_db!(connection, |db| sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(db)
+            .await)
+        .unwrap()
     }
 
     pub async fn text(&self, sql: &str) -> Option<String> {
         let mut connection = self.state.store.read().await.unwrap();
-        sqlx::query(sql)
-            .fetch_one(&mut *connection)
-            .await
-            .unwrap()
-            .try_get::<Option<String>, _>(0)
-            .unwrap()
+        ums::with_db!(connection, |db| sqlx::query_scalar::<_, Option<String>>(
+            sql
+        )
+        .fetch_one(db)
+        .await)
+        .unwrap()
     }
 
     /// The audit events of one action, oldest first, as (success, user_id, resource_id, details).
     pub async fn audit_events(&self, action: &str) -> Vec<Value> {
+        type EventRow = (
+            bool,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            sqlx::types::Json<Value>,
+            Option<ums::store::Inet>,
+            Option<String>,
+        );
         let mut connection = self.state.store.read().await.unwrap();
-        sqlx::query(
+        let rows: Vec<EventRow> =
+            ums::with_db!(connection, |db| {
+                sqlx::query_as(
             "SELECT success, user_id, resource_type, resource_id, details, actor_ip, request_id \
              FROM audit_logs WHERE action = $1 ORDER BY seq",
         )
         .bind(action)
-        .fetch_all(&mut *connection)
+        .fetch_all(db)
         .await
-        .unwrap()
-        .into_iter()
-        .map(|row| {
-            json!({
-                "success": row.try_get::<i64, _>("success").unwrap() != 0,
-                "user_id": row.try_get::<Option<i64>, _>("user_id").unwrap(),
-                "resource_type": row.try_get::<Option<String>, _>("resource_type").unwrap(),
-                "resource_id": row.try_get::<Option<String>, _>("resource_id").unwrap(),
-                "details": serde_json::from_str::<Value>(&row.try_get::<String, _>("details").unwrap()).unwrap(),
-                "actor_ip": row.try_get::<Option<String>, _>("actor_ip").unwrap(),
-                "request_id": row.try_get::<Option<String>, _>("request_id").unwrap(),
             })
-        })
-        .collect()
+            .unwrap();
+        rows.into_iter()
+            .map(
+                |(success, user_id, resource_type, resource_id, details, actor_ip, request_id)| {
+                    json!({
+                        "success": success,
+                        "user_id": user_id,
+                        "resource_type": resource_type,
+                        "resource_id": resource_id,
+                        "details": details.0,
+                        "actor_ip": actor_ip.map(|ip| ip.to_string()),
+                        "request_id": request_id,
+                    })
+                },
+            )
+            .collect()
     }
 }
 
@@ -475,35 +497,24 @@ impl TestApp {
     /// The rows a refused call must leave as they were.
     pub async fn lab_rows(&self) -> String {
         let mut connection = self.state.store.read().await.unwrap();
-        let labs =
-            sqlx::query("SELECT id, code, name, description, is_active FROM labs ORDER BY id")
-                .fetch_all(&mut *connection)
+        let labs: Vec<(i64, String, String, String, bool)> = ums::with_db!(connection, |db| {
+            sqlx::query_as("SELECT id, code, name, description, is_active FROM labs ORDER BY id")
+                .fetch_all(db)
                 .await
-                .unwrap();
-        let members = sqlx::query(
+        })
+        .unwrap();
+        let members: Vec<(i64, i64, String)> = ums::with_db!(connection, |db| sqlx::query_as(
             "SELECT lab_id, user_id, role FROM lab_memberships ORDER BY lab_id, user_id",
         )
-        .fetch_all(&mut *connection)
-        .await
+        .fetch_all(db)
+        .await)
         .unwrap();
         let mut text = String::new();
-        for row in labs {
-            text += &format!(
-                "lab {} {} {} {} {}\n",
-                row.try_get::<i64, _>(0).unwrap(),
-                row.try_get::<String, _>(1).unwrap(),
-                row.try_get::<String, _>(2).unwrap(),
-                row.try_get::<String, _>(3).unwrap(),
-                row.try_get::<i64, _>(4).unwrap()
-            );
+        for (id, code, name, description, is_active) in labs {
+            text += &format!("lab {id} {code} {name} {description} {is_active}\n");
         }
-        for row in members {
-            text += &format!(
-                "member {} {} {}\n",
-                row.try_get::<i64, _>(0).unwrap(),
-                row.try_get::<i64, _>(1).unwrap(),
-                row.try_get::<String, _>(2).unwrap()
-            );
+        for (lab_id, user_id, role) in members {
+            text += &format!("member {lab_id} {user_id} {role}\n");
         }
         text
     }

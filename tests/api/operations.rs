@@ -447,10 +447,8 @@ async fn sigterm_under_load_loses_no_accepted_request_event_or_email() {
         let store = store.clone();
         async move {
             let mut connection = store.read().await.unwrap();
-            let (n,): (i64,) = sqlx::query_as(sql)
-                .fetch_one(&mut *connection)
-                .await
-                .unwrap();
+            let (n,): (i64,) =
+                ums::with_db!(connection, |db| sqlx::query_as(sql).fetch_one(db).await).unwrap();
             n
         }
     };
@@ -517,10 +515,7 @@ async fn a_failure_is_logged_as_one_line_with_its_cause_and_request_id() {
     let config = ums::config::Config::from_lookup(|name| server.vars.get(name).cloned()).unwrap();
     let store = ums::store::Store::connect(&config).await.unwrap();
     let mut transaction = store.begin().await.unwrap();
-    sqlx::query("DROP TABLE lab_memberships")
-        .execute(&mut *transaction)
-        .await
-        .unwrap();
+    ums::execute!(transaction, sqlx::query("DROP TABLE lab_memberships")).unwrap();
     transaction.commit().await.unwrap();
     store.close().await;
     let response = client

@@ -315,11 +315,12 @@ async fn migrations_refuse_a_database_newer_than_the_binary() {
     let app = spawn_app().await;
     {
         let mut transaction = app.state.store.begin().await.unwrap();
-        sqlx::query(
-            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'future', 0)",
+        ums::execute!(
+            transaction,
+            sqlx::query(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'future', 0)",
+            )
         )
-        .execute(&mut *transaction)
-        .await
         .unwrap();
         transaction.commit().await.unwrap();
     }
@@ -360,7 +361,8 @@ async fn an_existing_trail_survives_the_upgrade_to_monthly_partitions() {
             request_id: None,
         };
         let hash = event.chain_hash(&prev_hash);
-        sqlx::query(
+        // Schema 3 has BIGINT milliseconds, a 0/1 flag and the details as text.
+        ums::execute!(transaction, sqlx::query(
             "INSERT INTO audit_logs (seq, occurred_at, action, success, resource_type, resource_id, details, prev_hash, hash) \
              VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8)",
         )
@@ -371,25 +373,26 @@ async fn an_existing_trail_survives_the_upgrade_to_monthly_partitions() {
         .bind(&event.resource_id)
         .bind(&event.details)
         .bind(&prev_hash)
-        .bind(&hash)
-        .execute(&mut *transaction)
-        .await
+        .bind(&hash))
         .unwrap();
         prev_hash = hash;
     }
-    sqlx::query("UPDATE audit_chain SET seq = 50, last_hash = $1 WHERE id = 1")
-        .bind(&prev_hash)
-        .execute(&mut *transaction)
-        .await
-        .unwrap();
+    ums::execute!(
+        transaction,
+        sqlx::query("UPDATE audit_chain SET seq = 50, last_hash = $1 WHERE id = 1")
+            .bind(&prev_hash)
+    )
+    .unwrap();
     transaction.commit().await.unwrap();
 
-    assert_eq!(ums::store::migrate(&store).await.unwrap(), [4, 5, 6, 7]);
+    assert_eq!(ums::store::migrate(&store).await.unwrap(), [4, 5, 6, 7, 8]);
     let mut connection = store.read().await.unwrap();
-    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_logs")
-        .fetch_one(&mut *connection)
-        .await
-        .unwrap();
+    let count: i64 = ums::with_db!(connection, |db| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_logs"
+    )
+    .fetch_one(db)
+    .await)
+    .unwrap();
     assert_eq!(count, 50);
     if store.backend() == ums::store::Backend::Postgres {
         // A partition for each month with events, for the database's current month and the
@@ -400,11 +403,12 @@ async fn an_existing_trail_survives_the_upgrade_to_monthly_partitions() {
                 .format("audit_logs_%Y_%m")
                 .to_string()
         };
-        let database_now: i64 =
-            sqlx::query_scalar("SELECT (extract(epoch FROM now()) * 1000)::BIGINT")
-                .fetch_one(&mut *connection)
-                .await
-                .unwrap();
+        let database_now: i64 = ums::with_db!(connection, |db| sqlx::query_scalar(
+            "SELECT (extract(epoch FROM now()) * 1000)::BIGINT"
+        )
+        .fetch_one(db)
+        .await)
+        .unwrap();
         let mut expected: std::collections::BTreeSet<String> =
             (0..50).map(|index| month(start + index * day)).collect();
         expected.insert(month(database_now));
@@ -412,21 +416,22 @@ async fn an_existing_trail_survives_the_upgrade_to_monthly_partitions() {
             ums::audit::archive::month_start(database_now) + 32 * day,
         ));
         expected.insert("audit_logs_default".into());
-        let partitions: std::collections::BTreeSet<String> = sqlx::query_scalar(
+        let partitions: Vec<String> = ums::with_db!(connection, |db| sqlx::query_scalar(
             "SELECT child.relname::TEXT FROM pg_inherits \
              JOIN pg_class child ON child.oid = pg_inherits.inhrelid \
              WHERE pg_inherits.inhparent = 'audit_logs'::regclass",
         )
-        .fetch_all(&mut *connection)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
+        .fetch_all(db)
+        .await)
+        .unwrap();
+        let partitions: std::collections::BTreeSet<String> = partitions.into_iter().collect();
         assert_eq!(partitions, expected);
-        let in_default: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_logs_default")
-            .fetch_one(&mut *connection)
-            .await
-            .unwrap();
+        let in_default: i64 = ums::with_db!(connection, |db| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM audit_logs_default"
+        )
+        .fetch_one(db)
+        .await)
+        .unwrap();
         assert_eq!(in_default, 0);
     }
     drop(connection);

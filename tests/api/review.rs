@@ -790,37 +790,46 @@ async fn imported_accounts_cost_the_same_time_as_any_other() {
 async fn rewrite_the_trail(app: &TestApp, downgrade: bool) {
     crate::audit::lift_triggers(app).await;
     let mut transaction = app.state.store.begin().await.unwrap();
-    let rows = sqlx::query(&format!(
+    let sql = format!(
         "SELECT {} FROM audit_logs ORDER BY seq",
         ums::audit::query::EVENT_COLUMNS
-    ))
-    .fetch_all(&mut *transaction)
-    .await
+    );
+    let rows = ums::with_db!(transaction, |db| sqlx::query_as::<
+        _,
+        ums::audit::query::EventRecord,
+    >(&sql)
+    .fetch_all(db)
+    .await)
     .unwrap();
     let mut prev_hash = ums::audit::GENESIS_HASH.to_string();
-    for (index, row) in rows.iter().enumerate() {
-        let mut row = ums::audit::query::EventRow::from_row(row).unwrap();
+    for (index, row) in rows.into_iter().enumerate() {
+        let mut row = ums::audit::query::EventRow::from(row);
         if index == 0 {
             row.event.details = "{\"note\":\"nothing happened\"}".into();
         }
         let hash = row.event.chain_hash(&prev_hash);
-        sqlx::query("UPDATE audit_logs SET details = $1, prev_hash = $2, hash = $3 WHERE seq = $4")
-            .bind(&row.event.details)
+        let details: Value = serde_json::from_str(&row.event.details).unwrap();
+        ums::execute!(
+            transaction,
+            sqlx::query(
+                "UPDATE audit_logs SET details = $1, prev_hash = $2, hash = $3 WHERE seq = $4"
+            )
+            .bind(sqlx::types::Json(&details))
             .bind(&prev_hash)
             .bind(&hash)
             .bind(row.event.seq)
-            .execute(&mut *transaction)
-            .await
-            .unwrap();
+        )
+        .unwrap();
         prev_hash = hash;
     }
     let downgrade_sql = if downgrade { ", keyed_from = NULL" } else { "" };
-    sqlx::query(&format!(
-        "UPDATE audit_chain SET last_hash = $1{downgrade_sql} WHERE id = 1"
-    ))
-    .bind(&prev_hash)
-    .execute(&mut *transaction)
-    .await
+    ums::execute!(
+        transaction,
+        sqlx::query(&format!(
+            "UPDATE audit_chain SET last_hash = $1{downgrade_sql} WHERE id = 1"
+        ))
+        .bind(&prev_hash)
+    )
     .unwrap();
     transaction.commit().await.unwrap();
 }
@@ -1009,7 +1018,7 @@ async fn serve_runs_as_a_role_that_cannot_lift_the_trail_protections() {
             "DROP TABLE audit_logs_default",
         ] {
             let mut transaction = app.state.store.begin().await.unwrap();
-            let refused = sqlx::query(attack).execute(&mut *transaction).await;
+            let refused = ums::execute!(transaction, sqlx::query(attack));
             assert!(refused.is_err(), "the service's role could: {attack}");
         }
     }
