@@ -101,8 +101,24 @@ DROP TABLE email_verification_tokens;
 ALTER TABLE email_verification_tokens_v8 RENAME TO email_verification_tokens;
 CREATE INDEX email_verification_tokens_user ON email_verification_tokens (user_id);
 
--- Dropping the old table drops its append-only triggers first (no trigger fires on DROP);
--- the new table gets them back below.
+-- The chain head comes first, with the trail's old triggers out of the way: they name it,
+-- and a rename checks every trigger. The rebuilt trail gets them back below.
+DROP TRIGGER audit_logs_no_update;
+DROP TRIGGER audit_logs_no_delete;
+CREATE TABLE audit_chain_v8 (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    last_hash TEXT NOT NULL,
+    archived_through INTEGER NOT NULL DEFAULT 0,
+    archived_hash TEXT NOT NULL DEFAULT '0000000000000000000000000000000000000000000000000000000000000000',
+    keyed_from INTEGER,
+    CHECK (archived_through <= seq)
+);
+INSERT INTO audit_chain_v8 SELECT id, seq, last_hash, archived_through, archived_hash, keyed_from
+FROM audit_chain;
+DROP TABLE audit_chain;
+ALTER TABLE audit_chain_v8 RENAME TO audit_chain;
+
 CREATE TABLE audit_logs_v8 (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     seq INTEGER NOT NULL UNIQUE,
@@ -137,20 +153,6 @@ WHEN OLD.seq > (SELECT archived_through FROM audit_chain WHERE id = 1)
 BEGIN
     SELECT RAISE(ABORT, 'audit_logs is append-only');
 END;
-
-CREATE TABLE audit_chain_v8 (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    seq INTEGER NOT NULL,
-    last_hash TEXT NOT NULL,
-    archived_through INTEGER NOT NULL DEFAULT 0,
-    archived_hash TEXT NOT NULL DEFAULT '0000000000000000000000000000000000000000000000000000000000000000',
-    keyed_from INTEGER,
-    CHECK (archived_through <= seq)
-);
-INSERT INTO audit_chain_v8 SELECT id, seq, last_hash, archived_through, archived_hash, keyed_from
-FROM audit_chain;
-DROP TABLE audit_chain;
-ALTER TABLE audit_chain_v8 RENAME TO audit_chain;
 
 CREATE TABLE login_attempts_v8 (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
