@@ -759,6 +759,6 @@ async fn each_change_writes_exactly_one_event_with_its_actor_and_target() {
         ))
         .await;
     assert_eq!(lab_events, 6);
-    let secrets = app.scalar(&format!("SELECT COUNT(*) FROM audit_logs WHERE details LIKE '%{PASSWORD}%' OR details LIKE '%argon2%'")).await;
+    let secrets = app.scalar(&format!("SELECT COUNT(*) FROM audit_logs WHERE CAST(details AS TEXT) LIKE '%{PASSWORD}%' OR CAST(details AS TEXT) LIKE '%argon2%'")).await;
     assert_eq!(secrets, 0);
 }

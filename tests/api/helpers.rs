@@ -350,6 +350,19 @@ impl TestApp {
         .unwrap()
     }
 
+    /// An IP address column (`inet` or text), as text.
+    pub async fn address(&self, sql: &str) -> Option<String> {
+        let mut connection = self.state.store.read().await.unwrap();
+        ums::with_db!(connection, |db| sqlx::query_scalar::<
+            _,
+            Option<ums::store::Inet>,
+        >(sql)
+        .fetch_one(db)
+        .await)
+        .unwrap()
+        .map(|address| address.to_string())
+    }
+
     /// The audit events of one action, oldest first, as (success, user_id, resource_id, details).
     pub async fn audit_events(&self, action: &str) -> Vec<Value> {
         type EventRow = (
@@ -362,17 +375,16 @@ impl TestApp {
             Option<String>,
         );
         let mut connection = self.state.store.read().await.unwrap();
-        let rows: Vec<EventRow> =
-            ums::with_db!(connection, |db| {
-                sqlx::query_as(
+        let rows: Vec<EventRow> = ums::with_db!(connection, |db| {
+            sqlx::query_as(
             "SELECT success, user_id, resource_type, resource_id, details, actor_ip, request_id \
              FROM audit_logs WHERE action = $1 ORDER BY seq",
         )
         .bind(action)
         .fetch_all(db)
         .await
-            })
-            .unwrap();
+        })
+        .unwrap();
         rows.into_iter()
             .map(
                 |(success, user_id, resource_type, resource_id, details, actor_ip, request_id)| {

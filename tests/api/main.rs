@@ -12,5 +12,6 @@ mod operations;
 mod platform;
 mod review;
 mod smtp;
+mod storage;
 mod tokens;
 mod users;
