@@ -358,6 +358,7 @@ async fn postgresql_columns_carry_native_types() {
             "SELECT COUNT(*) FROM audit_logs WHERE details ? 'username' AND details ->> 'username' = 'bob'"
         )
         .await,
-        2
+        1,
+        "bob's registration"
     );
 }
