@@ -22,8 +22,8 @@ use base64::engine::general_purpose::STANDARD;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::SecretString;
-use ums::auth::hash_pool::THREAD_PREFIX;
 use ums::auth::password::PasswordHasherConfig;
+use ums::auth::password::THREAD_PREFIX;
 use ums::auth::tokens::{Claims, TokenType, random_token};
 use ums::config::Config;
 

@@ -248,7 +248,7 @@ async fn audit(config: Config, clock: Clock, command: AuditCommand) -> anyhow::R
             let time = |value: Option<String>, name: &str| -> anyhow::Result<Option<i64>> {
                 value
                     .map(|text| {
-                        crate::audit::query::parse_time(&text)
+                        crate::clock::parse_time(&text)
                             .ok_or_else(|| anyhow::anyhow!("--{name} must be an RFC 3339 time"))
                     })
                     .transpose()

@@ -78,6 +78,14 @@ pub fn to_rfc3339(millis: Millis) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Parses an RFC 3339 time (or Unix milliseconds), as given to a `from`/`to` filter.
+pub fn parse_time(value: &str) -> Option<Millis> {
+    chrono::DateTime::parse_from_rfc3339(value)
+        .map(|time| time.timestamp_millis())
+        .ok()
+        .or_else(|| value.parse::<i64>().ok())
+}
+
 /// Serialises a `Millis` field as an RFC 3339 string (`#[serde(serialize_with = ...)]`).
 pub fn serialize_time<S: serde::Serializer>(
     millis: &Millis,

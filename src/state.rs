@@ -4,11 +4,10 @@ use std::sync::Arc;
 
 use crate::audit::batch::AccessLog;
 use crate::auth::password::PasswordHasherConfig;
-use crate::auth::sessions::{IssuedTokens, TokenPair};
 use crate::auth::tokens::Keys;
 use crate::clock::{Clock, Millis};
 use crate::config::Config;
-use crate::http::AppError;
+use crate::error::AppError;
 use crate::mail::Outbox;
 use crate::security::lockout::LockoutPolicy;
 use crate::store::Store;
@@ -49,15 +48,5 @@ impl AppState {
             crate::auth::hash_pool::HashPoolError::Full => AppError::Unavailable,
             stopped => AppError::Internal(stopped.into()),
         })
-    }
-
-    /// Signs freshly issued tokens on the blocking pool: an RS256 signature takes about a
-    /// millisecond, long enough to hold up every request waiting for that async worker,
-    /// among them the one holding SQLite's single write connection.
-    pub async fn sign(&self, tokens: IssuedTokens) -> Result<TokenPair, AppError> {
-        let keys = self.keys.clone();
-        tokio::task::spawn_blocking(move || tokens.sign(&keys))
-            .await
-            .map_err(|error| AppError::Internal(error.into()))?
     }
 }

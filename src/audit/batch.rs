@@ -74,7 +74,7 @@ pub async fn run(
 
 async fn write(store: &Store, batch: &mut Vec<Event>) {
     for attempt in 1..=5 {
-        let result: Result<(), crate::http::AppError> = async {
+        let result: Result<(), crate::error::AppError> = async {
             let mut transaction = store.begin().await?;
             audit::record_batch(&mut transaction, store.chain_key(), batch.clone()).await?;
             transaction.commit().await?;

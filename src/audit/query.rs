@@ -7,8 +7,8 @@ use sqlx::types::Json;
 
 use crate::audit::StoredEvent;
 use crate::clock::{Millis, Timestamp};
-use crate::http::AppError;
-use crate::http::pagination::{ListQuery, PageRequest};
+use crate::error::AppError;
+use crate::paging::{ListQuery, PageRequest};
 use crate::store::{Conditions, Connection, Inet, SqlValue};
 
 pub const EVENT_COLUMNS: &str = "id, seq, occurred_at, action, success, user_id, actor_ip, user_agent, \
@@ -107,14 +107,6 @@ impl EventRow {
             request_id: event.request_id.clone(),
         }
     }
-}
-
-/// Parses an RFC 3339 time (or Unix milliseconds) of a `from`/`to` filter.
-pub fn parse_time(value: &str) -> Option<Millis> {
-    chrono::DateTime::parse_from_rfc3339(value)
-        .map(|time| time.timestamp_millis())
-        .ok()
-        .or_else(|| value.parse::<i64>().ok())
 }
 
 /// The filters of `/api/audit-logs`, as SQL conditions.
@@ -306,7 +298,7 @@ struct LoginAttemptRecord {
 pub async fn login_attempts(
     connection: &mut Connection,
     params: HashMap<String, String>,
-) -> Result<crate::http::pagination::Page<LoginAttemptView>, AppError> {
+) -> Result<crate::paging::Page<LoginAttemptView>, AppError> {
     let mut query = ListQuery::new(params);
     let page = query.page();
     let mut conditions = Conditions::new();
@@ -356,5 +348,5 @@ pub async fn login_attempts(
             attempted_at: row.attempted_at,
         })
         .collect();
-    Ok(crate::http::pagination::Page::new(items, total, page))
+    Ok(crate::paging::Page::new(items, total, page))
 }

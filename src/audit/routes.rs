@@ -11,10 +11,10 @@ use tokio::sync::mpsc;
 
 use crate::audit::export::{ExportFormat, Exporter};
 use crate::audit::query::{self, ChunkSink, EventFilter, EventView, LoginAttemptView};
-use crate::http::AppError;
+use crate::error::AppError;
 use crate::http::error::Problem;
 use crate::http::extract::AdminUser;
-use crate::http::pagination::{ListQuery, Page};
+use crate::paging::{ListQuery, Page};
 use crate::state::AppState;
 
 /// Sends export chunks into a streamed response body.

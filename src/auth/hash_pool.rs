@@ -18,12 +18,9 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::auth::password::PasswordHasherConfig;
+use crate::auth::password::{PasswordHasherConfig, THREAD_PREFIX};
 
 type Job = Box<dyn FnOnce(&PasswordHasherConfig) + Send>;
-
-/// Names of the hashing threads (the password module keeps working memory only on them).
-pub const THREAD_PREFIX: &str = "ums-hash-";
 
 /// How long a hashing thread keeps its working memory without a job.
 const KEEP_MEMORY_IDLE: Duration = Duration::from_secs(30);

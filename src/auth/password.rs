@@ -57,6 +57,9 @@ thread_local! {
 }
 
 /// Runs Argon2 `argon2` over `password` and `salt` into `output`, in this thread's memory.
+/// Names of the hashing threads (the password module keeps working memory only on them).
+pub const THREAD_PREFIX: &str = "ums-hash-";
+
 fn argon2_into(
     argon2: &Argon2<'_>,
     password: &[u8],
@@ -68,7 +71,7 @@ fn argon2_into(
     // gives it back at once.
     if !std::thread::current()
         .name()
-        .is_some_and(|name| name.starts_with(crate::auth::hash_pool::THREAD_PREFIX))
+        .is_some_and(|name| name.starts_with(THREAD_PREFIX))
     {
         let mut memory = vec![Block::default(); blocks];
         return argon2

@@ -13,7 +13,7 @@ use crate::audit::{self, Action, Event, Origin};
 use crate::auth::password::check_policy;
 use crate::auth::tokens::{hash_token, random_token};
 use crate::clock::{Millis, Timestamp, to_rfc3339};
-use crate::http::AppError;
+use crate::error::AppError;
 use crate::mail::EmailKind;
 use crate::security::lockout::{self, Subject};
 use crate::state::AppState;

@@ -13,7 +13,7 @@ use crate::auth::recovery::{
 };
 use crate::auth::service::{self, LoginRequest, LoginResponse, RegisterRequest};
 use crate::auth::sessions::{self, SessionView, TokenPair};
-use crate::http::AppError;
+use crate::error::AppError;
 use crate::http::body::{JsonBody, optional_json};
 use crate::http::error::Problem;
 use crate::http::extract::{AuthUser, ClientOrigin, CredentialGuard, bearer_token};

@@ -9,9 +9,8 @@ use crate::audit::{self, Action, Event, Origin};
 use crate::auth::password::{Verification, check_policy};
 use crate::auth::sessions::{self, Spend, TokenPair};
 use crate::auth::tokens::{Claims, TokenError, TokenType};
-use crate::http::AppError;
-use crate::http::error::FieldErrors;
-use crate::http::extract::token_rejection;
+use crate::error::AppError;
+use crate::error::FieldErrors;
 use crate::security::lockout::{self, Reservation, Subject};
 use crate::state::AppState;
 use crate::users::store::{self as user_store, NewUser};
@@ -367,7 +366,7 @@ pub async fn login(
     metrics::counter!("ums_logins_total", "result" => "success").increment(1);
     ip_attempt.succeeded(state).await;
     Ok(LoginResponse {
-        tokens: state.sign(tokens).await?,
+        tokens: tokens.sign_off_thread(state).await?,
         user: UserWithLabs {
             user: user.view(now),
             labs,
@@ -432,9 +431,9 @@ async fn verify_refresh_token(state: &AppState, token: &str) -> Result<Claims, A
             state
                 .keys
                 .verify(token, TokenType::Refresh, now)
-                .map_err(token_rejection)
+                .map_err(AppError::from)
         }
-        other => other.map_err(token_rejection),
+        other => other.map_err(AppError::from),
     }
 }
 
@@ -475,7 +474,7 @@ pub async fn refresh(
             .await?;
             transaction.commit().await?;
             metrics::counter!("ums_tokens_refreshed_total").increment(1);
-            state.sign(tokens).await
+            tokens.sign_off_thread(state).await
         }
         Spend::Reused => {
             audit::record(

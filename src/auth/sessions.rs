@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::audit::Origin;
 use crate::auth::tokens::{Claims, TokenType, hash_token, random_token};
 use crate::clock::{Millis, Timestamp};
-use crate::http::AppError;
+use crate::error::AppError;
 use crate::state::AppState;
 use crate::store::{Connection, Inet};
 use crate::users::User;
@@ -70,6 +70,16 @@ pub struct IssuedTokens {
 }
 
 impl IssuedTokens {
+    /// Signs the tokens on the blocking pool: an RS256 signature takes about a millisecond,
+    /// long enough to hold up every request waiting for that async worker, among them the
+    /// one holding SQLite's single write connection.
+    pub async fn sign_off_thread(self, state: &AppState) -> Result<TokenPair, AppError> {
+        let keys = state.keys.clone();
+        tokio::task::spawn_blocking(move || self.sign(&keys))
+            .await
+            .map_err(|error| AppError::Internal(error.into()))?
+    }
+
     pub fn sign(self, keys: &crate::auth::tokens::Keys) -> Result<TokenPair, AppError> {
         metrics::counter!("ums_tokens_issued_total", "type" => "access").increment(1);
         metrics::counter!("ums_tokens_issued_total", "type" => "refresh").increment(1);

@@ -418,6 +418,17 @@ async fn load_ring(
     })
 }
 
+/// A token that does not verify is a 401 that says why, without saying more.
+impl From<TokenError> for crate::error::AppError {
+    fn from(error: TokenError) -> Self {
+        crate::error::AppError::Unauthorized(match error {
+            TokenError::Expired => "The token has expired.",
+            TokenError::WrongType => "The token is of the wrong type.",
+            TokenError::Invalid | TokenError::UnknownKey => "The token is invalid.",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

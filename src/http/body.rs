@@ -8,8 +8,8 @@ use utoipa::PartialSchema;
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{Schema, SchemaType, Type};
 
-use crate::http::AppError;
-use crate::http::error::FieldErrors;
+use crate::error::AppError;
+use crate::error::FieldErrors;
 
 /// A JSON body. Another content type (or none) is 415: a form or `text/plain` body is what a
 /// cross-site page can send without a preflight. Malformed JSON, data after the value, wrong

@@ -1,59 +1,14 @@
 //! The one error type. Every failure leaves the service as RFC 9457 problem+json with a
 //! stable `code`; the causes of 5xx answers are logged and never sent.
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-pub type FieldErrors = BTreeMap<String, Vec<String>>;
-
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error("validation failed")]
-    Validation(FieldErrors),
-    #[error("bad request: {0}")]
-    BadRequest(String),
-    #[error("unauthorized: {0}")]
-    Unauthorized(&'static str),
-    #[error("forbidden: {0}")]
-    Forbidden(&'static str),
-    #[error("not found")]
-    NotFound,
-    #[error("method not allowed")]
-    MethodNotAllowed,
-    #[error("conflict on {field}")]
-    Conflict {
-        field: &'static str,
-        message: &'static str,
-    },
-    #[error("account locked")]
-    Locked { retry_after_seconds: u64 },
-    #[error("too many requests")]
-    TooManyRequests { retry_after_seconds: u64 },
-    #[error("payload too large")]
-    PayloadTooLarge,
-    #[error("unsupported media type")]
-    UnsupportedMediaType,
-    #[error("service unavailable")]
-    Unavailable,
-    #[error(transparent)]
-    Internal(#[from] anyhow::Error),
-}
+pub use crate::error::{AppError, FieldErrors};
 
 impl AppError {
-    pub fn field(field: &str, message: impl Into<String>) -> Self {
-        let mut errors = FieldErrors::new();
-        errors.insert(field.to_string(), vec![message.into()]);
-        AppError::Validation(errors)
-    }
-
-    pub fn conflict(field: &'static str, message: &'static str) -> Self {
-        AppError::Conflict { field, message }
-    }
-
     pub fn status(&self) -> StatusCode {
         match self {
             AppError::Validation(_) | AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -122,17 +77,6 @@ impl AppError {
             } => Some((*retry_after_seconds).max(1)),
             AppError::Unavailable => Some(5),
             _ => None,
-        }
-    }
-}
-
-impl From<sqlx::Error> for AppError {
-    fn from(error: sqlx::Error) -> Self {
-        if crate::store::is_unavailable(&error) {
-            tracing::warn!(error = %error, "database unavailable");
-            AppError::Unavailable
-        } else {
-            AppError::Internal(anyhow::Error::new(error))
         }
     }
 }

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::audit::Origin;
 use crate::auth::tokens::{Claims, TokenError, TokenType};
-use crate::http::AppError;
+use crate::error::AppError;
 use crate::http::middleware::RequestId;
 use crate::security::client_ip::client_ip;
 use crate::state::AppState;
@@ -121,23 +121,15 @@ async fn verify_access_token(state: &AppState, token: &str, now: i64) -> Result<
                 .reload_for_unknown_kid(&state.store, algorithm, now)
                 .await?
             {
-                return Err(token_rejection(TokenError::UnknownKey));
+                return Err(AppError::from(TokenError::UnknownKey));
             }
             state
                 .keys
                 .verify(token, TokenType::Access, now)
-                .map_err(token_rejection)
+                .map_err(AppError::from)
         }
-        Err(error) => Err(token_rejection(error)),
+        Err(error) => Err(AppError::from(error)),
     }
-}
-
-pub fn token_rejection(error: TokenError) -> AppError {
-    AppError::Unauthorized(match error {
-        TokenError::Expired => "The token has expired.",
-        TokenError::WrongType => "The token is of the wrong type.",
-        TokenError::Invalid | TokenError::UnknownKey => "The token is invalid.",
-    })
 }
 
 /// A system administrator (`is_admin`), checked against the store on every request.

@@ -5,7 +5,6 @@ pub mod error;
 pub mod extract;
 pub mod middleware;
 pub mod openapi;
-pub mod pagination;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -15,11 +14,11 @@ use axum::{Json, Router};
 use serde_json::json;
 use utoipa::OpenApi;
 
-pub use error::AppError;
 use openapi::CommonResponses;
 
 use crate::audit::routes as audit;
 use crate::auth::routes as auth;
+use crate::error::AppError;
 use crate::labs::routes as labs;
 use crate::state::AppState;
 use crate::users::routes as users;

@@ -11,7 +11,7 @@ use std::marker::PhantomData;
 use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
 
-use crate::http::AppError;
+use crate::error::AppError;
 use crate::http::extract::AuthUser;
 use crate::labs::{ALL_PERMISSIONS, AccessView, Lab, LabRole, Permission};
 use crate::state::AppState;

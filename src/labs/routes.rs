@@ -7,14 +7,14 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 
 use crate::audit::Action;
-use crate::http::AppError;
+use crate::error::AppError;
 use crate::http::body::JsonBody;
 use crate::http::error::Problem;
 use crate::http::extract::{AdminUser, ApiPath, AuthUser, ClientOrigin};
-use crate::http::pagination::Page;
 use crate::labs::access::{LabAccess, ManageMembers, Read};
 use crate::labs::service::{self, AddMember, ChangeRole, CreateLab, UpdateLab};
 use crate::labs::{AccessView, LabView, MemberView};
+use crate::paging::Page;
 use crate::state::AppState;
 
 #[utoipa::path(get, path = "/api/labs", tag = "labs", security(("bearer" = [])),

@@ -6,12 +6,12 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::audit::{self, Action, Event, Origin};
-use crate::http::AppError;
-use crate::http::error::FieldErrors;
-use crate::http::pagination::{ListQuery, Page};
+use crate::error::AppError;
+use crate::error::FieldErrors;
 use crate::labs::access::{LabAccess, Requirement};
 use crate::labs::store::{self as lab_store, LabChanges, LabFilter};
 use crate::labs::{LabCode, LabRole, LabView, MemberView, parse_description, parse_lab_name};
+use crate::paging::{ListQuery, Page};
 use crate::state::AppState;
 use crate::users::User;
 

@@ -2,9 +2,9 @@
 //! no query here that reads or writes a lab's rows without the lab filter.
 
 use crate::clock::{Millis, Timestamp};
-use crate::http::AppError;
-use crate::http::pagination::PageRequest;
+use crate::error::AppError;
 use crate::labs::{Lab, LabCode, LabRole, MemberUser, MemberView};
+use crate::paging::PageRequest;
 use crate::store::{Conditions, Connection, Db, SqlValue, like_pattern, unique_violation};
 
 const LAB_COLUMNS: &str = "labs.id, labs.code, labs.name, labs.description, labs.is_active, labs.created_at, labs.updated_at";

@@ -11,7 +11,7 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use crate::clock::Millis;
-use crate::http::AppError;
+use crate::error::AppError;
 use crate::store::Connection;
 use crate::users::User;
 

@@ -10,7 +10,7 @@
 //! account use `login_throttles`, so both lock alike and the response reveals nothing.
 
 use crate::clock::{Millis, Timestamp};
-use crate::http::AppError;
+use crate::error::AppError;
 use crate::store::Connection;
 
 #[derive(Debug, Clone, Copy)]

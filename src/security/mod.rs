@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::audit::{self, Action, Event, Origin};
 use crate::clock::Millis;
-use crate::http::AppError;
+use crate::error::AppError;
 use crate::mail::EmailKind;
 use crate::security::limits::{Hit, Limiter};
 use crate::state::AppState;

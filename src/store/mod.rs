@@ -231,7 +231,7 @@ pub struct Store {
     backend: Backend,
     has_replica: bool,
     /// The audit chain's HMAC key: the store writes and checks the chain.
-    chain_key: crate::audit::ChainKey,
+    chain_key: crate::audit::chain_key::ChainKey,
 }
 
 impl Store {
@@ -243,7 +243,7 @@ impl Store {
         }
         let timeout = config.database_timeout;
         let primary = &config.database_url;
-        let chain_key = crate::audit::ChainKey::from_secret(config.secret_key.as_ref());
+        let chain_key = crate::audit::chain_key::ChainKey::from_secret(config.secret_key.as_ref());
         if primary.is_sqlite() {
             let writer = sqlite_pool(primary, 1, timeout)?;
             let reader = sqlite_pool(primary, 8, timeout)?;
@@ -276,7 +276,7 @@ impl Store {
         self.backend
     }
 
-    pub fn chain_key(&self) -> &crate::audit::ChainKey {
+    pub fn chain_key(&self) -> &crate::audit::chain_key::ChainKey {
         &self.chain_key
     }
 
@@ -375,6 +375,19 @@ fn postgres_pool(url: &DatabaseUrl, size: u32, timeout: Duration) -> anyhow::Res
         .test_before_acquire(false)
         .connect_lazy_with(options);
     Ok(Pool::Postgres(pool))
+}
+
+/// A storage error as the rules see it: the database being away is a 503 to retry, anything
+/// else an internal error (logged, never shown).
+impl From<sqlx::Error> for crate::error::AppError {
+    fn from(error: sqlx::Error) -> Self {
+        if is_unavailable(&error) {
+            tracing::warn!(error = %error, "database unavailable");
+            crate::error::AppError::Unavailable
+        } else {
+            crate::error::AppError::Internal(anyhow::Error::new(error))
+        }
+    }
 }
 
 /// True for errors that mean "the database is not reachable right now" (answered 503),

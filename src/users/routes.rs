@@ -6,11 +6,11 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 
-use crate::http::AppError;
+use crate::error::AppError;
 use crate::http::body::JsonBody;
 use crate::http::error::Problem;
 use crate::http::extract::{AdminUser, ApiPath, ClientOrigin, SelfOrAdmin};
-use crate::http::pagination::Page;
+use crate::paging::Page;
 use crate::state::AppState;
 use crate::users::service::{self, UpdateUser};
 use crate::users::{Membership, UserView};

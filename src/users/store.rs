@@ -2,7 +2,7 @@
 
 use crate::clock::Millis;
 use crate::clock::Timestamp;
-use crate::http::AppError;
+use crate::error::AppError;
 use crate::store::{CaseInsensitive, Connection, unique_violation};
 use crate::users::{Email, Membership, User, Username};
 
@@ -144,7 +144,7 @@ pub struct UserFilter {
 pub async fn list(
     connection: &mut Connection,
     filter: &UserFilter,
-    page: crate::http::pagination::PageRequest,
+    page: crate::paging::PageRequest,
 ) -> Result<(Vec<User>, i64), AppError> {
     use crate::store::{Conditions, SqlValue, like_pattern};
     let mut conditions = Conditions::new();

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::http::AppError;
-use crate::http::error::FieldErrors;
+use crate::error::AppError;
+use crate::error::FieldErrors;
 
 pub const DEFAULT_PER_PAGE: i64 = 20;
 pub const MAX_PER_PAGE: i64 = 100;
@@ -145,7 +145,7 @@ impl ListQuery {
     /// An RFC 3339 time (or Unix milliseconds), as milliseconds.
     pub fn time(&mut self, name: &str) -> Option<i64> {
         let value = self.text(name)?;
-        match crate::audit::query::parse_time(&value) {
+        match crate::clock::parse_time(&value) {
             Some(millis) => Some(millis),
             None => {
                 self.errors
