@@ -305,20 +305,10 @@ pub async fn expire(
     now: Millis,
 ) -> anyhow::Result<u64> {
     let mut transaction = store.begin().await?;
-    let attempts = crate::execute!(
-        transaction,
-        sqlx::query("DELETE FROM login_attempts WHERE attempted_at < $1")
-            .bind(Timestamp::from(login_attempts_before))
-    )?;
-    crate::execute!(transaction, sqlx::query("DELETE FROM login_throttles WHERE (locked_until IS NULL OR locked_until < $1) AND updated_at < $2")
-        .bind(Timestamp::from(now))
-        .bind(Timestamp::from(now - 86_400_000))
-        )?;
-    crate::execute!(
-        transaction,
-        sqlx::query("DELETE FROM email_outbox WHERE status = 'sent' AND sent_at < $1")
-            .bind(Timestamp::from(now - 30 * 86_400_000))
-    )?;
+    let attempts =
+        crate::security::attempts::expire(&mut transaction, login_attempts_before).await?;
+    crate::security::lockout::expire_idle(&mut transaction, now).await?;
+    crate::mail::outbox::expire_sent(&mut transaction, now).await?;
     transaction.commit().await?;
     Ok(attempts)
 }

@@ -2,6 +2,7 @@
 //! flows (reset, change and verification).
 
 pub mod hash_pool;
+pub mod links;
 pub mod password;
 pub mod recovery;
 pub mod routes;

@@ -10,14 +10,14 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::audit::{self, Action, Event, Origin};
+use crate::auth::links::{self, Link};
 use crate::auth::password::check_policy;
-use crate::auth::tokens::{hash_token, random_token};
-use crate::clock::{Millis, Timestamp, to_rfc3339};
+use crate::clock::{Millis, to_rfc3339};
 use crate::error::AppError;
 use crate::mail::EmailKind;
 use crate::security::lockout::{self, Subject};
 use crate::state::AppState;
-use crate::store::{Connection, Inet};
+use crate::store::Connection;
 use crate::users::store::{self as user_store, UserChanges};
 use crate::users::{Email, User, UserView};
 
@@ -60,44 +60,13 @@ pub struct VerifyEmailRequest {
 
 const INVALID_LINK: &str = "The link is unknown, already used or expired.";
 
-/// At most one link email of a kind to an address in this long: asking again sooner sends
-/// nothing, and the link already sent stays usable. Forty requests are not forty emails.
-pub const RESEND_INTERVAL: Millis = 5 * 60_000;
-
-/// Whether a live link of `table` went to this account (and address) within the resend
-/// interval.
-async fn sent_recently(
-    connection: &mut Connection,
-    table: &str,
-    user_id: i64,
-    email: Option<&str>,
-    now: Millis,
-) -> Result<bool, AppError> {
-    let email_clause = if email.is_some() {
-        "AND link.email = $3"
-    } else {
-        "AND $3 = ''"
-    };
-    let sql = format!(
-        "SELECT COUNT(*) FROM {table} link \
-         JOIN users ON users.id = link.user_id AND users.credential_stamp = link.credential_stamp \
-         WHERE link.user_id = $1 AND link.used_at IS NULL AND link.created_at > $2 {email_clause}"
-    );
-    let count: i64 = crate::with_db!(connection, |db| sqlx::query_scalar(&sql)
-        .bind(user_id)
-        .bind(Timestamp::from(now - RESEND_INTERVAL))
-        .bind(email.unwrap_or_default())
-        .fetch_one(db)
-        .await)?;
-    Ok(count > 0)
-}
-
 fn hours(duration: std::time::Duration) -> u64 {
     duration.as_secs().div_ceil(3600)
 }
 
 /// Issues a verification token for `email` (voiding older ones) and queues its email:
 /// the welcome message at registration, the verification message for a change.
+#[tracing::instrument(skip_all)]
 pub async fn send_verification(
     connection: &mut Connection,
     state: &AppState,
@@ -106,24 +75,16 @@ pub async fn send_verification(
     kind: EmailKind,
     now: Millis,
 ) -> Result<(), AppError> {
-    crate::execute!(connection, sqlx::query(
-        "UPDATE email_verification_tokens SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL",
-    )
-    .bind(user.id)
-    .bind(Timestamp::from(now))
-    )?;
-    let token = random_token();
     let ttl = state.config.verification_token_ttl;
-    crate::execute!(connection, sqlx::query(
-        "INSERT INTO email_verification_tokens (user_id, token_hash, email, created_at, expires_at, credential_stamp) \
-         VALUES ($1, $2, $3, $4, $5, (SELECT credential_stamp FROM users WHERE id = $1))",
+    let token = links::issue(
+        connection,
+        Link::EmailVerification,
+        user.id,
+        Some(email),
+        now,
+        ttl,
     )
-    .bind(user.id)
-    .bind(hash_token(&token))
-    .bind(email)
-    .bind(Timestamp::from(now))
-    .bind(Timestamp::from(now + ttl.as_millis() as i64))
-    )?;
+    .await?;
     let link = state.outbox.link("verify-email", &token);
     state
         .outbox
@@ -139,6 +100,7 @@ pub async fn send_verification(
 }
 
 /// Always 202 with the same body. A reset email goes out only for an active account.
+#[tracing::instrument(skip_all)]
 pub async fn forgot_password(
     state: &AppState,
     request: ForgotPasswordRequest,
@@ -157,14 +119,8 @@ pub async fn forgot_password(
     let event = Event::new(Action::PasswordResetRequested, now).origin(origin);
     match &user {
         Some(user)
-            if sent_recently(
-                &mut transaction,
-                "password_reset_tokens",
-                user.id,
-                None,
-                now,
-            )
-            .await? =>
+            if links::sent_recently(&mut transaction, Link::PasswordReset, user.id, None, now)
+                .await? =>
         {
             audit::record(
                 &mut transaction,
@@ -179,21 +135,16 @@ pub async fn forgot_password(
             .await?;
         }
         Some(user) => {
-            crate::execute!(transaction, sqlx::query("UPDATE password_reset_tokens SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL")
-                .bind(user.id)
-                .bind(Timestamp::from(now))
-                )?;
-            let token = random_token();
             let ttl = state.config.reset_token_ttl;
-            crate::execute!(transaction, sqlx::query(
-                "INSERT INTO password_reset_tokens (user_id, token_hash, created_at, expires_at, credential_stamp) \
-                 VALUES ($1, $2, $3, $4, (SELECT credential_stamp FROM users WHERE id = $1))",
+            let token = links::issue(
+                &mut transaction,
+                Link::PasswordReset,
+                user.id,
+                None,
+                now,
+                ttl,
             )
-            .bind(user.id)
-            .bind(hash_token(&token))
-            .bind(Timestamp::from(now))
-            .bind(Timestamp::from(now + ttl.as_millis() as i64))
-            )?;
+            .await?;
             let link = state.outbox.link("reset-password", &token);
             state
                 .outbox
@@ -229,62 +180,7 @@ pub async fn forgot_password(
     Ok(())
 }
 
-/// The live token row of `table` whose hash matches, as (row id, user id, email column).
-/// A token is live while unused, unexpired, and issued under the account's current
-/// credential stamp: a credential event since its issue voided it.
-async fn find_live_token(
-    connection: &mut Connection,
-    table: &str,
-    token: &str,
-    now: Millis,
-) -> Result<Option<(i64, i64, Option<String>)>, AppError> {
-    let email_column = if table == "email_verification_tokens" {
-        "link.email"
-    } else {
-        "NULL AS email"
-    };
-    let sql = format!(
-        "SELECT link.id, link.user_id, {email_column} FROM {table} link \
-         JOIN users ON users.id = link.user_id AND users.credential_stamp = link.credential_stamp \
-         WHERE link.token_hash = $1 AND link.used_at IS NULL AND link.expires_at > $2"
-    );
-    Ok(crate::with_db!(connection, |db| sqlx::query_as(&sql)
-        .bind(hash_token(token))
-        .bind(Timestamp::from(now))
-        .fetch_optional(db)
-        .await)?)
-}
-
-/// Spends a token row; false if another request spent it first.
-async fn spend_token(
-    connection: &mut Connection,
-    table: &str,
-    id: i64,
-    now: Millis,
-) -> Result<bool, AppError> {
-    let sql = format!("UPDATE {table} SET used_at = $2 WHERE id = $1 AND used_at IS NULL");
-    let result = crate::execute!(
-        connection,
-        sqlx::query(&sql).bind(id).bind(Timestamp::from(now))
-    )?;
-    Ok(result == 1)
-}
-
-/// Sets a new password and stamps `password_changed_at`.
-async fn store_password(
-    connection: &mut Connection,
-    user_id: i64,
-    hash: &str,
-    now: Millis,
-) -> Result<(), AppError> {
-    crate::execute!(connection, sqlx::query("UPDATE users SET password_hash = $2, password_changed_at = $3, updated_at = $3 WHERE id = $1")
-        .bind(user_id)
-        .bind(hash)
-        .bind(Timestamp::from(now))
-        )?;
-    Ok(())
-}
-
+#[tracing::instrument(skip_all)]
 pub async fn reset_password(
     state: &AppState,
     request: ResetPasswordRequest,
@@ -293,13 +189,8 @@ pub async fn reset_password(
     let now = state.now();
     let (token_id, user_id) = {
         let mut connection = state.store.read().await?;
-        let live = find_live_token(
-            &mut connection,
-            "password_reset_tokens",
-            &request.token,
-            now,
-        )
-        .await?;
+        let live =
+            links::find_live(&mut connection, Link::PasswordReset, &request.token, now).await?;
         let Some((token_id, user_id, _)) = live else {
             drop(connection);
             crate::security::credential_failure(state, origin).await?;
@@ -323,17 +214,18 @@ pub async fn reset_password(
         .await??;
     let now = state.now();
     let mut transaction = state.store.begin().await?;
-    if !spend_token(&mut transaction, "password_reset_tokens", token_id, now).await? {
+    if !links::spend(&mut transaction, Link::PasswordReset, token_id, now).await? {
         return Err(AppError::BadRequest(INVALID_LINK.into()));
     }
     let user = user_store::find_by_id(&mut transaction, user_id)
         .await?
         .ok_or_else(|| AppError::BadRequest(INVALID_LINK.into()))?;
-    store_password(&mut transaction, user_id, &hash, now).await?;
+    user_store::set_password(&mut transaction, user_id, &hash, now).await?;
     user_store::void_emailed_links(&mut transaction, user_id).await?;
     lockout::clear(&mut transaction, &Subject::User(user_id)).await?;
     let revoked =
-        user_store::revoke_sessions(&mut transaction, user_id, "password_reset", now).await?;
+        crate::auth::sessions::revoke_all(&mut transaction, user_id, "password_reset", None, now)
+            .await?;
     state
         .outbox
         .enqueue(
@@ -379,6 +271,7 @@ async fn confirm_password(
     }
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn change_password(
     state: &AppState,
     user: &User,
@@ -412,18 +305,16 @@ pub async fn change_password(
         .await??;
     let now = state.now();
     let mut transaction = state.store.begin().await?;
-    store_password(&mut transaction, user.id, &hash, now).await?;
+    user_store::set_password(&mut transaction, user.id, &hash, now).await?;
     user_store::void_emailed_links(&mut transaction, user.id).await?;
-    let revoked = crate::execute!(
-        transaction,
-        sqlx::query(
-            "UPDATE sessions SET revoked_at = $2, revoked_reason = 'password_changed' \
-         WHERE user_id = $1 AND id <> $3 AND revoked_at IS NULL",
-        )
-        .bind(user.id)
-        .bind(Timestamp::from(now))
-        .bind(current_session)
-    )?;
+    let revoked = crate::auth::sessions::revoke_all(
+        &mut transaction,
+        user.id,
+        "password_changed",
+        Some(current_session),
+        now,
+    )
+    .await?;
     state
         .outbox
         .enqueue(
@@ -449,6 +340,7 @@ pub async fn change_password(
     Ok(())
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn change_email(
     state: &AppState,
     user: &User,
@@ -475,9 +367,9 @@ pub async fn change_email(
             "a user with this email already exists",
         ));
     }
-    let resend = sent_recently(
+    let resend = links::sent_recently(
         &mut transaction,
-        "email_verification_tokens",
+        Link::EmailVerification,
         user.id,
         Some(email.as_str()),
         now,
@@ -508,6 +400,7 @@ pub async fn change_email(
     Ok(())
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn verify_email(
     state: &AppState,
     request: VerifyEmailRequest,
@@ -515,15 +408,15 @@ pub async fn verify_email(
 ) -> Result<UserView, AppError> {
     let now = state.now();
     let mut transaction = state.store.begin().await?;
-    let (token_id, user_id, email) = find_live_token(
+    let (token_id, user_id, email) = links::find_live(
         &mut transaction,
-        "email_verification_tokens",
+        Link::EmailVerification,
         &request.token,
         now,
     )
     .await?
     .ok_or_else(|| AppError::BadRequest(INVALID_LINK.into()))?;
-    if !spend_token(&mut transaction, "email_verification_tokens", token_id, now).await? {
+    if !links::spend(&mut transaction, Link::EmailVerification, token_id, now).await? {
         return Err(AppError::BadRequest(INVALID_LINK.into()));
     }
     let before = user_store::find_by_id(&mut transaction, user_id)
@@ -588,6 +481,7 @@ pub async fn verify_email(
 }
 
 /// Queues the "account locked" notice, once per lock (the caller is the locking attempt).
+#[tracing::instrument(skip_all)]
 pub async fn notify_locked(
     connection: &mut Connection,
     state: &AppState,
@@ -610,6 +504,7 @@ pub async fn notify_locked(
 
 /// Queues the new sign-in alert when this device and address pair is new for the user
 /// (and the user has signed in before, and has not opted out).
+#[tracing::instrument(skip_all)]
 pub async fn notify_new_login(
     connection: &mut Connection,
     state: &AppState,
@@ -621,17 +516,9 @@ pub async fn notify_new_login(
     if !user.new_login_alerts {
         return Ok(());
     }
-    let (earlier, same_device): (i64, i64) = crate::with_db!(connection, |db| {
-        sqlx::query_as(
-        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN ip IS NOT DISTINCT FROM $2 AND user_agent IS NOT DISTINCT FROM $3 THEN 1 ELSE 0 END), 0) \
-         FROM sessions WHERE user_id = $1 AND id <> $4",
-    )
-    .bind(user.id)
-    .bind(origin.ip.as_deref().and_then(Inet::parse))
-    .bind(origin.user_agent.as_deref())
-    .bind(current_session)
-    .fetch_one(db).await
-    })?;
+    let (earlier, same_device) =
+        crate::auth::sessions::earlier_sessions(connection, user.id, origin, current_session)
+            .await?;
     if earlier == 0 || same_device > 0 {
         return Ok(());
     }

@@ -107,6 +107,7 @@ fn validate_registration(
     }
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn register(
     state: &AppState,
     request: RegisterRequest,
@@ -183,6 +184,7 @@ pub async fn register(
 
 const BAD_CREDENTIALS: &str = "Invalid username or password.";
 
+#[tracing::instrument(skip_all)]
 pub async fn login(
     state: &AppState,
     request: LoginRequest,
@@ -347,7 +349,7 @@ pub async fn login(
         now,
     )
     .await?;
-    record_attempt(&mut transaction, &login, origin, true, now).await?;
+    crate::security::attempts::record(&mut transaction, &login, origin, true, now).await?;
     audit::record(
         &mut transaction,
         state.store.chain_key(),
@@ -374,25 +376,6 @@ pub async fn login(
     })
 }
 
-async fn record_attempt(
-    connection: &mut crate::store::Connection,
-    login: &str,
-    origin: &Origin,
-    success: bool,
-    now: i64,
-) -> Result<(), AppError> {
-    crate::execute!(connection, sqlx::query(
-        "INSERT INTO login_attempts (username, ip, user_agent, success, attempted_at) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(login)
-    .bind(origin.ip.as_deref().and_then(crate::store::Inet::parse))
-    .bind(&origin.user_agent)
-    .bind(success)
-    .bind(crate::clock::Timestamp::from(now))
-    )?;
-    Ok(())
-}
-
 async fn record_failure(
     connection: &mut crate::store::Connection,
     key: &audit::ChainKey,
@@ -402,7 +385,7 @@ async fn record_failure(
     now: i64,
     reason: &str,
 ) -> Result<(), AppError> {
-    record_attempt(connection, login, origin, false, now).await?;
+    crate::security::attempts::record(connection, login, origin, false, now).await?;
     audit::record(
         connection,
         key,
@@ -437,6 +420,7 @@ async fn verify_refresh_token(state: &AppState, token: &str) -> Result<Claims, A
     }
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn refresh(
     state: &AppState,
     refresh_token: &str,
@@ -498,6 +482,7 @@ pub async fn refresh(
 }
 
 /// Ends the caller's session, and the session of `refresh_token` too when it is the caller's.
+#[tracing::instrument(skip_all)]
 pub async fn logout(
     state: &AppState,
     caller: &Claims,
@@ -537,6 +522,7 @@ pub async fn logout(
     Ok(())
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn me(state: &AppState, user: &User) -> Result<UserWithLabs, AppError> {
     let mut connection = state.store.read().await?;
     let labs = user_store::labs_of(&mut connection, user.id).await?;
@@ -546,6 +532,7 @@ pub async fn me(state: &AppState, user: &User) -> Result<UserWithLabs, AppError>
     })
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn revoke_session(
     state: &AppState,
     user_id: i64,
@@ -572,6 +559,7 @@ pub async fn revoke_session(
 
 /// Sets the login floor to the time the slowest imported hash method still stored takes to
 /// check (zero when none is left). At start and hourly, so imports and first logins move it.
+#[tracing::instrument(skip_all)]
 pub async fn measure_verify_floor(state: &AppState) -> Result<(), AppError> {
     let hashes: Vec<String> = {
         let mut connection = state.store.read().await?;

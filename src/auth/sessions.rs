@@ -213,6 +213,49 @@ pub async fn revoke(
     Ok(result > 0)
 }
 
+/// Revokes every open session of a user (deactivation, a password reset or change), but
+/// `keep` (the session that changed the password); returns how many.
+pub async fn revoke_all(
+    connection: &mut Connection,
+    user_id: i64,
+    reason: &str,
+    keep: Option<&str>,
+    now: Millis,
+) -> Result<u64, AppError> {
+    Ok(crate::execute!(
+        connection,
+        sqlx::query(
+            "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
+             WHERE user_id = $1 AND revoked_at IS NULL AND id IS DISTINCT FROM $4",
+        )
+        .bind(user_id)
+        .bind(Timestamp::from(now))
+        .bind(reason)
+        .bind(keep)
+    )?)
+}
+
+/// (other sessions the user ever had, of them from this address and device): a sign-in
+/// alert goes out only for a device and address never seen before.
+pub async fn earlier_sessions(
+    connection: &mut Connection,
+    user_id: i64,
+    origin: &Origin,
+    current_session: &str,
+) -> Result<(i64, i64), AppError> {
+    Ok(crate::with_db!(connection, |db| sqlx::query_as(
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN ip IS NOT DISTINCT FROM $2 \
+         AND user_agent IS NOT DISTINCT FROM $3 THEN 1 ELSE 0 END), 0) \
+         FROM sessions WHERE user_id = $1 AND id <> $4",
+    )
+    .bind(user_id)
+    .bind(origin.ip.as_deref().and_then(Inet::parse))
+    .bind(origin.user_agent.as_deref())
+    .bind(current_session)
+    .fetch_one(db)
+    .await)?)
+}
+
 /// Revokes one session of `user_id`; false if it is not theirs or already over.
 pub async fn revoke_own(
     connection: &mut Connection,

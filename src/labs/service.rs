@@ -61,6 +61,7 @@ fn parse_role(value: &str) -> Result<LabRole, AppError> {
     LabRole::parse(value).map_err(|message| AppError::field("role", message))
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn create(
     state: &AppState,
     request: CreateLab,
@@ -96,6 +97,7 @@ pub async fn create(
     Ok(lab.view())
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn list(
     state: &AppState,
     caller: &User,
@@ -118,6 +120,7 @@ pub async fn list(
     ))
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn update(
     state: &AppState,
     lab_id: i64,
@@ -187,6 +190,7 @@ pub async fn update(
     Ok(after.view())
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn set_active(
     state: &AppState,
     lab_id: i64,
@@ -225,6 +229,7 @@ pub async fn set_active(
     Ok(lab.view())
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn delete(
     state: &AppState,
     lab_id: i64,
@@ -254,6 +259,7 @@ pub async fn delete(
     Ok(())
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn members<P: Requirement>(
     state: &AppState,
     access: &LabAccess<P>,
@@ -281,6 +287,7 @@ async fn keep_a_lab_admin<P: Requirement>(
     Ok(())
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn add_member<P: Requirement>(
     state: &AppState,
     access: &LabAccess<P>,
@@ -319,6 +326,7 @@ pub async fn add_member<P: Requirement>(
     Ok(member)
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn remove_member<P: Requirement>(
     state: &AppState,
     access: &LabAccess<P>,
@@ -348,6 +356,7 @@ pub async fn remove_member<P: Requirement>(
     Ok(())
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn change_role<P: Requirement>(
     state: &AppState,
     access: &LabAccess<P>,
@@ -387,6 +396,7 @@ pub async fn change_role<P: Requirement>(
 }
 
 /// Records a read of lab data in the batched access log (off the request path).
+#[tracing::instrument(skip_all)]
 pub async fn log_read<P: Requirement>(
     state: &AppState,
     access: &LabAccess<P>,

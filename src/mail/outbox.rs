@@ -226,6 +226,19 @@ async fn release(state: &AppState, claim: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Deletes delivered messages (their bodies are already erased) after thirty days.
+pub async fn expire_sent(
+    connection: &mut crate::store::Connection,
+    now: Millis,
+) -> Result<(), crate::error::AppError> {
+    crate::execute!(
+        connection,
+        sqlx::query("DELETE FROM email_outbox WHERE status = 'sent' AND sent_at < $1")
+            .bind(Timestamp::from(now - 30 * 86_400_000))
+    )?;
+    Ok(())
+}
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct OutboxCounts {
     pub queued: i64,

@@ -163,6 +163,20 @@ pub async fn clear(connection: &mut Connection, subject: &Subject) -> Result<(),
     Ok(())
 }
 
+/// Forgets the counters of unknown names that are not locked and saw no attempt for a day.
+pub async fn expire_idle(connection: &mut Connection, now: Millis) -> Result<(), AppError> {
+    crate::execute!(
+        connection,
+        sqlx::query(
+            "DELETE FROM login_throttles WHERE (locked_until IS NULL OR locked_until < $1) \
+             AND updated_at < $2"
+        )
+        .bind(Timestamp::from(now))
+        .bind(Timestamp::from(now - 86_400_000))
+    )?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! Defences: lockout, IP blocking, progressive delays, rate limits, credential-stuffing
 //! detection, knowing who the client really is, and secrets at rest.
 
+pub mod attempts;
 pub mod client_ip;
 pub mod limits;
 pub mod lockout;

@@ -27,6 +27,7 @@ pub enum AdminOutcome {
 }
 
 /// Creates a system admin unless a user of that username already exists.
+#[tracing::instrument(skip_all)]
 pub async fn ensure_admin(
     store: &Store,
     hasher: &PasswordHasherConfig,
@@ -147,6 +148,7 @@ pub struct ImportReport {
 
 /// Imports users in one transaction: every row is checked first, and one bad row imports
 /// nothing. Users that already exist (by username or email) are skipped and counted.
+#[tracing::instrument(skip_all)]
 pub async fn import_users(
     store: &Store,
     users: Vec<ImportedUser>,
@@ -302,6 +304,7 @@ impl UpdateUser {
     }
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn list(
     state: &AppState,
     params: HashMap<String, String>,
@@ -324,6 +327,7 @@ pub async fn list(
     ))
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn get(state: &AppState, user_id: i64) -> Result<User, AppError> {
     let mut connection = state.store.read().await?;
     user_store::find_by_id(&mut connection, user_id)
@@ -356,6 +360,7 @@ fn is_credential_event(before: &User, after: &User) -> bool {
         || before.is_admin() != after.is_admin()
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn update(
     state: &AppState,
     caller: &User,
@@ -391,7 +396,8 @@ pub async fn update(
     .await?
     .ok_or(AppError::NotFound)?;
     if before.is_active() && !after.is_active() {
-        user_store::revoke_sessions(&mut transaction, target_id, "deactivated", now).await?;
+        crate::auth::sessions::revoke_all(&mut transaction, target_id, "deactivated", None, now)
+            .await?;
     }
     if is_credential_event(&before, &after) {
         user_store::void_emailed_links(&mut transaction, target_id).await?;
@@ -436,6 +442,7 @@ pub async fn update(
     Ok(after.view(now))
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn delete(
     state: &AppState,
     caller: &User,
@@ -463,6 +470,7 @@ pub async fn delete(
     Ok(())
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn unlock(
     state: &AppState,
     caller: &User,
@@ -496,6 +504,7 @@ pub async fn unlock(
     Ok(user.view(now))
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn labs_of(state: &AppState, user_id: i64) -> Result<Vec<Membership>, AppError> {
     let mut connection = state.store.read().await?;
     if user_store::find_by_id(&mut connection, user_id)

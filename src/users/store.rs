@@ -223,17 +223,10 @@ pub async fn update(
     .map_err(duplicate_username_or_email)
 }
 
+/// Deletes an account; its sessions, refresh tokens, memberships and emailed links go with
+/// it by their foreign keys (`ON DELETE CASCADE`, on in both databases). The audit trail
+/// keeps its events: they name the id, never reference the row.
 pub async fn delete(connection: &mut Connection, user_id: i64) -> Result<bool, AppError> {
-    // Explicit deletes of the dependants, so the outcome does not hang on FK settings.
-    for sql in [
-        "DELETE FROM refresh_tokens WHERE session_id IN (SELECT id FROM sessions WHERE user_id = $1)",
-        "DELETE FROM sessions WHERE user_id = $1",
-        "DELETE FROM lab_memberships WHERE user_id = $1",
-        "DELETE FROM password_reset_tokens WHERE user_id = $1",
-        "DELETE FROM email_verification_tokens WHERE user_id = $1",
-    ] {
-        crate::execute!(connection, sqlx::query(sql).bind(user_id))?;
-    }
     let result = crate::execute!(
         connection,
         sqlx::query("DELETE FROM users WHERE id = $1").bind(user_id)
@@ -255,7 +248,6 @@ pub async fn other_active_admins(
     Ok(count)
 }
 
-/// Revokes every open session of a user (deactivation, password reset).
 /// A credential event: moves the account's credential stamp on, which voids every emailed
 /// link issued before it (reset and verification links carry the stamp they were issued
 /// under and work only while it is the account's).
@@ -268,20 +260,23 @@ pub async fn void_emailed_links(connection: &mut Connection, user_id: i64) -> Re
     Ok(())
 }
 
-pub async fn revoke_sessions(
+/// Sets a new password and stamps `password_changed_at`.
+pub async fn set_password(
     connection: &mut Connection,
     user_id: i64,
-    reason: &str,
+    hash: &str,
     now: Millis,
-) -> Result<u64, AppError> {
-    let result = crate::execute!(connection, sqlx::query(
-        "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 WHERE user_id = $1 AND revoked_at IS NULL",
-    )
-    .bind(user_id)
-    .bind(Timestamp::from(now))
-    .bind(reason)
+) -> Result<(), AppError> {
+    crate::execute!(
+        connection,
+        sqlx::query(
+            "UPDATE users SET password_hash = $2, password_changed_at = $3, updated_at = $3 WHERE id = $1"
+        )
+        .bind(user_id)
+        .bind(hash)
+        .bind(Timestamp::from(now))
     )?;
-    Ok(result)
+    Ok(())
 }
 
 pub async fn active_admins(connection: &mut Connection) -> Result<Vec<User>, AppError> {
