@@ -184,20 +184,16 @@ pub async fn register(
 
 const BAD_CREDENTIALS: &str = "Invalid username or password.";
 
+/// A login, in its steps: find the account, slow a failing name down, count the attempt
+/// (refusing a locked name unevaluated), check the password in constant time, then either
+/// refuse or open a session.
 #[tracing::instrument(skip_all)]
 pub async fn login(
     state: &AppState,
     request: LoginRequest,
     origin: &Origin,
 ) -> Result<LoginResponse, AppError> {
-    let login = request.username.trim().to_string();
-    if login.is_empty() || login.len() > 254 {
-        return Err(AppError::field(
-            "username",
-            "must be a username or an email address",
-        ));
-    }
-    let policy = state.lockout_policy();
+    let login = parse_login(&request.username)?;
     let user = {
         let mut connection = state.store.read().await?;
         user_store::find_by_login(&mut connection, &login).await?
@@ -206,45 +202,10 @@ pub async fn login(
         Some(user) => Subject::User(user.id),
         None => Subject::UnknownName(login.to_lowercase()),
     };
-
-    // Progressive delay: slow the next try of a failing username, without holding a thread or
-    // a connection. A locked account answers at once (it will not be evaluated anyway).
-    let failures = {
-        let mut connection = state.store.read().await?;
-        lockout::current_failures(&mut connection, &subject, user.as_ref()).await?
-    };
-    let delay = crate::security::login_delay(&state.config.login_delays, failures);
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-
+    slow_down_failing_name(state, &subject, user.as_ref()).await?;
     let ip_attempt = crate::security::begin_ip_attempt(state, origin).await?;
-    let now = state.now();
-    let reservation = {
-        let mut transaction = state.store.begin().await?;
-        let reservation = lockout::reserve(&mut transaction, policy, &subject, now).await?;
-        if let Reservation::Locked { until } = reservation {
-            record_failure(
-                &mut transaction,
-                state.store.chain_key(),
-                &login,
-                user.as_ref(),
-                origin,
-                now,
-                "locked",
-            )
-            .await?;
-            transaction.commit().await?;
-            metrics::counter!("ums_logins_total", "result" => "locked").increment(1);
-            ip_attempt.failed(state, origin).await?;
-            let retry_after_seconds = ((until - now).max(0) as u64).div_ceil(1000);
-            return Err(AppError::Locked {
-                retry_after_seconds,
-            });
-        }
-        transaction.commit().await?;
-        reservation
-    };
+    let (reservation, ip_attempt) =
+        count_attempt(state, &login, &subject, user.as_ref(), origin, ip_attempt).await?;
 
     let stored_hash = user.as_ref().map(|user| user.password_hash.clone());
     let password = request.password;
@@ -255,69 +216,20 @@ pub async fn login(
         .await?;
     // Every answer takes at least the slowest imported hash's time (see `VerifyFloor`).
     state.verify_floor.pad(started).await;
-    let now = state.now();
 
     let user = match (user, verification.matched()) {
         (Some(user), true) if user.is_active() => user,
         (user, matched) => {
-            let reason = if matched {
-                "inactive"
-            } else {
-                "invalid_credentials"
+            let attempt = FailedLogin {
+                login: &login,
+                subject: &subject,
+                user: user.as_ref(),
+                password_matched: matched,
+                reservation,
             };
-            let mut transaction = state.store.begin().await?;
-            if matched {
-                // The password was right: the account is disabled, not under attack.
-                lockout::clear(&mut transaction, &subject).await?;
-            }
-            record_failure(
-                &mut transaction,
-                state.store.chain_key(),
-                &login,
-                user.as_ref(),
-                origin,
-                now,
-                reason,
-            )
-            .await?;
-            metrics::counter!("ums_logins_total", "result" => "failure").increment(1);
-            if !matched && reservation.locks_on_failure(policy) {
-                metrics::counter!("ums_lockouts_total").increment(1);
-                if let Some(user) = &user {
-                    crate::auth::recovery::notify_locked(
-                        &mut transaction,
-                        state,
-                        user,
-                        now + policy.duration,
-                        now,
-                    )
-                    .await?;
-                }
-                audit::record(
-                    &mut transaction,
-                    state.store.chain_key(),
-                    Event::new(Action::AccountLocked, now)
-                        .actor(user.as_ref().map(|user| user.id))
-                        .resource("security", user.as_ref().map_or(0, |user| user.id))
-                        .details(json!({
-                            "username": login,
-                            "locked_until": crate::clock::to_rfc3339(now + policy.duration),
-                        }))
-                        .origin(origin),
-                )
-                .await?;
-            }
-            transaction.commit().await?;
-            if matched {
-                ip_attempt.succeeded(state).await;
-            } else {
-                ip_attempt.failed(state, origin).await?;
-                crate::security::watch_for_stuffing(state, &login, origin).await?;
-            }
-            return Err(AppError::Unauthorized(BAD_CREDENTIALS));
+            return Err(refuse(state, attempt, origin, ip_attempt).await?);
         }
     };
-
     let rehashed = match verification {
         Verification::MatchNeedsRehash => Some(
             state
@@ -326,9 +238,176 @@ pub async fn login(
         ),
         _ => None,
     };
+    let response = open_session(state, &login, &subject, user, rehashed, origin).await?;
+    ip_attempt.succeeded(state).await;
+    Ok(response)
+}
+
+fn parse_login(username: &str) -> Result<String, AppError> {
+    let login = username.trim().to_string();
+    if login.is_empty() || login.len() > 254 {
+        return Err(AppError::field(
+            "username",
+            "must be a username or an email address",
+        ));
+    }
+    Ok(login)
+}
+
+/// Progressive delay: slows the next try of a failing username, without holding a thread or
+/// a connection. A locked account answers at once (it will not be evaluated anyway).
+async fn slow_down_failing_name(
+    state: &AppState,
+    subject: &Subject,
+    user: Option<&User>,
+) -> Result<(), AppError> {
+    let failures = {
+        let mut connection = state.store.read().await?;
+        lockout::current_failures(&mut connection, subject, user).await?
+    };
+    let delay = crate::security::login_delay(&state.config.login_delays, failures);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    Ok(())
+}
+
+/// Counts the attempt against the name before anything is evaluated; a locked name is
+/// refused here (423), recorded, and never evaluated.
+async fn count_attempt(
+    state: &AppState,
+    login: &str,
+    subject: &Subject,
+    user: Option<&User>,
+    origin: &Origin,
+    ip_attempt: crate::security::IpAttempt,
+) -> Result<(Reservation, crate::security::IpAttempt), AppError> {
+    let now = state.now();
+    let mut transaction = state.store.begin().await?;
+    let reservation =
+        lockout::reserve(&mut transaction, state.lockout_policy(), subject, now).await?;
+    if let Reservation::Locked { until } = reservation {
+        record_failure(
+            &mut transaction,
+            state.store.chain_key(),
+            login,
+            user,
+            origin,
+            now,
+            "locked",
+        )
+        .await?;
+        transaction.commit().await?;
+        metrics::counter!("ums_logins_total", "result" => "locked").increment(1);
+        ip_attempt.failed(state, origin).await?;
+        let retry_after_seconds = ((until - now).max(0) as u64).div_ceil(1000);
+        return Err(AppError::Locked {
+            retry_after_seconds,
+        });
+    }
+    transaction.commit().await?;
+    Ok((reservation, ip_attempt))
+}
+
+/// A login that will be refused, and what is known about it.
+struct FailedLogin<'a> {
+    login: &'a str,
+    subject: &'a Subject,
+    user: Option<&'a User>,
+    /// The password was right but the account is inactive.
+    password_matched: bool,
+    reservation: Reservation,
+}
+
+/// Records a refused login (and the lock it may cause, with its notice) and gives the one
+/// answer every refusal gets, whatever its reason.
+async fn refuse(
+    state: &AppState,
+    attempt: FailedLogin<'_>,
+    origin: &Origin,
+    ip_attempt: crate::security::IpAttempt,
+) -> Result<AppError, AppError> {
+    let FailedLogin {
+        login,
+        subject,
+        user,
+        password_matched,
+        reservation,
+    } = attempt;
+    let policy = state.lockout_policy();
+    let now = state.now();
+    let reason = if password_matched {
+        "inactive"
+    } else {
+        "invalid_credentials"
+    };
+    let mut transaction = state.store.begin().await?;
+    if password_matched {
+        // The password was right: the account is disabled, not under attack.
+        lockout::clear(&mut transaction, subject).await?;
+    }
+    record_failure(
+        &mut transaction,
+        state.store.chain_key(),
+        login,
+        user,
+        origin,
+        now,
+        reason,
+    )
+    .await?;
+    metrics::counter!("ums_logins_total", "result" => "failure").increment(1);
+    if !password_matched && reservation.locks_on_failure(policy) {
+        metrics::counter!("ums_lockouts_total").increment(1);
+        if let Some(user) = user {
+            crate::auth::recovery::notify_locked(
+                &mut transaction,
+                state,
+                user,
+                now + policy.duration,
+                now,
+            )
+            .await?;
+        }
+        audit::record(
+            &mut transaction,
+            state.store.chain_key(),
+            Event::new(Action::AccountLocked, now)
+                .actor(user.map(|user| user.id))
+                .resource("security", user.map_or(0, |user| user.id))
+                .details(json!({
+                    "username": login,
+                    "locked_until": crate::clock::to_rfc3339(now + policy.duration),
+                }))
+                .origin(origin),
+        )
+        .await?;
+    }
+    transaction.commit().await?;
+    if password_matched {
+        ip_attempt.succeeded(state).await;
+    } else {
+        ip_attempt.failed(state, origin).await?;
+        crate::security::watch_for_stuffing(state, login, origin).await?;
+    }
+    Ok(AppError::Unauthorized(BAD_CREDENTIALS))
+}
+
+/// A right password on an active account: the counter starts again, the session opens with
+/// its first token pair, the alert for a new device is queued, and the event recorded, in
+/// one transaction; the tokens are signed after it commits.
+async fn open_session(
+    state: &AppState,
+    login: &str,
+    subject: &Subject,
+    user: User,
+    rehashed: Option<String>,
+    origin: &Origin,
+) -> Result<LoginResponse, AppError> {
+    let now = state.now();
     let lifetime = state.config.refresh_token_ttl.as_millis() as i64;
     let mut transaction = state.store.begin().await?;
-    lockout::clear(&mut transaction, &subject).await?;
+    lockout::clear(&mut transaction, subject).await?;
     user_store::record_login(&mut transaction, user.id, rehashed.as_deref(), now).await?;
     let session_id = sessions::open(&mut transaction, user.id, origin, now, lifetime).await?;
     crate::auth::recovery::notify_new_login(
@@ -349,7 +428,7 @@ pub async fn login(
         now,
     )
     .await?;
-    crate::security::attempts::record(&mut transaction, &login, origin, true, now).await?;
+    crate::security::attempts::record(&mut transaction, login, origin, true, now).await?;
     audit::record(
         &mut transaction,
         state.store.chain_key(),
@@ -366,7 +445,6 @@ pub async fn login(
         .ok_or(AppError::Unauthorized(BAD_CREDENTIALS))?;
     transaction.commit().await?;
     metrics::counter!("ums_logins_total", "result" => "success").increment(1);
-    ip_attempt.succeeded(state).await;
     Ok(LoginResponse {
         tokens: tokens.sign_off_thread(state).await?,
         user: UserWithLabs {
