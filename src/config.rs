@@ -189,242 +189,109 @@ impl Config {
     }
 
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
-
-        let database_url = match get("UMS_DATABASE_URL") {
-            Some(url) => parse_database_url("UMS_DATABASE_URL", &url)?,
-            None => DatabaseUrl::new(format!("sqlite://{DEFAULT_SQLITE_PATH}")),
-        };
-        let replica_url = get("UMS_DATABASE_REPLICA_URL")
-            .map(|url| parse_database_url("UMS_DATABASE_REPLICA_URL", &url))
-            .transpose()?;
-        let redis_url = get("UMS_REDIS_URL")
-            .map(|url| {
-                if url.starts_with("redis://") || url.starts_with("rediss://") {
-                    Ok(SecretString::from(url))
-                } else {
-                    Err(invalid("UMS_REDIS_URL", "expected redis:// or rediss://"))
-                }
-            })
-            .transpose()?;
-        let bind = match get("UMS_BIND") {
-            Some(value) => value
-                .parse()
-                .map_err(|_| invalid("UMS_BIND", format!("`{value}` is not host:port")))?,
-            None => SocketAddr::from(([127, 0, 0, 1], 5000)),
-        };
-        let public_url = get("UMS_PUBLIC_URL")
-            .unwrap_or_else(|| format!("http://{bind}"))
-            .trim_end_matches('/')
-            .to_string();
-        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
-            return Err(invalid(
-                "UMS_PUBLIC_URL",
-                "expected an http:// or https:// URL",
-            ));
-        }
-        let smtp_url = get("UMS_SMTP_URL")
-            .map(|url| {
-                if url.starts_with("smtp://") || url.starts_with("smtps://") {
-                    Ok(SecretString::from(url))
-                } else {
-                    Err(invalid("UMS_SMTP_URL", "expected smtp:// or smtps://"))
-                }
-            })
-            .transpose()?;
-        let mail_from = get("UMS_MAIL_FROM").unwrap_or_else(|| "UMS <no-reply@localhost>".into());
-        parse_mailbox(&mail_from)
-            .ok_or_else(|| invalid("UMS_MAIL_FROM", "expected addr@host or Name <addr@host>"))?;
-        let jwt_algorithm = match get("UMS_JWT_ALGORITHM") {
-            Some(value) => JwtAlgorithm::parse(&value)
-                .ok_or_else(|| invalid("UMS_JWT_ALGORITHM", "expected RS256 or EdDSA"))?,
-            None => JwtAlgorithm::Rs256,
-        };
-        let duration = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
-            match get(name) {
-                Some(value) => parse_duration(&value).ok_or_else(|| {
-                    invalid(
-                        name,
-                        format!("`{value}` is not a duration like 45s, 30m, 1h, 30d"),
-                    )
-                }),
-                None => Ok(default),
-            }
-        };
-        let rate_limits_enabled = match get("UMS_RATE_LIMITS").map(|v| v.trim().to_lowercase()) {
-            None => true,
-            Some(value) if value == "on" => true,
-            Some(value) if value == "off" => false,
-            Some(value) => {
-                return Err(invalid(
-                    "UMS_RATE_LIMITS",
-                    format!("`{value}` is not on or off"),
-                ));
-            }
-        };
-        let number = |name: &'static str, default: u32| -> Result<u32, ConfigError> {
-            match get(name) {
-                Some(value) => value
-                    .trim()
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| invalid(name, format!("`{value}` is not a positive integer"))),
-                None => Ok(default),
-            }
-        };
-        let cors_origins = get("UMS_CORS_ORIGINS")
-            .map(|value| split_list(&value))
-            .unwrap_or_default();
-        for origin in &cors_origins {
-            if !(origin.starts_with("http://") || origin.starts_with("https://")) {
-                return Err(invalid(
-                    "UMS_CORS_ORIGINS",
-                    format!("`{origin}` is not an http(s) origin"),
-                ));
-            }
-        }
-        let trusted_proxies = get("UMS_TRUSTED_PROXIES")
-            .map(|value| {
-                split_list(&value)
-                    .iter()
-                    .map(|entry| parse_network(entry))
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| {
-                        invalid("UMS_TRUSTED_PROXIES", "expected addresses or CIDR ranges")
-                    })
-            })
-            .transpose()?
-            .unwrap_or_default();
-        let proxy_header = match get("UMS_PROXY_HEADER") {
-            Some(value) => ProxyHeader::parse(&value).ok_or_else(|| {
-                invalid("UMS_PROXY_HEADER", "expected x-forwarded-for or forwarded")
-            })?,
-            None => ProxyHeader::XForwardedFor,
-        };
-        let production = match get("UMS_ENV").map(|value| value.trim().to_lowercase()) {
-            None => false,
-            Some(value) if value == "production" => true,
-            Some(value) if matches!(value.as_str(), "development" | "test" | "staging") => false,
-            Some(value) => {
-                return Err(invalid(
-                    "UMS_ENV",
-                    format!("`{value}` is not production, staging, development or test"),
-                ));
-            }
-        };
-        if production && get("UMS_SECRET_KEY").is_none() {
-            return Err(invalid(
-                "UMS_SECRET_KEY",
-                "is required when UMS_ENV is production: signing keys would be stored unencrypted and the audit chain unkeyed",
-            ));
-        }
-        let log_format = match get("UMS_LOG_FORMAT").as_deref() {
-            None | Some("pretty") => LogFormat::Pretty,
-            Some("json") => LogFormat::Json,
-            Some(_) => return Err(invalid("UMS_LOG_FORMAT", "expected json or pretty")),
-        };
-        let bootstrap_admin = match (
-            get("UMS_BOOTSTRAP_ADMIN_USERNAME"),
-            get("UMS_BOOTSTRAP_ADMIN_EMAIL"),
-            get("UMS_BOOTSTRAP_ADMIN_PASSWORD"),
-        ) {
-            (None, None, None) => None,
-            (Some(username), Some(email), Some(password)) => Some(BootstrapAdmin {
-                username,
-                email,
-                password: SecretString::from(password),
-            }),
-            _ => {
-                return Err(invalid(
-                    "UMS_BOOTSTRAP_ADMIN_USERNAME",
-                    "set UMS_BOOTSTRAP_ADMIN_USERNAME, _EMAIL and _PASSWORD together",
-                ));
-            }
-        };
-        let defaults = HashCost::default();
-        let hash_cost = HashCost {
-            memory_kib: number("UMS_PASSWORD_HASH_MEMORY_KIB", defaults.memory_kib)?,
-            iterations: number("UMS_PASSWORD_HASH_ITERATIONS", defaults.iterations)?,
-        };
-        if hash_cost.memory_kib < 8 {
-            return Err(invalid("UMS_PASSWORD_HASH_MEMORY_KIB", "at least 8"));
-        }
-        let password_min_length = number("UMS_PASSWORD_MIN_LENGTH", 8)? as usize;
-        if password_min_length > crate::auth::password::MAX_PASSWORD_LENGTH {
-            return Err(invalid("UMS_PASSWORD_MIN_LENGTH", "at most 256"));
-        }
-
+        let vars = Vars(&lookup);
+        let Storage {
+            database_url,
+            replica_url,
+            redis_url,
+            redis_prefix,
+            database_timeout,
+        } = Storage::parse(&vars)?;
+        let Web {
+            bind,
+            public_url,
+            cors_origins,
+            trusted_proxies,
+            proxy_header,
+            request_timeout,
+        } = Web::parse(&vars)?;
+        let Mail {
+            smtp_url,
+            mail_from,
+            mail_poll_interval,
+            mail_max_attempts,
+        } = Mail::parse(&vars)?;
+        let Tokens {
+            jwt_algorithm,
+            jwt_audience,
+            access_token_ttl,
+            refresh_token_ttl,
+            reset_token_ttl,
+            verification_token_ttl,
+        } = Tokens::parse(&vars)?;
+        let Passwords {
+            hash_cost,
+            password_min_length,
+            hash_queue_limit,
+        } = Passwords::parse(&vars)?;
+        let Defences {
+            lockout_threshold,
+            lockout_duration,
+            ip_block_threshold,
+            ip_block_duration,
+            rate_limit_per_minute,
+            anon_rate_limit_per_minute,
+            session_rate_per_second,
+            rate_limits_enabled,
+            login_delays,
+            stuffing_threshold,
+            stuffing_window,
+            account_requests_per_hour,
+        } = Defences::parse(&vars)?;
+        let Operations {
+            production,
+            secret_key,
+            log_format,
+            bootstrap_admin,
+            audit_retention,
+            audit_archive_dir,
+            login_attempt_retention,
+        } = Operations::parse(&vars)?;
         Ok(Config {
             database_url,
             replica_url,
             redis_url,
             bind,
             issuer: public_url.clone(),
-            jwt_audience: get("UMS_JWT_AUDIENCE").map(|value| value.trim().to_string()),
+            jwt_audience,
             production,
             public_url,
             smtp_url,
             mail_from,
             jwt_algorithm,
-            access_token_ttl: duration("UMS_ACCESS_TOKEN_TTL", Duration::from_secs(3600))?,
-            refresh_token_ttl: duration("UMS_REFRESH_TOKEN_TTL", Duration::from_secs(30 * 86_400))?,
-            reset_token_ttl: duration("UMS_RESET_TOKEN_TTL", Duration::from_secs(86_400))?,
-            verification_token_ttl: duration(
-                "UMS_VERIFICATION_TOKEN_TTL",
-                Duration::from_secs(2 * 86_400),
-            )?,
-            secret_key: get("UMS_SECRET_KEY").map(SecretString::from),
+            access_token_ttl,
+            refresh_token_ttl,
+            reset_token_ttl,
+            verification_token_ttl,
+            secret_key,
             cors_origins,
             proxy_header,
             trusted_proxies,
             password_min_length,
             hash_cost,
-            lockout_threshold: number("UMS_LOCKOUT_THRESHOLD", 5)?,
-            lockout_duration: duration("UMS_LOCKOUT_DURATION", Duration::from_secs(30 * 60))?,
-            ip_block_threshold: number("UMS_IP_BLOCK_THRESHOLD", 20)?,
-            ip_block_duration: duration("UMS_IP_BLOCK_DURATION", Duration::from_secs(3600))?,
-            rate_limit_per_minute: number("UMS_RATE_LIMIT_PER_MINUTE", 1000)?,
-            anon_rate_limit_per_minute: number("UMS_ANON_RATE_LIMIT_PER_MINUTE", 300)?,
-            session_rate_per_second: number("UMS_SESSION_RATE_PER_SECOND", 10)?,
+            lockout_threshold,
+            lockout_duration,
+            ip_block_threshold,
+            ip_block_duration,
+            rate_limit_per_minute,
+            anon_rate_limit_per_minute,
+            session_rate_per_second,
             rate_limits_enabled,
             log_format,
             bootstrap_admin,
-            database_timeout: duration("UMS_DATABASE_TIMEOUT", Duration::from_secs(3))?,
-            mail_poll_interval: duration("UMS_MAIL_POLL_INTERVAL", Duration::from_secs(1))?,
-            mail_max_attempts: number("UMS_MAIL_MAX_ATTEMPTS", 100)?,
-            audit_retention: duration("UMS_AUDIT_RETENTION", Duration::from_secs(90 * 86_400))?,
-            audit_archive_dir: get("UMS_AUDIT_ARCHIVE_DIR").map(PathBuf::from),
-            login_attempt_retention: duration(
-                "UMS_LOGIN_ATTEMPT_RETENTION",
-                Duration::from_secs(90 * 86_400),
-            )?,
-            redis_prefix: get("UMS_REDIS_PREFIX").unwrap_or_else(|| "ums".into()),
-            login_delays: match get("UMS_LOGIN_DELAYS").as_deref().map(str::trim) {
-                None => vec![
-                    Duration::from_millis(100),
-                    Duration::from_millis(500),
-                    Duration::from_secs(2),
-                ],
-                Some("none") => Vec::new(),
-                Some(list) => split_list(list)
-                    .iter()
-                    .map(|step| {
-                        parse_duration(step).filter(|delay| *delay <= Duration::from_secs(10))
-                    })
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| {
-                        invalid(
-                            "UMS_LOGIN_DELAYS",
-                            "expected durations up to 10s, like 100ms,500ms,2s, or none",
-                        )
-                    })?,
-            },
-            stuffing_threshold: number("UMS_STUFFING_THRESHOLD", 50)?,
-            stuffing_window: duration("UMS_STUFFING_WINDOW", Duration::from_secs(300))?,
-            request_timeout: duration("UMS_REQUEST_TIMEOUT", Duration::from_secs(30))?,
-            hash_queue_limit: number("UMS_HASH_QUEUE_LIMIT", 64)? as usize,
-            account_requests_per_hour: number("UMS_ACCOUNT_REQUESTS_PER_HOUR", 30)?,
+            database_timeout,
+            mail_poll_interval,
+            mail_max_attempts,
+            audit_retention,
+            audit_archive_dir,
+            login_attempt_retention,
+            redis_prefix,
+            login_delays,
+            stuffing_threshold,
+            stuffing_window,
+            request_timeout,
+            hash_queue_limit,
+            account_requests_per_hour,
         })
     }
 
@@ -439,6 +306,378 @@ impl Config {
             return None;
         }
         PathBuf::from(path).parent().map(PathBuf::from)
+    }
+}
+
+/// The variables, read through the lookup; an empty value counts as unset.
+struct Vars<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Vars<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name).filter(|value| !value.trim().is_empty())
+    }
+
+    fn duration(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        match self.get(name) {
+            Some(value) => parse_duration(&value).ok_or_else(|| {
+                invalid(
+                    name,
+                    format!("`{value}` is not a duration like 45s, 30m, 1h, 30d"),
+                )
+            }),
+            None => Ok(default),
+        }
+    }
+
+    fn number(&self, name: &'static str, default: u32) -> Result<u32, ConfigError> {
+        match self.get(name) {
+            Some(value) => value
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| invalid(name, format!("`{value}` is not a positive integer"))),
+            None => Ok(default),
+        }
+    }
+
+    /// A secret URL of one of `schemes` (`redis://`, ...).
+    fn secret_url(
+        &self,
+        name: &'static str,
+        schemes: [&str; 2],
+    ) -> Result<Option<SecretString>, ConfigError> {
+        self.get(name)
+            .map(|url| {
+                if schemes.iter().any(|scheme| url.starts_with(scheme)) {
+                    Ok(SecretString::from(url))
+                } else {
+                    Err(invalid(
+                        name,
+                        format!("expected {} or {}", schemes[0], schemes[1]),
+                    ))
+                }
+            })
+            .transpose()
+    }
+}
+
+/// Where the data lives: the databases and the shared counters.
+struct Storage {
+    database_url: DatabaseUrl,
+    replica_url: Option<DatabaseUrl>,
+    redis_url: Option<SecretString>,
+    redis_prefix: String,
+    database_timeout: Duration,
+}
+
+impl Storage {
+    fn parse(vars: &Vars) -> Result<Self, ConfigError> {
+        Ok(Storage {
+            database_url: match vars.get("UMS_DATABASE_URL") {
+                Some(url) => parse_database_url("UMS_DATABASE_URL", &url)?,
+                None => DatabaseUrl::new(format!("sqlite://{DEFAULT_SQLITE_PATH}")),
+            },
+            replica_url: vars
+                .get("UMS_DATABASE_REPLICA_URL")
+                .map(|url| parse_database_url("UMS_DATABASE_REPLICA_URL", &url))
+                .transpose()?,
+            redis_url: vars.secret_url("UMS_REDIS_URL", ["redis://", "rediss://"])?,
+            redis_prefix: vars.get("UMS_REDIS_PREFIX").unwrap_or_else(|| "ums".into()),
+            database_timeout: vars.duration("UMS_DATABASE_TIMEOUT", Duration::from_secs(3))?,
+        })
+    }
+}
+
+/// How the service is reached: its address, its public URL, who may call it from a browser,
+/// which proxies' forwarding headers are believed.
+struct Web {
+    bind: SocketAddr,
+    public_url: String,
+    cors_origins: Vec<String>,
+    trusted_proxies: Vec<IpNet>,
+    proxy_header: ProxyHeader,
+    request_timeout: Duration,
+}
+
+impl Web {
+    fn parse(vars: &Vars) -> Result<Self, ConfigError> {
+        let bind = match vars.get("UMS_BIND") {
+            Some(value) => value
+                .parse()
+                .map_err(|_| invalid("UMS_BIND", format!("`{value}` is not host:port")))?,
+            None => SocketAddr::from(([127, 0, 0, 1], 5000)),
+        };
+        let public_url = vars
+            .get("UMS_PUBLIC_URL")
+            .unwrap_or_else(|| format!("http://{bind}"))
+            .trim_end_matches('/')
+            .to_string();
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+            return Err(invalid(
+                "UMS_PUBLIC_URL",
+                "expected an http:// or https:// URL",
+            ));
+        }
+        let cors_origins = vars
+            .get("UMS_CORS_ORIGINS")
+            .map(|value| split_list(&value))
+            .unwrap_or_default();
+        for origin in &cors_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(invalid(
+                    "UMS_CORS_ORIGINS",
+                    format!("`{origin}` is not an http(s) origin"),
+                ));
+            }
+        }
+        let trusted_proxies = vars
+            .get("UMS_TRUSTED_PROXIES")
+            .map(|value| {
+                split_list(&value)
+                    .iter()
+                    .map(|entry| parse_network(entry))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        invalid("UMS_TRUSTED_PROXIES", "expected addresses or CIDR ranges")
+                    })
+            })
+            .transpose()?
+            .unwrap_or_default();
+        let proxy_header = match vars.get("UMS_PROXY_HEADER") {
+            Some(value) => ProxyHeader::parse(&value).ok_or_else(|| {
+                invalid("UMS_PROXY_HEADER", "expected x-forwarded-for or forwarded")
+            })?,
+            None => ProxyHeader::XForwardedFor,
+        };
+        Ok(Web {
+            bind,
+            public_url,
+            cors_origins,
+            trusted_proxies,
+            proxy_header,
+            request_timeout: vars.duration("UMS_REQUEST_TIMEOUT", Duration::from_secs(30))?,
+        })
+    }
+}
+
+struct Mail {
+    smtp_url: Option<SecretString>,
+    mail_from: String,
+    mail_poll_interval: Duration,
+    mail_max_attempts: u32,
+}
+
+impl Mail {
+    fn parse(vars: &Vars) -> Result<Self, ConfigError> {
+        let mail_from = vars
+            .get("UMS_MAIL_FROM")
+            .unwrap_or_else(|| "UMS <no-reply@localhost>".into());
+        parse_mailbox(&mail_from)
+            .ok_or_else(|| invalid("UMS_MAIL_FROM", "expected addr@host or Name <addr@host>"))?;
+        Ok(Mail {
+            smtp_url: vars.secret_url("UMS_SMTP_URL", ["smtp://", "smtps://"])?,
+            mail_from,
+            mail_poll_interval: vars.duration("UMS_MAIL_POLL_INTERVAL", Duration::from_secs(1))?,
+            mail_max_attempts: vars.number("UMS_MAIL_MAX_ATTEMPTS", 100)?,
+        })
+    }
+}
+
+/// Issued tokens and emailed links: their algorithm, audience and lifetimes.
+struct Tokens {
+    jwt_algorithm: JwtAlgorithm,
+    jwt_audience: Option<String>,
+    access_token_ttl: Duration,
+    refresh_token_ttl: Duration,
+    reset_token_ttl: Duration,
+    verification_token_ttl: Duration,
+}
+
+impl Tokens {
+    fn parse(vars: &Vars) -> Result<Self, ConfigError> {
+        Ok(Tokens {
+            jwt_algorithm: match vars.get("UMS_JWT_ALGORITHM") {
+                Some(value) => JwtAlgorithm::parse(&value)
+                    .ok_or_else(|| invalid("UMS_JWT_ALGORITHM", "expected RS256 or EdDSA"))?,
+                None => JwtAlgorithm::Rs256,
+            },
+            jwt_audience: vars
+                .get("UMS_JWT_AUDIENCE")
+                .map(|value| value.trim().to_string()),
+            access_token_ttl: vars.duration("UMS_ACCESS_TOKEN_TTL", Duration::from_secs(3600))?,
+            refresh_token_ttl: vars
+                .duration("UMS_REFRESH_TOKEN_TTL", Duration::from_secs(30 * 86_400))?,
+            reset_token_ttl: vars.duration("UMS_RESET_TOKEN_TTL", Duration::from_secs(86_400))?,
+            verification_token_ttl: vars.duration(
+                "UMS_VERIFICATION_TOKEN_TTL",
+                Duration::from_secs(2 * 86_400),
+            )?,
+        })
+    }
+}
+
+struct Passwords {
+    hash_cost: HashCost,
+    password_min_length: usize,
+    hash_queue_limit: usize,
+}
+
+impl Passwords {
+    fn parse(vars: &Vars) -> Result<Self, ConfigError> {
+        let defaults = HashCost::default();
+        let hash_cost = HashCost {
+            memory_kib: vars.number("UMS_PASSWORD_HASH_MEMORY_KIB", defaults.memory_kib)?,
+            iterations: vars.number("UMS_PASSWORD_HASH_ITERATIONS", defaults.iterations)?,
+        };
+        if hash_cost.memory_kib < 8 {
+            return Err(invalid("UMS_PASSWORD_HASH_MEMORY_KIB", "at least 8"));
+        }
+        let password_min_length = vars.number("UMS_PASSWORD_MIN_LENGTH", 8)? as usize;
+        if password_min_length > crate::auth::password::MAX_PASSWORD_LENGTH {
+            return Err(invalid("UMS_PASSWORD_MIN_LENGTH", "at most 256"));
+        }
+        Ok(Passwords {
+            hash_cost,
+            password_min_length,
+            hash_queue_limit: vars.number("UMS_HASH_QUEUE_LIMIT", 64)? as usize,
+        })
+    }
+}
+
+/// Lockout, IP blocks, rate limits, progressive delays, stuffing detection.
+struct Defences {
+    lockout_threshold: u32,
+    lockout_duration: Duration,
+    ip_block_threshold: u32,
+    ip_block_duration: Duration,
+    rate_limit_per_minute: u32,
+    anon_rate_limit_per_minute: u32,
+    session_rate_per_second: u32,
+    rate_limits_enabled: bool,
+    login_delays: Vec<Duration>,
+    stuffing_threshold: u32,
+    stuffing_window: Duration,
+    account_requests_per_hour: u32,
+}
+
+impl Defences {
+    fn parse(vars: &Vars) -> Result<Self, ConfigError> {
+        let rate_limits_enabled = match vars.get("UMS_RATE_LIMITS").map(|v| v.trim().to_lowercase())
+        {
+            None => true,
+            Some(value) if value == "on" => true,
+            Some(value) if value == "off" => false,
+            Some(value) => {
+                return Err(invalid(
+                    "UMS_RATE_LIMITS",
+                    format!("`{value}` is not on or off"),
+                ));
+            }
+        };
+        let login_delays = match vars.get("UMS_LOGIN_DELAYS").as_deref().map(str::trim) {
+            None => vec![
+                Duration::from_millis(100),
+                Duration::from_millis(500),
+                Duration::from_secs(2),
+            ],
+            Some("none") => Vec::new(),
+            Some(list) => split_list(list)
+                .iter()
+                .map(|step| parse_duration(step).filter(|delay| *delay <= Duration::from_secs(10)))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    invalid(
+                        "UMS_LOGIN_DELAYS",
+                        "expected durations up to 10s, like 100ms,500ms,2s, or none",
+                    )
+                })?,
+        };
+        Ok(Defences {
+            lockout_threshold: vars.number("UMS_LOCKOUT_THRESHOLD", 5)?,
+            lockout_duration: vars
+                .duration("UMS_LOCKOUT_DURATION", Duration::from_secs(30 * 60))?,
+            ip_block_threshold: vars.number("UMS_IP_BLOCK_THRESHOLD", 20)?,
+            ip_block_duration: vars.duration("UMS_IP_BLOCK_DURATION", Duration::from_secs(3600))?,
+            rate_limit_per_minute: vars.number("UMS_RATE_LIMIT_PER_MINUTE", 1000)?,
+            anon_rate_limit_per_minute: vars.number("UMS_ANON_RATE_LIMIT_PER_MINUTE", 300)?,
+            session_rate_per_second: vars.number("UMS_SESSION_RATE_PER_SECOND", 10)?,
+            rate_limits_enabled,
+            login_delays,
+            stuffing_threshold: vars.number("UMS_STUFFING_THRESHOLD", 50)?,
+            stuffing_window: vars.duration("UMS_STUFFING_WINDOW", Duration::from_secs(300))?,
+            account_requests_per_hour: vars.number("UMS_ACCOUNT_REQUESTS_PER_HOUR", 30)?,
+        })
+    }
+}
+
+/// Running it: the environment, the secret key, logs, the first admin, retention.
+struct Operations {
+    production: bool,
+    secret_key: Option<SecretString>,
+    log_format: LogFormat,
+    bootstrap_admin: Option<BootstrapAdmin>,
+    audit_retention: Duration,
+    audit_archive_dir: Option<PathBuf>,
+    login_attempt_retention: Duration,
+}
+
+impl Operations {
+    fn parse(vars: &Vars) -> Result<Self, ConfigError> {
+        let production = match vars.get("UMS_ENV").map(|value| value.trim().to_lowercase()) {
+            None => false,
+            Some(value) if value == "production" => true,
+            Some(value) if matches!(value.as_str(), "development" | "test" | "staging") => false,
+            Some(value) => {
+                return Err(invalid(
+                    "UMS_ENV",
+                    format!("`{value}` is not production, staging, development or test"),
+                ));
+            }
+        };
+        let secret_key = vars.get("UMS_SECRET_KEY").map(SecretString::from);
+        if production && secret_key.is_none() {
+            return Err(invalid(
+                "UMS_SECRET_KEY",
+                "is required when UMS_ENV is production: signing keys would be stored unencrypted and the audit chain unkeyed",
+            ));
+        }
+        let log_format = match vars.get("UMS_LOG_FORMAT").as_deref() {
+            None | Some("pretty") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(_) => return Err(invalid("UMS_LOG_FORMAT", "expected json or pretty")),
+        };
+        let bootstrap_admin = match (
+            vars.get("UMS_BOOTSTRAP_ADMIN_USERNAME"),
+            vars.get("UMS_BOOTSTRAP_ADMIN_EMAIL"),
+            vars.get("UMS_BOOTSTRAP_ADMIN_PASSWORD"),
+        ) {
+            (None, None, None) => None,
+            (Some(username), Some(email), Some(password)) => Some(BootstrapAdmin {
+                username,
+                email,
+                password: SecretString::from(password),
+            }),
+            _ => {
+                return Err(invalid(
+                    "UMS_BOOTSTRAP_ADMIN_USERNAME",
+                    "set UMS_BOOTSTRAP_ADMIN_USERNAME, _EMAIL and _PASSWORD together",
+                ));
+            }
+        };
+        Ok(Operations {
+            production,
+            secret_key,
+            log_format,
+            bootstrap_admin,
+            audit_retention: vars
+                .duration("UMS_AUDIT_RETENTION", Duration::from_secs(90 * 86_400))?,
+            audit_archive_dir: vars.get("UMS_AUDIT_ARCHIVE_DIR").map(PathBuf::from),
+            login_attempt_retention: vars.duration(
+                "UMS_LOGIN_ATTEMPT_RETENTION",
+                Duration::from_secs(90 * 86_400),
+            )?,
+        })
     }
 }
 
