@@ -6,6 +6,55 @@ use std::collections::BTreeMap;
 /// Problems of a request's fields, by field name: every problem at once, not the first.
 pub type FieldErrors = BTreeMap<String, Vec<String>>;
 
+/// Collects the problems of every field (a body, a query, a profile change), then answers
+/// them all in one 400: the one collector the rules and the web layer share.
+#[derive(Debug, Default)]
+pub struct FieldCheck {
+    errors: FieldErrors,
+}
+
+impl FieldCheck {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The value of `result`, or `None` with its problem noted under `field`.
+    pub fn check<T, E: ToString>(&mut self, field: &str, result: Result<T, E>) -> Option<T> {
+        result
+            .map_err(|message| self.add(field, message.to_string()))
+            .ok()
+    }
+
+    pub fn add(&mut self, field: &str, message: impl Into<String>) {
+        self.errors
+            .entry(field.to_string())
+            .or_default()
+            .push(message.into());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    /// `value` (built from the checked fields) when nothing was noted, else the 400 with
+    /// every problem.
+    pub fn finish_with<T>(self, value: Option<T>) -> Result<T, AppError> {
+        match value {
+            Some(value) if self.errors.is_empty() => Ok(value),
+            _ => Err(AppError::Validation(self.errors)),
+        }
+    }
+
+    /// `Ok` when nothing was noted, else the 400 with every problem.
+    pub fn finish(self) -> Result<(), AppError> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(AppError::Validation(self.errors))
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("validation failed")]

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::error::AppError;
-use crate::error::FieldErrors;
+use crate::error::FieldCheck;
 
 pub const DEFAULT_PER_PAGE: i64 = 20;
 pub const MAX_PER_PAGE: i64 = 100;
@@ -47,14 +47,14 @@ impl<T> Page<T> {
 /// Query parameters of a list call, with their problems collected per parameter.
 pub struct ListQuery {
     params: HashMap<String, String>,
-    errors: FieldErrors,
+    check: FieldCheck,
 }
 
 impl ListQuery {
     pub fn new(params: HashMap<String, String>) -> Self {
         ListQuery {
             params,
-            errors: FieldErrors::new(),
+            check: FieldCheck::new(),
         }
     }
 
@@ -64,10 +64,7 @@ impl ListQuery {
             Some(text) => match text.trim().parse::<i64>() {
                 Ok(value) if value >= 1 => value,
                 _ => {
-                    self.errors
-                        .entry(name.to_string())
-                        .or_default()
-                        .push("must be an integer of at least 1".into());
+                    self.check.add(name, "must be an integer of at least 1");
                     default
                 }
             },
@@ -89,10 +86,7 @@ impl ListQuery {
             .map(|value| value.trim().to_string())
             .filter(|value| !value.is_empty())?;
         if crate::http::body::has_control_character(&value) {
-            self.errors
-                .entry(name.to_string())
-                .or_default()
-                .push("must not contain control characters".into());
+            self.check.add(name, "must not contain control characters");
             return None;
         }
         Some(value)
@@ -104,10 +98,7 @@ impl ListQuery {
             "true" | "1" | "yes" => Some(true),
             "false" | "0" | "no" => Some(false),
             _ => {
-                self.errors
-                    .entry(name.to_string())
-                    .or_default()
-                    .push("must be true or false".into());
+                self.check.add(name, "must be true or false");
                 None
             }
         }
@@ -118,10 +109,7 @@ impl ListQuery {
         match value.parse::<i64>() {
             Ok(id) => Some(id),
             Err(_) => {
-                self.errors
-                    .entry(name.to_string())
-                    .or_default()
-                    .push("must be an integer".into());
+                self.check.add(name, "must be an integer");
                 None
             }
         }
@@ -133,10 +121,7 @@ impl ListQuery {
         match value.parse() {
             Ok(address) => Some(address),
             Err(_) => {
-                self.errors
-                    .entry(name.to_string())
-                    .or_default()
-                    .push("must be an IP address".into());
+                self.check.add(name, "must be an IP address");
                 None
             }
         }
@@ -148,10 +133,7 @@ impl ListQuery {
         match crate::clock::parse_time(&value) {
             Some(millis) => Some(millis),
             None => {
-                self.errors
-                    .entry(name.to_string())
-                    .or_default()
-                    .push("must be an RFC 3339 time".into());
+                self.check.add(name, "must be an RFC 3339 time");
                 None
             }
         }
@@ -159,11 +141,7 @@ impl ListQuery {
 
     /// Ends parsing: any collected problem becomes one 400.
     pub fn finish(self) -> Result<(), AppError> {
-        if self.errors.is_empty() {
-            Ok(())
-        } else {
-            Err(AppError::Validation(self.errors))
-        }
+        self.check.finish()
     }
 }
 

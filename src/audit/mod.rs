@@ -172,6 +172,47 @@ impl Event {
 
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// A change and its audit event, committed together or not at all: `begin`, make the change
+/// through it (it is a `Connection`), then `commit(event)`. A change with several events
+/// `record`s the others on the way.
+pub struct Audited {
+    transaction: crate::store::Transaction,
+    key: ChainKey,
+}
+
+impl Audited {
+    pub async fn begin(store: &crate::store::Store) -> Result<Self, AppError> {
+        Ok(Audited {
+            transaction: store.begin().await?,
+            key: store.chain_key().clone(),
+        })
+    }
+
+    /// Records one more event of the change, before the last one.
+    pub async fn record(&mut self, event: Event) -> Result<(), AppError> {
+        record(&mut self.transaction, &self.key, event).await
+    }
+
+    /// Records the change's event and commits both.
+    pub async fn commit(mut self, event: Event) -> Result<(), AppError> {
+        record(&mut self.transaction, &self.key, event).await?;
+        self.transaction.commit().await?;
+        Ok(())
+    }
+
+    /// Commits a change whose events are all recorded already.
+    pub async fn commit_recorded(self) -> Result<(), AppError> {
+        self.transaction.commit().await?;
+        Ok(())
+    }
+}
+
+impl crate::store::AsDb for Audited {
+    fn db(&mut self) -> crate::store::Db<'_> {
+        self.transaction.db()
+    }
+}
+
 /// Appends an event to the chain inside the caller's transaction.
 pub async fn record(
     connection: &mut Connection,

@@ -111,7 +111,7 @@ pub async fn forgot_password(
     };
     crate::security::count_account_request(state, origin).await?;
     let now = state.now();
-    let mut transaction = state.store.begin().await?;
+    let mut transaction = audit::Audited::begin(&state.store).await?;
     let user = user_store::find_by_login(&mut transaction, email.as_str())
         .await?
         .filter(|user| user.is_active() && user.email == email.as_str());
@@ -122,17 +122,12 @@ pub async fn forgot_password(
             if links::sent_recently(&mut transaction, Link::PasswordReset, user.id, None, now)
                 .await? =>
         {
-            audit::record(
-                &mut transaction,
-                state.store.chain_key(),
-                event
+            transaction.record(event
                     .actor(Some(user.id))
                     .resource("user", user.id)
                     .details(
                         json!({"email_sent": false, "reason": "a reset link was sent minutes ago"}),
-                    ),
-            )
-            .await?;
+                    )).await?;
         }
         Some(user) => {
             let ttl = state.config.reset_token_ttl;
@@ -157,26 +152,22 @@ pub async fn forgot_password(
                     now,
                 )
                 .await?;
-            audit::record(
-                &mut transaction,
-                state.store.chain_key(),
-                event.actor(Some(user.id)).resource("user", user.id),
-            )
-            .await?;
+            transaction
+                .record(event.actor(Some(user.id)).resource("user", user.id))
+                .await?;
         }
         None => {
-            audit::record(
-                &mut transaction,
-                state.store.chain_key(),
-                event
-                    .failed()
-                    .resource("user", "unknown")
-                    .details(json!({"reason": "no active account"})),
-            )
-            .await?;
+            transaction
+                .record(
+                    event
+                        .failed()
+                        .resource("user", "unknown")
+                        .details(json!({"reason": "no active account"})),
+                )
+                .await?;
         }
     }
-    transaction.commit().await?;
+    transaction.commit_recorded().await?;
     Ok(())
 }
 
@@ -213,7 +204,7 @@ pub async fn reset_password(
         .hashing(move |hasher| hasher.hash(&password))
         .await??;
     let now = state.now();
-    let mut transaction = state.store.begin().await?;
+    let mut transaction = audit::Audited::begin(&state.store).await?;
     if !links::spend(&mut transaction, Link::PasswordReset, token_id, now).await? {
         return Err(AppError::BadRequest(INVALID_LINK.into()));
     }
@@ -237,17 +228,15 @@ pub async fn reset_password(
             now,
         )
         .await?;
-    audit::record(
-        &mut transaction,
-        state.store.chain_key(),
-        Event::new(Action::PasswordReset, now)
-            .actor(Some(user_id))
-            .resource("user", user_id)
-            .details(json!({"sessions_revoked": revoked, "unlocked": user.is_locked(now)}))
-            .origin(origin),
-    )
-    .await?;
-    transaction.commit().await?;
+    transaction
+        .commit(
+            Event::new(Action::PasswordReset, now)
+                .actor(Some(user_id))
+                .resource("user", user_id)
+                .details(json!({"sessions_revoked": revoked, "unlocked": user.is_locked(now)}))
+                .origin(origin),
+        )
+        .await?;
     Ok(())
 }
 
@@ -304,7 +293,7 @@ pub async fn change_password(
         .hashing(move |hasher| hasher.hash(&password))
         .await??;
     let now = state.now();
-    let mut transaction = state.store.begin().await?;
+    let mut transaction = audit::Audited::begin(&state.store).await?;
     user_store::set_password(&mut transaction, user.id, &hash, now).await?;
     user_store::void_emailed_links(&mut transaction, user.id).await?;
     let revoked = crate::auth::sessions::revoke_all(
@@ -326,17 +315,15 @@ pub async fn change_password(
             now,
         )
         .await?;
-    audit::record(
-        &mut transaction,
-        state.store.chain_key(),
-        Event::new(Action::PasswordChanged, now)
-            .actor(Some(user.id))
-            .resource("user", user.id)
-            .details(json!({"other_sessions_revoked": revoked}))
-            .origin(origin),
-    )
-    .await?;
-    transaction.commit().await?;
+    transaction
+        .commit(
+            Event::new(Action::PasswordChanged, now)
+                .actor(Some(user.id))
+                .resource("user", user.id)
+                .details(json!({"other_sessions_revoked": revoked}))
+                .origin(origin),
+        )
+        .await?;
     Ok(())
 }
 
@@ -357,7 +344,7 @@ pub async fn change_email(
     }
     confirm_password(state, user, request.password, "password", origin).await?;
     let now = state.now();
-    let mut transaction = state.store.begin().await?;
+    let mut transaction = audit::Audited::begin(&state.store).await?;
     if user_store::find_by_login(&mut transaction, email.as_str())
         .await?
         .is_some()
@@ -386,17 +373,15 @@ pub async fn change_email(
         )
         .await?;
     }
-    audit::record(
-        &mut transaction,
-        state.store.chain_key(),
-        Event::new(Action::EmailChangeRequested, now)
-            .actor(Some(user.id))
-            .resource("user", user.id)
-            .details(json!({"new_email": email.as_str(), "email_sent": !resend}))
-            .origin(origin),
-    )
-    .await?;
-    transaction.commit().await?;
+    transaction
+        .commit(
+            Event::new(Action::EmailChangeRequested, now)
+                .actor(Some(user.id))
+                .resource("user", user.id)
+                .details(json!({"new_email": email.as_str(), "email_sent": !resend}))
+                .origin(origin),
+        )
+        .await?;
     Ok(())
 }
 
@@ -407,7 +392,7 @@ pub async fn verify_email(
     origin: &Origin,
 ) -> Result<UserView, AppError> {
     let now = state.now();
-    let mut transaction = state.store.begin().await?;
+    let mut transaction = audit::Audited::begin(&state.store).await?;
     let (token_id, user_id, email) = links::find_live(
         &mut transaction,
         Link::EmailVerification,
@@ -455,28 +440,26 @@ pub async fn verify_email(
             )
             .await?;
     }
-    audit::record(
-        &mut transaction,
-        state.store.chain_key(),
-        Event::new(
-            if switching {
-                Action::EmailChanged
+    transaction
+        .commit(
+            Event::new(
+                if switching {
+                    Action::EmailChanged
+                } else {
+                    Action::EmailVerified
+                },
+                now,
+            )
+            .actor(Some(user_id))
+            .resource("user", user_id)
+            .details(if switching {
+                json!({"from": before.email, "to": email})
             } else {
-                Action::EmailVerified
-            },
-            now,
+                json!({"email": email})
+            })
+            .origin(origin),
         )
-        .actor(Some(user_id))
-        .resource("user", user_id)
-        .details(if switching {
-            json!({"from": before.email, "to": email})
-        } else {
-            json!({"email": email})
-        })
-        .origin(origin),
-    )
-    .await?;
-    transaction.commit().await?;
+        .await?;
     Ok(after.view(now))
 }
 

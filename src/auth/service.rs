@@ -10,7 +10,7 @@ use crate::auth::password::{Verification, check_policy};
 use crate::auth::sessions::{self, Spend, TokenPair};
 use crate::auth::tokens::{Claims, TokenError, TokenType};
 use crate::error::AppError;
-use crate::error::FieldErrors;
+use crate::error::FieldCheck;
 use crate::security::lockout::{self, Reservation, Subject};
 use crate::state::AppState;
 use crate::users::store::{self as user_store, NewUser};
@@ -60,23 +60,10 @@ fn validate_registration(
     min_length: usize,
 ) -> Result<Registration, AppError> {
     use secrecy::ExposeSecret;
-    let mut errors = FieldErrors::new();
-    let mut note = |field: &str, result: Result<(), String>| {
-        if let Err(message) = result {
-            errors.entry(field.to_string()).or_default().push(message);
-        }
-    };
-    let username = Username::parse(&request.username);
-    note(
-        "username",
-        username.as_ref().map(|_| ()).map_err(|e| e.to_string()),
-    );
-    let email = Email::parse(&request.email);
-    note(
-        "email",
-        email.as_ref().map(|_| ()).map_err(|e| e.to_string()),
-    );
-    note(
+    let mut check = FieldCheck::new();
+    let username = check.check("username", Username::parse(&request.username));
+    let email = check.check("email", Email::parse(&request.email));
+    check.check(
         "password",
         check_policy(
             request.password.expose_secret(),
@@ -84,27 +71,24 @@ fn validate_registration(
             Some(&request.username),
         ),
     );
-    let first_name = parse_name(request.first_name.as_deref().unwrap_or_default());
-    note(
+    let first_name = check.check(
         "first_name",
-        first_name.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+        parse_name(request.first_name.as_deref().unwrap_or_default()),
     );
-    let last_name = parse_name(request.last_name.as_deref().unwrap_or_default());
-    note(
+    let last_name = check.check(
         "last_name",
-        last_name.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+        parse_name(request.last_name.as_deref().unwrap_or_default()),
     );
-    match (username, email, first_name, last_name) {
-        (Ok(username), Ok(email), Ok(first_name), Ok(last_name)) if errors.is_empty() => {
-            Ok(Registration {
-                username,
-                email,
-                first_name,
-                last_name,
-            })
-        }
-        _ => Err(AppError::Validation(errors)),
-    }
+    let registration = match (username, email, first_name, last_name) {
+        (Some(username), Some(email), Some(first_name), Some(last_name)) => Some(Registration {
+            username,
+            email,
+            first_name,
+            last_name,
+        }),
+        _ => None,
+    };
+    check.finish_with(registration)
 }
 
 #[tracing::instrument(skip_all)]
@@ -143,7 +127,7 @@ pub async fn register(
         .hashing(move |hasher| hasher.hash(&password))
         .await??;
     let now = state.now();
-    let mut transaction = state.store.begin().await?;
+    let mut transaction = audit::Audited::begin(&state.store).await?;
     let user = user_store::insert(
         &mut transaction,
         NewUser {
@@ -168,17 +152,15 @@ pub async fn register(
         now,
     )
     .await?;
-    audit::record(
-        &mut transaction,
-        state.store.chain_key(),
-        Event::new(Action::Register, now)
-            .actor(Some(user.id))
-            .resource("user", user.id)
-            .details(json!({"username": user.username, "email": user.email}))
-            .origin(origin),
-    )
-    .await?;
-    transaction.commit().await?;
+    transaction
+        .commit(
+            Event::new(Action::Register, now)
+                .actor(Some(user.id))
+                .resource("user", user.id)
+                .details(json!({"username": user.username, "email": user.email}))
+                .origin(origin),
+        )
+        .await?;
     Ok(user.view(now))
 }
 
@@ -341,7 +323,7 @@ async fn refuse(
     } else {
         "invalid_credentials"
     };
-    let mut transaction = state.store.begin().await?;
+    let mut transaction = audit::Audited::begin(&state.store).await?;
     if password_matched {
         // The password was right: the account is disabled, not under attack.
         lockout::clear(&mut transaction, subject).await?;
@@ -369,21 +351,20 @@ async fn refuse(
             )
             .await?;
         }
-        audit::record(
-            &mut transaction,
-            state.store.chain_key(),
-            Event::new(Action::AccountLocked, now)
-                .actor(user.map(|user| user.id))
-                .resource("security", user.map_or(0, |user| user.id))
-                .details(json!({
-                    "username": login,
-                    "locked_until": crate::clock::to_rfc3339(now + policy.duration),
-                }))
-                .origin(origin),
-        )
-        .await?;
+        transaction
+            .record(
+                Event::new(Action::AccountLocked, now)
+                    .actor(user.map(|user| user.id))
+                    .resource("security", user.map_or(0, |user| user.id))
+                    .details(json!({
+                        "username": login,
+                        "locked_until": crate::clock::to_rfc3339(now + policy.duration),
+                    }))
+                    .origin(origin),
+            )
+            .await?;
     }
-    transaction.commit().await?;
+    transaction.commit_recorded().await?;
     if password_matched {
         ip_attempt.succeeded(state).await;
     } else {
@@ -406,7 +387,7 @@ async fn open_session(
 ) -> Result<LoginResponse, AppError> {
     let now = state.now();
     let lifetime = state.config.refresh_token_ttl.as_millis() as i64;
-    let mut transaction = state.store.begin().await?;
+    let mut transaction = audit::Audited::begin(&state.store).await?;
     lockout::clear(&mut transaction, subject).await?;
     user_store::record_login(&mut transaction, user.id, rehashed.as_deref(), now).await?;
     let session_id = sessions::open(&mut transaction, user.id, origin, now, lifetime).await?;
@@ -429,21 +410,20 @@ async fn open_session(
     )
     .await?;
     crate::security::attempts::record(&mut transaction, login, origin, true, now).await?;
-    audit::record(
-        &mut transaction,
-        state.store.chain_key(),
-        Event::new(Action::Login, now)
-            .actor(Some(user.id))
-            .resource("session", &session_id)
-            .details(json!({"rehashed": rehashed.is_some()}))
-            .origin(origin),
-    )
-    .await?;
+    transaction
+        .record(
+            Event::new(Action::Login, now)
+                .actor(Some(user.id))
+                .resource("session", &session_id)
+                .details(json!({"rehashed": rehashed.is_some()}))
+                .origin(origin),
+        )
+        .await?;
     let labs = user_store::labs_of(&mut transaction, user.id).await?;
     let user = user_store::find_by_id(&mut transaction, user.id)
         .await?
         .ok_or(AppError::Unauthorized(BAD_CREDENTIALS))?;
-    transaction.commit().await?;
+    transaction.commit_recorded().await?;
     metrics::counter!("ums_logins_total", "result" => "success").increment(1);
     Ok(LoginResponse {
         tokens: tokens.sign_off_thread(state).await?,
@@ -509,7 +489,7 @@ pub async fn refresh(
         .user_id()
         .ok_or(AppError::Unauthorized("The token is invalid."))?;
     let now = state.now();
-    let mut transaction = state.store.begin().await?;
+    let mut transaction = audit::Audited::begin(&state.store).await?;
     match sessions::spend_refresh_token(&mut transaction, &claims, now).await? {
         Spend::Spent { session_expires_at } => {
             let user = user_store::find_by_id(&mut transaction, user_id)
@@ -525,32 +505,28 @@ pub async fn refresh(
                 now,
             )
             .await?;
-            audit::record(
-                &mut transaction,
-                state.store.chain_key(),
-                Event::new(Action::TokenRefreshed, now)
-                    .actor(Some(user.id))
-                    .resource("session", &claims.sid)
-                    .origin(origin),
-            )
-            .await?;
-            transaction.commit().await?;
+            transaction
+                .commit(
+                    Event::new(Action::TokenRefreshed, now)
+                        .actor(Some(user.id))
+                        .resource("session", &claims.sid)
+                        .origin(origin),
+                )
+                .await?;
             metrics::counter!("ums_tokens_refreshed_total").increment(1);
             tokens.sign_off_thread(state).await
         }
         Spend::Reused => {
-            audit::record(
-                &mut transaction,
-                state.store.chain_key(),
-                Event::new(Action::RefreshTokenReused, now)
-                    .failed()
-                    .actor(Some(user_id))
-                    .resource("session", &claims.sid)
-                    .details(json!({"revoked": "session"}))
-                    .origin(origin),
-            )
-            .await?;
-            transaction.commit().await?;
+            transaction
+                .commit(
+                    Event::new(Action::RefreshTokenReused, now)
+                        .failed()
+                        .actor(Some(user_id))
+                        .resource("session", &claims.sid)
+                        .details(json!({"revoked": "session"}))
+                        .origin(origin),
+                )
+                .await?;
             Err(AppError::Unauthorized(
                 "The refresh token was already used; the session is revoked.",
             ))
@@ -583,20 +559,19 @@ pub async fn logout(
         None => None,
     };
     let now = state.now();
-    let mut transaction = state.store.begin().await?;
+    let mut transaction = audit::Audited::begin(&state.store).await?;
     for session_id in std::iter::once(&caller.sid).chain(other_session.as_ref()) {
         sessions::revoke(&mut transaction, session_id, "logout", now).await?;
-        audit::record(
-            &mut transaction,
-            state.store.chain_key(),
-            Event::new(Action::Logout, now)
-                .actor(Some(user_id))
-                .resource("session", session_id)
-                .origin(origin),
-        )
-        .await?;
+        transaction
+            .record(
+                Event::new(Action::Logout, now)
+                    .actor(Some(user_id))
+                    .resource("session", session_id)
+                    .origin(origin),
+            )
+            .await?;
     }
-    transaction.commit().await?;
+    transaction.commit_recorded().await?;
     Ok(())
 }
 
@@ -618,20 +593,18 @@ pub async fn revoke_session(
     origin: &Origin,
 ) -> Result<(), AppError> {
     let now = state.now();
-    let mut transaction = state.store.begin().await?;
+    let mut transaction = audit::Audited::begin(&state.store).await?;
     if !sessions::revoke_own(&mut transaction, user_id, session_id, now).await? {
         return Err(AppError::NotFound);
     }
-    audit::record(
-        &mut transaction,
-        state.store.chain_key(),
-        Event::new(Action::SessionRevoked, now)
-            .actor(Some(user_id))
-            .resource("session", session_id)
-            .origin(origin),
-    )
-    .await?;
-    transaction.commit().await?;
+    transaction
+        .commit(
+            Event::new(Action::SessionRevoked, now)
+                .actor(Some(user_id))
+                .resource("session", session_id)
+                .origin(origin),
+        )
+        .await?;
     Ok(())
 }
 

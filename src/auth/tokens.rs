@@ -272,22 +272,20 @@ pub async fn rotate(
     secret_key: Option<&SecretString>,
     now: Millis,
 ) -> anyhow::Result<String> {
-    let mut transaction = store.begin().await?;
+    let mut transaction = crate::audit::Audited::begin(store).await?;
     crate::execute!(
-        transaction,
+        &mut transaction,
         sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL")
             .bind(Timestamp::from(now))
     )?;
     let kid = insert_new_key(&mut transaction, algorithm, secret_key, now).await?;
-    crate::audit::record(
-        &mut transaction,
-        store.chain_key(),
-        crate::audit::Event::new(crate::audit::Action::KeyRotated, now)
-            .resource("key", &kid)
-            .details(serde_json::json!({"algorithm": algorithm.as_str()})),
-    )
-    .await?;
-    transaction.commit().await?;
+    transaction
+        .commit(
+            crate::audit::Event::new(crate::audit::Action::KeyRotated, now)
+                .resource("key", &kid)
+                .details(serde_json::json!({"algorithm": algorithm.as_str()})),
+        )
+        .await?;
     Ok(kid)
 }
 

@@ -9,7 +9,7 @@ use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{Schema, SchemaType, Type};
 
 use crate::error::AppError;
-use crate::error::FieldErrors;
+use crate::error::FieldCheck;
 
 /// A JSON body. Another content type (or none) is 415: a form or `text/plain` body is what a
 /// cross-site page can send without a preflight. Malformed JSON, data after the value, wrong
@@ -81,9 +81,8 @@ pub fn parse_json<T: DeserializeOwned + PartialSchema>(bytes: &[u8]) -> Result<T
         }
         // serde stops at the first problem; the schema names them all.
         if let Ok(value) = serde_json::from_slice::<Value>(bytes) {
-            let errors = schema_problems(&T::schema(), &value);
-            if !errors.is_empty() {
-                return AppError::Validation(errors);
+            if let Err(problems) = schema_problems(&T::schema(), &value).finish() {
+                return problems;
             }
         }
         // serde's message names the expected type; its position suffix is noise here.
@@ -122,16 +121,12 @@ fn refuse_control_characters(bytes: &[u8]) -> Result<(), AppError> {
     let Ok(value) = serde_json::from_slice::<Value>(bytes) else {
         return Ok(());
     };
-    let mut errors = FieldErrors::new();
-    find_control_characters(&value, "", &mut errors);
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(AppError::Validation(errors))
-    }
+    let mut check = FieldCheck::new();
+    find_control_characters(&value, "", &mut check);
+    check.finish()
 }
 
-fn find_control_characters(value: &Value, path: &str, errors: &mut FieldErrors) {
+fn find_control_characters(value: &Value, path: &str, check: &mut FieldCheck) {
     let field = |key: &str| {
         if path.is_empty() {
             key.to_string()
@@ -142,25 +137,19 @@ fn find_control_characters(value: &Value, path: &str, errors: &mut FieldErrors) 
     match value {
         Value::String(text) if has_control_character(text) => {
             let name = if path.is_empty() { "." } else { path };
-            errors
-                .entry(name.to_string())
-                .or_default()
-                .push("must not contain control characters".into());
+            check.add(name, "must not contain control characters");
         }
         Value::Array(items) => {
             for (index, item) in items.iter().enumerate() {
-                find_control_characters(item, &field(&index.to_string()), errors);
+                find_control_characters(item, &field(&index.to_string()), check);
             }
         }
         Value::Object(fields) => {
             for (key, item) in fields {
                 if has_control_character(key) {
-                    errors
-                        .entry(".".into())
-                        .or_default()
-                        .push("a field name must not contain control characters".into());
+                    check.add(".", "a field name must not contain control characters");
                 }
-                find_control_characters(item, &field(key), errors);
+                find_control_characters(item, &field(key), check);
             }
         }
         _ => {}
@@ -175,40 +164,31 @@ pub fn has_control_character(text: &str) -> bool {
 
 /// Every field of a body object that its schema refuses: required and missing, of the wrong
 /// JSON type, or unknown. Empty when the schema has nothing to say (not an object schema).
-fn schema_problems(schema: &RefOr<Schema>, value: &Value) -> FieldErrors {
-    let mut errors = FieldErrors::new();
+fn schema_problems(schema: &RefOr<Schema>, value: &Value) -> FieldCheck {
+    let mut check = FieldCheck::new();
     let RefOr::T(Schema::Object(object)) = schema else {
-        return errors;
+        return check;
     };
     let Value::Object(fields) = value else {
-        return errors;
+        return check;
     };
     for name in &object.required {
         if !fields.contains_key(name) {
-            errors
-                .entry(name.clone())
-                .or_default()
-                .push("is required".into());
+            check.add(name, "is required");
         }
     }
     for (name, field) in fields {
         let Some(property) = object.properties.get(name) else {
-            errors
-                .entry(name.clone())
-                .or_default()
-                .push("unknown field".into());
+            check.add(name, "unknown field");
             continue;
         };
         if let RefOr::T(Schema::Object(property)) = property
             && let Some(expected) = type_mismatch(&property.schema_type, field)
         {
-            errors
-                .entry(name.clone())
-                .or_default()
-                .push(format!("must be {expected}"));
+            check.add(name, format!("must be {expected}"));
         }
     }
-    errors
+    check
 }
 
 /// What the value should have been, when its JSON type is not one the schema allows.
@@ -258,7 +238,7 @@ mod tests {
         flag: Option<bool>,
     }
 
-    fn problems(body: &str) -> FieldErrors {
+    fn problems(body: &str) -> crate::error::FieldErrors {
         match parse_json::<Sample>(body.as_bytes()) {
             Err(AppError::Validation(errors)) => errors,
             other => panic!("expected a validation problem, got {other:?}"),

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use crate::audit::{self, Action, Event, Origin};
 use crate::error::AppError;
-use crate::error::FieldErrors;
+use crate::error::FieldCheck;
 use crate::labs::access::{LabAccess, Requirement};
 use crate::labs::store::{self as lab_store, LabChanges, LabFilter};
 use crate::labs::{LabCode, LabRole, LabView, MemberView, parse_description, parse_lab_name};
@@ -46,17 +46,6 @@ pub struct ChangeRole {
     pub role: String,
 }
 
-fn collect<T>(errors: &mut FieldErrors, field: &str, result: Result<T, &'static str>) -> Option<T> {
-    result
-        .map_err(|message| {
-            errors
-                .entry(field.to_string())
-                .or_default()
-                .push(message.to_string())
-        })
-        .ok()
-}
-
 fn parse_role(value: &str) -> Result<LabRole, AppError> {
     LabRole::parse(value).map_err(|message| AppError::field("role", message))
 }
@@ -68,32 +57,31 @@ pub async fn create(
     actor: &User,
     origin: &Origin,
 ) -> Result<LabView, AppError> {
-    let mut errors = FieldErrors::new();
-    let code = collect(&mut errors, "code", LabCode::parse(&request.code));
-    let name = collect(&mut errors, "name", parse_lab_name(&request.name));
-    let description = collect(
-        &mut errors,
+    let mut check = FieldCheck::new();
+    let code = check.check("code", LabCode::parse(&request.code));
+    let name = check.check("name", parse_lab_name(&request.name));
+    let description = check.check(
         "description",
         parse_description(request.description.as_deref().unwrap_or_default()),
     );
-    let (Some(code), Some(name), Some(description)) = (code, name, description) else {
-        return Err(AppError::Validation(errors));
-    };
+    let (code, name, description) = check.finish_with(
+        code.zip(name)
+            .zip(description)
+            .map(|((code, name), description)| (code, name, description)),
+    )?;
     let now = state.now();
-    let mut transaction = state.store.begin().await?;
+    let mut transaction = audit::Audited::begin(&state.store).await?;
     let lab = lab_store::insert(&mut transaction, &code, &name, &description, now).await?;
-    audit::record(
-        &mut transaction,
-        state.store.chain_key(),
-        Event::new(Action::LabCreated, now)
-            .actor(Some(actor.id))
-            .resource("lab", lab.id)
-            .lab(lab.id)
-            .details(json!({"code": lab.code, "name": lab.name}))
-            .origin(origin),
-    )
-    .await?;
-    transaction.commit().await?;
+    transaction
+        .commit(
+            Event::new(Action::LabCreated, now)
+                .actor(Some(actor.id))
+                .resource("lab", lab.id)
+                .lab(lab.id)
+                .details(json!({"code": lab.code, "name": lab.name}))
+                .origin(origin),
+        )
+        .await?;
     Ok(lab.view())
 }
 
@@ -128,27 +116,25 @@ pub async fn update(
     actor: &User,
     origin: &Origin,
 ) -> Result<LabView, AppError> {
-    let mut errors = FieldErrors::new();
+    let mut check = FieldCheck::new();
     let changes = LabChanges {
         code: request
             .code
             .as_deref()
-            .and_then(|code| collect(&mut errors, "code", LabCode::parse(code))),
+            .and_then(|code| check.check("code", LabCode::parse(code))),
         name: request
             .name
             .as_deref()
-            .and_then(|name| collect(&mut errors, "name", parse_lab_name(name))),
+            .and_then(|name| check.check("name", parse_lab_name(name))),
         description: request
             .description
             .as_deref()
-            .and_then(|text| collect(&mut errors, "description", parse_description(text))),
+            .and_then(|text| check.check("description", parse_description(text))),
         is_active: request.is_active,
     };
-    if !errors.is_empty() {
-        return Err(AppError::Validation(errors));
-    }
+    check.finish()?;
     let now = state.now();
-    let mut transaction = state.store.begin().await?;
+    let mut transaction = audit::Audited::begin(&state.store).await?;
     let before = lab_store::find(&mut transaction, lab_id)
         .await?
         .ok_or(AppError::NotFound)?;
@@ -175,18 +161,16 @@ pub async fn update(
             changed.insert(field.to_string(), json!({"from": old, "to": new}));
         }
     }
-    audit::record(
-        &mut transaction,
-        state.store.chain_key(),
-        Event::new(Action::LabUpdated, now)
-            .actor(Some(actor.id))
-            .resource("lab", lab_id)
-            .lab(lab_id)
-            .details(json!({"changed": changed}))
-            .origin(origin),
-    )
-    .await?;
-    transaction.commit().await?;
+    transaction
+        .commit(
+            Event::new(Action::LabUpdated, now)
+                .actor(Some(actor.id))
+                .resource("lab", lab_id)
+                .lab(lab_id)
+                .details(json!({"changed": changed}))
+                .origin(origin),
+        )
+        .await?;
     Ok(after.view())
 }
 
@@ -205,7 +189,7 @@ pub async fn set_active(
         description: None,
         is_active: Some(active),
     };
-    let mut transaction = state.store.begin().await?;
+    let mut transaction = audit::Audited::begin(&state.store).await?;
     let lab = lab_store::update(&mut transaction, lab_id, &changes, now)
         .await?
         .ok_or(AppError::NotFound)?;
@@ -214,18 +198,16 @@ pub async fn set_active(
     } else {
         Action::LabDeactivated
     };
-    audit::record(
-        &mut transaction,
-        state.store.chain_key(),
-        Event::new(action, now)
-            .actor(Some(actor.id))
-            .resource("lab", lab_id)
-            .lab(lab_id)
-            .details(json!({"code": lab.code}))
-            .origin(origin),
-    )
-    .await?;
-    transaction.commit().await?;
+    transaction
+        .commit(
+            Event::new(action, now)
+                .actor(Some(actor.id))
+                .resource("lab", lab_id)
+                .lab(lab_id)
+                .details(json!({"code": lab.code}))
+                .origin(origin),
+        )
+        .await?;
     Ok(lab.view())
 }
 
@@ -237,25 +219,25 @@ pub async fn delete(
     origin: &Origin,
 ) -> Result<(), AppError> {
     let now = state.now();
-    let mut transaction = state.store.begin().await?;
+    let mut transaction = audit::Audited::begin(&state.store).await?;
     let lab = lab_store::find(&mut transaction, lab_id)
         .await?
         .ok_or(AppError::NotFound)?;
     let members = lab_store::delete(&mut transaction, lab_id)
         .await?
         .ok_or(AppError::NotFound)?;
-    audit::record(
-        &mut transaction,
-        state.store.chain_key(),
-        Event::new(Action::LabDeleted, now)
-            .actor(Some(actor.id))
-            .resource("lab", lab_id)
-            .lab(lab_id)
-            .details(json!({"code": lab.code, "name": lab.name, "memberships_removed": members}))
-            .origin(origin),
-    )
-    .await?;
-    transaction.commit().await?;
+    transaction
+        .commit(
+            Event::new(Action::LabDeleted, now)
+                .actor(Some(actor.id))
+                .resource("lab", lab_id)
+                .lab(lab_id)
+                .details(
+                    json!({"code": lab.code, "name": lab.name, "memberships_removed": members}),
+                )
+                .origin(origin),
+        )
+        .await?;
     Ok(())
 }
 
@@ -271,7 +253,7 @@ pub async fn members<P: Requirement>(
 /// Refuses a change that would leave a lab with members but no lab_admin, unless a
 /// system admin makes it. Runs inside the change's transaction, after the change.
 async fn keep_a_lab_admin<P: Requirement>(
-    transaction: &mut crate::store::Transaction,
+    transaction: &mut crate::store::Connection,
     access: &LabAccess<P>,
 ) -> Result<(), AppError> {
     if access.is_system_admin() {
@@ -297,7 +279,7 @@ pub async fn add_member<P: Requirement>(
     let role = parse_role(&request.role)?;
     let lab_id = access.lab.id;
     let now = state.now();
-    let mut transaction = state.store.begin().await?;
+    let mut transaction = audit::Audited::begin(&state.store).await?;
     if !lab_store::lock(&mut transaction, lab_id).await? {
         return Err(AppError::NotFound);
     }
@@ -311,18 +293,16 @@ pub async fn add_member<P: Requirement>(
     let member = lab_store::member(&mut transaction, lab_id, request.user_id)
         .await?
         .ok_or(AppError::NotFound)?;
-    audit::record(
-        &mut transaction,
-        state.store.chain_key(),
-        Event::new(Action::MemberAdded, now)
-            .actor(Some(access.caller.user.id))
-            .resource("membership", format!("{lab_id}:{}", request.user_id))
-            .lab(lab_id)
-            .details(json!({"user_id": request.user_id, "role": role.as_str()}))
-            .origin(origin),
-    )
-    .await?;
-    transaction.commit().await?;
+    transaction
+        .commit(
+            Event::new(Action::MemberAdded, now)
+                .actor(Some(access.caller.user.id))
+                .resource("membership", format!("{lab_id}:{}", request.user_id))
+                .lab(lab_id)
+                .details(json!({"user_id": request.user_id, "role": role.as_str()}))
+                .origin(origin),
+        )
+        .await?;
     Ok(member)
 }
 
@@ -335,24 +315,22 @@ pub async fn remove_member<P: Requirement>(
 ) -> Result<(), AppError> {
     let lab_id = access.lab.id;
     let now = state.now();
-    let mut transaction = state.store.begin().await?;
+    let mut transaction = audit::Audited::begin(&state.store).await?;
     lab_store::lock(&mut transaction, lab_id).await?;
     let role = lab_store::remove_member(&mut transaction, lab_id, user_id)
         .await?
         .ok_or(AppError::NotFound)?;
     keep_a_lab_admin(&mut transaction, access).await?;
-    audit::record(
-        &mut transaction,
-        state.store.chain_key(),
-        Event::new(Action::MemberRemoved, now)
-            .actor(Some(access.caller.user.id))
-            .resource("membership", format!("{lab_id}:{user_id}"))
-            .lab(lab_id)
-            .details(json!({"user_id": user_id, "role": role}))
-            .origin(origin),
-    )
-    .await?;
-    transaction.commit().await?;
+    transaction
+        .commit(
+            Event::new(Action::MemberRemoved, now)
+                .actor(Some(access.caller.user.id))
+                .resource("membership", format!("{lab_id}:{user_id}"))
+                .lab(lab_id)
+                .details(json!({"user_id": user_id, "role": role}))
+                .origin(origin),
+        )
+        .await?;
     Ok(())
 }
 
@@ -367,7 +345,7 @@ pub async fn change_role<P: Requirement>(
     let role = parse_role(&request.role)?;
     let lab_id = access.lab.id;
     let now = state.now();
-    let mut transaction = state.store.begin().await?;
+    let mut transaction = audit::Audited::begin(&state.store).await?;
     lab_store::lock(&mut transaction, lab_id).await?;
     let previous = lab_store::set_role(&mut transaction, lab_id, user_id, role, now)
         .await?
@@ -380,18 +358,18 @@ pub async fn change_role<P: Requirement>(
     let member = lab_store::member(&mut transaction, lab_id, user_id)
         .await?
         .ok_or(AppError::NotFound)?;
-    audit::record(
-        &mut transaction,
-        state.store.chain_key(),
-        Event::new(Action::MemberRoleUpdated, now)
-            .actor(Some(access.caller.user.id))
-            .resource("membership", format!("{lab_id}:{user_id}"))
-            .lab(lab_id)
-            .details(json!({"user_id": user_id, "role": {"from": previous, "to": role.as_str()}}))
-            .origin(origin),
-    )
-    .await?;
-    transaction.commit().await?;
+    transaction
+        .commit(
+            Event::new(Action::MemberRoleUpdated, now)
+                .actor(Some(access.caller.user.id))
+                .resource("membership", format!("{lab_id}:{user_id}"))
+                .lab(lab_id)
+                .details(
+                    json!({"user_id": user_id, "role": {"from": previous, "to": role.as_str()}}),
+                )
+                .origin(origin),
+        )
+        .await?;
     Ok(member)
 }
 

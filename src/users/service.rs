@@ -11,7 +11,7 @@ use crate::audit::{self, Action, Event, Origin};
 use crate::auth::password::{PasswordHasherConfig, check_policy, is_supported_hash};
 use crate::clock::Millis;
 use crate::error::AppError;
-use crate::error::FieldErrors;
+use crate::error::FieldCheck;
 use crate::paging::{ListQuery, Page};
 use crate::state::AppState;
 use crate::store::Store;
@@ -54,7 +54,7 @@ pub async fn ensure_admin(
     )
     .map_err(|e| anyhow::anyhow!("password {e}"))?;
     let password_hash = hasher.hash(password)?;
-    let mut transaction = store.begin().await?;
+    let mut transaction = audit::Audited::begin(&store).await?;
     let user = user_store::insert(
         &mut transaction,
         NewUser {
@@ -70,15 +70,15 @@ pub async fn ensure_admin(
         now,
     )
     .await?;
-    audit::record(
-        &mut transaction,
-        store.chain_key(),
-        Event::new(Action::UserCreated, now)
-            .resource("user", user.id)
-            .details(json!({"username": user.username, "is_admin": true, "via": "command line"})),
-    )
-    .await?;
-    transaction.commit().await?;
+    transaction
+        .commit(
+            Event::new(Action::UserCreated, now)
+                .resource("user", user.id)
+                .details(
+                    json!({"username": user.username, "is_admin": true, "via": "command line"}),
+                ),
+        )
+        .await?;
     Ok(AdminOutcome::Created(user.id))
 }
 
@@ -176,7 +176,7 @@ pub async fn import_users(
         checked.push((username, email, first_name, last_name, user));
     }
     let mut report = ImportReport::default();
-    let mut transaction = store.begin().await?;
+    let mut transaction = audit::Audited::begin(&store).await?;
     for (index, (username, email, first_name, last_name, user)) in checked.iter().enumerate() {
         let exists = {
             let by_name = user_store::find_by_login(&mut transaction, username.as_str()).await?;
@@ -205,17 +205,11 @@ pub async fn import_users(
         }
         progress(index + 1, total);
     }
-    audit::record(
-        &mut transaction,
-        store.chain_key(),
-        Event::new(Action::UsersImported, now)
+    transaction.commit(Event::new(Action::UsersImported, now)
             .resource("user", "import")
             .details(
                 json!({"imported": report.imported, "skipped_existing": report.skipped_existing}),
-            ),
-    )
-    .await?;
-    transaction.commit().await?;
+            )).await?;
     Ok(report)
 }
 
@@ -269,28 +263,22 @@ impl UpdateUser {
     }
 
     fn parse(&self) -> Result<UserChanges, AppError> {
-        let mut errors = FieldErrors::new();
-        let mut check = |field: &str, result: Result<(), &'static str>| {
-            if let Err(message) = result {
-                errors
-                    .entry(field.to_string())
-                    .or_default()
-                    .push(message.to_string());
-            }
-        };
-        let username = self.username.as_deref().map(Username::parse).transpose();
-        check("username", username.as_ref().map(|_| ()).map_err(|e| *e));
-        let email = self.email.as_deref().map(Email::parse).transpose();
-        check("email", email.as_ref().map(|_| ()).map_err(|e| *e));
-        let first_name = self.first_name.as_deref().map(parse_name).transpose();
-        check(
-            "first_name",
-            first_name.as_ref().map(|_| ()).map_err(|e| *e),
+        let mut check = FieldCheck::new();
+        let username = check.check(
+            "username",
+            self.username.as_deref().map(Username::parse).transpose(),
         );
-        let last_name = self.last_name.as_deref().map(parse_name).transpose();
-        check("last_name", last_name.as_ref().map(|_| ()).map_err(|e| *e));
-        match (username, email, first_name, last_name) {
-            (Ok(username), Ok(email), Ok(first_name), Ok(last_name)) => Ok(UserChanges {
+        let email = check.check("email", self.email.as_deref().map(Email::parse).transpose());
+        let first_name = check.check(
+            "first_name",
+            self.first_name.as_deref().map(parse_name).transpose(),
+        );
+        let last_name = check.check(
+            "last_name",
+            self.last_name.as_deref().map(parse_name).transpose(),
+        );
+        let changes = match (username, email, first_name, last_name) {
+            (Some(username), Some(email), Some(first_name), Some(last_name)) => Some(UserChanges {
                 username,
                 email,
                 first_name,
@@ -299,8 +287,9 @@ impl UpdateUser {
                 is_admin: self.is_admin,
                 new_login_alerts: self.new_login_alerts,
             }),
-            _ => Err(AppError::Validation(errors)),
-        }
+            _ => None,
+        };
+        check.finish_with(changes)
     }
 }
 
@@ -375,7 +364,7 @@ pub async fn update(
     }
     let changes = request.parse()?;
     let now = state.now();
-    let mut transaction = state.store.begin().await?;
+    let mut transaction = audit::Audited::begin(&state.store).await?;
     let before = user_store::find_by_id(&mut transaction, target_id)
         .await?
         .ok_or(AppError::NotFound)?;
@@ -428,17 +417,15 @@ pub async fn update(
             changed.insert(field.to_string(), json!({"from": old, "to": new}));
         }
     }
-    audit::record(
-        &mut transaction,
-        state.store.chain_key(),
-        Event::new(Action::UserUpdated, now)
-            .actor(Some(caller.id))
-            .resource("user", target_id)
-            .details(json!({"changed": changed}))
-            .origin(origin),
-    )
-    .await?;
-    transaction.commit().await?;
+    transaction
+        .commit(
+            Event::new(Action::UserUpdated, now)
+                .actor(Some(caller.id))
+                .resource("user", target_id)
+                .details(json!({"changed": changed}))
+                .origin(origin),
+        )
+        .await?;
     Ok(after.view(now))
 }
 
@@ -450,23 +437,21 @@ pub async fn delete(
     origin: &Origin,
 ) -> Result<(), AppError> {
     let now = state.now();
-    let mut transaction = state.store.begin().await?;
+    let mut transaction = audit::Audited::begin(&state.store).await?;
     let target = user_store::find_by_id(&mut transaction, target_id)
         .await?
         .ok_or(AppError::NotFound)?;
     keep_an_admin(&mut transaction, &target).await?;
     user_store::delete(&mut transaction, target_id).await?;
-    audit::record(
-        &mut transaction,
-        state.store.chain_key(),
-        Event::new(Action::UserDeleted, now)
-            .actor(Some(caller.id))
-            .resource("user", target_id)
-            .details(json!({"username": target.username, "email": target.email}))
-            .origin(origin),
-    )
-    .await?;
-    transaction.commit().await?;
+    transaction
+        .commit(
+            Event::new(Action::UserDeleted, now)
+                .actor(Some(caller.id))
+                .resource("user", target_id)
+                .details(json!({"username": target.username, "email": target.email}))
+                .origin(origin),
+        )
+        .await?;
     Ok(())
 }
 
@@ -478,7 +463,7 @@ pub async fn unlock(
     origin: &Origin,
 ) -> Result<UserView, AppError> {
     let now = state.now();
-    let mut transaction = state.store.begin().await?;
+    let mut transaction = audit::Audited::begin(&state.store).await?;
     let target = user_store::find_by_id(&mut transaction, target_id)
         .await?
         .ok_or(AppError::NotFound)?;
@@ -487,20 +472,15 @@ pub async fn unlock(
         &crate::security::lockout::Subject::User(target_id),
     )
     .await?;
-    audit::record(
-        &mut transaction,
-        state.store.chain_key(),
-        Event::new(Action::UserUnlocked, now)
+    transaction.record(Event::new(Action::UserUnlocked, now)
             .actor(Some(caller.id))
             .resource("user", target_id)
             .details(json!({"was_locked": target.is_locked(now), "failed_login_count": target.failed_login_count}))
-            .origin(origin),
-    )
-    .await?;
+            .origin(origin)).await?;
     let user = user_store::find_by_id(&mut transaction, target_id)
         .await?
         .ok_or(AppError::NotFound)?;
-    transaction.commit().await?;
+    transaction.commit_recorded().await?;
     Ok(user.view(now))
 }
 
