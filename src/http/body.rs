@@ -80,10 +80,10 @@ pub fn parse_json<T: DeserializeOwned + PartialSchema>(bytes: &[u8]) -> Result<T
             return AppError::BadRequest(format!("The body is not valid JSON: {inner}"));
         }
         // serde stops at the first problem; the schema names them all.
-        if let Ok(value) = serde_json::from_slice::<Value>(bytes) {
-            if let Err(problems) = schema_problems(&T::schema(), &value).finish() {
-                return problems;
-            }
+        if let Ok(value) = serde_json::from_slice::<Value>(bytes)
+            && let Err(problems) = schema_problems(&T::schema(), &value).finish()
+        {
+            return problems;
         }
         // serde's message names the expected type; its position suffix is noise here.
         let message = inner.to_string();

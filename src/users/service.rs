@@ -54,7 +54,7 @@ pub async fn ensure_admin(
     )
     .map_err(|e| anyhow::anyhow!("password {e}"))?;
     let password_hash = hasher.hash(password)?;
-    let mut transaction = audit::Audited::begin(&store).await?;
+    let mut transaction = audit::Audited::begin(store).await?;
     let user = user_store::insert(
         &mut transaction,
         NewUser {
@@ -176,7 +176,7 @@ pub async fn import_users(
         checked.push((username, email, first_name, last_name, user));
     }
     let mut report = ImportReport::default();
-    let mut transaction = audit::Audited::begin(&store).await?;
+    let mut transaction = audit::Audited::begin(store).await?;
     for (index, (username, email, first_name, last_name, user)) in checked.iter().enumerate() {
         let exists = {
             let by_name = user_store::find_by_login(&mut transaction, username.as_str()).await?;
