@@ -24,8 +24,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::SecretString;
 use ums::auth::password::PasswordHasherConfig;
 use ums::auth::password::THREAD_PREFIX;
-use ums::auth::tokens::{Claims, TokenType, random_token};
+use ums::auth::tokens::{Claims, TokenType};
 use ums::config::Config;
+use ums::security::secrets::random_token;
 
 fn main() -> anyhow::Result<()> {
     let config = Config::from_env().map_err(|e| anyhow!("{e}"))?;

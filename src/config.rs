@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub use crate::auth::password::HashCost;
 use crate::security::client_ip::ProxyHeader;
 use secrecy::SecretString;
 
@@ -54,22 +55,6 @@ impl JwtAlgorithm {
 pub enum LogFormat {
     Json,
     Pretty,
-}
-
-/// Argon2id cost. OWASP's recommendation (19 MiB, 2 passes, 1 lane) by default; tests lower it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HashCost {
-    pub memory_kib: u32,
-    pub iterations: u32,
-}
-
-impl Default for HashCost {
-    fn default() -> Self {
-        HashCost {
-            memory_kib: 19_456,
-            iterations: 2,
-        }
-    }
 }
 
 #[derive(Debug, Clone)]

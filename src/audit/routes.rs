@@ -103,3 +103,15 @@ pub async fn login_attempts(
     let mut connection = state.store.reports().await?;
     Ok(Json(query::login_attempts(&mut connection, params).await?))
 }
+
+/// The trail and the login attempts, for admins.
+pub fn router() -> axum::Router<AppState> {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/api/audit-logs", get(audit_logs))
+        .route("/api/security/login-attempts", get(login_attempts))
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(audit_logs, login_attempts))]
+pub struct Api;

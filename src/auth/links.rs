@@ -2,9 +2,9 @@
 //! A link is stored as the SHA-256 of its token, works once, until it expires, and only
 //! under the credential stamp it was issued with (`users::store::void_emailed_links`).
 
-use crate::auth::tokens::{hash_token, random_token};
 use crate::clock::{Millis, Timestamp};
 use crate::error::AppError;
+use crate::security::secrets::{hash_token, random_token};
 use crate::store::Connection;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +20,13 @@ impl Link {
             Link::EmailVerification => "email_verification_tokens",
         }
     }
+}
+
+pub(crate) const INVALID_LINK: &str = "The link is unknown, already used or expired.";
+
+/// Whole hours of a link's lifetime, as its email states it.
+pub(crate) fn hours(duration: std::time::Duration) -> u64 {
+    duration.as_secs().div_ceil(3600)
 }
 
 /// At most one link email of a kind to an address in this long: asking again sooner sends

@@ -1,10 +1,11 @@
 //! Authentication: registration, login, tokens, sessions, passwords and the emailed-link
 //! flows (reset, change and verification).
 
+pub mod email_change;
 pub mod hash_pool;
 pub mod links;
 pub mod password;
-pub mod recovery;
+pub mod password_change;
 pub mod routes;
 pub mod service;
 pub mod sessions;

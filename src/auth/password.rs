@@ -17,9 +17,23 @@ use base64::engine::general_purpose::STANDARD_NO_PAD;
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 
-use crate::config::HashCost;
-
 pub const MAX_PASSWORD_LENGTH: usize = 256;
+
+/// Argon2id cost. OWASP's recommendation (19 MiB, 2 passes, 1 lane) by default; tests lower it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashCost {
+    pub memory_kib: u32,
+    pub iterations: u32,
+}
+
+impl Default for HashCost {
+    fn default() -> Self {
+        HashCost {
+            memory_kib: 19_456,
+            iterations: 2,
+        }
+    }
+}
 
 /// Django's list of the 20,000 most common passwords (compiled by Royce Williams), lower case.
 static COMMON_PASSWORDS: LazyLock<HashSet<&'static str>> =
@@ -112,7 +126,8 @@ impl PasswordHasherConfig {
             argon2,
             dummy_hash: String::new(),
         };
-        config.dummy_hash = config.hash_bytes(crate::auth::tokens::random_token().as_bytes())?;
+        config.dummy_hash =
+            config.hash_bytes(crate::security::secrets::random_token().as_bytes())?;
         Ok(config)
     }
 

@@ -7,9 +7,9 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use crate::auth::recovery::{
-    self, ChangeEmailRequest, ChangePasswordRequest, ForgotPasswordRequest, ResetPasswordRequest,
-    VerifyEmailRequest,
+use crate::auth::email_change::{self, ChangeEmailRequest, VerifyEmailRequest};
+use crate::auth::password_change::{
+    self, ChangePasswordRequest, ForgotPasswordRequest, ResetPasswordRequest,
 };
 use crate::auth::service::{self, LoginRequest, LoginResponse, RegisterRequest};
 use crate::auth::sessions::{self, SessionView, TokenPair};
@@ -170,7 +170,7 @@ pub async fn forgot_password(
     ClientOrigin(origin): ClientOrigin,
     JsonBody(request): JsonBody<ForgotPasswordRequest>,
 ) -> Result<(StatusCode, Json<Acknowledgement>), AppError> {
-    recovery::forgot_password(&state, request, &origin).await?;
+    password_change::forgot_password(&state, request, &origin).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Acknowledgement {
@@ -187,7 +187,7 @@ pub async fn reset_password(
     ClientOrigin(origin): ClientOrigin,
     JsonBody(request): JsonBody<ResetPasswordRequest>,
 ) -> Result<Json<Acknowledgement>, AppError> {
-    recovery::reset_password(&state, request, &origin).await?;
+    password_change::reset_password(&state, request, &origin).await?;
     Ok(Json(Acknowledgement {
         detail: "The password was reset; sign in with the new password.",
     }))
@@ -203,7 +203,8 @@ pub async fn change_password(
     ClientOrigin(origin): ClientOrigin,
     JsonBody(request): JsonBody<ChangePasswordRequest>,
 ) -> Result<Json<Acknowledgement>, AppError> {
-    recovery::change_password(&state, &caller.user, &caller.claims.sid, request, &origin).await?;
+    password_change::change_password(&state, &caller.user, &caller.claims.sid, request, &origin)
+        .await?;
     Ok(Json(Acknowledgement {
         detail: "The password was changed; other sessions were signed out.",
     }))
@@ -220,7 +221,7 @@ pub async fn change_email(
     ClientOrigin(origin): ClientOrigin,
     JsonBody(request): JsonBody<ChangeEmailRequest>,
 ) -> Result<(StatusCode, Json<Acknowledgement>), AppError> {
-    recovery::change_email(&state, &caller.user, request, &origin).await?;
+    email_change::change_email(&state, &caller.user, request, &origin).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Acknowledgement {
@@ -237,6 +238,43 @@ pub async fn verify_email(
     JsonBody(request): JsonBody<VerifyEmailRequest>,
 ) -> Result<Json<UserView>, AppError> {
     Ok(Json(
-        recovery::verify_email(&state, request, &origin).await?,
+        email_change::verify_email(&state, request, &origin).await?,
     ))
 }
+
+/// Sign-up, sign-in, sessions, the signing keys and the emailed-link flows.
+pub fn router() -> axum::Router<AppState> {
+    use axum::routing::{delete, get, post};
+    axum::Router::new()
+        .route("/api/auth/register", post(register))
+        .route("/api/auth/login", post(login))
+        .route("/api/auth/refresh", post(refresh))
+        .route("/api/auth/logout", post(logout))
+        .route("/api/auth/me", get(me))
+        .route("/api/auth/sessions", get(list_sessions))
+        .route("/api/auth/sessions/{id}", delete(revoke_session))
+        .route("/api/auth/forgot-password", post(forgot_password))
+        .route("/api/auth/reset-password", post(reset_password))
+        .route("/api/auth/change-password", post(change_password))
+        .route("/api/auth/change-email", post(change_email))
+        .route("/api/auth/verify-email", post(verify_email))
+        .route("/.well-known/jwks.json", get(jwks))
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    register,
+    login,
+    refresh,
+    logout,
+    me,
+    list_sessions,
+    revoke_session,
+    jwks,
+    forgot_password,
+    reset_password,
+    change_password,
+    change_email,
+    verify_email
+))]
+pub struct Api;

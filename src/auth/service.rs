@@ -143,7 +143,7 @@ pub async fn register(
         now,
     )
     .await?;
-    crate::auth::recovery::send_verification(
+    crate::auth::email_change::send_verification(
         &mut transaction,
         state,
         &user,
@@ -342,7 +342,7 @@ async fn refuse(
     if !password_matched && reservation.locks_on_failure(policy) {
         metrics::counter!("ums_lockouts_total").increment(1);
         if let Some(user) = user {
-            crate::auth::recovery::notify_locked(
+            crate::mail::notices::account_locked(
                 &mut transaction,
                 state,
                 user,
@@ -391,15 +391,8 @@ async fn open_session(
     lockout::clear(&mut transaction, subject).await?;
     user_store::record_login(&mut transaction, user.id, rehashed.as_deref(), now).await?;
     let session_id = sessions::open(&mut transaction, user.id, origin, now, lifetime).await?;
-    crate::auth::recovery::notify_new_login(
-        &mut transaction,
-        state,
-        &user,
-        origin,
-        &session_id,
-        now,
-    )
-    .await?;
+    crate::mail::notices::new_sign_in(&mut transaction, state, &user, origin, &session_id, now)
+        .await?;
     let tokens = sessions::issue_tokens(
         &mut transaction,
         state,

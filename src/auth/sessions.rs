@@ -8,9 +8,10 @@
 use serde::Serialize;
 
 use crate::audit::Origin;
-use crate::auth::tokens::{Claims, TokenType, hash_token, random_token};
+use crate::auth::tokens::{Claims, TokenType};
 use crate::clock::{Millis, Timestamp};
 use crate::error::AppError;
+use crate::security::secrets::{hash_token, random_token};
 use crate::state::AppState;
 use crate::store::{Connection, Inet};
 use crate::users::User;

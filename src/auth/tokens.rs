@@ -10,35 +10,22 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, anyhow, bail};
-use argon2::password_hash::rand_core::{OsRng, RngCore};
 use aws_lc_rs::encoding::AsDer;
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::clock::{Millis, Timestamp};
 use crate::config::JwtAlgorithm;
 use crate::security::sealing::{seal, unseal};
+use crate::security::secrets::random_token;
 use crate::store::{Connection, Store};
 
 /// The shortest time between two key reloads caused by unknown `kid`s.
 const KID_RELOAD_INTERVAL: Millis = 10_000;
-
-/// 256 random bits, URL-safe: refresh-token ids, session ids, reset and verification tokens.
-pub fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    OsRng.fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// Tokens are stored only as their SHA-256; 256 random bits need no salt or slow hash.
-pub fn hash_token(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -430,14 +417,6 @@ impl From<TokenError> for crate::error::AppError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn random_tokens_carry_256_bits_and_never_repeat() {
-        let a = random_token();
-        assert_eq!(URL_SAFE_NO_PAD.decode(&a).unwrap().len(), 32);
-        assert_ne!(a, random_token());
-        assert_eq!(hash_token(&a).len(), 64);
-    }
 
     #[test]
     fn both_algorithms_make_keys_that_sign_and_publish() {

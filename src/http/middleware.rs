@@ -24,7 +24,7 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
         .and_then(|value| value.to_str().ok())
         .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
         .map(String::from)
-        .unwrap_or_else(|| crate::auth::tokens::random_token()[..22].to_string());
+        .unwrap_or_else(|| crate::security::secrets::random_token()[..22].to_string());
     request.extensions_mut().insert(RequestId(id.clone()));
     // Every line logged while serving the request carries its id, so a failure joins its
     // access-log line.

@@ -9,7 +9,7 @@ pub mod openapi;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{delete, get, patch, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use utoipa::OpenApi;
@@ -27,20 +27,32 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "UMS", description = "User Management Service: identity for the lab portal."),
-    paths(
-        auth::register, auth::login, auth::refresh, auth::logout, auth::me,
-        auth::list_sessions, auth::revoke_session, auth::jwks, auth::forgot_password, auth::reset_password,
-        auth::change_password, auth::change_email, auth::verify_email,
-        users::list, users::get, users::update, users::replace, users::delete, users::labs, users::unlock,
-        labs::list, labs::create, labs::get, labs::update, labs::replace, labs::delete, labs::activate,
-        labs::deactivate, labs::members, labs::add_member, labs::remove_member, labs::change_role, labs::access,
-        audit::audit_logs, audit::login_attempts,
-        health, ready, openapi, metrics,
+    info(
+        title = "UMS",
+        description = "User Management Service: identity for the lab portal."
     ),
-    modifiers(&BearerAuth, &UniqueOperationIds, &CommonResponses),
+    paths(health, ready, openapi, metrics)
 )]
-pub struct ApiDoc;
+struct OperationsApi;
+
+/// The OpenAPI document: each capability's paths, the operations' own, and the answers and
+/// conventions every operation shares.
+pub fn api_document() -> utoipa::openapi::OpenApi {
+    use utoipa::Modify;
+    let mut document = OperationsApi::openapi();
+    for part in [
+        auth::Api::openapi(),
+        users::Api::openapi(),
+        labs::Api::openapi(),
+        audit::Api::openapi(),
+    ] {
+        document.merge(part);
+    }
+    BearerAuth.modify(&mut document);
+    UniqueOperationIds.modify(&mut document);
+    CommonResponses.modify(&mut document);
+    document
+}
 
 /// Handlers of different modules share names (`list`, `get`); operation ids must be unique,
 /// so each is derived from its method and path: `get_api_users_id`.
@@ -93,54 +105,10 @@ impl utoipa::Modify for BearerAuth {
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route("/api/auth/register", post(auth::register))
-        .route("/api/auth/login", post(auth::login))
-        .route("/api/auth/refresh", post(auth::refresh))
-        .route("/api/auth/logout", post(auth::logout))
-        .route("/api/auth/me", get(auth::me))
-        .route("/api/auth/sessions", get(auth::list_sessions))
-        .route("/api/auth/sessions/{id}", delete(auth::revoke_session))
-        .route("/api/auth/forgot-password", post(auth::forgot_password))
-        .route("/api/auth/reset-password", post(auth::reset_password))
-        .route("/api/auth/change-password", post(auth::change_password))
-        .route("/api/auth/change-email", post(auth::change_email))
-        .route("/api/auth/verify-email", post(auth::verify_email))
-        .route("/.well-known/jwks.json", get(auth::jwks))
-        .route("/api/users", get(users::list))
-        .route(
-            "/api/users/{id}",
-            get(users::get)
-                .put(users::replace)
-                .patch(users::update)
-                .delete(users::delete),
-        )
-        .route("/api/users/{id}/labs", get(users::labs))
-        .route("/api/users/{id}/unlock", post(users::unlock))
-        .route("/api/labs", get(labs::list).post(labs::create))
-        .route(
-            "/api/labs/{id}",
-            get(labs::get)
-                .put(labs::replace)
-                .patch(labs::update)
-                .delete(labs::delete),
-        )
-        .route("/api/labs/{id}/activate", post(labs::activate))
-        .route("/api/labs/{id}/deactivate", post(labs::deactivate))
-        .route(
-            "/api/labs/{id}/members",
-            get(labs::members).post(labs::add_member),
-        )
-        .route(
-            "/api/labs/{id}/members/{user_id}",
-            delete(labs::remove_member),
-        )
-        .route(
-            "/api/labs/{id}/members/{user_id}/role",
-            patch(labs::change_role),
-        )
-        .route("/api/labs/{id}/access", get(labs::access))
-        .route("/api/audit-logs", get(audit::audit_logs))
-        .route("/api/security/login-attempts", get(audit::login_attempts))
+        .merge(auth::router())
+        .merge(users::router())
+        .merge(labs::router())
+        .merge(audit::router())
         .route("/api/openapi.json", get(openapi))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -148,7 +116,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     let docs = utoipa_swagger_ui::SwaggerUi::new("/api/docs")
-        .url("/api/docs/openapi.json", ApiDoc::openapi());
+        .url("/api/docs/openapi.json", api_document());
     let docs =
         Router::<AppState>::from(docs).layer(axum::middleware::from_fn(middleware::docs_policy));
     // Layers run outside in: the last added sees the request first.
@@ -191,7 +159,7 @@ async fn method_not_allowed() -> AppError {
 #[utoipa::path(get, path = "/api/openapi.json", tag = "operations",
     responses((status = 200, description = "This OpenAPI 3.1 document")))]
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+    Json(api_document())
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "operations",

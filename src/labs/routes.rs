@@ -185,3 +185,47 @@ pub async fn access(
     service::log_read(&state, &access, Action::LabAccessChecked, &origin).await;
     Json(access.view())
 }
+
+/// Labs, their members and roles, and the access check the portal asks before a lab page.
+pub fn router() -> axum::Router<AppState> {
+    use axum::routing;
+    axum::Router::new()
+        .route("/api/labs", routing::get(list).post(create))
+        .route(
+            "/api/labs/{id}",
+            routing::get(get).put(replace).patch(update).delete(delete),
+        )
+        .route("/api/labs/{id}/activate", routing::post(activate))
+        .route("/api/labs/{id}/deactivate", routing::post(deactivate))
+        .route(
+            "/api/labs/{id}/members",
+            routing::get(members).post(add_member),
+        )
+        .route(
+            "/api/labs/{id}/members/{user_id}",
+            routing::delete(remove_member),
+        )
+        .route(
+            "/api/labs/{id}/members/{user_id}/role",
+            routing::patch(change_role),
+        )
+        .route("/api/labs/{id}/access", routing::get(access))
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    list,
+    create,
+    get,
+    update,
+    replace,
+    delete,
+    activate,
+    deactivate,
+    members,
+    add_member,
+    remove_member,
+    change_role,
+    access
+))]
+pub struct Api;

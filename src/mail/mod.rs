@@ -2,6 +2,7 @@
 //! HTML and a plain-text part), and the outbox they are queued in with the change that
 //! causes them. `outbox` sends them.
 
+pub mod notices;
 pub mod outbox;
 
 use std::sync::LazyLock;

@@ -66,7 +66,7 @@ struct Claimed {
 
 /// Runs until `shutdown` turns true, then hands unsent claims back to the queue.
 pub async fn run(state: AppState, transport: Transport, mut shutdown: watch::Receiver<bool>) {
-    let claim = crate::auth::tokens::random_token();
+    let claim = crate::security::secrets::random_token();
     let poll = state.config.mail_poll_interval;
     loop {
         if *shutdown.borrow() {

@@ -320,7 +320,7 @@ impl Limiter {
                 .key(format!("{}:stuffing:usernames", self.prefix))
                 .arg(now)
                 .arg(window)
-                .arg(crate::auth::tokens::random_token())
+                .arg(crate::security::secrets::random_token())
                 .arg(username.to_lowercase());
             let result = tokio::time::timeout(
                 REDIS_TIMEOUT,

@@ -6,6 +6,7 @@ pub mod client_ip;
 pub mod limits;
 pub mod lockout;
 pub mod sealing;
+pub mod secrets;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -104,3 +104,20 @@ pub async fn unlock(
         service::unlock(&state, &admin.user, id, &origin).await?,
     ))
 }
+
+/// Accounts: the admin's list, one account (its owner or an admin), its labs, an unlock.
+pub fn router() -> axum::Router<AppState> {
+    use axum::routing;
+    axum::Router::new()
+        .route("/api/users", routing::get(list))
+        .route(
+            "/api/users/{id}",
+            routing::get(get).put(replace).patch(update).delete(delete),
+        )
+        .route("/api/users/{id}/labs", routing::get(labs))
+        .route("/api/users/{id}/unlock", routing::post(unlock))
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list, get, update, replace, delete, labs, unlock))]
+pub struct Api;

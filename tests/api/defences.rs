@@ -35,7 +35,7 @@ fn redis_url() -> Option<String> {
 fn unique_prefix() -> String {
     format!(
         "umstest-{}",
-        ums::auth::tokens::random_token()[..10].to_lowercase()
+        ums::security::secrets::random_token()[..10].to_lowercase()
     )
 }
 

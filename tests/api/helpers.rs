@@ -102,7 +102,7 @@ pub async fn fresh_database(vars: &mut HashMap<String, String>) -> TestDatabase 
                 "ums_test_{}_{}_{}",
                 std::process::id(),
                 COUNTER.fetch_add(1, Ordering::SeqCst),
-                ums::auth::tokens::random_token()[..8]
+                ums::security::secrets::random_token()[..8]
                     .to_lowercase()
                     .replace(['-', '_'], "x")
             );

@@ -965,7 +965,7 @@ async fn serve_runs_as_a_role_that_cannot_lift_the_trail_protections() {
     // ...and grants the service's role what the README says.
     let role = format!(
         "ums_app_{}",
-        ums::auth::tokens::random_token()[..8]
+        ums::security::secrets::random_token()[..8]
             .to_lowercase()
             .replace(['-', '_'], "x")
     );

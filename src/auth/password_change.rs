@@ -1,25 +1,20 @@
-//! Emailed-link flows: forgot/reset password, change password, change and verify email.
-//!
-//! Link tokens carry 256 random bits, are stored only as SHA-256 hashes, work once, expire
-//! (reset 24 h, verification 48 h by default), and a newer token of a kind voids the older
-//! ones. The two kinds live in separate tables, so a token of one kind means nothing to the
-//! other flow. Each flow commits its change, its audit event and its email together.
+//! Changing a password: forgotten (an emailed reset link), or known (the current one
+//! confirmed). Either is a credential event: it voids every emailed link outstanding and
+//! ends the other sessions. The change, its event and its notice commit together.
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::audit::{self, Action, Event, Origin};
-use crate::auth::links::{self, Link};
+use crate::auth::links::{self, INVALID_LINK, Link, hours};
 use crate::auth::password::check_policy;
-use crate::clock::{Millis, to_rfc3339};
 use crate::error::AppError;
 use crate::mail::EmailKind;
 use crate::security::lockout::{self, Subject};
 use crate::state::AppState;
-use crate::store::Connection;
-use crate::users::store::{self as user_store, UserChanges};
-use crate::users::{Email, User, UserView};
+use crate::users::store::{self as user_store};
+use crate::users::{Email, User};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -42,61 +37,6 @@ pub struct ChangePasswordRequest {
     pub current_password: SecretString,
     #[schema(value_type = String, format = Password)]
     pub new_password: SecretString,
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ChangeEmailRequest {
-    pub new_email: String,
-    #[schema(value_type = String, format = Password)]
-    pub password: SecretString,
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct VerifyEmailRequest {
-    pub token: String,
-}
-
-const INVALID_LINK: &str = "The link is unknown, already used or expired.";
-
-fn hours(duration: std::time::Duration) -> u64 {
-    duration.as_secs().div_ceil(3600)
-}
-
-/// Issues a verification token for `email` (voiding older ones) and queues its email:
-/// the welcome message at registration, the verification message for a change.
-#[tracing::instrument(skip_all)]
-pub async fn send_verification(
-    connection: &mut Connection,
-    state: &AppState,
-    user: &User,
-    email: &str,
-    kind: EmailKind,
-    now: Millis,
-) -> Result<(), AppError> {
-    let ttl = state.config.verification_token_ttl;
-    let token = links::issue(
-        connection,
-        Link::EmailVerification,
-        user.id,
-        Some(email),
-        now,
-        ttl,
-    )
-    .await?;
-    let link = state.outbox.link("verify-email", &token);
-    state
-        .outbox
-        .enqueue(
-            connection,
-            user,
-            email,
-            kind,
-            json!({"link": link, "valid_hours": hours(ttl)}),
-            now,
-        )
-        .await
 }
 
 /// Always 202 with the same body. A reset email goes out only for an active account.
@@ -241,7 +181,7 @@ pub async fn reset_password(
 }
 
 /// Verifies the caller's current password on the blocking pool.
-async fn confirm_password(
+pub(crate) async fn confirm_password(
     state: &AppState,
     user: &User,
     password: SecretString,
@@ -325,198 +265,4 @@ pub async fn change_password(
         )
         .await?;
     Ok(())
-}
-
-#[tracing::instrument(skip_all)]
-pub async fn change_email(
-    state: &AppState,
-    user: &User,
-    request: ChangeEmailRequest,
-    origin: &Origin,
-) -> Result<(), AppError> {
-    let email = Email::parse(&request.new_email)
-        .map_err(|message| AppError::field("new_email", message))?;
-    if email.as_str() == user.email {
-        return Err(AppError::field(
-            "new_email",
-            "is already the account's address",
-        ));
-    }
-    confirm_password(state, user, request.password, "password", origin).await?;
-    let now = state.now();
-    let mut transaction = audit::Audited::begin(&state.store).await?;
-    if user_store::find_by_login(&mut transaction, email.as_str())
-        .await?
-        .is_some()
-    {
-        return Err(AppError::conflict(
-            "new_email",
-            "a user with this email already exists",
-        ));
-    }
-    let resend = links::sent_recently(
-        &mut transaction,
-        Link::EmailVerification,
-        user.id,
-        Some(email.as_str()),
-        now,
-    )
-    .await?;
-    if !resend {
-        send_verification(
-            &mut transaction,
-            state,
-            user,
-            email.as_str(),
-            EmailKind::VerifyEmail,
-            now,
-        )
-        .await?;
-    }
-    transaction
-        .commit(
-            Event::new(Action::EmailChangeRequested, now)
-                .actor(Some(user.id))
-                .resource("user", user.id)
-                .details(json!({"new_email": email.as_str(), "email_sent": !resend}))
-                .origin(origin),
-        )
-        .await?;
-    Ok(())
-}
-
-#[tracing::instrument(skip_all)]
-pub async fn verify_email(
-    state: &AppState,
-    request: VerifyEmailRequest,
-    origin: &Origin,
-) -> Result<UserView, AppError> {
-    let now = state.now();
-    let mut transaction = audit::Audited::begin(&state.store).await?;
-    let (token_id, user_id, email) = links::find_live(
-        &mut transaction,
-        Link::EmailVerification,
-        &request.token,
-        now,
-    )
-    .await?
-    .ok_or_else(|| AppError::BadRequest(INVALID_LINK.into()))?;
-    if !links::spend(&mut transaction, Link::EmailVerification, token_id, now).await? {
-        return Err(AppError::BadRequest(INVALID_LINK.into()));
-    }
-    let before = user_store::find_by_id(&mut transaction, user_id)
-        .await?
-        .ok_or_else(|| AppError::BadRequest(INVALID_LINK.into()))?;
-    let email = email.unwrap_or_else(|| before.email.clone());
-    let switching = email != before.email;
-    let changes = UserChanges {
-        email: if switching {
-            Some(Email::parse(&email).map_err(|message| AppError::field("email", message))?)
-        } else {
-            None
-        },
-        ..UserChanges::default()
-    };
-    let after = user_store::update(&mut transaction, user_id, &changes, Some(true), now)
-        .await
-        .map_err(|error| match error {
-            AppError::Conflict { .. } => {
-                AppError::conflict("email", "a user with this email already exists")
-            }
-            other => other,
-        })?
-        .ok_or_else(|| AppError::BadRequest(INVALID_LINK.into()))?;
-    if switching {
-        user_store::void_emailed_links(&mut transaction, user_id).await?;
-        state
-            .outbox
-            .enqueue(
-                &mut transaction,
-                &before,
-                &before.email,
-                EmailKind::EmailChanged,
-                json!({"new_email": email}),
-                now,
-            )
-            .await?;
-    }
-    transaction
-        .commit(
-            Event::new(
-                if switching {
-                    Action::EmailChanged
-                } else {
-                    Action::EmailVerified
-                },
-                now,
-            )
-            .actor(Some(user_id))
-            .resource("user", user_id)
-            .details(if switching {
-                json!({"from": before.email, "to": email})
-            } else {
-                json!({"email": email})
-            })
-            .origin(origin),
-        )
-        .await?;
-    Ok(after.view(now))
-}
-
-/// Queues the "account locked" notice, once per lock (the caller is the locking attempt).
-#[tracing::instrument(skip_all)]
-pub async fn notify_locked(
-    connection: &mut Connection,
-    state: &AppState,
-    user: &User,
-    until: Millis,
-    now: Millis,
-) -> Result<(), AppError> {
-    state
-        .outbox
-        .enqueue(
-            connection,
-            user,
-            &user.email,
-            EmailKind::AccountLocked,
-            json!({"unlocks_at": to_rfc3339(until), "failures": state.config.lockout_threshold}),
-            now,
-        )
-        .await
-}
-
-/// Queues the new sign-in alert when this device and address pair is new for the user
-/// (and the user has signed in before, and has not opted out).
-#[tracing::instrument(skip_all)]
-pub async fn notify_new_login(
-    connection: &mut Connection,
-    state: &AppState,
-    user: &User,
-    origin: &Origin,
-    current_session: &str,
-    now: Millis,
-) -> Result<(), AppError> {
-    if !user.new_login_alerts {
-        return Ok(());
-    }
-    let (earlier, same_device) =
-        crate::auth::sessions::earlier_sessions(connection, user.id, origin, current_session)
-            .await?;
-    if earlier == 0 || same_device > 0 {
-        return Ok(());
-    }
-    state
-        .outbox
-        .enqueue(
-            connection,
-            user,
-            &user.email,
-            EmailKind::NewLogin,
-            json!({
-                "ip": origin.ip.as_deref().unwrap_or("unknown"),
-                "device": crate::mail::describe_device(origin.user_agent.as_deref()),
-            }),
-            now,
-        )
-        .await
 }
