@@ -99,3 +99,40 @@ impl AppError {
         AppError::Conflict { field, message }
     }
 }
+
+/// The rules' reading of a storage error: the database away is a 503 to retry, a collision on
+/// a key the caller chose is a 409 naming the field, anything else an internal error
+/// (logged, never shown).
+impl From<crate::store::StoreError> for AppError {
+    fn from(error: crate::store::StoreError) -> Self {
+        use crate::store::{StoreError, UniqueKey};
+        match error {
+            StoreError::Database(error) if crate::store::is_unavailable(&error) => {
+                tracing::warn!(error = %error, "database unavailable");
+                AppError::Unavailable
+            }
+            StoreError::Database(error) => AppError::Internal(anyhow::Error::new(error)),
+            StoreError::Duplicate(UniqueKey::Username) => {
+                AppError::conflict("username", "a user with this username already exists")
+            }
+            StoreError::Duplicate(UniqueKey::Email) => {
+                AppError::conflict("email", "a user with this email already exists")
+            }
+            StoreError::Duplicate(UniqueKey::LabCode) => {
+                AppError::conflict("code", "a lab with this code already exists")
+            }
+            StoreError::Duplicate(UniqueKey::Membership) => {
+                AppError::conflict("user_id", "the user is already a member of this lab")
+            }
+            error @ (StoreError::Duplicate(UniqueKey::Other) | StoreError::Corrupt(_)) => {
+                AppError::Internal(anyhow::Error::new(error))
+            }
+        }
+    }
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(error: sqlx::Error) -> Self {
+        crate::store::StoreError::from(error).into()
+    }
+}

@@ -163,13 +163,7 @@ pub async fn verify_email(
         ..UserChanges::default()
     };
     let after = user_store::update(&mut transaction, user_id, &changes, Some(true), now)
-        .await
-        .map_err(|error| match error {
-            AppError::Conflict { .. } => {
-                AppError::conflict("email", "a user with this email already exists")
-            }
-            other => other,
-        })?
+        .await?
         .ok_or_else(|| AppError::BadRequest(INVALID_LINK.into()))?;
     if switching {
         user_store::void_emailed_links(&mut transaction, user_id).await?;

@@ -3,9 +3,8 @@
 //! under the credential stamp it was issued with (`users::store::void_emailed_links`).
 
 use crate::clock::{Millis, Timestamp};
-use crate::error::AppError;
 use crate::security::secrets::{hash_token, random_token};
-use crate::store::Connection;
+use crate::store::{Connection, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Link {
@@ -42,7 +41,7 @@ pub async fn issue(
     email: Option<&str>,
     now: Millis,
     ttl: std::time::Duration,
-) -> Result<String, AppError> {
+) -> Result<String, StoreError> {
     let table = link.table();
     crate::execute!(
         connection,
@@ -91,7 +90,7 @@ pub async fn sent_recently(
     user_id: i64,
     email: Option<&str>,
     now: Millis,
-) -> Result<bool, AppError> {
+) -> Result<bool, StoreError> {
     let table = link.table();
     let email_clause = if email.is_some() {
         "AND link.email = $3"
@@ -120,7 +119,7 @@ pub async fn find_live(
     link: Link,
     token: &str,
     now: Millis,
-) -> Result<Option<(i64, i64, Option<String>)>, AppError> {
+) -> Result<Option<(i64, i64, Option<String>)>, StoreError> {
     let table = link.table();
     let email_column = if link == Link::EmailVerification {
         "link.email"
@@ -145,7 +144,7 @@ pub async fn spend(
     link: Link,
     id: i64,
     now: Millis,
-) -> Result<bool, AppError> {
+) -> Result<bool, StoreError> {
     let table = link.table();
     let sql = format!("UPDATE {table} SET used_at = $2 WHERE id = $1 AND used_at IS NULL");
     let result = crate::execute!(

@@ -247,7 +247,7 @@ pub async fn members<P: Requirement>(
     access: &LabAccess<P>,
 ) -> Result<Vec<MemberView>, AppError> {
     let mut connection = state.store.read().await?;
-    lab_store::members(&mut connection, access.lab.id).await
+    Ok(lab_store::members(&mut connection, access.lab.id).await?)
 }
 
 /// Refuses a change that would leave a lab with members but no lab_admin, unless a

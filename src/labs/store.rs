@@ -2,19 +2,11 @@
 //! no query here that reads or writes a lab's rows without the lab filter.
 
 use crate::clock::{Millis, Timestamp};
-use crate::error::AppError;
 use crate::labs::{Lab, LabCode, LabRole, MemberUser, MemberView};
 use crate::paging::PageRequest;
-use crate::store::{Conditions, Connection, Db, SqlValue, like_pattern, unique_violation};
+use crate::store::{Conditions, Connection, Db, SqlValue, StoreError, like_pattern};
 
 const LAB_COLUMNS: &str = "labs.id, labs.code, labs.name, labs.description, labs.is_active, labs.created_at, labs.updated_at";
-
-fn duplicate_code(error: sqlx::Error) -> AppError {
-    match unique_violation(&error) {
-        Some(_) => AppError::conflict("code", "a lab with this code already exists"),
-        None => AppError::from(error),
-    }
-}
 
 pub async fn insert(
     connection: &mut Connection,
@@ -22,7 +14,7 @@ pub async fn insert(
     name: &str,
     description: &str,
     now: Millis,
-) -> Result<Lab, AppError> {
+) -> Result<Lab, StoreError> {
     let sql = format!(
         "INSERT INTO labs (code, name, description, is_active, created_at, updated_at) \
          VALUES ($1, $2, $3, TRUE, $4, $4) RETURNING {}",
@@ -35,10 +27,10 @@ pub async fn insert(
         .bind(Timestamp::from(now))
         .fetch_one(db)
         .await)
-    .map_err(duplicate_code)
+    .map_err(StoreError::from)
 }
 
-pub async fn find(connection: &mut Connection, lab_id: i64) -> Result<Option<Lab>, AppError> {
+pub async fn find(connection: &mut Connection, lab_id: i64) -> Result<Option<Lab>, StoreError> {
     let sql = format!("SELECT {LAB_COLUMNS} FROM labs WHERE labs.id = $1");
     Ok(crate::with_db!(connection, |db| sqlx::query_as::<_, Lab>(
         &sql
@@ -53,7 +45,7 @@ pub async fn membership_in(
     connection: &mut Connection,
     lab_id: i64,
     user_id: i64,
-) -> Result<Option<(Lab, LabRole)>, AppError> {
+) -> Result<Option<(Lab, LabRole)>, StoreError> {
     let sql = format!(
         "SELECT {LAB_COLUMNS}, lab_memberships.role FROM lab_memberships \
          JOIN labs ON labs.id = lab_memberships.lab_id \
@@ -74,7 +66,8 @@ pub async fn membership_in(
     else {
         return Ok(None);
     };
-    let role = LabRole::parse(&role).map_err(|e| anyhow::anyhow!("stored role {role}: {e}"))?;
+    let role = LabRole::parse(&role)
+        .map_err(|e| StoreError::Corrupt(format!("stored role {role}: {e}")))?;
     Ok(Some((lab, role)))
 }
 
@@ -89,7 +82,7 @@ pub async fn list(
     connection: &mut Connection,
     filter: &LabFilter,
     page: PageRequest,
-) -> Result<(Vec<Lab>, i64), AppError> {
+) -> Result<(Vec<Lab>, i64), StoreError> {
     let mut conditions = Conditions::new();
     if let Some(user_id) = filter.member {
         conditions.push(
@@ -138,7 +131,7 @@ pub async fn update(
     lab_id: i64,
     changes: &LabChanges,
     now: Millis,
-) -> Result<Option<Lab>, AppError> {
+) -> Result<Option<Lab>, StoreError> {
     let sql = format!(
         "UPDATE labs SET code = COALESCE($2, code), name = COALESCE($3, name), \
          description = COALESCE($4, description), is_active = COALESCE($5, is_active), updated_at = $6 \
@@ -154,11 +147,11 @@ pub async fn update(
         .bind(Timestamp::from(now))
         .fetch_optional(db)
         .await)
-    .map_err(duplicate_code)
+    .map_err(StoreError::from)
 }
 
 /// Deletes a lab and its memberships; returns how many memberships went with it.
-pub async fn delete(connection: &mut Connection, lab_id: i64) -> Result<Option<i64>, AppError> {
+pub async fn delete(connection: &mut Connection, lab_id: i64) -> Result<Option<i64>, StoreError> {
     let (members,): (i64,) = crate::with_db!(connection, |db| sqlx::query_as(
         "SELECT COUNT(*) FROM lab_memberships WHERE lab_id = $1"
     )
@@ -179,7 +172,7 @@ pub async fn delete(connection: &mut Connection, lab_id: i64) -> Result<Option<i
 /// Takes the lab's row lock for the rest of the transaction, so concurrent membership
 /// changes of one lab are ordered and the lab_admin rule holds under races. SQLite needs no
 /// lock: its one writer connection already orders every transaction.
-pub async fn lock(connection: &mut Connection, lab_id: i64) -> Result<bool, AppError> {
+pub async fn lock(connection: &mut Connection, lab_id: i64) -> Result<bool, StoreError> {
     const FIND: &str = "SELECT id FROM labs WHERE id = $1";
     let found = match connection.db() {
         Db::Postgres(db) => {
@@ -232,7 +225,7 @@ impl From<MemberRow> for MemberView {
 pub async fn members(
     connection: &mut Connection,
     lab_id: i64,
-) -> Result<Vec<MemberView>, AppError> {
+) -> Result<Vec<MemberView>, StoreError> {
     let sql = format!("{MEMBER_SELECT} ORDER BY users.username");
     let rows = crate::with_db!(connection, |db| sqlx::query_as::<_, MemberRow>(&sql)
         .bind(lab_id)
@@ -245,7 +238,7 @@ pub async fn member(
     connection: &mut Connection,
     lab_id: i64,
     user_id: i64,
-) -> Result<Option<MemberView>, AppError> {
+) -> Result<Option<MemberView>, StoreError> {
     let sql = format!("{MEMBER_SELECT} AND lab_memberships.user_id = $2");
     let row = crate::with_db!(connection, |db| sqlx::query_as::<_, MemberRow>(&sql)
         .bind(lab_id)
@@ -261,7 +254,7 @@ pub async fn add_member(
     user_id: i64,
     role: LabRole,
     now: Millis,
-) -> Result<(), AppError> {
+) -> Result<(), StoreError> {
     crate::execute!(connection, sqlx::query(
         "INSERT INTO lab_memberships (user_id, lab_id, role, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
     )
@@ -269,11 +262,7 @@ pub async fn add_member(
     .bind(lab_id)
     .bind(role.as_str())
     .bind(Timestamp::from(now))
-    )
-    .map_err(|error| match unique_violation(&error) {
-        Some(_) => AppError::conflict("user_id", "the user is already a member of this lab"),
-        None => AppError::from(error),
-    })?;
+    )?;
     Ok(())
 }
 
@@ -282,7 +271,7 @@ pub async fn remove_member(
     connection: &mut Connection,
     lab_id: i64,
     user_id: i64,
-) -> Result<Option<String>, AppError> {
+) -> Result<Option<String>, StoreError> {
     Ok(crate::with_db!(connection, |db| sqlx::query_scalar(
         "DELETE FROM lab_memberships WHERE lab_id = $1 AND user_id = $2 RETURNING role",
     )
@@ -299,7 +288,7 @@ pub async fn set_role(
     user_id: i64,
     role: LabRole,
     now: Millis,
-) -> Result<Option<String>, AppError> {
+) -> Result<Option<String>, StoreError> {
     let previous: Option<String> = crate::with_db!(connection, |db| sqlx::query_scalar(
         "SELECT role FROM lab_memberships WHERE lab_id = $1 AND user_id = $2"
     )
@@ -325,7 +314,7 @@ pub async fn set_role(
 pub async fn admin_balance(
     connection: &mut Connection,
     lab_id: i64,
-) -> Result<(i64, i64), AppError> {
+) -> Result<(i64, i64), StoreError> {
     let (members, admins): (i64, i64) = crate::with_db!(connection, |db| sqlx::query_as(
         "SELECT COUNT(*), COALESCE(SUM(CASE WHEN role = 'lab_admin' THEN 1 ELSE 0 END), 0) \
          FROM lab_memberships WHERE lab_id = $1",

@@ -3,8 +3,7 @@
 
 use crate::audit::Origin;
 use crate::clock::{Millis, Timestamp};
-use crate::error::AppError;
-use crate::store::{Connection, Inet};
+use crate::store::{Connection, Inet, StoreError};
 
 pub async fn record(
     connection: &mut Connection,
@@ -12,7 +11,7 @@ pub async fn record(
     origin: &Origin,
     success: bool,
     now: Millis,
-) -> Result<(), AppError> {
+) -> Result<(), StoreError> {
     crate::execute!(
         connection,
         sqlx::query(
@@ -29,7 +28,7 @@ pub async fn record(
 }
 
 /// Deletes the attempts made before `before`; returns how many.
-pub async fn expire(connection: &mut Connection, before: Millis) -> Result<u64, AppError> {
+pub async fn expire(connection: &mut Connection, before: Millis) -> Result<u64, StoreError> {
     Ok(crate::execute!(
         connection,
         sqlx::query("DELETE FROM login_attempts WHERE attempted_at < $1")

@@ -10,8 +10,7 @@
 //! account use `login_throttles`, so both lock alike and the response reveals nothing.
 
 use crate::clock::{Millis, Timestamp};
-use crate::error::AppError;
-use crate::store::Connection;
+use crate::store::{Connection, StoreError};
 
 #[derive(Debug, Clone, Copy)]
 pub struct LockoutPolicy {
@@ -58,7 +57,7 @@ pub async fn reserve(
     policy: LockoutPolicy,
     subject: &Subject,
     now: Millis,
-) -> Result<Reservation, AppError> {
+) -> Result<Reservation, StoreError> {
     let (attempt, locked_until): (i64, Option<Timestamp>) = match subject {
         Subject::User(id) => {
             let sql = format!(
@@ -122,7 +121,7 @@ pub async fn current_failures(
     connection: &mut Connection,
     subject: &Subject,
     user: Option<&crate::users::User>,
-) -> Result<i64, AppError> {
+) -> Result<i64, StoreError> {
     let (count, locked_until) = match (subject, user) {
         (Subject::User(_), Some(user)) => (user.failed_login_count, user.locked_until),
         (Subject::UnknownName(name), _) => {
@@ -142,7 +141,7 @@ pub async fn current_failures(
 }
 
 /// A correct password, a reset or an admin unlock: the counter starts again.
-pub async fn clear(connection: &mut Connection, subject: &Subject) -> Result<(), AppError> {
+pub async fn clear(connection: &mut Connection, subject: &Subject) -> Result<(), StoreError> {
     match subject {
         Subject::User(id) => {
             crate::execute!(
@@ -164,7 +163,7 @@ pub async fn clear(connection: &mut Connection, subject: &Subject) -> Result<(),
 }
 
 /// Forgets the counters of unknown names that are not locked and saw no attempt for a day.
-pub async fn expire_idle(connection: &mut Connection, now: Millis) -> Result<(), AppError> {
+pub async fn expire_idle(connection: &mut Connection, now: Millis) -> Result<(), StoreError> {
     crate::execute!(
         connection,
         sqlx::query(

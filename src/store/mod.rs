@@ -377,17 +377,65 @@ fn postgres_pool(url: &DatabaseUrl, size: u32, timeout: Duration) -> anyhow::Res
     Ok(Pool::Postgres(pool))
 }
 
-/// A storage error as the rules see it: the database being away is a 503 to retry, anything
-/// else an internal error (logged, never shown).
-impl From<sqlx::Error> for crate::error::AppError {
+/// What a store answers when a statement fails: the database's own error, a write that a
+/// unique key refused (named by the key, so the rules can say which field), or a stored
+/// value the code cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Database(sqlx::Error),
+    #[error("a row with this {0:?} exists already")]
+    Duplicate(UniqueKey),
+    #[error("a stored value is not valid: {0}")]
+    Corrupt(String),
+}
+
+/// The unique keys whose collisions the rules answer (a 409 naming the field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UniqueKey {
+    Username,
+    Email,
+    LabCode,
+    Membership,
+    /// Any other key (a token hash, a session id): a collision there is a bug.
+    Other,
+}
+
+impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        if is_unavailable(&error) {
-            tracing::warn!(error = %error, "database unavailable");
-            crate::error::AppError::Unavailable
-        } else {
-            crate::error::AppError::Internal(anyhow::Error::new(error))
+        match unique_key(&error) {
+            Some(key) => StoreError::Duplicate(key),
+            None => StoreError::Database(error),
         }
     }
+}
+
+/// The key a write collided with: PostgreSQL names the constraint, SQLite the columns
+/// ("UNIQUE constraint failed: users.email").
+fn unique_key(error: &sqlx::Error) -> Option<UniqueKey> {
+    let database_error = error.as_database_error()?;
+    if !database_error.is_unique_violation() {
+        return None;
+    }
+    let name = database_error
+        .constraint()
+        .map(String::from)
+        .unwrap_or_else(|| {
+            let message = database_error.message();
+            message
+                .strip_prefix("UNIQUE constraint failed: ")
+                .unwrap_or(message)
+                .to_string()
+        });
+    Some(match name.as_str() {
+        "users_username_key" | "users.username" => UniqueKey::Username,
+        "users_email_key" | "users.email" => UniqueKey::Email,
+        "labs_code_key" | "labs.code" => UniqueKey::LabCode,
+        "lab_memberships_user_lab_key" | "lab_memberships.user_id, lab_memberships.lab_id" => {
+            UniqueKey::Membership
+        }
+        _ => UniqueKey::Other,
+    })
 }
 
 /// True for errors that mean "the database is not reachable right now" (answered 503),
@@ -418,22 +466,6 @@ fn is_unavailable_state(code: &str) -> bool {
             code,
             "57P01" | "57P02" | "57P03" | "53300" | "25006" | "5" | "6"
         )
-}
-
-/// The name of the unique index a write collided with, if that is what failed.
-pub fn unique_violation(error: &sqlx::Error) -> Option<String> {
-    let database_error = error.as_database_error()?;
-    if !database_error.is_unique_violation() {
-        return None;
-    }
-    let message = database_error.message().to_string();
-    Some(
-        database_error
-            .constraint()
-            .map(String::from)
-            // SQLite names the columns instead of the index: "UNIQUE constraint failed: users.email".
-            .unwrap_or(message),
-    )
 }
 
 /// A value bound into a dynamically built query.

@@ -493,5 +493,5 @@ pub async fn labs_of(state: &AppState, user_id: i64) -> Result<Vec<Membership>, 
     {
         return Err(AppError::NotFound);
     }
-    user_store::labs_of(&mut connection, user_id).await
+    Ok(user_store::labs_of(&mut connection, user_id).await?)
 }

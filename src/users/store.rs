@@ -2,8 +2,7 @@
 
 use crate::clock::Millis;
 use crate::clock::Timestamp;
-use crate::error::AppError;
-use crate::store::{CaseInsensitive, Connection, unique_violation};
+use crate::store::{CaseInsensitive, Connection, StoreError};
 use crate::users::{Email, Membership, User, Username};
 
 pub const USER_COLUMNS: &str = "id, username, email, password_hash, first_name, last_name, \
@@ -25,7 +24,7 @@ pub async fn insert(
     connection: &mut Connection,
     user: NewUser<'_>,
     now: Millis,
-) -> Result<User, AppError> {
+) -> Result<User, StoreError> {
     let sql = format!(
         "INSERT INTO users (username, email, password_hash, first_name, last_name, is_active, \
          is_admin, email_verified, password_changed_at, created_at, updated_at) \
@@ -43,23 +42,10 @@ pub async fn insert(
         .bind(Timestamp::from(now))
         .fetch_one(db)
         .await)
-    .map_err(duplicate_username_or_email)
+    .map_err(StoreError::from)
 }
 
-/// Maps a unique-index collision on `users` to the 409 that names the field.
-pub fn duplicate_username_or_email(error: sqlx::Error) -> AppError {
-    match unique_violation(&error) {
-        Some(index) if index.contains("email") => {
-            AppError::conflict("email", "a user with this email already exists")
-        }
-        Some(index) if index.contains("username") => {
-            AppError::conflict("username", "a user with this username already exists")
-        }
-        _ => AppError::from(error),
-    }
-}
-
-pub async fn find_by_id(connection: &mut Connection, id: i64) -> Result<Option<User>, AppError> {
+pub async fn find_by_id(connection: &mut Connection, id: i64) -> Result<Option<User>, StoreError> {
     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
     Ok(crate::with_db!(connection, |db| {
         sqlx::query_as::<_, User>(&sql)
@@ -73,7 +59,7 @@ pub async fn find_by_id(connection: &mut Connection, id: i64) -> Result<Option<U
 pub async fn find_by_login(
     connection: &mut Connection,
     login: &str,
-) -> Result<Option<User>, AppError> {
+) -> Result<Option<User>, StoreError> {
     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1 OR email = $1");
     Ok(crate::with_db!(connection, |db| {
         sqlx::query_as::<_, User>(&sql)
@@ -86,7 +72,7 @@ pub async fn find_by_login(
 pub async fn find_by_username(
     connection: &mut Connection,
     username: &str,
-) -> Result<Option<User>, AppError> {
+) -> Result<Option<User>, StoreError> {
     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1");
     Ok(crate::with_db!(connection, |db| {
         sqlx::query_as::<_, User>(&sql)
@@ -100,7 +86,7 @@ pub async fn find_by_username(
 pub async fn labs_of(
     connection: &mut Connection,
     user_id: i64,
-) -> Result<Vec<Membership>, AppError> {
+) -> Result<Vec<Membership>, StoreError> {
     Ok(crate::with_db!(connection, |db| sqlx::query_as::<
         _,
         Membership,
@@ -121,7 +107,7 @@ pub async fn record_login(
     user_id: i64,
     rehashed_password: Option<&str>,
     now: Millis,
-) -> Result<(), AppError> {
+) -> Result<(), StoreError> {
     crate::execute!(
         connection,
         sqlx::query(
@@ -145,7 +131,7 @@ pub async fn list(
     connection: &mut Connection,
     filter: &UserFilter,
     page: crate::paging::PageRequest,
-) -> Result<(Vec<User>, i64), AppError> {
+) -> Result<(Vec<User>, i64), StoreError> {
     use crate::store::{Conditions, SqlValue, like_pattern};
     let mut conditions = Conditions::new();
     if let Some(query) = &filter.query {
@@ -198,7 +184,7 @@ pub async fn update(
     changes: &UserChanges,
     email_verified: Option<bool>,
     now: Millis,
-) -> Result<Option<User>, AppError> {
+) -> Result<Option<User>, StoreError> {
     let sql = format!(
         "UPDATE users SET username = COALESCE($2, username), email = COALESCE($3, email), \
          first_name = COALESCE($4, first_name), last_name = COALESCE($5, last_name), \
@@ -220,13 +206,13 @@ pub async fn update(
         .bind(changes.new_login_alerts)
         .fetch_optional(db)
         .await)
-    .map_err(duplicate_username_or_email)
+    .map_err(StoreError::from)
 }
 
 /// Deletes an account; its sessions, refresh tokens, memberships and emailed links go with
 /// it by their foreign keys (`ON DELETE CASCADE`, on in both databases). The audit trail
 /// keeps its events: they name the id, never reference the row.
-pub async fn delete(connection: &mut Connection, user_id: i64) -> Result<bool, AppError> {
+pub async fn delete(connection: &mut Connection, user_id: i64) -> Result<bool, StoreError> {
     let result = crate::execute!(
         connection,
         sqlx::query("DELETE FROM users WHERE id = $1").bind(user_id)
@@ -238,7 +224,7 @@ pub async fn delete(connection: &mut Connection, user_id: i64) -> Result<bool, A
 pub async fn other_active_admins(
     connection: &mut Connection,
     user_id: i64,
-) -> Result<i64, AppError> {
+) -> Result<i64, StoreError> {
     let (count,): (i64,) = crate::with_db!(connection, |db| sqlx::query_as(
         "SELECT COUNT(*) FROM users WHERE is_admin AND is_active AND id <> $1",
     )
@@ -251,7 +237,10 @@ pub async fn other_active_admins(
 /// A credential event: moves the account's credential stamp on, which voids every emailed
 /// link issued before it (reset and verification links carry the stamp they were issued
 /// under and work only while it is the account's).
-pub async fn void_emailed_links(connection: &mut Connection, user_id: i64) -> Result<(), AppError> {
+pub async fn void_emailed_links(
+    connection: &mut Connection,
+    user_id: i64,
+) -> Result<(), StoreError> {
     crate::execute!(
         connection,
         sqlx::query("UPDATE users SET credential_stamp = credential_stamp + 1 WHERE id = $1")
@@ -266,7 +255,7 @@ pub async fn set_password(
     user_id: i64,
     hash: &str,
     now: Millis,
-) -> Result<(), AppError> {
+) -> Result<(), StoreError> {
     crate::execute!(
         connection,
         sqlx::query(
@@ -279,7 +268,7 @@ pub async fn set_password(
     Ok(())
 }
 
-pub async fn active_admins(connection: &mut Connection) -> Result<Vec<User>, AppError> {
+pub async fn active_admins(connection: &mut Connection) -> Result<Vec<User>, StoreError> {
     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE is_admin AND is_active ORDER BY id");
     Ok(crate::with_db!(connection, |db| {
         sqlx::query_as::<_, User>(&sql).fetch_all(db).await
