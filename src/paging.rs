@@ -85,7 +85,7 @@ impl ListQuery {
             .get(name)
             .map(|value| value.trim().to_string())
             .filter(|value| !value.is_empty())?;
-        if crate::http::body::has_control_character(&value) {
+        if crate::text::has_control_character(&value) {
             self.check.add(name, "must not contain control characters");
             return None;
         }

@@ -10,6 +10,7 @@ use utoipa::openapi::schema::{Schema, SchemaType, Type};
 
 use crate::error::AppError;
 use crate::error::FieldCheck;
+use crate::text::has_control_character;
 
 /// A JSON body. Another content type (or none) is 415: a form or `text/plain` body is what a
 /// cross-site page can send without a preflight. Malformed JSON, data after the value, wrong
@@ -154,12 +155,6 @@ fn find_control_characters(value: &Value, path: &str, check: &mut FieldCheck) {
         }
         _ => {}
     }
-}
-
-/// A C0 or C1 control character other than tab, line feed and carriage return.
-pub fn has_control_character(text: &str) -> bool {
-    text.chars()
-        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
 }
 
 /// Every field of a body object that its schema refuses: required and missing, of the wrong
