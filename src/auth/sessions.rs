@@ -15,7 +15,7 @@ use crate::security::secrets::{hash_token, random_token};
 use crate::state::AppState;
 use crate::store::{Connection, Inet};
 use crate::users::User;
-use crate::users::store::USER_COLUMNS;
+use crate::users::store::user_columns;
 
 /// A freshly issued pair of tokens.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -316,11 +316,7 @@ pub async fn list_open(
 
 /// Built once: this query runs on every authenticated request.
 static LIVE_SESSION_USER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let columns = USER_COLUMNS
-        .split(", ")
-        .map(|column| format!("users.{}", column.trim()))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let columns = user_columns("users.");
     format!(
         "SELECT {columns} FROM sessions JOIN users ON users.id = sessions.user_id \
          WHERE sessions.id = $1 AND sessions.user_id = $2 AND sessions.revoked_at IS NULL \

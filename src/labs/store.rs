@@ -6,7 +6,9 @@ use crate::labs::{Lab, LabCode, LabRole, MemberUser, MemberView};
 use crate::paging::PageRequest;
 use crate::store::{Conditions, Connection, Db, SqlValue, StoreError, like_pattern};
 
-const LAB_COLUMNS: &str = "labs.id, labs.code, labs.name, labs.description, labs.is_active, labs.created_at, labs.updated_at";
+/// `code` is read as text, as the user columns are (`users::store::user_columns`).
+const LAB_COLUMNS: &str = "labs.id, CAST(labs.code AS TEXT) AS code, labs.name, labs.description, \
+    labs.is_active, labs.created_at, labs.updated_at";
 
 pub async fn insert(
     connection: &mut Connection,
@@ -191,7 +193,8 @@ pub async fn lock(connection: &mut Connection, lab_id: i64) -> Result<bool, Stor
     Ok(found.is_some())
 }
 
-const MEMBER_SELECT: &str = "SELECT users.id, users.username, users.email, users.first_name, users.last_name, \
+const MEMBER_SELECT: &str = "SELECT users.id, CAST(users.username AS TEXT) AS username, \
+    CAST(users.email AS TEXT) AS email, users.first_name, users.last_name, \
     lab_memberships.role, lab_memberships.created_at FROM lab_memberships \
     JOIN users ON users.id = lab_memberships.user_id WHERE lab_memberships.lab_id = $1";
 
