@@ -118,6 +118,8 @@ fn time_all(config: &Config, hasher: &PasswordHasherConfig) -> anyhow::Result<()
         sid: random_token(),
         is_admin: false,
         aud: None,
+        amr: vec!["pwd".into()],
+        auth_time: now,
     };
 
     let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)

@@ -390,18 +390,12 @@ async fn open_session(
     let mut transaction = audit::Audited::begin(&state.store).await?;
     lockout::clear(&mut transaction, subject).await?;
     user_store::record_login(&mut transaction, user.id, rehashed.as_deref(), now).await?;
-    let session_id = sessions::open(&mut transaction, user.id, origin, now, lifetime).await?;
+    let grant = sessions::Grant::password(now, lifetime);
+    let session_id = sessions::open(&mut transaction, user.id, origin, &grant).await?;
     crate::mail::notices::new_sign_in(&mut transaction, state, &user, origin, &session_id, now)
         .await?;
-    let tokens = sessions::issue_tokens(
-        &mut transaction,
-        state,
-        &user,
-        &session_id,
-        now + lifetime,
-        now,
-    )
-    .await?;
+    let tokens =
+        sessions::issue_tokens(&mut transaction, state, &user, &session_id, &grant, now).await?;
     crate::security::attempts::record(&mut transaction, login, origin, true, now).await?;
     transaction
         .record(
@@ -484,20 +478,14 @@ pub async fn refresh(
     let now = state.now();
     let mut transaction = audit::Audited::begin(&state.store).await?;
     match sessions::spend_refresh_token(&mut transaction, &claims, now).await? {
-        Spend::Spent { session_expires_at } => {
+        Spend::Spent { grant } => {
             let user = user_store::find_by_id(&mut transaction, user_id)
                 .await?
                 .filter(User::is_active)
                 .ok_or(AppError::Unauthorized("The session has ended."))?;
-            let tokens = sessions::issue_tokens(
-                &mut transaction,
-                state,
-                &user,
-                &claims.sid,
-                session_expires_at,
-                now,
-            )
-            .await?;
+            let tokens =
+                sessions::issue_tokens(&mut transaction, state, &user, &claims.sid, &grant, now)
+                    .await?;
             transaction
                 .commit(
                     Event::new(Action::TokenRefreshed, now)

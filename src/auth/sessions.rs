@@ -44,20 +44,20 @@ pub async fn open(
     connection: &mut Connection,
     user_id: i64,
     origin: &Origin,
-    now: Millis,
-    lifetime: Millis,
+    grant: &Grant,
 ) -> Result<String, AppError> {
     let id = random_token()[..32].to_string();
     crate::execute!(connection, sqlx::query(
-        "INSERT INTO sessions (id, user_id, ip, user_agent, created_at, last_used_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $5, $6)",
+        "INSERT INTO sessions (id, user_id, ip, user_agent, created_at, last_used_at, expires_at, amr) \
+         VALUES ($1, $2, $3, $4, $5, $5, $6, $7)",
     )
     .bind(&id)
     .bind(user_id)
     .bind(origin.ip.as_deref().and_then(Inet::parse))
     .bind(&origin.user_agent)
-    .bind(Timestamp::from(now))
-    .bind(Timestamp::from(now + lifetime))
+    .bind(Timestamp::from(grant.signed_in_at))
+    .bind(Timestamp::from(grant.expires_at))
+    .bind(grant.amr.join(" "))
     )?;
     Ok(id)
 }
@@ -93,6 +93,27 @@ impl IssuedTokens {
     }
 }
 
+/// What a session was granted when it began: until when it may be refreshed, when the user
+/// signed in, and how (RFC 8176 method names). Every token of the session carries the last
+/// two.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub expires_at: Millis,
+    pub signed_in_at: Millis,
+    pub amr: Vec<String>,
+}
+
+impl Grant {
+    /// A session opened by a password alone.
+    pub fn password(now: Millis, lifetime: Millis) -> Self {
+        Grant {
+            expires_at: now + lifetime,
+            signed_in_at: now,
+            amr: vec!["pwd".to_string()],
+        }
+    }
+}
+
 /// Issues an access token and a refresh token for `session_id`, recording the refresh token's
 /// hash. The refresh token expires with its session at the latest.
 pub async fn issue_tokens(
@@ -100,13 +121,13 @@ pub async fn issue_tokens(
     state: &AppState,
     user: &User,
     session_id: &str,
-    session_expires_at: Millis,
+    grant: &Grant,
     now: Millis,
 ) -> Result<IssuedTokens, AppError> {
     let config = &state.config;
     let access_ttl = config.access_token_ttl.as_millis() as i64;
     let refresh_expires_at =
-        (now + config.refresh_token_ttl.as_millis() as i64).min(session_expires_at);
+        (now + config.refresh_token_ttl.as_millis() as i64).min(grant.expires_at);
     let claims = |typ: TokenType, expires_at: Millis| Claims {
         iss: state.keys.issuer().to_string(),
         sub: user.id.to_string(),
@@ -117,6 +138,8 @@ pub async fn issue_tokens(
         sid: session_id.to_string(),
         is_admin: user.is_admin(),
         aud: state.keys.audience().map(String::from),
+        amr: grant.amr.clone(),
+        auth_time: grant.signed_in_at / 1000,
     };
     let access = claims(TokenType::Access, now + access_ttl);
     let refresh = claims(TokenType::Refresh, refresh_expires_at);
@@ -137,7 +160,7 @@ pub async fn issue_tokens(
 
 pub enum Spend {
     /// The token was live and is now spent; the session it belongs to, still open.
-    Spent { session_expires_at: Millis },
+    Spent { grant: Grant },
     /// The token had been spent before: the session has been revoked.
     Reused,
     /// Unknown token, or its session is revoked or over.
@@ -173,16 +196,18 @@ pub async fn spend_refresh_token(
         }
         return Ok(Spend::Dead);
     }
-    let session: Option<Timestamp> = crate::with_db!(connection, |db| {
-        sqlx::query_scalar(
-        "SELECT expires_at FROM sessions WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2",
-    )
-    .bind(&claims.sid)
-    .bind(Timestamp::from(now))
-    .fetch_optional(db).await
+    let session: Option<(Timestamp, Timestamp, String)> = crate::with_db!(connection, |db| {
+        sqlx::query_as(
+            "SELECT expires_at, created_at, amr FROM sessions \
+             WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2",
+        )
+        .bind(&claims.sid)
+        .bind(Timestamp::from(now))
+        .fetch_optional(db)
+        .await
     })?;
     match session {
-        Some(expires_at) => {
+        Some((expires_at, created_at, amr)) => {
             crate::execute!(
                 connection,
                 sqlx::query("UPDATE sessions SET last_used_at = $2 WHERE id = $1")
@@ -190,7 +215,11 @@ pub async fn spend_refresh_token(
                     .bind(Timestamp::from(now))
             )?;
             Ok(Spend::Spent {
-                session_expires_at: expires_at.millis(),
+                grant: Grant {
+                    expires_at: expires_at.millis(),
+                    signed_in_at: created_at.millis(),
+                    amr: amr.split_whitespace().map(String::from).collect(),
+                },
             })
         }
         None => Ok(Spend::Dead),

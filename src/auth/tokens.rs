@@ -47,6 +47,13 @@ pub struct Claims {
     /// The audience (`UMS_JWT_AUDIENCE`), when one is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
+    /// How the user proved who they are when the session began (RFC 8176: `pwd`, ...).
+    #[serde(default)]
+    pub amr: Vec<String>,
+    /// When the session began (seconds): a refresh keeps it, so a client can ask for a
+    /// recent sign-in.
+    #[serde(default)]
+    pub auth_time: i64,
 }
 
 impl Claims {

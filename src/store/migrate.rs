@@ -81,6 +81,13 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: Some(include_str!("migrations/0008_native_types.sqlite.sql")),
         postgres: Some(include_str!("migrations/0008_native_types.postgres.sql")),
     },
+    Migration {
+        version: 9,
+        name: "session_amr",
+        shared: include_str!("migrations/0009_session_amr.sql"),
+        sqlite: None,
+        postgres: None,
+    },
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;

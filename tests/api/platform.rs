@@ -385,7 +385,10 @@ async fn an_existing_trail_survives_the_upgrade_to_monthly_partitions() {
     .unwrap();
     transaction.commit().await.unwrap();
 
-    assert_eq!(ums::store::migrate(&store).await.unwrap(), [4, 5, 6, 7, 8]);
+    assert_eq!(
+        ums::store::migrate(&store).await.unwrap(),
+        [4, 5, 6, 7, 8, 9]
+    );
     let mut connection = store.read().await.unwrap();
     let count: i64 = ums::with_db!(connection, |db| sqlx::query_scalar(
         "SELECT COUNT(*) FROM audit_logs"

@@ -60,6 +60,41 @@ async fn tokens_carry_the_contract_claims_and_verify_against_the_jwks() {
     assert_eq!(app.scalar("SELECT COUNT(*) FROM refresh_tokens").await, 1);
 }
 
+/// RFC 8176 `amr` and `auth_time`: how and when the user signed in, carried unchanged by
+/// every token of the session, refreshed ones included, and stored with the session.
+#[tokio::test]
+async fn tokens_say_how_and_when_the_user_signed_in_and_a_refresh_keeps_it() {
+    let app = spawn_app().await;
+    app.register("alice", "alice@lab.org").await;
+    let signed_in_at = app.clock.now() / 1000;
+    let tokens = app.login("alice").await;
+    let (_, claims) = jwt_parts(&tokens.access);
+    assert_eq!(claims["amr"], json!(["pwd"]));
+    assert_eq!(claims["auth_time"], signed_in_at);
+    assert_eq!(claims["iat"], signed_in_at);
+    let (_, refresh_claims) = jwt_parts(&tokens.refresh);
+    assert_eq!(refresh_claims["amr"], json!(["pwd"]));
+    assert_eq!(
+        app.text("SELECT amr FROM sessions").await.as_deref(),
+        Some("pwd")
+    );
+
+    app.clock.advance(Duration::from_secs(600));
+    let response = app.refresh(&tokens.refresh).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    let (_, refreshed) = jwt_parts(body["access_token"].as_str().unwrap());
+    assert_eq!(refreshed["iat"], signed_in_at + 600, "a new token");
+    assert_eq!(refreshed["auth_time"], signed_in_at, "the same sign-in");
+    assert_eq!(refreshed["amr"], json!(["pwd"]));
+    assert_eq!(
+        app.get("/api/auth/me", Some(body["access_token"].as_str().unwrap()))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+}
+
 #[tokio::test]
 async fn eddsa_signs_when_configured() {
     let app = spawn_app_with(&[("UMS_JWT_ALGORITHM", "EdDSA")]).await;
