@@ -31,6 +31,7 @@ fn invalid(variable: &'static str, message: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JwtAlgorithm {
     Rs256,
+    Es256,
     EdDsa,
 }
 
@@ -38,6 +39,7 @@ impl JwtAlgorithm {
     pub fn as_str(self) -> &'static str {
         match self {
             JwtAlgorithm::Rs256 => "RS256",
+            JwtAlgorithm::Es256 => "ES256",
             JwtAlgorithm::EdDsa => "EdDSA",
         }
     }
@@ -45,6 +47,7 @@ impl JwtAlgorithm {
     pub fn parse(value: &str) -> Option<Self> {
         match value {
             "RS256" => Some(JwtAlgorithm::Rs256),
+            "ES256" => Some(JwtAlgorithm::Es256),
             "EdDSA" => Some(JwtAlgorithm::EdDsa),
             _ => None,
         }
@@ -483,8 +486,9 @@ impl Tokens {
     fn parse(vars: &Vars) -> Result<Self, ConfigError> {
         Ok(Tokens {
             jwt_algorithm: match vars.get("UMS_JWT_ALGORITHM") {
-                Some(value) => JwtAlgorithm::parse(&value)
-                    .ok_or_else(|| invalid("UMS_JWT_ALGORITHM", "expected RS256 or EdDSA"))?,
+                Some(value) => JwtAlgorithm::parse(&value).ok_or_else(|| {
+                    invalid("UMS_JWT_ALGORITHM", "expected RS256, ES256 or EdDSA")
+                })?,
                 None => JwtAlgorithm::Rs256,
             },
             jwt_audience: vars

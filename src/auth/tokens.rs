@@ -320,6 +320,15 @@ fn generate_key(algorithm: JwtAlgorithm) -> anyhow::Result<(Vec<u8>, Algorithm)>
                 pair.as_der().map_err(|_| anyhow!("encoding the RSA key"))?;
             Ok((der.as_ref().to_vec(), Algorithm::RS256))
         }
+        JwtAlgorithm::Es256 => {
+            use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+            let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
+                .map_err(|_| anyhow!("generating a P-256 key"))?;
+            let der = pair
+                .to_pkcs8v1()
+                .map_err(|_| anyhow!("encoding the P-256 key"))?;
+            Ok((der.as_ref().to_vec(), Algorithm::ES256))
+        }
         JwtAlgorithm::EdDsa => {
             let pair = aws_lc_rs::signature::Ed25519KeyPair::generate()
                 .map_err(|_| anyhow!("generating an Ed25519 key"))?;
@@ -341,6 +350,7 @@ fn encoding_key(algorithm: JwtAlgorithm, private_der: &[u8]) -> anyhow::Result<E
             );
             EncodingKey::from_rsa_pem(pem.as_bytes()).context("loading an RSA key")
         }
+        JwtAlgorithm::Es256 => Ok(EncodingKey::from_ec_der(private_der)),
         JwtAlgorithm::EdDsa => Ok(EncodingKey::from_ed_der(private_der)),
     }
 }
@@ -382,6 +392,7 @@ async fn load_ring(
         let jwk: Jwk = serde_json::from_str(&public_jwk)?;
         let jwt_algorithm = match JwtAlgorithm::parse(&key_algorithm) {
             Some(JwtAlgorithm::Rs256) => Algorithm::RS256,
+            Some(JwtAlgorithm::Es256) => Algorithm::ES256,
             Some(JwtAlgorithm::EdDsa) => Algorithm::EdDSA,
             None => bail!("signing key {kid} has an unknown algorithm {key_algorithm}"),
         };
@@ -426,8 +437,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn both_algorithms_make_keys_that_sign_and_publish() {
-        for algorithm in [JwtAlgorithm::Rs256, JwtAlgorithm::EdDsa] {
+    fn every_algorithm_makes_keys_that_sign_and_publish() {
+        for algorithm in [
+            JwtAlgorithm::Rs256,
+            JwtAlgorithm::Es256,
+            JwtAlgorithm::EdDsa,
+        ] {
             let (der, jwt_algorithm) = generate_key(algorithm).unwrap();
             let key = encoding_key(algorithm, &der).unwrap();
             let jwk = Jwk::from_encoding_key(&key, jwt_algorithm).unwrap();

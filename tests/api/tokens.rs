@@ -96,6 +96,48 @@ async fn tokens_say_how_and_when_the_user_signed_in_and_a_refresh_keeps_it() {
 }
 
 #[tokio::test]
+async fn es256_signs_when_configured() {
+    let app = spawn_app_with(&[("UMS_JWT_ALGORITHM", "ES256")]).await;
+    app.register("alice", "alice@lab.org").await;
+    let tokens = app.login("alice").await;
+    let (header, _) = jwt_parts(&tokens.access);
+    assert_eq!(header["alg"], "ES256");
+    let jwks: JwkSet = app
+        .get("/.well-known/jwks.json", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let jwk = jwks
+        .find(header["kid"].as_str().unwrap())
+        .expect("the signing key is published");
+    let mut validation = Validation::new(jsonwebtoken::Algorithm::ES256);
+    validation.set_issuer(&["http://ums.test"]);
+    validation.validate_exp = false;
+    let decoded = jsonwebtoken::decode::<Value>(
+        &tokens.access,
+        &DecodingKey::from_jwk(jwk).unwrap(),
+        &validation,
+    );
+    assert!(decoded.is_ok(), "{decoded:?}");
+    let jwks: Value = app
+        .get("/.well-known/jwks.json", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"][0]["kty"], "EC");
+    assert_eq!(jwks["keys"][0]["crv"], "P-256");
+    assert!(jwks["keys"][0].get("d").is_none(), "no private part");
+    assert_eq!(
+        app.get("/api/auth/me", Some(&tokens.access)).await.status(),
+        StatusCode::OK
+    );
+    // A refresh works, and the keys rotate in the same algorithm.
+    assert_eq!(app.refresh(&tokens.refresh).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
 async fn eddsa_signs_when_configured() {
     let app = spawn_app_with(&[("UMS_JWT_ALGORITHM", "EdDSA")]).await;
     app.register("alice", "alice@lab.org").await;

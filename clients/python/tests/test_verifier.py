@@ -250,6 +250,23 @@ def test_eddsa_tokens(pool):
         rsa_only.verify(access)
 
 
+def test_es256_tokens(pool):
+    server = pool.named_server("es256", UMS_JWT_ALGORITHM="ES256")
+    with UMSClient(server.url) as client:
+        client.register("ecdsa", "ecdsa@example.org", PASSWORD)
+        access = client.login("ecdsa", PASSWORD).access_token
+    assert jwt.get_unverified_header(access)["alg"] == "ES256"
+    with TokenVerifier(server.url, issuer=ISSUER) as v:
+        claims = v.verify(access)
+        assert claims["typ"] == "access"
+        assert claims["amr"] == ["pwd"]
+    with (
+        TokenVerifier(server.url, issuer=ISSUER, algorithms=("EdDSA",)) as eddsa_only,
+        pytest.raises(InvalidToken, match="not allowed"),
+    ):
+        eddsa_only.verify(access)
+
+
 # -- the audience (UMS_JWT_AUDIENCE) -------------------------------------------------------
 
 

@@ -103,7 +103,7 @@ ALTER TABLE refresh_tokens
 ALTER TABLE signing_keys
     ALTER COLUMN created_at TYPE timestamptz USING pg_temp.ums_time(created_at),
     ALTER COLUMN retired_at TYPE timestamptz USING pg_temp.ums_time(retired_at),
-    ADD CONSTRAINT signing_keys_algorithm_check CHECK (algorithm IN ('RS256', 'EdDSA'));
+    ADD CONSTRAINT signing_keys_algorithm_check CHECK (algorithm IN ('RS256', 'ES256', 'EdDSA'));
 
 ALTER TABLE email_outbox
     ALTER COLUMN recipient TYPE citext,

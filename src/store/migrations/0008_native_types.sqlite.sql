@@ -216,7 +216,7 @@ CREATE INDEX refresh_tokens_session ON refresh_tokens (session_id);
 
 CREATE TABLE signing_keys_v8 (
     kid TEXT PRIMARY KEY,
-    algorithm TEXT NOT NULL CHECK (algorithm IN ('RS256', 'EdDSA')),
+    algorithm TEXT NOT NULL CHECK (algorithm IN ('RS256', 'ES256', 'EdDSA')),
     private_key TEXT NOT NULL,
     public_jwk TEXT NOT NULL,
     created_at INTEGER NOT NULL,

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 _REQUIRED_CLAIMS = ["exp", "iat", "iss", "sub", "typ"]
 # The algorithm a JWK is for when it does not say (UMS's keys always carry "alg").
-_DEFAULT_ALG = {"RSA": "RS256", "OKP": "EdDSA"}
+_DEFAULT_ALG = {"RSA": "RS256", "EC": "ES256", "OKP": "EdDSA"}
 
 
 class _Key(NamedTuple):
@@ -60,7 +60,7 @@ class TokenVerifier:
         issuer: str,
         audience: str | Iterable[str] | None = None,
         jwks_url: str | None = None,
-        algorithms: Iterable[str] = ("RS256", "EdDSA"),
+        algorithms: Iterable[str] = ("RS256", "ES256", "EdDSA"),
         cache_ttl: float = 300.0,
         min_refetch_interval: float = 30.0,
         leeway: float = 0.0,
