@@ -32,10 +32,6 @@ impl FieldCheck {
             .push(message.into());
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.errors.is_empty()
-    }
-
     /// `value` (built from the checked fields) when nothing was noted, else the 400 with
     /// every problem.
     pub fn finish_with<T>(self, value: Option<T>) -> Result<T, AppError> {

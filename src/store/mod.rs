@@ -532,23 +532,6 @@ impl Conditions {
         format!("${}", self.values.len() + offset)
     }
 
-    /// The same binding for a plain `query` (rows read by name or streamed).
-    pub fn bind_query<'q, DB>(
-        &'q self,
-        query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
-    ) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
-    where
-        DB: sqlx::Database,
-        i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-        bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-        &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-        Timestamp: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-        CaseInsensitive<'q>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-        Inet: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    {
-        bind_values!(&self.values, query)
-    }
-
     pub fn bind<'q, DB, O>(
         &'q self,
         query: sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>,
