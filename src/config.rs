@@ -122,6 +122,7 @@ pub struct Config {
     /// Registrations and password-reset requests a client IP may make in an hour
     /// (`UMS_ACCOUNT_REQUESTS_PER_HOUR`): each costs a password hash or an email.
     pub account_requests_per_hour: u32,
+    pub second_factors: SecondFactors,
 }
 
 /// A database URL whose password never reaches `Debug` output or logs.
@@ -235,6 +236,7 @@ impl Config {
             audit_archive_dir,
             login_attempt_retention,
         } = Operations::parse(&vars)?;
+        let second_factors = SecondFactors::parse(&vars, &public_url)?;
         Ok(Config {
             database_url,
             replica_url,
@@ -280,6 +282,7 @@ impl Config {
             request_timeout,
             hash_queue_limit,
             account_requests_per_hour,
+            second_factors,
         })
     }
 
@@ -329,6 +332,16 @@ impl Vars<'_> {
         }
     }
 
+    /// `true`/`false` (also `on`/`off`, `1`/`0`, `yes`/`no`).
+    fn flag(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(name).map(|value| value.trim().to_lowercase()).as_deref() {
+            None => Ok(default),
+            Some("true" | "on" | "1" | "yes") => Ok(true),
+            Some("false" | "off" | "0" | "no") => Ok(false),
+            Some(value) => Err(invalid(name, format!("`{value}` is not true or false"))),
+        }
+    }
+
     /// A secret URL of one of `schemes` (`redis://`, ...).
     fn secret_url(
         &self,
@@ -347,6 +360,65 @@ impl Vars<'_> {
                 }
             })
             .transpose()
+    }
+}
+
+/// Second factors: whether system admins must have one, and the WebAuthn relying party
+/// (its id, a domain, and the origins a browser may assert from).
+#[derive(Debug, Clone)]
+pub struct SecondFactors {
+    /// `UMS_REQUIRE_MFA_FOR_ADMINS` (default on).
+    pub require_for_admins: bool,
+    /// `UMS_WEBAUTHN_RP_ID`: by default the host of `UMS_PUBLIC_URL`.
+    pub webauthn_rp_id: String,
+    /// `UMS_WEBAUTHN_ORIGINS`: by default the origin of `UMS_PUBLIC_URL`.
+    pub webauthn_origins: Vec<webauthn_rs::prelude::Url>,
+}
+
+impl SecondFactors {
+    fn parse(vars: &Vars, public_url: &str) -> Result<Self, ConfigError> {
+        use webauthn_rs::prelude::Url;
+        let origins = match vars.get("UMS_WEBAUTHN_ORIGINS") {
+            Some(value) => split_list(&value),
+            None => vec![public_url.to_string()],
+        };
+        let webauthn_origins = origins
+            .iter()
+            .map(|origin| {
+                Url::parse(origin)
+                    .ok()
+                    .filter(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
+                    .ok_or_else(|| {
+                        invalid(
+                            "UMS_WEBAUTHN_ORIGINS",
+                            format!("`{origin}` is not an http(s) origin"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let webauthn_rp_id = match vars.get("UMS_WEBAUTHN_RP_ID") {
+            Some(value) => value.trim().to_lowercase(),
+            None => webauthn_origins
+                .first()
+                .and_then(|url| url.host_str())
+                .unwrap_or("localhost")
+                .to_string(),
+        };
+        // The relying party id must be the origins' host or a registrable suffix of it.
+        for origin in &webauthn_origins {
+            let host = origin.host_str().unwrap_or_default();
+            if !(host == webauthn_rp_id || host.ends_with(&format!(".{webauthn_rp_id}"))) {
+                return Err(invalid(
+                    "UMS_WEBAUTHN_RP_ID",
+                    format!("`{webauthn_rp_id}` is not the host of the origin {origin} or a parent domain of it"),
+                ));
+            }
+        }
+        Ok(SecondFactors {
+            require_for_admins: vars.flag("UMS_REQUIRE_MFA_FOR_ADMINS", true)?,
+            webauthn_rp_id,
+            webauthn_origins,
+        })
     }
 }
 

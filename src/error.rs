@@ -80,8 +80,45 @@ pub enum AppError {
     UnsupportedMediaType,
     #[error("service unavailable")]
     Unavailable,
+    /// A right password, and one more step to take: a second factor, or a first enrolment.
+    #[error("{} ", .0.kind.code())]
+    SecondStep(Box<SecondStep>),
+    /// A lab (or the admin policy) requires a second factor that the account lacks.
+    #[error("second factor enrolment required")]
+    MfaEnrollmentRequired,
+    /// The session must prove a second factor again (`POST /api/auth/step-up`) first.
+    #[error("step-up required")]
+    StepUpRequired,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+/// What a sign-in that needs one more step answers: the `mfa_token` that carries it on, the
+/// methods that can take it, and, when a passkey can, the WebAuthn request options.
+#[derive(Debug)]
+pub struct SecondStep {
+    pub kind: SecondStepKind,
+    pub mfa_token: String,
+    pub methods: Vec<&'static str>,
+    pub webauthn: Option<serde_json::Value>,
+    pub expires_in: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecondStepKind {
+    /// Prove a second factor (`POST /api/auth/login/mfa`).
+    MfaRequired,
+    /// Enrol a first factor with the token, then prove it.
+    EnrollmentRequired,
+}
+
+impl SecondStepKind {
+    pub fn code(self) -> &'static str {
+        match self {
+            SecondStepKind::MfaRequired => "mfa_required",
+            SecondStepKind::EnrollmentRequired => "mfa_enrollment_required",
+        }
+    }
 }
 
 impl AppError {
@@ -119,6 +156,9 @@ impl From<crate::store::StoreError> for AppError {
             }
             StoreError::Duplicate(UniqueKey::Membership) => {
                 AppError::conflict("user_id", "the user is already a member of this lab")
+            }
+            StoreError::Duplicate(UniqueKey::PasskeyCredential) => {
+                AppError::conflict("credential", "this passkey is registered already")
             }
             error @ (StoreError::Duplicate(UniqueKey::Other) | StoreError::Corrupt(_)) => {
                 AppError::Internal(anyhow::Error::new(error))

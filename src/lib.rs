@@ -14,6 +14,7 @@ pub mod error;
 pub mod http;
 pub mod labs;
 pub mod mail;
+pub mod mfa;
 pub mod paging;
 pub mod security;
 pub mod startup;

@@ -189,7 +189,9 @@ async fn prepare_with_access_log(
         config.hash_queue_limit,
     )?;
     let limiter = crate::security::limits::Limiter::connect(&config).await;
+    let webauthn = Arc::new(crate::mfa::passkeys::relying_party(&config.second_factors)?);
     let state = AppState {
+        webauthn,
         config: Arc::new(config),
         store,
         keys,

@@ -24,6 +24,8 @@ pub struct AppState {
     pub limiter: std::sync::Arc<crate::security::limits::Limiter>,
     pub hash_pool: crate::auth::hash_pool::HashPool,
     pub verify_floor: Arc<crate::auth::password::VerifyFloor>,
+    /// The WebAuthn relying party (passkeys).
+    pub webauthn: Arc<webauthn_rs::Webauthn>,
 }
 
 impl AppState {

@@ -298,7 +298,8 @@ async fn drop_archived_partitions(store: &Store, cutoff: Millis) -> anyhow::Resu
     }
 }
 
-/// Deletes login attempts, idle throttles and delivered mail older than their windows.
+/// Deletes login attempts, idle throttles, delivered mail and expired sign-in challenges
+/// older than their windows.
 pub async fn expire(
     store: &Store,
     login_attempts_before: Millis,
@@ -309,6 +310,7 @@ pub async fn expire(
         crate::security::attempts::expire(&mut transaction, login_attempts_before).await?;
     crate::security::lockout::expire_idle(&mut transaction, now).await?;
     crate::mail::outbox::expire_sent(&mut transaction, now).await?;
+    crate::mfa::challenges::delete_expired(&mut transaction, now).await?;
     transaction.commit().await?;
     Ok(attempts)
 }

@@ -61,6 +61,17 @@ pub enum Action {
     IpBlocked,
     CredentialStuffingDetected,
     KeyRotated,
+    MfaChallenged,
+    MfaFailed,
+    StepUp,
+    TotpEnabled,
+    TotpDisabled,
+    RecoveryCodesGenerated,
+    RecoveryCodeUsed,
+    PasskeyAdded,
+    PasskeyRenamed,
+    PasskeyRemoved,
+    MfaReset,
 }
 
 impl Action {
@@ -98,6 +109,17 @@ impl Action {
             Action::IpBlocked => "security.ip_blocked",
             Action::CredentialStuffingDetected => "security.credential_stuffing_detected",
             Action::KeyRotated => "key.rotated",
+            Action::MfaChallenged => "auth.mfa_challenged",
+            Action::MfaFailed => "auth.mfa_failed",
+            Action::StepUp => "auth.step_up",
+            Action::TotpEnabled => "mfa.totp_enabled",
+            Action::TotpDisabled => "mfa.totp_disabled",
+            Action::RecoveryCodesGenerated => "mfa.recovery_codes_generated",
+            Action::RecoveryCodeUsed => "mfa.recovery_code_used",
+            Action::PasskeyAdded => "mfa.passkey_added",
+            Action::PasskeyRenamed => "mfa.passkey_renamed",
+            Action::PasskeyRemoved => "mfa.passkey_removed",
+            Action::MfaReset => "mfa.reset",
         }
     }
 }

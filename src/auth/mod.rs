@@ -7,6 +7,8 @@ pub mod links;
 pub mod password;
 pub mod password_change;
 pub mod routes;
+pub mod second_factor;
 pub mod service;
+pub mod sign_in;
 pub mod sessions;
 pub mod tokens;

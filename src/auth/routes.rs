@@ -11,6 +11,7 @@ use crate::auth::email_change::{self, ChangeEmailRequest, VerifyEmailRequest};
 use crate::auth::password_change::{
     self, ChangePasswordRequest, ForgotPasswordRequest, ResetPasswordRequest,
 };
+use crate::auth::second_factor::{self, PasskeyChallenge, SecondStepRequest, StepUpRequest};
 use crate::auth::service::{self, LoginRequest, LoginResponse, RegisterRequest};
 use crate::auth::sessions::{self, SessionView, TokenPair};
 use crate::error::AppError;
@@ -50,6 +51,47 @@ pub async fn login(
     JsonBody(request): JsonBody<LoginRequest>,
 ) -> Result<Response, AppError> {
     Ok(no_store(service::login(&state, request, &origin).await?))
+}
+
+#[utoipa::path(post, path = "/api/auth/login/mfa", tag = "auth", request_body = SecondStepRequest,
+    responses((status = 200, body = LoginResponse), (status = 400, body = Problem),
+        (status = 401, body = Problem, description = "A wrong answer, a dead mfa_token, or (`mfa_required`) fresh WebAuthn options"),
+        (status = 423, body = Problem, headers(("Retry-After" = u64)))))]
+pub async fn login_mfa(
+    State(state): State<AppState>,
+    _guard: CredentialGuard,
+    ClientOrigin(origin): ClientOrigin,
+    JsonBody(request): JsonBody<SecondStepRequest>,
+) -> Result<Response, AppError> {
+    Ok(no_store(
+        second_factor::complete(&state, request, &origin).await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/api/auth/login/passkey", tag = "auth",
+    responses((status = 200, body = PasskeyChallenge)))]
+pub async fn login_passkey(
+    State(state): State<AppState>,
+    _guard: CredentialGuard,
+) -> Result<Response, AppError> {
+    Ok(no_store(second_factor::start_passwordless(&state).await?))
+}
+
+#[utoipa::path(post, path = "/api/auth/step-up", tag = "auth", request_body = StepUpRequest,
+    security(("bearer" = [])),
+    responses((status = 200, body = TokenPair), (status = 400, body = Problem),
+        (status = 401, body = Problem, description = "A wrong answer, or (`mfa_required`) the WebAuthn options to answer"),
+        (status = 423, body = Problem, headers(("Retry-After" = u64)))))]
+pub async fn step_up(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    _guard: CredentialGuard,
+    ClientOrigin(origin): ClientOrigin,
+    JsonBody(request): JsonBody<StepUpRequest>,
+) -> Result<Response, AppError> {
+    Ok(no_store(
+        second_factor::step_up(&state, &caller.user, &caller.claims.sid, request, &origin).await?,
+    ))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -248,6 +290,9 @@ pub fn router() -> axum::Router<AppState> {
     axum::Router::new()
         .route("/api/auth/register", post(register))
         .route("/api/auth/login", post(login))
+        .route("/api/auth/login/mfa", post(login_mfa))
+        .route("/api/auth/login/passkey", post(login_passkey))
+        .route("/api/auth/step-up", post(step_up))
         .route("/api/auth/refresh", post(refresh))
         .route("/api/auth/logout", post(logout))
         .route("/api/auth/me", get(me))
@@ -265,6 +310,9 @@ pub fn router() -> axum::Router<AppState> {
 #[openapi(paths(
     register,
     login,
+    login_mfa,
+    login_passkey,
+    step_up,
     refresh,
     logout,
     me,

@@ -8,6 +8,8 @@ use serde_json::json;
 use crate::audit::{self, Action, Event, Origin};
 use crate::auth::password::{Verification, check_policy};
 use crate::auth::sessions::{self, Spend, TokenPair};
+pub use crate::auth::sign_in::LoginResponse;
+use crate::auth::sign_in::{self, Accepted, BAD_CREDENTIALS, record_failure};
 use crate::auth::tokens::{Claims, TokenError, TokenType};
 use crate::error::AppError;
 use crate::error::FieldCheck;
@@ -38,13 +40,6 @@ pub struct LoginRequest {
     pub password: SecretString,
     #[serde(default)]
     pub totp_code: Option<String>,
-}
-
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct LoginResponse {
-    #[serde(flatten)]
-    pub tokens: TokenPair,
-    pub user: UserWithLabs,
 }
 
 /// Validated registration fields, with every field's problem reported at once.
@@ -164,7 +159,6 @@ pub async fn register(
     Ok(user.view(now))
 }
 
-const BAD_CREDENTIALS: &str = "Invalid username or password.";
 
 /// A login, in its steps: find the account, slow a failing name down, count the attempt
 /// (refusing a locked name unevaluated), check the password in constant time, then either
@@ -220,7 +214,33 @@ pub async fn login(
         ),
         _ => None,
     };
-    let response = open_session(state, &login, &subject, user, rehashed, origin).await?;
+    let factors = {
+        let mut connection = state.store.read().await?;
+        crate::mfa::factors_of(&mut connection, user.id).await?
+    };
+    let must_enrol = user.is_admin() && state.config.second_factors.require_for_admins;
+    if factors.any() || must_enrol {
+        let step = crate::auth::second_factor::PasswordStep {
+            login: &login,
+            subject: &subject,
+            user,
+            factors,
+            totp_code: request.totp_code,
+            reservation,
+            rehashed,
+        };
+        return crate::auth::second_factor::after_password(state, step, origin, ip_attempt).await;
+    }
+    let lifetime = state.config.refresh_token_ttl.as_millis() as i64;
+    let accepted = Accepted {
+        login: &login,
+        subject: &subject,
+        user,
+        rehashed,
+        grant: sessions::Grant::password(state.now(), lifetime),
+        details: json!({}),
+    };
+    let response = sign_in::open_session(state, accepted, origin).await?;
     ip_attempt.succeeded(state).await;
     Ok(response)
 }
@@ -340,29 +360,7 @@ async fn refuse(
     .await?;
     metrics::counter!("ums_logins_total", "result" => "failure").increment(1);
     if !password_matched && reservation.locks_on_failure(policy) {
-        metrics::counter!("ums_lockouts_total").increment(1);
-        if let Some(user) = user {
-            crate::mail::notices::account_locked(
-                &mut transaction,
-                state,
-                user,
-                now + policy.duration,
-                now,
-            )
-            .await?;
-        }
-        transaction
-            .record(
-                Event::new(Action::AccountLocked, now)
-                    .actor(user.map(|user| user.id))
-                    .resource("security", user.map_or(0, |user| user.id))
-                    .details(json!({
-                        "username": login,
-                        "locked_until": crate::clock::to_rfc3339(now + policy.duration),
-                    }))
-                    .origin(origin),
-            )
-            .await?;
+        sign_in::record_lock(&mut transaction, state, login, user, origin, now).await?;
     }
     transaction.commit_recorded().await?;
     if password_matched {
@@ -372,79 +370,6 @@ async fn refuse(
         crate::security::watch_for_stuffing(state, login, origin).await?;
     }
     Ok(AppError::Unauthorized(BAD_CREDENTIALS))
-}
-
-/// A right password on an active account: the counter starts again, the session opens with
-/// its first token pair, the alert for a new device is queued, and the event recorded, in
-/// one transaction; the tokens are signed after it commits.
-async fn open_session(
-    state: &AppState,
-    login: &str,
-    subject: &Subject,
-    user: User,
-    rehashed: Option<String>,
-    origin: &Origin,
-) -> Result<LoginResponse, AppError> {
-    let now = state.now();
-    let lifetime = state.config.refresh_token_ttl.as_millis() as i64;
-    let mut transaction = audit::Audited::begin(&state.store).await?;
-    lockout::clear(&mut transaction, subject).await?;
-    user_store::record_login(&mut transaction, user.id, rehashed.as_deref(), now).await?;
-    let grant = sessions::Grant::password(now, lifetime);
-    let session_id = sessions::open(&mut transaction, user.id, origin, &grant).await?;
-    crate::mail::notices::new_sign_in(&mut transaction, state, &user, origin, &session_id, now)
-        .await?;
-    let tokens =
-        sessions::issue_tokens(&mut transaction, state, &user, &session_id, &grant, now).await?;
-    crate::security::attempts::record(&mut transaction, login, origin, true, now).await?;
-    transaction
-        .record(
-            Event::new(Action::Login, now)
-                .actor(Some(user.id))
-                .resource("session", &session_id)
-                .details(json!({"rehashed": rehashed.is_some()}))
-                .origin(origin),
-        )
-        .await?;
-    let labs = user_store::labs_of(&mut transaction, user.id).await?;
-    let user = user_store::find_by_id(&mut transaction, user.id)
-        .await?
-        .ok_or(AppError::Unauthorized(BAD_CREDENTIALS))?;
-    transaction.commit_recorded().await?;
-    metrics::counter!("ums_logins_total", "result" => "success").increment(1);
-    Ok(LoginResponse {
-        tokens: tokens.sign_off_thread(state).await?,
-        user: UserWithLabs {
-            user: user.view(now),
-            labs,
-        },
-    })
-}
-
-async fn record_failure(
-    connection: &mut crate::store::Connection,
-    key: &audit::ChainKey,
-    login: &str,
-    user: Option<&User>,
-    origin: &Origin,
-    now: i64,
-    reason: &str,
-) -> Result<(), AppError> {
-    crate::security::attempts::record(connection, login, origin, false, now).await?;
-    audit::record(
-        connection,
-        key,
-        Event::new(Action::LoginFailed, now)
-            .failed()
-            .actor(user.map(|user| user.id))
-            .resource(
-                "user",
-                user.map_or_else(|| login.to_string(), |user| user.id.to_string()),
-            )
-            .details(json!({"username": login, "reason": reason}))
-            .origin(origin),
-    )
-    .await
 }
 
 /// Verifies a refresh token, reloading keys once if another instance rotated them.

@@ -106,12 +106,73 @@ pub struct Grant {
 impl Grant {
     /// A session opened by a password alone.
     pub fn password(now: Millis, lifetime: Millis) -> Self {
+        Self::new(now, lifetime, &["pwd"])
+    }
+
+    /// A session opened now by the methods `amr`.
+    pub fn new(now: Millis, lifetime: Millis, amr: &[&str]) -> Self {
         Grant {
             expires_at: now + lifetime,
             signed_in_at: now,
-            amr: vec!["pwd".to_string()],
+            amr: amr.iter().map(|method| method.to_string()).collect(),
         }
     }
+
+    /// The grant after a step-up with `method` at `now`: the methods gain it and `mfa`, and
+    /// the authentication time moves to now.
+    pub fn stepped_up(&self, method: &str, now: Millis) -> Self {
+        let mut amr = self.amr.clone();
+        for added in [method, "mfa"] {
+            if !amr.iter().any(|existing| existing == added) {
+                amr.push(added.to_string());
+            }
+        }
+        Grant {
+            expires_at: self.expires_at,
+            signed_in_at: now,
+            amr,
+        }
+    }
+}
+
+/// The grant of an open session, from its row.
+pub async fn grant_of(
+    connection: &mut Connection,
+    session_id: &str,
+    now: Millis,
+) -> Result<Option<Grant>, AppError> {
+    let session: Option<(Timestamp, Timestamp, String)> = crate::with_db!(connection, |db| {
+        sqlx::query_as(
+            "SELECT expires_at, COALESCE(authenticated_at, created_at), amr FROM sessions \
+             WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2",
+        )
+        .bind(session_id)
+        .bind(Timestamp::from(now))
+        .fetch_optional(db)
+        .await
+    })?;
+    Ok(session.map(|(expires_at, signed_in_at, amr)| Grant {
+        expires_at: expires_at.millis(),
+        signed_in_at: signed_in_at.millis(),
+        amr: amr.split_whitespace().map(String::from).collect(),
+    }))
+}
+
+/// Records a step-up on the session: its methods and authentication time, which every later
+/// refresh carries along.
+pub async fn record_step_up(
+    connection: &mut Connection,
+    session_id: &str,
+    grant: &Grant,
+) -> Result<(), AppError> {
+    crate::execute!(
+        connection,
+        sqlx::query("UPDATE sessions SET amr = $2, authenticated_at = $3 WHERE id = $1")
+            .bind(session_id)
+            .bind(grant.amr.join(" "))
+            .bind(Timestamp::from(grant.signed_in_at))
+    )?;
+    Ok(())
 }
 
 /// Issues an access token and a refresh token for `session_id`, recording the refresh token's
@@ -196,31 +257,15 @@ pub async fn spend_refresh_token(
         }
         return Ok(Spend::Dead);
     }
-    let session: Option<(Timestamp, Timestamp, String)> = crate::with_db!(connection, |db| {
-        sqlx::query_as(
-            "SELECT expires_at, created_at, amr FROM sessions \
-             WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2",
-        )
-        .bind(&claims.sid)
-        .bind(Timestamp::from(now))
-        .fetch_optional(db)
-        .await
-    })?;
-    match session {
-        Some((expires_at, created_at, amr)) => {
+    match grant_of(connection, &claims.sid, now).await? {
+        Some(grant) => {
             crate::execute!(
                 connection,
                 sqlx::query("UPDATE sessions SET last_used_at = $2 WHERE id = $1")
                     .bind(&claims.sid)
                     .bind(Timestamp::from(now))
             )?;
-            Ok(Spend::Spent {
-                grant: Grant {
-                    expires_at: expires_at.millis(),
-                    signed_in_at: created_at.millis(),
-                    amr: amr.split_whitespace().map(String::from).collect(),
-                },
-            })
+            Ok(Spend::Spent { grant })
         }
         None => Ok(Spend::Dead),
     }

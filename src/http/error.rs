@@ -12,7 +12,8 @@ impl AppError {
     pub fn status(&self) -> StatusCode {
         match self {
             AppError::Validation(_) | AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::Unauthorized(_) | AppError::SecondStep(_) => StatusCode::UNAUTHORIZED,
+            AppError::MfaEnrollmentRequired | AppError::StepUpRequired => StatusCode::FORBIDDEN,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -41,6 +42,9 @@ impl AppError {
             AppError::PayloadTooLarge => "payload_too_large",
             AppError::UnsupportedMediaType => "unsupported_media_type",
             AppError::Unavailable => "service_unavailable",
+            AppError::SecondStep(step) => step.kind.code(),
+            AppError::MfaEnrollmentRequired => "mfa_enrollment_required",
+            AppError::StepUpRequired => "step_up_required",
             AppError::Internal(_) => "internal_error",
         }
     }
@@ -63,6 +67,22 @@ impl AppError {
                 "The request body must be JSON (Content-Type: application/json).".into()
             }
             AppError::Unavailable => "The service is temporarily unavailable.".into(),
+            AppError::SecondStep(step) => match step.kind {
+                crate::error::SecondStepKind::MfaRequired => {
+                    "The password was right; prove a second factor with POST /api/auth/login/mfa."
+                        .into()
+                }
+                crate::error::SecondStepKind::EnrollmentRequired => {
+                    "This account must enrol a second factor before signing in: enrol one with the mfa_token under /api/auth/mfa/, then prove it with POST /api/auth/login/mfa."
+                        .into()
+                }
+            },
+            AppError::MfaEnrollmentRequired => {
+                "A second factor is required here; enrol one under /api/auth/mfa/ first.".into()
+            }
+            AppError::StepUpRequired => {
+                "Prove a second factor again with POST /api/auth/step-up first.".into()
+            }
             AppError::Internal(_) => "An internal error occurred.".into(),
         }
     }
@@ -92,6 +112,21 @@ pub struct Problem {
     pub code: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errors: Option<FieldErrors>,
+    /// With `mfa_required` and `mfa_enrollment_required`: carries the sign-in on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mfa_token: Option<String>,
+    /// With `mfa_token`: the methods that can take the next step (`totp`,
+    /// `recovery_code`, `webauthn`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<&'static str>>,
+    /// With `mfa_token`, when a passkey can answer: the WebAuthn request options
+    /// (`navigator.credentials.get`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub webauthn: Option<serde_json::Value>,
+    /// With `mfa_token`: seconds it stays valid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u64>,
 }
 
 impl IntoResponse for AppError {
@@ -110,30 +145,51 @@ impl IntoResponse for AppError {
             )])),
             _ => None,
         };
-        let problem = Problem {
+        let mut problem = Problem {
             problem_type: format!("https://ums.dev/problems/{}", self.code()),
             title: status.canonical_reason().unwrap_or("Error").to_string(),
             status: status.as_u16(),
             detail: self.detail(),
             code: self.code().to_string(),
             errors,
+            mfa_token: None,
+            methods: None,
+            webauthn: None,
+            expires_in: None,
         };
-        let mut response = (status, Json(problem)).into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        if let Some(seconds) = self.retry_after() {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        if let AppError::SecondStep(step) = self {
+            let step = *step;
+            problem.mfa_token = Some(step.mfa_token);
+            problem.methods = Some(step.methods);
+            problem.webauthn = step.webauthn;
+            problem.expires_in = Some(step.expires_in);
+            return finish_problem(status, problem, None);
         }
-        if status == StatusCode::UNAUTHORIZED {
-            // RFC 6750: a 401 names the scheme that would be accepted.
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"ums\""),
-            );
-        }
-        response
+        let retry_after = self.retry_after();
+        finish_problem(status, problem, retry_after)
     }
+}
+
+fn finish_problem(status: StatusCode, problem: Problem, retry_after: Option<u64>) -> Response {
+    let carries_token = problem.mfa_token.is_some();
+    let mut response = (status, Json(problem)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    if let Some(seconds) = retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        // RFC 6750: a 401 names the scheme that would be accepted.
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"ums\""),
+        );
+    }
+    if carries_token {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
 }

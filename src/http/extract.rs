@@ -132,6 +132,23 @@ async fn verify_access_token(state: &AppState, token: &str, now: i64) -> Result<
     }
 }
 
+/// The caller when the request carries a bearer token (which must then be valid), else
+/// `None`: for routes that also accept another proof (an enrolment's `mfa_token`).
+pub struct MaybeAuthUser(pub Option<AuthUser>);
+
+impl FromRequestParts<AppState> for MaybeAuthUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        if parts.headers.get(AUTHORIZATION).is_none() {
+            return Ok(MaybeAuthUser(None));
+        }
+        Ok(MaybeAuthUser(Some(
+            AuthUser::from_request_parts(parts, state).await?,
+        )))
+    }
+}
+
 /// A system administrator (`is_admin`), checked against the store on every request.
 #[derive(Debug, Clone)]
 pub struct AdminUser(pub AuthUser);

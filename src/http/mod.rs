@@ -20,6 +20,7 @@ use crate::audit::routes as audit;
 use crate::auth::routes as auth;
 use crate::error::AppError;
 use crate::labs::routes as labs;
+use crate::mfa::routes as mfa;
 use crate::state::AppState;
 use crate::users::routes as users;
 
@@ -45,6 +46,7 @@ pub fn api_document() -> utoipa::openapi::OpenApi {
         users::Api::openapi(),
         labs::Api::openapi(),
         audit::Api::openapi(),
+        mfa::Api::openapi(),
     ] {
         document.merge(part);
     }
@@ -109,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .merge(users::router())
         .merge(labs::router())
         .merge(audit::router())
+        .merge(mfa::router())
         .route("/api/openapi.json", get(openapi))
         .route("/health", get(health))
         .route("/metrics", get(metrics))

@@ -4,7 +4,8 @@
 //!
 //! Rules: a system admin passes everywhere (404 if the lab does not exist); anyone else
 //! needs a membership in an active lab whose role carries the permission, and gets 403
-//! otherwise, whether or not the lab exists, so lab ids cannot be probed.
+//! otherwise, whether or not the lab exists, so lab ids cannot be probed. A member of a lab
+//! that requires a second factor, without one, gets 403 `mfa_enrollment_required`.
 
 use std::marker::PhantomData;
 
@@ -98,6 +99,11 @@ impl<P: Requirement + 'static> FromRequestParts<AppState> for LabAccess<P> {
             return Err(denied);
         };
         match crate::labs::store::membership_in(&mut connection, lab_id, caller.user.id).await? {
+            // A lab that requires a second factor says so to a member without one, on every
+            // route of the lab (its access check included), rather than a bare 403.
+            Some((lab, _)) if lab.is_active() && lab.require_mfa && !caller.user.mfa_enabled => {
+                Err(AppError::MfaEnrollmentRequired)
+            }
             Some((lab, role)) if lab.is_active() && role.allows(P::PERMISSION) => Ok(LabAccess {
                 caller,
                 lab,

@@ -125,6 +125,8 @@ pub struct Lab {
     pub name: String,
     pub description: String,
     pub is_active: bool,
+    /// Members without a second factor are refused the lab's routes.
+    pub require_mfa: bool,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -141,6 +143,7 @@ impl Lab {
             name: self.name.clone(),
             description: self.description.clone(),
             is_active: self.is_active(),
+            require_mfa: self.require_mfa,
             created_at: self.created_at,
             updated_at: self.updated_at,
         }
@@ -155,6 +158,8 @@ pub struct LabView {
     pub name: String,
     pub description: String,
     pub is_active: bool,
+    /// Members need a second factor to use the lab (set by system admins).
+    pub require_mfa: bool,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     #[schema(value_type = String, format = DateTime)]

@@ -31,6 +31,8 @@ pub struct UpdateLab {
     pub name: Option<String>,
     pub description: Option<String>,
     pub is_active: Option<bool>,
+    /// Members without a second factor are refused the lab's routes.
+    pub require_mfa: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -131,6 +133,7 @@ pub async fn update(
             .as_deref()
             .and_then(|text| check.check("description", parse_description(text))),
         is_active: request.is_active,
+        require_mfa: request.require_mfa,
     };
     check.finish()?;
     let now = state.now();
@@ -142,7 +145,7 @@ pub async fn update(
         .await?
         .ok_or(AppError::NotFound)?;
     let mut changed = Map::new();
-    let pairs: [(&str, Value, Value); 4] = [
+    let pairs: [(&str, Value, Value); 5] = [
         ("code", json!(before.code), json!(after.code)),
         ("name", json!(before.name), json!(after.name)),
         (
@@ -154,6 +157,11 @@ pub async fn update(
             "is_active",
             json!(before.is_active()),
             json!(after.is_active()),
+        ),
+        (
+            "require_mfa",
+            json!(before.require_mfa),
+            json!(after.require_mfa),
         ),
     ];
     for (field, old, new) in pairs {
@@ -188,6 +196,7 @@ pub async fn set_active(
         name: None,
         description: None,
         is_active: Some(active),
+        require_mfa: None,
     };
     let mut transaction = audit::Audited::begin(&state.store).await?;
     let lab = lab_store::update(&mut transaction, lab_id, &changes, now)

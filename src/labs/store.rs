@@ -8,7 +8,7 @@ use crate::store::{Conditions, Connection, Db, SqlValue, StoreError, like_patter
 
 /// `code` is read as text, as the user columns are (`users::store::user_columns`).
 const LAB_COLUMNS: &str = "labs.id, CAST(labs.code AS TEXT) AS code, labs.name, labs.description, \
-    labs.is_active, labs.created_at, labs.updated_at";
+    labs.is_active, labs.require_mfa, labs.created_at, labs.updated_at";
 
 pub async fn insert(
     connection: &mut Connection,
@@ -126,6 +126,7 @@ pub struct LabChanges {
     pub name: Option<String>,
     pub description: Option<String>,
     pub is_active: Option<bool>,
+    pub require_mfa: Option<bool>,
 }
 
 pub async fn update(
@@ -136,8 +137,8 @@ pub async fn update(
 ) -> Result<Option<Lab>, StoreError> {
     let sql = format!(
         "UPDATE labs SET code = COALESCE($2, code), name = COALESCE($3, name), \
-         description = COALESCE($4, description), is_active = COALESCE($5, is_active), updated_at = $6 \
-         WHERE id = $1 RETURNING {}",
+         description = COALESCE($4, description), is_active = COALESCE($5, is_active), updated_at = $6, \
+         require_mfa = COALESCE($7, require_mfa) WHERE id = $1 RETURNING {}",
         LAB_COLUMNS.replace("labs.", "")
     );
     crate::with_db!(connection, |db| sqlx::query_as::<_, Lab>(&sql)
@@ -147,6 +148,7 @@ pub async fn update(
         .bind(changes.description.as_deref())
         .bind(changes.is_active)
         .bind(Timestamp::from(now))
+        .bind(changes.require_mfa)
         .fetch_optional(db)
         .await)
     .map_err(StoreError::from)

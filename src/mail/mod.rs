@@ -26,10 +26,13 @@ pub enum EmailKind {
     AccountLocked,
     NewLogin,
     SecurityAlert,
+    FactorAdded,
+    FactorRemoved,
+    RecoveryCodeUsed,
 }
 
 impl EmailKind {
-    pub const ALL: [EmailKind; 8] = [
+    pub const ALL: [EmailKind; 11] = [
         EmailKind::Welcome,
         EmailKind::PasswordReset,
         EmailKind::PasswordChanged,
@@ -38,6 +41,9 @@ impl EmailKind {
         EmailKind::AccountLocked,
         EmailKind::NewLogin,
         EmailKind::SecurityAlert,
+        EmailKind::FactorAdded,
+        EmailKind::FactorRemoved,
+        EmailKind::RecoveryCodeUsed,
     ];
 
     /// The template name, also stored as the outbox row's `kind`.
@@ -51,6 +57,9 @@ impl EmailKind {
             EmailKind::AccountLocked => "account_locked",
             EmailKind::NewLogin => "new_login",
             EmailKind::SecurityAlert => "security_alert",
+            EmailKind::FactorAdded => "factor_added",
+            EmailKind::FactorRemoved => "factor_removed",
+            EmailKind::RecoveryCodeUsed => "recovery_code_used",
         }
     }
 
@@ -65,6 +74,9 @@ impl EmailKind {
             EmailKind::AccountLocked => "Your account was locked",
             EmailKind::NewLogin => "New sign-in to your account",
             EmailKind::SecurityAlert => "Security alert: credential stuffing suspected",
+            EmailKind::FactorAdded => "A second factor was added to your account",
+            EmailKind::FactorRemoved => "A second factor was removed from your account",
+            EmailKind::RecoveryCodeUsed => "A recovery code was used to sign in",
         }
     }
 }
@@ -72,7 +84,7 @@ impl EmailKind {
 static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut environment = Environment::new();
     environment.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    let sources: [(&str, &str); 17] = [
+    let sources: [(&str, &str); 23] = [
         ("layout.html", include_str!("templates/layout.html")),
         ("welcome.txt", include_str!("templates/welcome.txt")),
         ("welcome.html", include_str!("templates/welcome.html")),
@@ -125,6 +137,24 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         (
             "security_alert.html",
             include_str!("templates/security_alert.html"),
+        ),
+        ("factor_added.txt", include_str!("templates/factor_added.txt")),
+        ("factor_added.html", include_str!("templates/factor_added.html")),
+        (
+            "factor_removed.txt",
+            include_str!("templates/factor_removed.txt"),
+        ),
+        (
+            "factor_removed.html",
+            include_str!("templates/factor_removed.html"),
+        ),
+        (
+            "recovery_code_used.txt",
+            include_str!("templates/recovery_code_used.txt"),
+        ),
+        (
+            "recovery_code_used.html",
+            include_str!("templates/recovery_code_used.html"),
         ),
     ];
     for (name, source) in sources {
@@ -294,6 +324,7 @@ mod tests {
             "link": "https://ums.test/x?token=abc&y=1", "valid_hours": 24, "sessions_note": "Other sessions were signed out.",
             "new_email": "new@lab.org", "failures": 5, "unlocks_at": "2026-01-01T00:30:00.000Z",
             "ip": "10.0.0.1", "device": "Firefox", "usernames": 40, "window_minutes": 5,
+            "method": "an authenticator app (TOTP)", "by_admin": false, "remaining": 9,
         });
         for kind in EmailKind::ALL {
             let email = render(kind, &context).unwrap();

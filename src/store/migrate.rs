@@ -88,6 +88,13 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: None,
         postgres: None,
     },
+    Migration {
+        version: 10,
+        name: "second_factors",
+        shared: "",
+        sqlite: Some(include_str!("migrations/0010_second_factors.sqlite.sql")),
+        postgres: Some(include_str!("migrations/0010_second_factors.postgres.sql")),
+    },
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;

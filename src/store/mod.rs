@@ -397,6 +397,8 @@ pub enum UniqueKey {
     Email,
     LabCode,
     Membership,
+    /// A passkey's credential id, registered already (to this account or another).
+    PasskeyCredential,
     /// Any other key (a token hash, a session id): a collision there is a bug.
     Other,
 }
@@ -434,6 +436,7 @@ fn unique_key(error: &sqlx::Error) -> Option<UniqueKey> {
         "lab_memberships_user_lab_key" | "lab_memberships.user_id, lab_memberships.lab_id" => {
             UniqueKey::Membership
         }
+        "passkeys_credential_id_key" | "passkeys.credential_id" => UniqueKey::PasskeyCredential,
         _ => UniqueKey::Other,
     })
 }

@@ -140,6 +140,26 @@ pub async fn record_login(
     Ok(())
 }
 
+/// Whether the account has a second factor (kept by `mfa::service`).
+pub async fn set_mfa_enabled(
+    connection: &mut Connection,
+    user_id: i64,
+    enabled: bool,
+    now: Millis,
+) -> Result<(), StoreError> {
+    crate::execute!(
+        connection,
+        sqlx::query(
+            "UPDATE users SET mfa_enabled = $2, updated_at = $3 \
+             WHERE id = $1 AND mfa_enabled <> $2",
+        )
+        .bind(user_id)
+        .bind(enabled)
+        .bind(Timestamp::from(now))
+    )?;
+    Ok(())
+}
+
 pub struct UserFilter {
     pub query: Option<String>,
     pub is_active: Option<bool>,

@@ -84,6 +84,7 @@ fn routed() -> BTreeSet<(String, String)> {
         include_str!("../../src/users/routes.rs"),
         include_str!("../../src/labs/routes.rs"),
         include_str!("../../src/audit/routes.rs"),
+        include_str!("../../src/mfa/routes.rs"),
     ]
     .concat();
     let mut routes = BTreeSet::new();

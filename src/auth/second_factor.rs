@@ -1,0 +1,624 @@
+//! The second step of a sign-in, a passkey sign-in without a password, and step-up.
+//!
+//! After a right password, an account with a second factor gets `mfa_required` and an
+//! `mfa_token` (a challenge, `mfa/challenges.rs`); an admin without one, while admins must
+//! have one, gets `mfa_enrollment_required`. `POST /api/auth/login/mfa` answers the token
+//! with a TOTP code, a recovery code or a passkey assertion. A wrong answer counts toward
+//! the account's lockout like a wrong password (the password step counted too and is not
+//! cleared until the whole sign-in succeeds), and three kill the token.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::audit::{self, Action, Event, Origin};
+use crate::auth::sessions::{self, Grant, TokenPair};
+use crate::auth::sign_in::{self, Accepted, LoginResponse};
+use crate::error::{AppError, SecondStep, SecondStepKind};
+use crate::mfa::challenges::{self, Challenge, NewChallenge, Purpose};
+use crate::mfa::service::{Answer, Proven, answer_for};
+use crate::mfa::{Factors, Method, passkeys, totp};
+use crate::security::IpAttempt;
+use crate::security::lockout::{self, Reservation, Subject};
+use crate::state::AppState;
+use crate::users::User;
+use crate::users::store as user_store;
+
+const EXPIRED: &str = "The mfa_token is unknown, used or expired; sign in again.";
+const WRONG_ANSWER: &str = "The second factor was not accepted.";
+
+/// A password step that passed, for an account that has (or must enrol) a second factor.
+pub struct PasswordStep<'a> {
+    pub login: &'a str,
+    pub subject: &'a Subject,
+    pub user: User,
+    pub factors: Factors,
+    /// The login body's `totp_code`: the one-step form.
+    pub totp_code: Option<String>,
+    pub reservation: Reservation,
+    pub rehashed: Option<String>,
+}
+
+fn lifetime(state: &AppState) -> i64 {
+    state.config.refresh_token_ttl.as_millis() as i64
+}
+
+fn method_names(methods: &[Method]) -> Vec<&'static str> {
+    methods.iter().map(|method| method.as_str()).collect()
+}
+
+/// After a right password: the one-step form (`totp_code` in the body) signs in at once;
+/// otherwise the sign-in waits for its second step (or for a first enrolment).
+pub async fn after_password(
+    state: &AppState,
+    step: PasswordStep<'_>,
+    origin: &Origin,
+    ip_attempt: IpAttempt,
+) -> Result<LoginResponse, AppError> {
+    let now = state.now();
+    // The password was right: the address is not guessing passwords.
+    ip_attempt.succeeded(state).await;
+    let code = step.totp_code.as_deref().map(str::trim).unwrap_or_default();
+    if step.factors.totp && !code.is_empty() {
+        let mut transaction = audit::Audited::begin(&state.store).await?;
+        let answer = Answer::Code(code.to_string());
+        let proven = crate::mfa::service::prove(
+            &mut transaction,
+            state,
+            step.user.id,
+            Method::Totp,
+            &answer,
+            None,
+            now,
+        )
+        .await?;
+        return match proven {
+            Some(proven) => {
+                let accepted = accepted(state, &step, proven);
+                sign_in::open_session_in(state, transaction, accepted, origin).await
+            }
+            None => {
+                drop(transaction);
+                Err(refuse_answer(state, &step.user, None, step.reservation, origin).await?)
+            }
+        };
+    }
+    let (purpose, kind, methods) = if step.factors.any() {
+        (
+            Purpose::Login,
+            SecondStepKind::MfaRequired,
+            step.factors.methods(),
+        )
+    } else {
+        (
+            Purpose::Enrollment,
+            SecondStepKind::EnrollmentRequired,
+            vec![Method::Totp, Method::Webauthn],
+        )
+    };
+    let mut transaction = audit::Audited::begin(&state.store).await?;
+    let locked = step
+        .reservation
+        .locks_on_failure(state.lockout_policy());
+    if locked {
+        // Unfinished sign-ins count toward the lockout like wrong answers do: this one
+        // reached the threshold.
+        sign_in::record_lock(
+            &mut transaction,
+            state,
+            step.login,
+            Some(&step.user),
+            origin,
+            now,
+        )
+        .await?;
+        transaction.commit_recorded().await?;
+        return Err(AppError::Locked {
+            retry_after_seconds: state.config.lockout_duration.as_secs(),
+        });
+    }
+    let (webauthn, ceremony) = if methods.contains(&Method::Webauthn) && purpose == Purpose::Login {
+        let stored = passkeys::of_user(&mut transaction, step.user.id).await?;
+        let (options, ceremony) = passkeys::start_authentication(&state.webauthn, &stored)?;
+        (Some(to_value(options)?), Some(ceremony))
+    } else {
+        (None, None)
+    };
+    let mfa_token = challenges::create(
+        &mut transaction,
+        NewChallenge {
+            purpose,
+            user_id: Some(step.user.id),
+            session_id: None,
+            ceremony,
+        },
+        now,
+    )
+    .await?;
+    transaction
+        .commit(
+            Event::new(Action::MfaChallenged, now)
+                .actor(Some(step.user.id))
+                .resource("user", step.user.id)
+                .details(json!({"step": kind.code(), "methods": method_names(&methods)}))
+                .origin(origin),
+        )
+        .await?;
+    metrics::counter!("ums_logins_total", "result" => kind.code()).increment(1);
+    Err(AppError::SecondStep(Box::new(SecondStep {
+        kind,
+        mfa_token,
+        methods: method_names(&methods),
+        webauthn,
+        expires_in: (challenges::LIFETIME / 1000) as u64,
+    })))
+}
+
+fn to_value(options: impl Serialize) -> Result<Value, AppError> {
+    serde_json::to_value(options).map_err(|error| AppError::Internal(error.into()))
+}
+
+fn accepted<'a>(state: &AppState, step: &PasswordStep<'a>, proven: Proven) -> Accepted<'a> {
+    Accepted {
+        login: step.login,
+        subject: step.subject,
+        user: step.user.clone(),
+        rehashed: step.rehashed.clone(),
+        grant: Grant::new(
+            state.now(),
+            lifetime(state),
+            &["pwd", proven.method.amr(), "mfa"],
+        ),
+        details: json!({"second_factor": proven.method.as_str(), "one_step": true}),
+    }
+}
+
+/// A wrong second factor: counted on the challenge (three kill it) and toward the account's
+/// lockout, recorded, and answered like every wrong answer.
+async fn refuse_answer(
+    state: &AppState,
+    user: &User,
+    challenge: Option<&Challenge>,
+    reservation: Reservation,
+    origin: &Origin,
+) -> Result<AppError, AppError> {
+    let now = state.now();
+    let mut transaction = audit::Audited::begin(&state.store).await?;
+    if let Some(challenge) = challenge {
+        challenges::count_failure(&mut transaction, &challenge.token_hash).await?;
+    }
+    crate::security::attempts::record(&mut transaction, &user.username, origin, false, now)
+        .await?;
+    transaction
+        .record(
+            Event::new(Action::MfaFailed, now)
+                .failed()
+                .actor(Some(user.id))
+                .resource("user", user.id)
+                .details(json!({"username": user.username}))
+                .origin(origin),
+        )
+        .await?;
+    if reservation.locks_on_failure(state.lockout_policy()) {
+        sign_in::record_lock(
+            &mut transaction,
+            state,
+            &user.username,
+            Some(user),
+            origin,
+            now,
+        )
+        .await?;
+    }
+    transaction.commit_recorded().await?;
+    metrics::counter!("ums_logins_total", "result" => "failure").increment(1);
+    crate::security::credential_failure(state, origin).await?;
+    Ok(AppError::Unauthorized(WRONG_ANSWER))
+}
+
+/// Counts an answer against the account before it is evaluated; a locked account is
+/// refused (423) unevaluated.
+async fn count_answer(state: &AppState, user: &User, origin: &Origin) -> Result<Reservation, AppError> {
+    let now = state.now();
+    let mut transaction = state.store.begin().await?;
+    let reservation = lockout::reserve(
+        &mut transaction,
+        state.lockout_policy(),
+        &Subject::User(user.id),
+        now,
+    )
+    .await?;
+    if let Reservation::Locked { until } = reservation {
+        sign_in::record_failure(
+            &mut transaction,
+            state.store.chain_key(),
+            &user.username,
+            Some(user),
+            origin,
+            now,
+            "locked",
+        )
+        .await?;
+        transaction.commit().await?;
+        return Err(AppError::Locked {
+            retry_after_seconds: ((until - now).max(0) as u64).div_ceil(1000),
+        });
+    }
+    transaction.commit().await?;
+    Ok(reservation)
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecondStepRequest {
+    /// From the `mfa_required` (or `mfa_enrollment_required`) answer of the login, or from
+    /// `POST /api/auth/login/passkey`.
+    pub mfa_token: String,
+    pub method: Method,
+    /// A TOTP code or a recovery code.
+    #[serde(default)]
+    pub code: Option<String>,
+    /// The `PublicKeyCredential` that `navigator.credentials.get` returned, as JSON. Without
+    /// it, `webauthn` answers `mfa_required` again with fresh request options.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub assertion: Option<Value>,
+}
+
+/// `POST /api/auth/login/mfa`: the second step.
+#[tracing::instrument(skip_all)]
+pub async fn complete(
+    state: &AppState,
+    request: SecondStepRequest,
+    origin: &Origin,
+) -> Result<LoginResponse, AppError> {
+    let now = state.now();
+    let challenge = {
+        let mut connection = state.store.read().await?;
+        challenges::find_live(&mut connection, &request.mfa_token, now).await?
+    }
+    .filter(|challenge| {
+        matches!(
+            challenge.purpose,
+            Purpose::Login | Purpose::Enrollment | Purpose::Passwordless
+        )
+    })
+    .ok_or(AppError::Unauthorized(EXPIRED))?;
+    if request.method == Method::Webauthn && request.assertion.is_none() {
+        return Err(renew_passkey_challenge(state, &challenge, &request.mfa_token).await?);
+    }
+    let answer = answer_for(request.method, request.code, request.assertion)?;
+    let user = whose(state, &challenge, &answer).await?;
+    let reservation = count_answer(state, &user, origin).await?;
+    let mut transaction = audit::Audited::begin(&state.store).await?;
+    let (proven, recovery_codes) =
+        evaluate(&mut transaction, state, &user, &challenge, request.method, &answer, origin)
+            .await?;
+    let Some(proven) = proven else {
+        drop(transaction);
+        return Err(refuse_answer(state, &user, Some(&challenge), reservation, origin).await?);
+    };
+    if !challenges::spend(&mut transaction, &challenge.token_hash, now).await? {
+        return Err(AppError::Unauthorized(EXPIRED));
+    }
+    if let Some(left) = proven.recovery_codes_left {
+        crate::mfa::service::recovery_code_used(&mut transaction, state, &user, left, origin, now)
+            .await?;
+    }
+    let amr: &[&str] = if challenge.purpose == Purpose::Passwordless {
+        &["hwk", "mfa"]
+    } else {
+        &["pwd", proven.method.amr(), "mfa"]
+    };
+    let subject = Subject::User(user.id);
+    let accepted = Accepted {
+        login: &user.username.clone(),
+        subject: &subject,
+        user,
+        rehashed: None,
+        grant: Grant::new(now, lifetime(state), amr),
+        details: json!({
+            "second_factor": proven.method.as_str(),
+            "passwordless": challenge.purpose == Purpose::Passwordless,
+            "recovery_codes_left": proven.recovery_codes_left,
+        }),
+    };
+    let mut response = sign_in::open_session_in(state, transaction, accepted, origin).await?;
+    response.recovery_codes = recovery_codes;
+    Ok(response)
+}
+
+/// The account a challenge is for; a passwordless one learns it from the passkey.
+async fn whose(state: &AppState, challenge: &Challenge, answer: &Answer) -> Result<User, AppError> {
+    let mut connection = state.store.read().await?;
+    let user_id = match (challenge.user_id, answer) {
+        (Some(user_id), _) => Some(user_id),
+        (None, Answer::Assertion(assertion)) => {
+            match passkeys::asserted_handle(&state.webauthn, assertion) {
+                Some(handle) => passkeys::of_handle(&mut connection, handle)
+                    .await?
+                    .first()
+                    .map(|passkey| passkey.user_id),
+                None => None,
+            }
+        }
+        (None, Answer::Code(_)) => None,
+    };
+    let user = match user_id {
+        Some(user_id) => user_store::find_by_id(&mut connection, user_id).await?,
+        None => None,
+    };
+    user.filter(User::is_active)
+        .ok_or(AppError::Unauthorized(WRONG_ANSWER))
+}
+
+/// Checks the answer; an enrolment challenge confirms the TOTP it enrolled (and hands out
+/// the account's recovery codes).
+async fn evaluate(
+    transaction: &mut audit::Audited,
+    state: &AppState,
+    user: &User,
+    challenge: &Challenge,
+    method: Method,
+    answer: &Answer,
+    origin: &Origin,
+) -> Result<(Option<Proven>, Option<Vec<String>>), AppError> {
+    let now = state.now();
+    match (challenge.purpose, method, answer) {
+        (Purpose::Enrollment, Method::Totp, Answer::Code(code))
+            if totp::find(transaction, user.id)
+                .await?
+                .is_some_and(|row| row.confirmed_at.is_none()) =>
+        {
+            let enrolled = crate::mfa::service::confirm_totp_in(
+                transaction,
+                state,
+                user,
+                code,
+                origin,
+                now,
+            )
+            .await?;
+            Ok(match enrolled {
+                Some(enrolled) => (
+                    Some(Proven {
+                        method,
+                        recovery_codes_left: None,
+                    }),
+                    enrolled.recovery_codes,
+                ),
+                None => (None, None),
+            })
+        }
+        (Purpose::Passwordless, Method::Webauthn, Answer::Assertion(assertion)) => {
+            let stored = passkeys::of_user(transaction, user.id).await?;
+            let ceremony = challenge.ceremony.clone().unwrap_or_default();
+            let proven = match passkeys::finish_authentication(
+                &state.webauthn,
+                assertion,
+                ceremony,
+                &stored,
+                true,
+            ) {
+                Some((id, passkey)) => {
+                    passkeys::record_use(transaction, id, &passkey, now).await?;
+                    Some(Proven {
+                        method,
+                        recovery_codes_left: None,
+                    })
+                }
+                None => None,
+            };
+            Ok((proven, None))
+        }
+        (Purpose::Passwordless, _, _) => Ok((None, None)),
+        _ => Ok((
+            crate::mfa::service::prove(
+                transaction,
+                state,
+                user.id,
+                method,
+                answer,
+                challenge.ceremony.clone(),
+                now,
+            )
+            .await?,
+            None,
+        )),
+    }
+}
+
+/// A passkey answer asked for without an assertion: fresh WebAuthn request options on the
+/// same token (an enrolment that just registered a passkey takes this way).
+async fn renew_passkey_challenge(
+    state: &AppState,
+    challenge: &Challenge,
+    mfa_token: &str,
+) -> Result<AppError, AppError> {
+    let mut transaction = state.store.begin().await?;
+    let (options, ceremony) = match challenge.user_id {
+        Some(user_id) => {
+            let stored = passkeys::of_user(&mut transaction, user_id).await?;
+            if stored.is_empty() {
+                return Err(AppError::field("method", "the account has no passkey"));
+            }
+            passkeys::start_authentication(&state.webauthn, &stored)?
+        }
+        None => passkeys::start_discoverable(&state.webauthn)?,
+    };
+    challenges::set_ceremony(&mut transaction, &challenge.token_hash, ceremony).await?;
+    transaction.commit().await?;
+    Ok(AppError::SecondStep(Box::new(SecondStep {
+        kind: SecondStepKind::MfaRequired,
+        mfa_token: mfa_token.to_string(),
+        methods: vec![Method::Webauthn.as_str()],
+        webauthn: Some(to_value(options)?),
+        expires_in: (challenges::LIFETIME / 1000) as u64,
+    })))
+}
+
+/// A passwordless sign-in's first half: a WebAuthn challenge any passkey of any account can
+/// answer (a discoverable credential names its account).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PasskeyChallenge {
+    /// Answer it with `POST /api/auth/login/mfa` (`method: "webauthn"`).
+    pub mfa_token: String,
+    /// The options for `navigator.credentials.get`.
+    #[schema(value_type = Object)]
+    pub webauthn: Value,
+    pub expires_in: u64,
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn start_passwordless(state: &AppState) -> Result<PasskeyChallenge, AppError> {
+    let now = state.now();
+    let (options, ceremony) = passkeys::start_discoverable(&state.webauthn)?;
+    let mut transaction = state.store.begin().await?;
+    let mfa_token = challenges::create(
+        &mut transaction,
+        NewChallenge {
+            purpose: Purpose::Passwordless,
+            user_id: None,
+            session_id: None,
+            ceremony: Some(ceremony),
+        },
+        now,
+    )
+    .await?;
+    transaction.commit().await?;
+    Ok(PasskeyChallenge {
+        mfa_token,
+        webauthn: to_value(options)?,
+        expires_in: (challenges::LIFETIME / 1000) as u64,
+    })
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepUpRequest {
+    pub method: Method,
+    #[serde(default)]
+    pub code: Option<String>,
+    /// For `webauthn`: the assertion answering the `mfa_token` that a first call without
+    /// one returned.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub assertion: Option<Value>,
+    #[serde(default)]
+    pub mfa_token: Option<String>,
+}
+
+/// `POST /api/auth/step-up`: the session proves a factor again; its methods gain it and
+/// `mfa`, its `auth_time` moves to now, and a new token pair carries both (as will every
+/// refresh).
+#[tracing::instrument(skip_all)]
+pub async fn step_up(
+    state: &AppState,
+    user: &User,
+    session_id: &str,
+    request: StepUpRequest,
+    origin: &Origin,
+) -> Result<TokenPair, AppError> {
+    let now = state.now();
+    let factors = {
+        let mut connection = state.store.read().await?;
+        crate::mfa::factors_of(&mut connection, user.id).await?
+    };
+    if !factors.methods().contains(&request.method) {
+        return Err(AppError::field(
+            "method",
+            "is not a second factor of this account",
+        ));
+    }
+    let challenge = match (request.method, request.assertion.is_some()) {
+        (Method::Webauthn, false) => return Err(start_step_up_passkey(state, user, session_id).await?),
+        (Method::Webauthn, true) => {
+            let token = request.mfa_token.as_deref().unwrap_or_default();
+            let mut connection = state.store.read().await?;
+            let challenge = challenges::find_live(&mut connection, token, now)
+                .await?
+                .filter(|challenge| {
+                    challenge.purpose == Purpose::StepUp
+                        && challenge.user_id == Some(user.id)
+                        && challenge.session_id.as_deref() == Some(session_id)
+                })
+                .ok_or(AppError::Unauthorized(EXPIRED))?;
+            Some(challenge)
+        }
+        _ => None,
+    };
+    let answer = answer_for(request.method, request.code, request.assertion)?;
+    let reservation = count_answer(state, user, origin).await?;
+    let mut transaction = audit::Audited::begin(&state.store).await?;
+    let ceremony = challenge.as_ref().and_then(|challenge| challenge.ceremony.clone());
+    let proven = crate::mfa::service::prove(
+        &mut transaction,
+        state,
+        user.id,
+        request.method,
+        &answer,
+        ceremony,
+        now,
+    )
+    .await?;
+    let Some(proven) = proven else {
+        drop(transaction);
+        return Err(refuse_answer(state, user, challenge.as_ref(), reservation, origin).await?);
+    };
+    if let Some(challenge) = &challenge
+        && !challenges::spend(&mut transaction, &challenge.token_hash, now).await?
+    {
+        return Err(AppError::Unauthorized(EXPIRED));
+    }
+    let grant = sessions::grant_of(&mut transaction, session_id, now)
+        .await?
+        .ok_or(AppError::Unauthorized("The session has ended."))?
+        .stepped_up(proven.method.amr(), now);
+    sessions::record_step_up(&mut transaction, session_id, &grant).await?;
+    lockout::clear(&mut transaction, &Subject::User(user.id)).await?;
+    if let Some(left) = proven.recovery_codes_left {
+        crate::mfa::service::recovery_code_used(&mut transaction, state, user, left, origin, now)
+            .await?;
+    }
+    let tokens = sessions::issue_tokens(&mut transaction, state, user, session_id, &grant, now)
+        .await?;
+    transaction
+        .commit(
+            Event::new(Action::StepUp, now)
+                .actor(Some(user.id))
+                .resource("session", session_id)
+                .details(json!({"method": proven.method.as_str(), "amr": grant.amr}))
+                .origin(origin),
+        )
+        .await?;
+    tokens.sign_off_thread(state).await
+}
+
+async fn start_step_up_passkey(
+    state: &AppState,
+    user: &User,
+    session_id: &str,
+) -> Result<AppError, AppError> {
+    let now = state.now();
+    let mut transaction = state.store.begin().await?;
+    let stored = passkeys::of_user(&mut transaction, user.id).await?;
+    let (options, ceremony) = passkeys::start_authentication(&state.webauthn, &stored)?;
+    let mfa_token = challenges::create(
+        &mut transaction,
+        NewChallenge {
+            purpose: Purpose::StepUp,
+            user_id: Some(user.id),
+            session_id: Some(session_id),
+            ceremony: Some(ceremony),
+        },
+        now,
+    )
+    .await?;
+    transaction.commit().await?;
+    Ok(AppError::SecondStep(Box::new(SecondStep {
+        kind: SecondStepKind::MfaRequired,
+        mfa_token,
+        methods: vec![Method::Webauthn.as_str()],
+        webauthn: Some(to_value(options)?),
+        expires_in: (challenges::LIFETIME / 1000) as u64,
+    })))
+}

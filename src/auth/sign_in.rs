@@ -1,0 +1,160 @@
+//! The end of every sign-in, whichever way it came (a password alone, a password and a second
+//! factor, a passkey alone): opening the session, and recording a refusal or a lock.
+
+use serde_json::{Value, json};
+
+use crate::audit::{self, Action, Event, Origin};
+use crate::auth::sessions::{self, Grant, TokenPair};
+use crate::clock::Millis;
+use crate::error::AppError;
+use crate::security::lockout::{self, Subject};
+use crate::state::AppState;
+use crate::store::Connection;
+use crate::users::store as user_store;
+use crate::users::{User, UserWithLabs};
+
+pub const BAD_CREDENTIALS: &str = "Invalid username or password.";
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct LoginResponse {
+    #[serde(flatten)]
+    pub tokens: TokenPair,
+    pub user: UserWithLabs,
+    /// Shown once, when this sign-in enrolled the account's first factor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_codes: Option<Vec<String>>,
+}
+
+/// A sign-in that passed, and what the session is granted.
+pub struct Accepted<'a> {
+    pub login: &'a str,
+    pub subject: &'a Subject,
+    pub user: User,
+    /// The fresh Argon2id hash replacing an imported one, when the password was checked.
+    pub rehashed: Option<String>,
+    pub grant: Grant,
+    /// What the `auth.login` event says about how.
+    pub details: Value,
+}
+
+/// Opens the session of an accepted sign-in in its own transaction.
+pub async fn open_session(
+    state: &AppState,
+    accepted: Accepted<'_>,
+    origin: &Origin,
+) -> Result<LoginResponse, AppError> {
+    let transaction = audit::Audited::begin(&state.store).await?;
+    open_session_in(state, transaction, accepted, origin).await
+}
+
+/// Opens the session in `transaction` (which may hold the spending of a challenge or a code):
+/// the lockout counter starts again, the session opens with its first token pair, the alert
+/// for a new device is queued, and the event recorded, in one commit; the tokens are signed
+/// after it.
+pub async fn open_session_in(
+    state: &AppState,
+    mut transaction: audit::Audited,
+    accepted: Accepted<'_>,
+    origin: &Origin,
+) -> Result<LoginResponse, AppError> {
+    let Accepted {
+        login,
+        subject,
+        user,
+        rehashed,
+        grant,
+        mut details,
+    } = accepted;
+    let now = state.now();
+    lockout::clear(&mut transaction, subject).await?;
+    user_store::record_login(&mut transaction, user.id, rehashed.as_deref(), now).await?;
+    let session_id = sessions::open(&mut transaction, user.id, origin, &grant).await?;
+    crate::mail::notices::new_sign_in(&mut transaction, state, &user, origin, &session_id, now)
+        .await?;
+    let tokens =
+        sessions::issue_tokens(&mut transaction, state, &user, &session_id, &grant, now).await?;
+    crate::security::attempts::record(&mut transaction, login, origin, true, now).await?;
+    if let Some(details) = details.as_object_mut() {
+        details.insert("rehashed".into(), json!(rehashed.is_some()));
+        details.insert("amr".into(), json!(grant.amr));
+    }
+    transaction
+        .record(
+            Event::new(Action::Login, now)
+                .actor(Some(user.id))
+                .resource("session", &session_id)
+                .details(details)
+                .origin(origin),
+        )
+        .await?;
+    let labs = user_store::labs_of(&mut transaction, user.id).await?;
+    let user = user_store::find_by_id(&mut transaction, user.id)
+        .await?
+        .ok_or(AppError::Unauthorized(BAD_CREDENTIALS))?;
+    transaction.commit_recorded().await?;
+    metrics::counter!("ums_logins_total", "result" => "success").increment(1);
+    Ok(LoginResponse {
+        tokens: tokens.sign_off_thread(state).await?,
+        user: UserWithLabs {
+            user: user.view(now),
+            labs,
+        },
+        recovery_codes: None,
+    })
+}
+
+/// Records a refused sign-in: the attempt (for the security pages) and its audit event.
+pub async fn record_failure(
+    connection: &mut Connection,
+    key: &audit::ChainKey,
+    login: &str,
+    user: Option<&User>,
+    origin: &Origin,
+    now: Millis,
+    reason: &str,
+) -> Result<(), AppError> {
+    crate::security::attempts::record(connection, login, origin, false, now).await?;
+    audit::record(
+        connection,
+        key,
+        Event::new(Action::LoginFailed, now)
+            .failed()
+            .actor(user.map(|user| user.id))
+            .resource(
+                "user",
+                user.map_or_else(|| login.to_string(), |user| user.id.to_string()),
+            )
+            .details(json!({"username": login, "reason": reason}))
+            .origin(origin),
+    )
+    .await
+}
+
+/// The failure that reached the lockout threshold: the account's notice and the lock's event.
+pub async fn record_lock(
+    transaction: &mut audit::Audited,
+    state: &AppState,
+    login: &str,
+    user: Option<&User>,
+    origin: &Origin,
+    now: Millis,
+) -> Result<(), AppError> {
+    let policy = state.lockout_policy();
+    metrics::counter!("ums_lockouts_total").increment(1);
+    if let Some(user) = user {
+        crate::mail::notices::account_locked(transaction, state, user, now + policy.duration, now)
+            .await?;
+    }
+    transaction
+        .record(
+            Event::new(Action::AccountLocked, now)
+                .actor(user.map(|user| user.id))
+                .resource("security", user.map_or(0, |user| user.id))
+                .details(json!({
+                    "username": login,
+                    "locked_until": crate::clock::to_rfc3339(now + policy.duration),
+                }))
+                .origin(origin),
+        )
+        .await
+}
