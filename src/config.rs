@@ -334,7 +334,11 @@ impl Vars<'_> {
 
     /// `true`/`false` (also `on`/`off`, `1`/`0`, `yes`/`no`).
     fn flag(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
-        match self.get(name).map(|value| value.trim().to_lowercase()).as_deref() {
+        match self
+            .get(name)
+            .map(|value| value.trim().to_lowercase())
+            .as_deref()
+        {
             None => Ok(default),
             Some("true" | "on" | "1" | "yes") => Ok(true),
             Some("false" | "off" | "0" | "no") => Ok(false),
@@ -380,18 +384,18 @@ impl SecondFactors {
         use webauthn_rs::prelude::Url;
         let origins = match vars.get("UMS_WEBAUTHN_ORIGINS") {
             Some(value) => split_list(&value),
-            None => vec![public_url.to_string()],
+            None => vec![default_webauthn_origin(public_url)],
         };
         let webauthn_origins = origins
             .iter()
             .map(|origin| {
                 Url::parse(origin)
                     .ok()
-                    .filter(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
+                    .filter(|url| matches!(url.scheme(), "http" | "https") && url.domain().is_some())
                     .ok_or_else(|| {
                         invalid(
                             "UMS_WEBAUTHN_ORIGINS",
-                            format!("`{origin}` is not an http(s) origin"),
+                            format!("`{origin}` is not an http(s) origin with a domain name (WebAuthn refuses IP addresses)"),
                         )
                     })
             })
@@ -410,7 +414,9 @@ impl SecondFactors {
             if !(host == webauthn_rp_id || host.ends_with(&format!(".{webauthn_rp_id}"))) {
                 return Err(invalid(
                     "UMS_WEBAUTHN_RP_ID",
-                    format!("`{webauthn_rp_id}` is not the host of the origin {origin} or a parent domain of it"),
+                    format!(
+                        "`{webauthn_rp_id}` is not the host of the origin {origin} or a parent domain of it"
+                    ),
                 ));
             }
         }
@@ -419,6 +425,21 @@ impl SecondFactors {
             webauthn_rp_id,
             webauthn_origins,
         })
+    }
+}
+
+/// The public URL as a WebAuthn origin. WebAuthn refuses IP addresses, so the zero-setup
+/// default (`http://127.0.0.1:5000`) becomes `http://localhost:5000`, where browsers allow
+/// passkeys over plain HTTP.
+fn default_webauthn_origin(public_url: &str) -> String {
+    use webauthn_rs::prelude::Url;
+    match Url::parse(public_url) {
+        Ok(mut url) if url.domain().is_none() => {
+            let _ = url.set_host(Some("localhost"));
+            url.origin().ascii_serialization()
+        }
+        Ok(url) => url.origin().ascii_serialization(),
+        Err(_) => public_url.to_string(),
     }
 }
 
@@ -833,6 +854,46 @@ mod tests {
         assert_eq!(config.access_token_ttl, Duration::from_secs(3600));
         assert_eq!(config.sqlite_directory(), Some(PathBuf::from("./data")));
         assert!(config.rate_limits_enabled);
+        let factors = &config.second_factors;
+        assert!(factors.require_for_admins);
+        assert_eq!(factors.webauthn_rp_id, "localhost");
+        assert_eq!(
+            factors.webauthn_origins[0].as_str(),
+            "http://localhost:5000/"
+        );
+    }
+
+    #[test]
+    fn the_webauthn_relying_party_follows_the_public_url_or_its_own_variables() {
+        let defaulted = config(&[("UMS_PUBLIC_URL", "https://id.lab.example")]).unwrap();
+        assert_eq!(defaulted.second_factors.webauthn_rp_id, "id.lab.example");
+        let configured = config(&[
+            ("UMS_PUBLIC_URL", "https://id.lab.example"),
+            ("UMS_WEBAUTHN_RP_ID", "lab.example"),
+            (
+                "UMS_WEBAUTHN_ORIGINS",
+                "https://id.lab.example, https://portal.lab.example",
+            ),
+            ("UMS_REQUIRE_MFA_FOR_ADMINS", "false"),
+        ])
+        .unwrap();
+        assert_eq!(configured.second_factors.webauthn_rp_id, "lab.example");
+        assert_eq!(configured.second_factors.webauthn_origins.len(), 2);
+        assert!(!configured.second_factors.require_for_admins);
+        for (name, value) in [
+            ("UMS_WEBAUTHN_RP_ID", "other.example"),
+            ("UMS_WEBAUTHN_ORIGINS", "https://10.0.0.1"),
+            ("UMS_WEBAUTHN_ORIGINS", "ftp://lab.example"),
+            ("UMS_REQUIRE_MFA_FOR_ADMINS", "sometimes"),
+        ] {
+            let error = config(&[("UMS_PUBLIC_URL", "https://id.lab.example"), (name, value)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(name) || error.contains("UMS_WEBAUTHN_RP_ID"),
+                "{name}={value}: {error}"
+            );
+        }
     }
 
     #[test]

@@ -9,6 +9,6 @@ pub mod password_change;
 pub mod routes;
 pub mod second_factor;
 pub mod service;
-pub mod sign_in;
 pub mod sessions;
+pub mod sign_in;
 pub mod tokens;

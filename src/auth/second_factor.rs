@@ -4,8 +4,9 @@
 //! `mfa_token` (a challenge, `mfa/challenges.rs`); an admin without one, while admins must
 //! have one, gets `mfa_enrollment_required`. `POST /api/auth/login/mfa` answers the token
 //! with a TOTP code, a recovery code or a passkey assertion. A wrong answer counts toward
-//! the account's lockout like a wrong password (the password step counted too and is not
-//! cleared until the whole sign-in succeeds), and three kill the token.
+//! the account's lockout like a wrong password, and three kill the token; the right password
+//! of the first step neither counts nor clears the failures before it (`lockout::release`),
+//! so signing in again does not buy a thief more guesses.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -96,26 +97,13 @@ pub async fn after_password(
         )
     };
     let mut transaction = audit::Audited::begin(&state.store).await?;
-    let locked = step
-        .reservation
-        .locks_on_failure(state.lockout_policy());
-    if locked {
-        // Unfinished sign-ins count toward the lockout like wrong answers do: this one
-        // reached the threshold.
-        sign_in::record_lock(
-            &mut transaction,
-            state,
-            step.login,
-            Some(&step.user),
-            origin,
-            now,
-        )
-        .await?;
-        transaction.commit_recorded().await?;
-        return Err(AppError::Locked {
-            retry_after_seconds: state.config.lockout_duration.as_secs(),
-        });
-    }
+    lockout::release(
+        &mut transaction,
+        state.lockout_policy(),
+        step.subject,
+        step.reservation,
+    )
+    .await?;
     let (webauthn, ceremony) = if methods.contains(&Method::Webauthn) && purpose == Purpose::Login {
         let stored = passkeys::of_user(&mut transaction, step.user.id).await?;
         let (options, ceremony) = passkeys::start_authentication(&state.webauthn, &stored)?;
@@ -186,8 +174,7 @@ async fn refuse_answer(
     if let Some(challenge) = challenge {
         challenges::count_failure(&mut transaction, &challenge.token_hash).await?;
     }
-    crate::security::attempts::record(&mut transaction, &user.username, origin, false, now)
-        .await?;
+    crate::security::attempts::record(&mut transaction, &user.username, origin, false, now).await?;
     transaction
         .record(
             Event::new(Action::MfaFailed, now)
@@ -217,7 +204,11 @@ async fn refuse_answer(
 
 /// Counts an answer against the account before it is evaluated; a locked account is
 /// refused (423) unevaluated.
-async fn count_answer(state: &AppState, user: &User, origin: &Origin) -> Result<Reservation, AppError> {
+async fn count_answer(
+    state: &AppState,
+    user: &User,
+    origin: &Origin,
+) -> Result<Reservation, AppError> {
     let now = state.now();
     let mut transaction = state.store.begin().await?;
     let reservation = lockout::reserve(
@@ -290,9 +281,16 @@ pub async fn complete(
     let user = whose(state, &challenge, &answer).await?;
     let reservation = count_answer(state, &user, origin).await?;
     let mut transaction = audit::Audited::begin(&state.store).await?;
-    let (proven, recovery_codes) =
-        evaluate(&mut transaction, state, &user, &challenge, request.method, &answer, origin)
-            .await?;
+    let (proven, recovery_codes) = evaluate(
+        &mut transaction,
+        state,
+        &user,
+        &challenge,
+        request.method,
+        &answer,
+        origin,
+    )
+    .await?;
     let Some(proven) = proven else {
         drop(transaction);
         return Err(refuse_answer(state, &user, Some(&challenge), reservation, origin).await?);
@@ -369,15 +367,9 @@ async fn evaluate(
                 .await?
                 .is_some_and(|row| row.confirmed_at.is_none()) =>
         {
-            let enrolled = crate::mfa::service::confirm_totp_in(
-                transaction,
-                state,
-                user,
-                code,
-                origin,
-                now,
-            )
-            .await?;
+            let enrolled =
+                crate::mfa::service::confirm_totp_in(transaction, state, user, code, origin, now)
+                    .await?;
             Ok(match enrolled {
                 Some(enrolled) => (
                     Some(Proven {
@@ -530,7 +522,9 @@ pub async fn step_up(
         ));
     }
     let challenge = match (request.method, request.assertion.is_some()) {
-        (Method::Webauthn, false) => return Err(start_step_up_passkey(state, user, session_id).await?),
+        (Method::Webauthn, false) => {
+            return Err(start_step_up_passkey(state, user, session_id).await?);
+        }
         (Method::Webauthn, true) => {
             let token = request.mfa_token.as_deref().unwrap_or_default();
             let mut connection = state.store.read().await?;
@@ -549,7 +543,9 @@ pub async fn step_up(
     let answer = answer_for(request.method, request.code, request.assertion)?;
     let reservation = count_answer(state, user, origin).await?;
     let mut transaction = audit::Audited::begin(&state.store).await?;
-    let ceremony = challenge.as_ref().and_then(|challenge| challenge.ceremony.clone());
+    let ceremony = challenge
+        .as_ref()
+        .and_then(|challenge| challenge.ceremony.clone());
     let proven = crate::mfa::service::prove(
         &mut transaction,
         state,
@@ -579,8 +575,8 @@ pub async fn step_up(
         crate::mfa::service::recovery_code_used(&mut transaction, state, user, left, origin, now)
             .await?;
     }
-    let tokens = sessions::issue_tokens(&mut transaction, state, user, session_id, &grant, now)
-        .await?;
+    let tokens =
+        sessions::issue_tokens(&mut transaction, state, user, session_id, &grant, now).await?;
     transaction
         .commit(
             Event::new(Action::StepUp, now)

@@ -159,7 +159,6 @@ pub async fn register(
     Ok(user.view(now))
 }
 
-
 /// A login, in its steps: find the account, slow a failing name down, count the attempt
 /// (refusing a locked name unevaluated), check the password in constant time, then either
 /// refuse or open a session.

@@ -138,8 +138,14 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
             "security_alert.html",
             include_str!("templates/security_alert.html"),
         ),
-        ("factor_added.txt", include_str!("templates/factor_added.txt")),
-        ("factor_added.html", include_str!("templates/factor_added.html")),
+        (
+            "factor_added.txt",
+            include_str!("templates/factor_added.txt"),
+        ),
+        (
+            "factor_added.html",
+            include_str!("templates/factor_added.html"),
+        ),
         (
             "factor_removed.txt",
             include_str!("templates/factor_removed.txt"),

@@ -109,7 +109,9 @@ pub async fn find_live(
         Option<Json<Value>>,
         i32,
     );
-    let row: Option<Row> = crate::with_db!(connection, |db| sqlx::query_as(
+    let row: Option<Row> =
+        crate::with_db!(connection, |db| {
+            sqlx::query_as(
         "SELECT token_hash, purpose, user_id, session_id, ceremony, failures FROM mfa_challenges \
          WHERE token_hash = $1 AND spent_at IS NULL AND expires_at > $2 AND failures < $3",
     )
@@ -117,7 +119,8 @@ pub async fn find_live(
     .bind(Timestamp::from(now))
     .bind(MAX_FAILURES)
     .fetch_optional(db)
-    .await)?;
+    .await
+        })?;
     let Some((token_hash, purpose, user_id, session_id, ceremony, failures)) = row else {
         return Ok(None);
     };

@@ -126,7 +126,9 @@ pub async fn start_passkey_registration(
 ) -> Result<Json<PasskeyRegistrationStart>, AppError> {
     let request: EnrollRequest = crate::http::body::optional_json(request, &state).await?;
     let user = enrolling(&state, caller, &request).await?;
-    Ok(Json(service::start_passkey_registration(&state, &user).await?))
+    Ok(Json(
+        service::start_passkey_registration(&state, &user).await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/api/auth/mfa/passkeys/register/finish", tag = "mfa",
@@ -147,7 +149,9 @@ pub async fn list_passkeys(
     State(state): State<AppState>,
     caller: AuthUser,
 ) -> Result<Json<Vec<PasskeyView>>, AppError> {
-    Ok(Json(service::status(&state, caller.user.id).await?.passkeys))
+    Ok(Json(
+        service::status(&state, caller.user.id).await?.passkeys,
+    ))
 }
 
 #[utoipa::path(patch, path = "/api/auth/mfa/passkeys/{id}", tag = "mfa", request_body = RenamePasskey,

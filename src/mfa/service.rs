@@ -37,8 +37,8 @@ pub fn answer_for(
             .map(Answer::Code)
             .ok_or_else(|| AppError::field("code", "is required for this method")),
         Method::Webauthn => {
-            let assertion =
-                assertion.ok_or_else(|| AppError::field("assertion", "is required for webauthn"))?;
+            let assertion = assertion
+                .ok_or_else(|| AppError::field("assertion", "is required for webauthn"))?;
             serde_json::from_value(assertion)
                 .map(|credential| Answer::Assertion(Box::new(credential)))
                 .map_err(|_| AppError::field("assertion", "is not a WebAuthn assertion"))

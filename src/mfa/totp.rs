@@ -44,10 +44,8 @@ pub fn enrollment(secret: &[u8], account: &str) -> anyhow::Result<Enrollment> {
     let otpauth_uri = totp
         .to_url()
         .map_err(|error| anyhow::anyhow!("otpauth URI: {error:?}"))?;
-    let qr = qrcode::QrCode::with_error_correction_level(
-        otpauth_uri.as_bytes(),
-        qrcode::EcLevel::M,
-    )?;
+    let qr =
+        qrcode::QrCode::with_error_correction_level(otpauth_uri.as_bytes(), qrcode::EcLevel::M)?;
     let qr_svg = qr
         .render::<qrcode::render::svg::Color>()
         .min_dimensions(200, 200)
@@ -105,8 +103,14 @@ pub async fn begin(
     Ok(())
 }
 
-pub async fn find(connection: &mut Connection, user_id: i64) -> Result<Option<TotpRow>, StoreError> {
-    Ok(crate::with_db!(connection, |db| sqlx::query_as::<_, TotpRow>(
+pub async fn find(
+    connection: &mut Connection,
+    user_id: i64,
+) -> Result<Option<TotpRow>, StoreError> {
+    Ok(crate::with_db!(connection, |db| sqlx::query_as::<
+        _,
+        TotpRow,
+    >(
         "SELECT secret_sealed, confirmed_at, last_used_step FROM totp_factors WHERE user_id = $1",
     )
     .bind(user_id)

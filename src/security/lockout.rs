@@ -162,6 +162,32 @@ pub async fn clear(connection: &mut Connection, subject: &Subject) -> Result<(),
     Ok(())
 }
 
+/// Gives back an attempt that was right but does not end the sign-in: a password whose second
+/// factor is still to come. It counts as no failure, and clears none of the failures before
+/// it (else a thief with the password could reset the count between guesses at the code);
+/// a lock this attempt set is lifted.
+pub async fn release(
+    connection: &mut Connection,
+    policy: LockoutPolicy,
+    subject: &Subject,
+    reservation: Reservation,
+) -> Result<(), StoreError> {
+    let (Subject::User(id), Reservation::Evaluate { attempt }) = (subject, reservation) else {
+        return Ok(());
+    };
+    crate::execute!(
+        connection,
+        sqlx::query(
+            "UPDATE users SET failed_login_count = CASE WHEN failed_login_count > 0 \
+             THEN failed_login_count - 1 ELSE 0 END, \
+             locked_until = CASE WHEN $2 THEN NULL ELSE locked_until END WHERE id = $1",
+        )
+        .bind(*id)
+        .bind(attempt == policy.threshold)
+    )?;
+    Ok(())
+}
+
 /// Forgets the counters of unknown names that are not locked and saw no attempt for a day.
 pub async fn expire_idle(connection: &mut Connection, now: Millis) -> Result<(), StoreError> {
     crate::execute!(

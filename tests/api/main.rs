@@ -8,6 +8,7 @@ mod email;
 mod helpers;
 mod isolation;
 mod labs;
+mod mfa;
 mod operations;
 mod platform;
 mod review;
