@@ -307,7 +307,15 @@ pub fn router() -> axum::Router<AppState> {
 }
 
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(
+#[openapi(
+    tags((name = "auth", description = "Sign-up, sign-in, sessions and the emailed-link flows. \
+Two-step sign-in: `POST /api/auth/login` answers an account with a second factor `401` with \
+`code: mfa_required`, an `mfa_token` (five minutes, single use, three wrong answers kill it), the `methods` \
+and, for passkeys, the WebAuthn request options; `POST /api/auth/login/mfa` with the token and a TOTP code, \
+a recovery code or a WebAuthn assertion answers the token pair. `totp_code` in the login body does both in \
+one step. `POST /api/auth/login/passkey` starts a passwordless passkey sign-in, finished the same way. \
+`POST /api/auth/step-up` proves a factor again in a signed-in session; tokens carry `amr` and `auth_time`.")),
+    paths(
     register,
     login,
     login_mfa,

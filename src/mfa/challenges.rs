@@ -109,9 +109,8 @@ pub async fn find_live(
         Option<Json<Value>>,
         i32,
     );
-    let row: Option<Row> =
-        crate::with_db!(connection, |db| {
-            sqlx::query_as(
+    let row: Option<Row> = crate::with_db!(connection, |db| {
+        sqlx::query_as(
         "SELECT token_hash, purpose, user_id, session_id, ceremony, failures FROM mfa_challenges \
          WHERE token_hash = $1 AND spent_at IS NULL AND expires_at > $2 AND failures < $3",
     )
@@ -120,7 +119,7 @@ pub async fn find_live(
     .bind(MAX_FAILURES)
     .fetch_optional(db)
     .await
-        })?;
+    })?;
     let Some((token_hash, purpose, user_id, session_id, ceremony, failures)) = row else {
         return Ok(None);
     };

@@ -219,9 +219,8 @@ pub async fn insert(
     passkey: &Passkey,
     now: Millis,
 ) -> Result<PasskeyView, StoreError> {
-    let id: i64 =
-        crate::with_db!(connection, |db| {
-            sqlx::query_scalar(
+    let id: i64 = crate::with_db!(connection, |db| {
+        sqlx::query_scalar(
         "INSERT INTO passkeys (user_id, credential_id, user_handle, name, credential, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
     )
@@ -233,7 +232,7 @@ pub async fn insert(
     .bind(Timestamp::from(now))
     .fetch_one(db)
     .await
-        })?;
+    })?;
     Ok(PasskeyView {
         id,
         name: name.to_string(),

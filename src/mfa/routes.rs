@@ -224,7 +224,13 @@ pub fn router() -> axum::Router<AppState> {
 }
 
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(
+#[openapi(
+    tags((name = "mfa", description = "Second factors. TOTP: `totp/enroll` (secret, otpauth URI, QR code as SVG) then \
+`totp/confirm` with the app's code; the account's first factor comes with ten single-use recovery codes, \
+shown once (`recovery-codes` makes a new set). Passkeys: `passkeys/register/start` (options for \
+`navigator.credentials.create`) then `passkeys/register/finish`. An admin who must enrol before signing in \
+passes the login's `mfa_token` in the body instead of a bearer token.")),
+    paths(
     status,
     enroll_totp,
     confirm_totp,

@@ -852,3 +852,72 @@ async fn second_factor_requests_with_bad_input_get_a_problem_and_change_nothing(
         .await;
     assert_problem(bad_name, StatusCode::BAD_REQUEST).await;
 }
+
+#[tokio::test]
+async fn an_admin_may_enrol_a_passkey_as_the_first_factor_while_signing_in() {
+    let app = spawn_app_with(&[
+        ("UMS_WEBAUTHN_ORIGINS", ORIGIN),
+        ("UMS_REQUIRE_MFA_FOR_ADMINS", "true"),
+    ])
+    .await;
+    ums::users::service::ensure_admin(
+        &app.state.store,
+        &app.state.hasher,
+        8,
+        "root",
+        "root@admins.org",
+        &secrecy::SecretString::from(PASSWORD.to_string()),
+        app.clock.now(),
+    )
+    .await
+    .unwrap();
+    let body = assert_problem(
+        app.login_response("root", PASSWORD).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    let mfa_token = body["mfa_token"].as_str().unwrap().to_string();
+    let mut authenticator = soft_passkey();
+    let (finished, _) = register_passkey(
+        &app,
+        &mut authenticator,
+        None,
+        json!({"mfa_token": mfa_token}),
+        "Admin key",
+    )
+    .await;
+    assert_eq!(finished["recovery_codes"].as_array().unwrap().len(), 10);
+
+    // The same token now asks for the passkey: first its request options, then the answer.
+    let options = second_step(&app, json!({"mfa_token": mfa_token, "method": "webauthn"})).await;
+    let options = assert_problem(options, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(options["code"], "mfa_required");
+    assert_eq!(options["mfa_token"], mfa_token.as_str());
+    let assertion = assert_with(&mut authenticator, &options["webauthn"]);
+    let signed_in = second_step(
+        &app,
+        json!({"mfa_token": mfa_token, "method": "webauthn", "assertion": assertion}),
+    )
+    .await;
+    assert_eq!(signed_in.status(), StatusCode::OK);
+    let body: Value = signed_in.json().await.unwrap();
+    assert_eq!(
+        amr(body["access_token"].as_str().unwrap()),
+        ["pwd", "hwk", "mfa"]
+    );
+    // A made-up enrolment token enrols nothing.
+    let refused = app
+        .post(
+            "/api/auth/mfa/totp/enroll",
+            &json!({"mfa_token": "made-up"}),
+            None,
+        )
+        .await;
+    assert_problem(refused, StatusCode::UNAUTHORIZED).await;
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"ums_mfa_verifications_total{method="webauthn",result="success"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"ums_mfa_enrollments_total{method="webauthn"} 1"#));
+}
