@@ -123,6 +123,7 @@ pub struct Config {
     /// (`UMS_ACCOUNT_REQUESTS_PER_HOUR`): each costs a password hash or an email.
     pub account_requests_per_hour: u32,
     pub second_factors: SecondFactors,
+    pub risk: Risk,
 }
 
 /// A database URL whose password never reaches `Debug` output or logs.
@@ -237,6 +238,7 @@ impl Config {
             login_attempt_retention,
         } = Operations::parse(&vars)?;
         let second_factors = SecondFactors::parse(&vars, &public_url)?;
+        let risk = Risk::parse(&vars)?;
         Ok(Config {
             database_url,
             replica_url,
@@ -283,6 +285,7 @@ impl Config {
             hash_queue_limit,
             account_requests_per_hour,
             second_factors,
+            risk,
         })
     }
 
@@ -332,6 +335,17 @@ impl Vars<'_> {
         }
     }
 
+    /// A whole number, zero allowed (a weight of 0 switches its signal off).
+    fn count(&self, name: &'static str, default: u32) -> Result<u32, ConfigError> {
+        match self.get(name) {
+            Some(value) => value
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| invalid(name, format!("`{value}` is not a whole number"))),
+            None => Ok(default),
+        }
+    }
+
     /// `true`/`false` (also `on`/`off`, `1`/`0`, `yes`/`no`).
     fn flag(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
         match self
@@ -364,6 +378,65 @@ impl Vars<'_> {
                 }
             })
             .transpose()
+    }
+}
+
+/// Adaptive sign-in: the GeoIP database, the IP denylists, and the risk engine's weights and
+/// thresholds (`UMS_RISK_WEIGHT_*`, `UMS_RISK_*_ABOVE`).
+#[derive(Debug, Clone, Default)]
+pub struct Risk {
+    pub geoip_db: Option<PathBuf>,
+    pub ip_denylists: Vec<PathBuf>,
+    pub policy: crate::security::risk::RiskPolicy,
+}
+
+impl Risk {
+    fn parse(vars: &Vars) -> Result<Self, ConfigError> {
+        use crate::security::risk::{RiskPolicy, Thresholds, Weights};
+        let defaults = Weights::default();
+        let weight = |name: &'static str, default: u32| vars.count(name, default);
+        let weights = Weights {
+            new_ip_failure: weight("UMS_RISK_WEIGHT_NEW_IP_FAILURE", defaults.new_ip_failure)?,
+            new_country: weight("UMS_RISK_WEIGHT_NEW_COUNTRY", defaults.new_country)?,
+            unusual_hour: weight("UMS_RISK_WEIGHT_UNUSUAL_HOUR", defaults.unusual_hour)?,
+            rapid_requests: weight("UMS_RISK_WEIGHT_RAPID_REQUESTS", defaults.rapid_requests)?,
+            malicious_ip: weight("UMS_RISK_WEIGHT_MALICIOUS_IP", defaults.malicious_ip)?,
+            impossible_travel: weight(
+                "UMS_RISK_WEIGHT_IMPOSSIBLE_TRAVEL",
+                defaults.impossible_travel,
+            )?,
+            new_device: weight("UMS_RISK_WEIGHT_NEW_DEVICE", defaults.new_device)?,
+        };
+        let defaults = Thresholds::default();
+        let thresholds = Thresholds {
+            notify_above: weight("UMS_RISK_NOTIFY_ABOVE", defaults.notify_above)?,
+            verify_above: weight("UMS_RISK_VERIFY_ABOVE", defaults.verify_above)?,
+            second_factor_above: weight(
+                "UMS_RISK_SECOND_FACTOR_ABOVE",
+                defaults.second_factor_above,
+            )?,
+            refuse_above: weight("UMS_RISK_REFUSE_ABOVE", defaults.refuse_above)?,
+        };
+        if !(thresholds.notify_above <= thresholds.verify_above
+            && thresholds.verify_above <= thresholds.second_factor_above
+            && thresholds.second_factor_above <= thresholds.refuse_above)
+        {
+            return Err(invalid(
+                "UMS_RISK_REFUSE_ABOVE",
+                "the thresholds must rise: notify ≤ verify ≤ second factor ≤ refuse",
+            ));
+        }
+        Ok(Risk {
+            geoip_db: vars.get("UMS_GEOIP_DB").map(PathBuf::from),
+            ip_denylists: vars
+                .get("UMS_IP_DENYLIST")
+                .map(|value| split_list(&value).into_iter().map(PathBuf::from).collect())
+                .unwrap_or_default(),
+            policy: RiskPolicy {
+                weights,
+                thresholds,
+            },
+        })
     }
 }
 

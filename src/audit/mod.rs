@@ -130,6 +130,20 @@ pub struct Origin {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
+    /// What tells one device from another (`security/devices.rs`); never audited itself.
+    pub device: DeviceHints,
+}
+
+/// The request headers that tell a device apart: the portal's own device id
+/// (`X-UMS-Device-Id`), `Accept-Language`, and the browser's client hints.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceHints {
+    pub device_id: Option<String>,
+    pub accept_language: Option<String>,
+    /// `Sec-CH-UA` and `Sec-CH-UA-Mobile`, as sent.
+    pub client_hints: Option<String>,
+    /// `Sec-CH-UA-Platform`.
+    pub platform: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use axum::http::header::{AUTHORIZATION, USER_AGENT};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use crate::audit::Origin;
+use crate::audit::{DeviceHints, Origin};
 use crate::auth::tokens::{Claims, TokenError, TokenType};
 use crate::error::AppError;
 use crate::http::middleware::RequestId;
@@ -31,10 +31,33 @@ impl FromRequestParts<AppState> for ClientOrigin {
             .and_then(|value| value.to_str().ok())
             .map(|agent| agent.chars().take(512).collect());
         let request_id = parts.extensions.get::<RequestId>().map(|id| id.0.clone());
+        let header = |name: &str, limit: usize| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .filter(|value| !crate::text::has_control_character(value))
+                .map(|value| value.chars().take(limit).collect::<String>())
+        };
+        let client_hints = match (header("sec-ch-ua", 256), header("sec-ch-ua-mobile", 8)) {
+            (None, None) => None,
+            (brands, mobile) => Some(format!(
+                "{};{}",
+                brands.unwrap_or_default(),
+                mobile.unwrap_or_default()
+            )),
+        };
+        let device = DeviceHints {
+            device_id: header("x-ums-device-id", 128),
+            accept_language: header("accept-language", 128),
+            client_hints,
+            platform: header("sec-ch-ua-platform", 64),
+        };
         Ok(ClientOrigin(Origin {
             ip,
             user_agent,
             request_id,
+            device,
         }))
     }
 }

@@ -3,8 +3,12 @@
 
 pub mod attempts;
 pub mod client_ip;
+pub mod devices;
+pub mod geoip;
 pub mod limits;
 pub mod lockout;
+pub mod reputation;
+pub mod risk;
 pub mod sealing;
 pub mod secrets;
 

@@ -95,6 +95,15 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: Some(include_str!("migrations/0010_second_factors.sqlite.sql")),
         postgres: Some(include_str!("migrations/0010_second_factors.postgres.sql")),
     },
+    Migration {
+        version: 11,
+        name: "adaptive_sign_in",
+        shared: "",
+        sqlite: Some(include_str!("migrations/0011_adaptive_sign_in.sqlite.sql")),
+        postgres: Some(include_str!(
+            "migrations/0011_adaptive_sign_in.postgres.sql"
+        )),
+    },
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import django
 import httpx
+import pyotp
 import pytest
 from django.conf import settings
 
@@ -287,6 +288,55 @@ class CountingTransport(httpx.HTTPTransport):
         with self._lock:
             self.counts[request.url.path] += 1
         return super().handle_request(request)
+
+
+class AuthenticatorApp:
+    """An authenticator app holding a TOTP secret (from the ``otpauth://`` URI it scans).
+
+    UMS accepts a code for the current 30-second step or the one either side, and each step
+    once per user, later than any used before. So each :meth:`code` is for the first step
+    not used yet: the current one, else the next (accepted early). Only a third code within
+    one step has to wait for the next step; tests keep to two codes per user where they can.
+    """
+
+    def __init__(self, totp: pyotp.TOTP) -> None:
+        self.totp = totp
+        self.last_step = -1
+
+    @classmethod
+    def scan(cls, otpauth_uri: str) -> AuthenticatorApp:
+        totp = pyotp.parse_uri(otpauth_uri)
+        assert isinstance(totp, pyotp.TOTP)
+        return cls(totp)
+
+    def code(self) -> str:
+        now = int(time.time()) // 30
+        step = max(self.last_step + 1, now)
+        if step > now + 1:  # both usable steps are spent: wait for the next one
+            time.sleep((step - 1) * 30 - time.time() + 0.2)
+        self.last_step = step
+        return self.totp.at(step * 30)
+
+    def wrong_code(self) -> str:
+        """Six digits that are no code of any step UMS could accept now."""
+        now = int(time.time()) // 30
+        valid = {self.totp.at((now + delta) * 30) for delta in range(-2, 3)}
+        return next(
+            c
+            for c in ("000000", "111111", "222222", "333333", "444444", "555555")
+            if c not in valid
+        )
+
+
+def enrol_totp(client: UMSClient) -> tuple[AuthenticatorApp, list[str]]:
+    """Enrol and confirm an authenticator app for the client's user, through the client.
+
+    Returns the app (its first code is spent) and the recovery codes (empty unless it was the
+    account's first factor).
+    """
+    app = AuthenticatorApp.scan(client.enroll_totp().otpauth_uri)
+    enrolled = client.confirm_totp(app.code())
+    return app, list(enrolled.recovery_codes or ())
 
 
 # -- fixtures -----------------------------------------------------------------------------

@@ -6,9 +6,12 @@ The portal (tests/portal) has a login view using the UMS backend, a lab page beh
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from urllib.parse import urlencode
 
+import jwt
+import pyotp
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
@@ -20,7 +23,9 @@ from conftest import (
     ADMIN_USERNAME,
     ISSUER,
     PASSWORD,
+    AuthenticatorApp,
     UMSServer,
+    enrol_totp,
     unique,
     wait_until_expired,
 )
@@ -32,6 +37,7 @@ from ums_client import (
     UMSClient,
 )
 from ums_client.django import get_verifier
+from ums_client.django.mfa import PENDING_KEY
 from ums_client.django.models import UmsIdentity
 from ums_client.django.store import SESSION_KEY, SessionTokenStore
 
@@ -433,3 +439,109 @@ def test_get_verifier_checks_the_audience_setting(audience_servers, django_db):
                 get_verifier().verify(billing_token)
         with pytest.raises(InvalidToken, match="audience"):
             get_verifier().verify(token)  # no audience configured: a token naming one is refused
+
+
+# -- second factors: the two-step login, the mfa decorator, step-up -----------------------
+
+
+def session_amr(browser: Client) -> list[str]:
+    tokens = session_tokens(browser)
+    assert tokens is not None
+    return list(jwt.decode(tokens.access_token, options={"verify_signature": False})["amr"])
+
+
+def test_two_step_login_keeps_the_mfa_token_never_the_password(portal, new_account):
+    account = new_account()
+    app, _ = enrol_totp(account.client)
+    browser = Client()
+    login_url = f"/login/?{urlencode({'next': '/labs/'})}"
+
+    response = browser.post(login_url, {"username": account.username, "password": PASSWORD})
+    assert response.status_code == 200  # the second form
+    assert b"second factor" in response.content
+    assert b"value=totp" in response.content and b"value=recovery_code" in response.content
+    pending = browser.session[PENDING_KEY]
+    assert pending["mfa_token"] and pending["methods"] == ["totp", "recovery_code"]
+    assert PASSWORD not in repr(dict(browser.session.items()))  # the password is not kept
+    assert session_tokens(browser) is None
+    assert browser.get("/whoami/").status_code == 302  # not logged in yet
+
+    response = browser.post(login_url, {"mfa_method": "totp", "mfa_code": app.wrong_code()})
+    assert response.status_code == 401
+    assert b"2 tries left" in response.content
+    assert session_tokens(browser) is None
+
+    response = browser.post(login_url, {"mfa_method": "totp", "mfa_code": app.code()})
+    assert response.status_code == 302
+    assert response["Location"] == "/labs/"  # next survived the second step
+    assert PENDING_KEY not in browser.session
+    assert session_amr(browser) == ["pwd", "otp", "mfa"]
+    assert browser.get("/whoami/").json() == {"username": account.username}
+    assert browser.get("/labs/").status_code == 200  # the session's UMS tokens work
+    assert browser.get("/mfa-only/").json() == {"amr": ["pwd", "otp", "mfa"]}
+
+
+def test_the_second_step_is_dropped_after_three_wrong_answers(portal, new_account):
+    account = new_account()
+    _, codes = enrol_totp(account.client)
+    browser = Client()
+    form = {"username": account.username, "password": PASSWORD}
+    wrong = {"mfa_method": "recovery_code", "mfa_code": "aaaa-aaaa-aaaa-aaaa"}
+
+    assert browser.post("/login/", form).status_code == 200
+    assert b"2 tries left" in browser.post("/login/", wrong).content
+    assert b"1 tries left" in browser.post("/login/", wrong).content
+    response = browser.post("/login/", wrong)  # the third: UMS has killed the token
+    assert response.status_code == 401
+    assert response.content == b"sign in again"
+    assert PENDING_KEY not in browser.session
+    right = {"mfa_method": "recovery_code", "mfa_code": codes[0]}
+    assert browser.post("/login/", right).content == b"sign in again"
+
+    assert browser.post("/login/", form).status_code == 200  # a new token
+    assert browser.post("/login/", right).status_code == 302
+    assert session_amr(browser) == ["pwd", "otp", "mfa"]
+
+
+def test_mfa_decorator_refuses_a_password_session_until_it_steps_up(portal, new_account):
+    account = new_account()
+    browser = browser_login(account.username)  # the password alone: no factor yet
+    app, codes = enrol_totp(account.client)
+
+    assert session_amr(browser) == ["pwd"]
+    assert browser.get("/mfa-only/").status_code == 403
+    assert Client().get("/mfa-only/")["Location"] == "/login/?next=/mfa-only/"
+    with override_settings(UMS_STEP_UP_URL="/step-up/"):
+        response = browser.get("/mfa-only/")
+        assert response.status_code == 302
+        assert response["Location"] == "/step-up/?next=/mfa-only/"
+
+    step_up_url = "/step-up/?next=/mfa-only/"
+    response = browser.post(step_up_url, {"method": "totp", "code": app.wrong_code()})
+    assert response.status_code == 401
+    assert browser.get("/whoami/").status_code == 200  # a refused answer does not log out
+    assert browser.get("/mfa-only/").status_code == 403
+
+    response = browser.post(step_up_url, {"method": "recovery_code", "code": codes[0]})
+    assert response.status_code == 302
+    assert response["Location"] == "/mfa-only/"
+    assert browser.get("/mfa-only/").json() == {"amr": ["pwd", "otp", "mfa"]}
+
+
+def test_an_admin_enrols_at_the_django_login_when_the_policy_is_on(pool, django_db):
+    server = pool.start(UMS_REQUIRE_MFA_FOR_ADMINS="true")
+    with override_settings(UMS_BASE_URL=server.url):
+        browser = Client()
+        response = browser.post("/login/", {"username": ADMIN_USERNAME, "password": ADMIN_PASSWORD})
+        assert response.status_code == 200
+        assert b"enrol an authenticator app" in response.content and b"<svg" in response.content
+        assert browser.session[PENDING_KEY]["kind"] == "mfa_enrollment_required"
+        secret = re.search(rb"secret=([A-Z2-7]+)", response.content).group(1).decode()
+        app = AuthenticatorApp(pyotp.TOTP(secret))
+
+        response = browser.post("/login/", {"mfa_method": "totp", "mfa_code": app.code()})
+        assert response.status_code == 200
+        codes = response.content.decode().removeprefix("recovery codes: ").split()
+        assert len(codes) == 10  # shown once
+        assert session_amr(browser) == ["pwd", "otp", "mfa"]
+        assert browser.get("/admin-only/settings/").status_code == 200

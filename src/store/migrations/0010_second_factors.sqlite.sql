@@ -39,7 +39,7 @@ CREATE INDEX passkeys_user_handle ON passkeys (user_handle);
 CREATE TABLE mfa_challenges (
     token_hash TEXT PRIMARY KEY CHECK (length(token_hash) = 64),
     purpose TEXT NOT NULL CHECK (purpose IN
-        ('login', 'enrollment', 'step_up', 'passwordless', 'passkey_registration')),
+        ('login', 'enrollment', 'step_up', 'passwordless', 'passkey_registration', 'verification')),
     user_id INTEGER REFERENCES users (id) ON DELETE CASCADE,
     session_id TEXT REFERENCES sessions (id) ON DELETE CASCADE,
     -- The server half of a WebAuthn ceremony, when one is under way.

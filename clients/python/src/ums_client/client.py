@@ -3,26 +3,34 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
+import jwt
 
 from . import __version__
 from .errors import AuthenticationError, ServiceUnavailable, error_from_response
 from .models import (
     AccessInfo,
     AuditEvent,
+    FactorEnrolled,
     Lab,
     LoginAttempt,
     LoginResult,
     Member,
     Membership,
+    MFAStatus,
     Page,
+    Passkey,
+    PasskeyChallenge,
+    PasskeyRegistration,
     Session,
     TokenPair,
+    TOTPEnrollment,
     User,
 )
 from .tokens import MemoryTokenStore, TokenStore
@@ -138,12 +146,20 @@ class UMSClient:
         json: Any = None,
         params: Params | None = None,
         auth: bool = True,
+        refresh: bool = True,
     ) -> httpx.Response:
+        """Send a call (with the stored access token unless ``auth`` is false).
+
+        A 401 makes the client refresh and retry once, unless ``refresh`` is false: for calls
+        whose 401 can be a refused answer (a wrong second factor) rather than a stale token,
+        where a retry would count the same wrong answer twice.
+        """
         tokens = self.token_store.load() if auth else None
         token = tokens.access_token if tokens else None
         response = self._send(method, path, json=json, params=params, token=token)
         if (
             response.status_code == 401
+            and refresh
             and tokens is not None
             and tokens.refresh_token
             and self._refresh_after_401(tokens.access_token)
@@ -176,6 +192,23 @@ class UMSClient:
             except AuthenticationError:
                 return False  # the session is gone: the caller gets the original 401
             return True
+
+    def _refresh_if_expiring(self, leeway: float = 5.0) -> None:
+        """Refresh now if the stored access token expires within ``leeway`` seconds.
+
+        For calls sent with ``refresh=False``, which cannot refresh after a 401. The token is
+        read without verification: it came from UMS and only its ``exp`` is used.
+        """
+        tokens = self.token_store.load()
+        if tokens is None or not tokens.refresh_token:
+            return
+        try:
+            claims = jwt.decode(tokens.access_token, options={"verify_signature": False})
+            expires_at = float(claims["exp"])
+        except (jwt.PyJWTError, KeyError, TypeError, ValueError):
+            return  # not for this client to judge: UMS will answer
+        if expires_at - time.time() <= leeway:
+            self._refresh_after_401(tokens.access_token)
 
     def _refresh_locked(self, refresh_token: str) -> TokenPair:
         try:
@@ -215,13 +248,76 @@ class UMSClient:
         )
 
     def login(self, username: str, password: str, totp_code: str | None = None) -> LoginResult:
-        """``POST /api/auth/login`` with a username or email; the tokens are stored."""
+        """``POST /api/auth/login`` with a username or email; the tokens are stored.
+
+        For an account with a second factor, a right password raises :class:`MFARequired`
+        (unless ``totp_code`` is given and right: the one-step form); finish with
+        :meth:`login_mfa` and its ``mfa_token``. An account that must enrol a factor first
+        (an admin, under the server's policy) raises :class:`MFAEnrollmentRequired`.
+        """
         body = _body(username=username, password=password, totp_code=totp_code)
         result = LoginResult.from_json(
             self._request("POST", "/api/auth/login", json=body, auth=False).json()
         )
         self.token_store.save(result.tokens)
         return result
+
+    def login_mfa(
+        self,
+        mfa_token: str,
+        method: str,
+        code: str | None = None,
+        assertion: Mapping[str, Any] | None = None,
+    ) -> LoginResult:
+        """``POST /api/auth/login/mfa``: the second step of a sign-in; the tokens are stored.
+
+        ``method`` is ``totp`` or ``recovery_code`` (with ``code``), or ``webauthn`` (with
+        ``assertion``, the ``PublicKeyCredential`` of ``navigator.credentials.get`` as JSON;
+        without it, :class:`MFARequired` is raised again with fresh ``webauthn`` options for
+        the same token). A wrong answer raises :class:`AuthenticationError`; the token dies
+        after three of them or one success, and wrong answers count toward the account's
+        lockout (:class:`AccountLocked`). After an enrolment sign-in the result carries the
+        account's ``recovery_codes``.
+        """
+        body = _body(mfa_token=mfa_token, method=method, code=code, assertion=assertion)
+        result = LoginResult.from_json(
+            self._request("POST", "/api/auth/login/mfa", json=body, auth=False).json()
+        )
+        self.token_store.save(result.tokens)
+        return result
+
+    def login_passkey_start(self) -> PasskeyChallenge:
+        """``POST /api/auth/login/passkey``: start a passwordless sign-in with a passkey.
+
+        Answer the challenge with ``login_mfa(challenge.mfa_token, "webauthn", assertion=...)``.
+        """
+        return PasskeyChallenge.from_json(
+            self._request("POST", "/api/auth/login/passkey", auth=False).json()
+        )
+
+    def step_up(
+        self,
+        method: str,
+        code: str | None = None,
+        assertion: Mapping[str, Any] | None = None,
+        mfa_token: str | None = None,
+    ) -> TokenPair:
+        """``POST /api/auth/step-up``: prove a second factor again in this session.
+
+        Returns (and stores) a new pair for the same session whose ``amr`` gains the method
+        (``otp`` for a TOTP or recovery code, ``hwk`` for a passkey) and ``mfa``, with
+        ``auth_time`` now. For ``webauthn`` call first without ``assertion``: that raises
+        :class:`MFARequired` with an ``mfa_token`` and ``webauthn`` request options; then call
+        again with both. A wrong answer raises :class:`AuthenticationError` and is not retried
+        (it counts toward the account's lockout): an access token about to expire is refreshed
+        before the call instead of after a 401.
+        """
+        body = _body(method=method, code=code, assertion=assertion, mfa_token=mfa_token)
+        self._refresh_if_expiring()
+        response = self._request("POST", "/api/auth/step-up", json=body, refresh=False)
+        tokens = TokenPair.from_json(response.json())
+        self.token_store.save(tokens)
+        return tokens
 
     def refresh(self, refresh_token: str | None = None) -> TokenPair:
         """``POST /api/auth/refresh``: trade the (given or stored) refresh token for a new pair.
@@ -281,6 +377,93 @@ class UMSClient:
     def revoke_session(self, session_id: str) -> None:
         """``DELETE /api/auth/sessions/{id}``."""
         self._request("DELETE", f"/api/auth/sessions/{session_id}")
+
+    # -- /api/auth/mfa: the caller's second factors ----------------------------------------
+
+    def mfa_status(self) -> MFAStatus:
+        """``GET /api/auth/mfa``: the caller's factors, recovery codes left and passkeys."""
+        return self._get("/api/auth/mfa", MFAStatus.from_json)
+
+    def enroll_totp(self, mfa_token: str | None = None) -> TOTPEnrollment:
+        """``POST /api/auth/mfa/totp/enroll``: start enrolling an authenticator app.
+
+        As the signed-in caller, or with the ``mfa_token`` of a sign-in that raised
+        :class:`MFAEnrollmentRequired` (then no bearer token is sent, and the new factor is
+        confirmed by :meth:`login_mfa` with method ``totp``). :class:`Conflict` if a confirmed
+        app is enrolled already.
+        """
+        body = _body(mfa_token=mfa_token)
+        response = self._request(
+            "POST", "/api/auth/mfa/totp/enroll", json=body, auth=mfa_token is None
+        )
+        return TOTPEnrollment.from_json(response.json())
+
+    def confirm_totp(self, code: str) -> FactorEnrolled:
+        """``POST /api/auth/mfa/totp/confirm`` with a code of the app; from then on it counts.
+
+        The result has the account's ``recovery_codes`` when this is its first factor. A
+        wrong code raises :class:`ValidationError` (``errors["code"]``).
+        """
+        response = self._request("POST", "/api/auth/mfa/totp/confirm", json={"code": code})
+        return FactorEnrolled.from_json(response.json())
+
+    def disable_totp(self, password: str, code: str) -> None:
+        """``POST /api/auth/mfa/totp/disable`` with the password and a TOTP or recovery code.
+
+        :class:`ValidationError` on ``errors["password"]`` or ``errors["code"]``;
+        :class:`Conflict` if an admin would lose the last factor the server's policy asks for.
+        """
+        body = {"password": password, "code": code}
+        self._request("POST", "/api/auth/mfa/totp/disable", json=body)
+
+    def regenerate_recovery_codes(self, password: str) -> list[str]:
+        """``POST /api/auth/mfa/recovery-codes``: ten new recovery codes; the old ones are void."""
+        response = self._request(
+            "POST", "/api/auth/mfa/recovery-codes", json={"password": password}
+        )
+        return list(response.json()["recovery_codes"])
+
+    def start_passkey_registration(self, mfa_token: str | None = None) -> PasskeyRegistration:
+        """``POST /api/auth/mfa/passkeys/register/start``: creation options for a new passkey.
+
+        As the signed-in caller, or with the ``mfa_token`` of an enrolment sign-in.
+        """
+        body = _body(mfa_token=mfa_token)
+        response = self._request(
+            "POST", "/api/auth/mfa/passkeys/register/start", json=body, auth=mfa_token is None
+        )
+        return PasskeyRegistration.from_json(response.json())
+
+    def finish_passkey_registration(
+        self, registration_token: str, credential: Mapping[str, Any], name: str | None = None
+    ) -> FactorEnrolled:
+        """``POST /api/auth/mfa/passkeys/register/finish`` (201) with the ``PublicKeyCredential``
+        of ``navigator.credentials.create`` as JSON; ``name`` defaults to "Passkey" on the server.
+
+        The result has the new ``passkey``, and ``recovery_codes`` when it is the account's
+        first factor. The registration token says whose it is: no bearer token is sent.
+        """
+        body = _body(registration_token=registration_token, name=name, credential=credential)
+        response = self._request(
+            "POST", "/api/auth/mfa/passkeys/register/finish", json=body, auth=False
+        )
+        return FactorEnrolled.from_json(response.json())
+
+    def list_passkeys(self) -> list[Passkey]:
+        """``GET /api/auth/mfa/passkeys``: the caller's passkeys."""
+        return self._get("/api/auth/mfa/passkeys", lambda d: [Passkey.from_json(p) for p in d])
+
+    def rename_passkey(self, passkey_id: int, name: str) -> None:
+        """``PATCH /api/auth/mfa/passkeys/{id}`` (1 to 64 characters)."""
+        self._request("PATCH", f"/api/auth/mfa/passkeys/{passkey_id}", json={"name": name})
+
+    def delete_passkey(self, passkey_id: int) -> None:
+        """``DELETE /api/auth/mfa/passkeys/{id}``.
+
+        Needs a session that proved a second factor: otherwise :class:`StepUpRequired`
+        (call :meth:`step_up` first).
+        """
+        self._request("DELETE", f"/api/auth/mfa/passkeys/{passkey_id}")
 
     def jwks(self) -> dict[str, Any]:
         """``GET /.well-known/jwks.json``: the public signing keys."""
@@ -363,6 +546,13 @@ class UMSClient:
         """``POST /api/users/{id}/unlock`` (admin): lift a lockout and reset its counter."""
         return User.from_json(self._request("POST", f"/api/users/{user_id}/unlock").json())
 
+    def reset_user_mfa(self, user_id: int) -> None:
+        """``DELETE /api/users/{id}/mfa`` (admin): remove every second factor of the user.
+
+        For a user who lost them; they sign in with the password alone afterwards.
+        """
+        self._request("DELETE", f"/api/users/{user_id}/mfa")
+
     # -- /api/labs ------------------------------------------------------------------------
 
     def list_labs(self, *, page: int | None = None, per_page: int | None = None) -> Page[Lab]:
@@ -386,9 +576,14 @@ class UMSClient:
         code: str | None = None,
         name: str | None = None,
         description: str | None = None,
+        require_mfa: bool | None = None,
     ) -> Lab:
-        """``PATCH /api/labs/{id}`` (admin): change the given fields."""
-        body = _body(code=code, name=name, description=description)
+        """``PATCH /api/labs/{id}`` (admin): change the given fields.
+
+        ``require_mfa`` (system admins): members without a second factor are then refused
+        the lab's routes (:class:`MFASetupRequired`).
+        """
+        body = _body(code=code, name=name, description=description, require_mfa=require_mfa)
         return Lab.from_json(self._request("PATCH", f"/api/labs/{lab_id}", json=body).json())
 
     def replace_lab(

@@ -13,11 +13,17 @@ __all__ = [
     "AccountLocked",
     "AuthenticationError",
     "Conflict",
+    "InsufficientAuthentication",
     "InvalidToken",
+    "MFAEnrollmentRequired",
+    "MFARequired",
+    "MFASetupRequired",
     "NotFound",
     "PermissionDenied",
     "RateLimited",
+    "SecondStepRequired",
     "ServiceUnavailable",
+    "StepUpRequired",
     "UMSError",
     "ValidationError",
     "error_from_response",
@@ -69,8 +75,81 @@ class InvalidToken(AuthenticationError):
         super().__init__(401, "Unauthorized", detail, code="invalid_token")
 
 
+class InsufficientAuthentication(InvalidToken):
+    """A well-signed access token refused by a :class:`ums_client.TokenVerifier` because its
+    ``amr`` lacks a required method (say ``mfa``: the session has not proven a second factor).
+
+    ``code`` is ``insufficient_user_authentication`` (the error of RFC 9470, OAuth step-up);
+    ``required`` are the methods asked for and ``amr`` those the token has. Ask the user to
+    step up (``POST /api/auth/step-up``) and present the new token.
+    """
+
+    def __init__(self, required: frozenset[str], amr: tuple[str, ...]) -> None:
+        missing = ", ".join(sorted(required - set(amr)))
+        super().__init__(
+            f"the token's authentication methods (amr {list(amr)}) lack {missing}: "
+            "a second factor must be proven (step up)"
+        )
+        self.code = "insufficient_user_authentication"
+        self.required = required
+        self.amr = amr
+
+
+class SecondStepRequired(AuthenticationError):
+    """401 after a right password: the sign-in goes on with a second step.
+
+    ``mfa_token`` carries it on (for ``expires_in`` seconds, 300), ``methods`` are those that
+    can take the step (``totp``, ``recovery_code``, ``webauthn``) and ``webauthn`` the
+    WebAuthn request options when a passkey can answer (else ``None``). See
+    :class:`MFARequired` and :class:`MFAEnrollmentRequired`.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        mfa_token: str = "",
+        methods: tuple[str, ...] = (),
+        webauthn: dict[str, Any] | None = None,
+        expires_in: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.mfa_token = mfa_token
+        self.methods = methods
+        self.webauthn = webauthn
+        self.expires_in = expires_in
+
+
+class MFARequired(SecondStepRequired):
+    """401 ``mfa_required``: prove a second factor with :meth:`UMSClient.login_mfa`.
+
+    Also raised by :meth:`UMSClient.step_up` (and ``login_mfa``) for ``webauthn`` without an
+    assertion: then ``webauthn`` holds fresh request options for the ``mfa_token``.
+    """
+
+
+class MFAEnrollmentRequired(SecondStepRequired):
+    """401 ``mfa_enrollment_required``: the account (a system admin, under the server's
+    ``UMS_REQUIRE_MFA_FOR_ADMINS``) must enrol a second factor before it can sign in.
+
+    Enrol with the ``mfa_token`` (:meth:`UMSClient.enroll_totp` or
+    :meth:`UMSClient.start_passkey_registration`), then prove the new factor with
+    :meth:`UMSClient.login_mfa`, whose result carries the account's recovery codes.
+    """
+
+
 class PermissionDenied(UMSError):
     """403: authenticated but not allowed."""
+
+
+class StepUpRequired(PermissionDenied):
+    """403 ``step_up_required``: this needs a session that proved a second factor (its token's
+    ``amr`` has ``mfa``); call :meth:`UMSClient.step_up` and try again."""
+
+
+class MFASetupRequired(PermissionDenied):
+    """403 ``mfa_enrollment_required``: a lab that requires a second factor refuses a member
+    who has none; enrol one (:meth:`UMSClient.enroll_totp`) first."""
 
 
 class NotFound(UMSError):
@@ -112,6 +191,15 @@ _BY_STATUS: dict[int, type[UMSError]] = {
 }
 
 
+# Problem codes that name a more specific exception than the status does.
+_BY_CODE: dict[tuple[int, str], type[UMSError]] = {
+    (401, "mfa_required"): MFARequired,
+    (401, "mfa_enrollment_required"): MFAEnrollmentRequired,
+    (403, "step_up_required"): StepUpRequired,
+    (403, "mfa_enrollment_required"): MFASetupRequired,
+}
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """``Retry-After`` as seconds: either delta-seconds or an HTTP date."""
     if not value:
@@ -134,15 +222,26 @@ def error_from_response(response: httpx.Response) -> UMSError:
         body = None
     problem: dict[str, Any] = body if isinstance(body, dict) else {}
     status = response.status_code
-    cls = _BY_STATUS.get(status, UMSError)
+    code = problem.get("code")
+    cls = _BY_CODE.get((status, code)) if isinstance(code, str) else None
+    if cls is None:
+        cls = _BY_STATUS.get(status, UMSError)
     kwargs: dict[str, Any] = {
-        "code": problem.get("code"),
+        "code": code,
         "type": problem.get("type"),
         "errors": problem.get("errors") if isinstance(problem.get("errors"), dict) else None,
         "request_id": response.headers.get("x-request-id"),
     }
     if issubclass(cls, _RetryAfter):
         kwargs["retry_after"] = parse_retry_after(response.headers.get("retry-after"))
+    if issubclass(cls, SecondStepRequired):
+        methods = problem.get("methods")
+        webauthn = problem.get("webauthn")
+        expires_in = problem.get("expires_in")
+        kwargs["mfa_token"] = str(problem.get("mfa_token") or "")
+        kwargs["methods"] = tuple(methods) if isinstance(methods, list) else ()
+        kwargs["webauthn"] = webauthn if isinstance(webauthn, dict) else None
+        kwargs["expires_in"] = expires_in if isinstance(expires_in, int) else None
     detail = problem.get("detail")
     if detail is None and not problem and response.text:
         detail = response.text[:200]

@@ -10,14 +10,20 @@ from typing import Any, Generic, TypeVar
 __all__ = [
     "AccessInfo",
     "AuditEvent",
+    "FactorEnrolled",
     "Lab",
     "LoginAttempt",
     "LoginResult",
+    "MFAStatus",
     "Member",
     "MemberUser",
     "Membership",
     "Page",
+    "Passkey",
+    "PasskeyChallenge",
+    "PasskeyRegistration",
     "Session",
+    "TOTPEnrollment",
     "TokenPair",
     "User",
     "parse_datetime",
@@ -113,6 +119,8 @@ class Lab:
     is_active: bool
     created_at: datetime
     updated_at: datetime
+    #: Members without a second factor are refused the lab (set by system admins).
+    require_mfa: bool = False
 
     @classmethod
     def from_json(cls, data: Json) -> Lab:
@@ -124,6 +132,7 @@ class Lab:
             is_active=data["is_active"],
             created_at=_dt(data["created_at"]),
             updated_at=_dt(data["updated_at"]),
+            require_mfa=data.get("require_mfa", False),
         )
 
 
@@ -209,6 +218,9 @@ class TokenPair:
 class LoginResult:
     tokens: TokenPair
     user: User
+    #: Shown once: the account's ten recovery codes, when this sign-in confirmed its first
+    #: factor (an admin's enrolment at sign-in); otherwise ``None``.
+    recovery_codes: tuple[str, ...] | None = None
 
     @property
     def access_token(self) -> str:
@@ -220,7 +232,121 @@ class LoginResult:
 
     @classmethod
     def from_json(cls, data: Json) -> LoginResult:
-        return cls(tokens=TokenPair.from_json(data), user=User.from_json(data["user"]))
+        codes = data.get("recovery_codes")
+        return cls(
+            tokens=TokenPair.from_json(data),
+            user=User.from_json(data["user"]),
+            recovery_codes=None if codes is None else tuple(codes),
+        )
+
+
+@dataclass(frozen=True)
+class Passkey:
+    """A registered passkey as its owner sees it."""
+
+    id: int
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None
+
+    @classmethod
+    def from_json(cls, data: Json) -> Passkey:
+        return cls(
+            id=data["id"],
+            name=data["name"],
+            created_at=_dt(data["created_at"]),
+            last_used_at=parse_datetime(data.get("last_used_at")),
+        )
+
+
+@dataclass(frozen=True)
+class MFAStatus:
+    """``GET /api/auth/mfa``: the caller's second factors."""
+
+    enabled: bool
+    #: Those that can prove a factor: ``totp``, ``recovery_code``, ``webauthn``.
+    methods: tuple[str, ...]
+    totp: bool
+    #: A TOTP enrolment was started and not confirmed yet.
+    totp_pending: bool
+    recovery_codes_left: int
+    passkeys: tuple[Passkey, ...]
+
+    @classmethod
+    def from_json(cls, data: Json) -> MFAStatus:
+        return cls(
+            enabled=data["enabled"],
+            methods=tuple(data.get("methods") or ()),
+            totp=data.get("totp", False),
+            totp_pending=data.get("totp_pending", False),
+            recovery_codes_left=data.get("recovery_codes_left", 0),
+            passkeys=tuple(Passkey.from_json(p) for p in data.get("passkeys") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class TOTPEnrollment:
+    """A started TOTP enrolment: show ``qr_svg`` (or ``secret``) to the user's authenticator
+    app, then confirm with a code it shows."""
+
+    #: The shared secret, base32.
+    secret: str
+    #: ``otpauth://totp/...``, what the QR code holds.
+    otpauth_uri: str
+    #: The QR code as an SVG document.
+    qr_svg: str
+
+    @classmethod
+    def from_json(cls, data: Json) -> TOTPEnrollment:
+        return cls(secret=data["secret"], otpauth_uri=data["otpauth_uri"], qr_svg=data["qr_svg"])
+
+
+@dataclass(frozen=True)
+class FactorEnrolled:
+    """A factor added: the account's recovery codes (shown once) when it was its first."""
+
+    recovery_codes: tuple[str, ...] | None = None
+    #: The new passkey, after a passkey registration.
+    passkey: Passkey | None = None
+
+    @classmethod
+    def from_json(cls, data: Json) -> FactorEnrolled:
+        codes, passkey = data.get("recovery_codes"), data.get("passkey")
+        return cls(
+            recovery_codes=None if codes is None else tuple(codes),
+            passkey=None if passkey is None else Passkey.from_json(passkey),
+        )
+
+
+@dataclass(frozen=True)
+class PasskeyRegistration:
+    """A started passkey registration: pass ``webauthn`` (the creation options, with
+    ``publicKey`` inside) to ``navigator.credentials.create`` and finish with the credential."""
+
+    registration_token: str
+    webauthn: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, data: Json) -> PasskeyRegistration:
+        return cls(registration_token=data["registration_token"], webauthn=dict(data["webauthn"]))
+
+
+@dataclass(frozen=True)
+class PasskeyChallenge:
+    """A passwordless sign-in's first half: answer ``webauthn`` (request options for
+    ``navigator.credentials.get``) with ``login_mfa(mfa_token, "webauthn", assertion=...)``."""
+
+    mfa_token: str
+    webauthn: dict[str, Any]
+    expires_in: int
+
+    @classmethod
+    def from_json(cls, data: Json) -> PasskeyChallenge:
+        return cls(
+            mfa_token=data["mfa_token"],
+            webauthn=dict(data["webauthn"]),
+            expires_in=data["expires_in"],
+        )
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import httpx
 import jwt
 
-from .errors import InvalidToken, ServiceUnavailable
+from .errors import InsufficientAuthentication, InvalidToken, ServiceUnavailable
 
 __all__ = ["TokenVerifier"]
 
@@ -49,6 +49,14 @@ class TokenVerifier:
     identify itself with the audience must reject the token), so set it on every verifier
     once the server sets ``UMS_JWT_AUDIENCE``.
 
+    ``require_mfa=True`` refuses tokens of sessions that have not proven a second factor:
+    the token's ``amr`` (RFC 8176 authentication methods: ``pwd``, ``otp``, ``hwk``,
+    ``mfa``) must contain ``mfa``. ``required_amr`` names methods that must all be there
+    (``{"hwk"}``: a passkey); :meth:`verify` takes more per call. A token lacking one raises
+    :class:`~ums_client.InsufficientAuthentication` (a subclass of ``InvalidToken`` with
+    ``code`` ``insufficient_user_authentication``): the user should step up
+    (``POST /api/auth/step-up``) and present the new token.
+
     Note that offline verification cannot see a logout: a revoked session's access token stays
     valid here until it expires.
     """
@@ -66,6 +74,8 @@ class TokenVerifier:
         leeway: float = 0.0,
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
+        require_mfa: bool = False,
+        required_amr: Iterable[str] = (),
     ) -> None:
         if (base_url is None) == (jwks_url is None):
             raise ValueError("give exactly one of base_url and jwks_url")
@@ -81,6 +91,9 @@ class TokenVerifier:
         unsafe = [a for a in self.algorithms if a == "none" or a.upper().startswith("HS")]
         if not self.algorithms or unsafe:
             raise ValueError(f"algorithms must be asymmetric signature algorithms, not {unsafe}")
+        if isinstance(required_amr, str):
+            raise TypeError('required_amr is a collection of methods, e.g. {"mfa"}, not a string')
+        self.required_amr = frozenset(required_amr) | ({"mfa"} if require_mfa else set())
         self.cache_ttl = cache_ttl
         self.min_refetch_interval = min_refetch_interval
         self.leeway = leeway
@@ -99,8 +112,16 @@ class TokenVerifier:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def verify(self, token: str) -> dict[str, Any]:
-        """Return the claims of a valid access token; raise :class:`InvalidToken` otherwise."""
+    def verify(self, token: str, *, required_amr: Iterable[str] = ()) -> dict[str, Any]:
+        """Return the claims of a valid access token; raise :class:`InvalidToken` otherwise.
+
+        ``required_amr`` adds methods that the token's ``amr`` must contain for this call
+        (beyond the verifier's own), e.g. ``{"mfa"}`` for one sensitive route; a token lacking
+        one raises :class:`InsufficientAuthentication`.
+        """
+        if isinstance(required_amr, str):
+            raise TypeError('required_amr is a collection of methods, e.g. {"mfa"}, not a string')
+        required = self.required_amr | frozenset(required_amr)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -131,6 +152,11 @@ class TokenVerifier:
             raise InvalidToken(f"invalid token: {exc}") from exc
         if claims.get("typ") != "access":
             raise InvalidToken(f"not an access token (typ={claims.get('typ')!r})")
+        if required:
+            amr = claims.get("amr")
+            methods = tuple(m for m in amr if isinstance(m, str)) if isinstance(amr, list) else ()
+            if not required <= set(methods):
+                raise InsufficientAuthentication(required, methods)
         return claims
 
     @property

@@ -4,6 +4,8 @@ from . import views
 
 urlpatterns = [
     path("login/", views.login_view),
+    path("step-up/", views.step_up_view),
+    path("mfa-only/", views.mfa_page),
     path("logout/", views.logout_view),
     path("whoami/", views.whoami),
     path("labs/", views.my_labs),

@@ -4,22 +4,37 @@ from django.conf import settings
 from django.contrib.auth import authenticate, login
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, resolve_url
+from django.utils.html import escape
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from ums_client import AccountLocked
+from ums_client import (
+    AccountLocked,
+    AuthenticationError,
+    MFAEnrollmentRequired,
+    MFARequired,
+    ValidationError,
+)
 from ums_client.django import (
+    PendingMFA,
     get_client,
     logout,
+    pending_mfa,
     require_lab_access,
+    session_amr,
+    start_totp_enrollment,
     ums_admin_required,
     ums_login_required,
+    ums_mfa_required,
 )
 
 
 def login_view(request: HttpRequest) -> HttpResponse:
+    """Password first; for an account with a second factor, a second form (same URL)."""
     if request.method != "POST":
         return HttpResponse("<form method=post>...</form>")
+    if "mfa_method" in request.POST:
+        return second_step(request)
     user = authenticate(
         request, username=request.POST.get("username"), password=request.POST.get("password")
     )
@@ -27,9 +42,67 @@ def login_view(request: HttpRequest) -> HttpResponse:
         error = getattr(request, "ums_error", None)
         if isinstance(error, AccountLocked):
             return HttpResponse(f"locked; retry in {error.retry_after:.0f} s", status=423)
+        pending = pending_mfa(request)
+        if isinstance(error, MFARequired) and pending is not None:
+            return second_factor_form(pending)
+        if isinstance(error, MFAEnrollmentRequired) and pending is not None:
+            enrollment = start_totp_enrollment(request)
+            return HttpResponse(
+                f"enrol an authenticator app: {enrollment.qr_svg} secret={enrollment.secret}"
+                "<form method=post><input type=hidden name=mfa_method value=totp>"
+                "<input name=mfa_code></form>"
+            )
         return HttpResponse("wrong username or password", status=401)
     login(request, user)
     return redirect(next_url(request))
+
+
+def second_factor_form(pending: PendingMFA, status: int = 200, note: str = "") -> HttpResponse:
+    choices = "".join(f"<option value={m}>{m}</option>" for m in pending.methods if m != "webauthn")
+    return HttpResponse(
+        f"{escape(note)}<form method=post>second factor: <select name=mfa_method>{choices}"
+        "</select><input name=mfa_code></form>",
+        status=status,
+    )
+
+
+def second_step(request: HttpRequest) -> HttpResponse:
+    user = authenticate(
+        request, mfa_method=request.POST["mfa_method"], mfa_code=request.POST.get("mfa_code")
+    )
+    if user is None:
+        error = getattr(request, "ums_error", None)
+        if isinstance(error, AccountLocked):
+            return HttpResponse(f"locked; retry in {error.retry_after:.0f} s", status=423)
+        pending = pending_mfa(request)
+        if pending is None:
+            return HttpResponse("sign in again", status=401)
+        note = f"not accepted; {pending.answers_left} tries left"
+        return second_factor_form(pending, status=401, note=note)
+    recovery_codes = user.ums_login.recovery_codes  # after a first enrolment: shown once
+    login(request, user)
+    if recovery_codes:
+        return HttpResponse("recovery codes: " + " ".join(recovery_codes))
+    return redirect(next_url(request))
+
+
+@ums_login_required
+def step_up_view(request: HttpRequest) -> HttpResponse:
+    if request.method != "POST":
+        return HttpResponse("<form method=post>...</form>")
+    try:
+        get_client(request).step_up(request.POST["method"], code=request.POST.get("code"))
+    except ValidationError as exc:
+        return HttpResponse(escape(str(exc)), status=400)
+    except AuthenticationError:
+        # A refused answer: handled here, since ums_login_required logs out on a 401.
+        return HttpResponse("not accepted", status=401)
+    return redirect(next_url(request))
+
+
+@ums_mfa_required
+def mfa_page(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"amr": list(session_amr(request))})
 
 
 def next_url(request: HttpRequest) -> str:

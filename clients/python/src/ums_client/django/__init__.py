@@ -10,6 +10,8 @@ Settings::
     UMS_ISSUER = "https://ums.example.org"     # iss for get_verifier(), default UMS_BASE_URL
     UMS_JWT_AUDIENCE = "lab-portal"            # aud for get_verifier(), as set on the server
     UMS_ADOPT_UNLINKED_USERS = False           # upgrade aid, see backends.sync_user
+    UMS_STEP_UP_URL = "/step-up/"              # where require_amr sends a session lacking a
+                                               # factor (with ?next=), optional; else 403
     AUTHENTICATION_BACKENDS = ["ums_client.django.backends.UMSBackend"]
     MIDDLEWARE = [
         ...,
@@ -25,16 +27,32 @@ registry); this module can be imported before Django is set up.
 """
 
 from .auth import logout
-from .decorators import ROLE_RANK, require_lab_access, ums_admin_required, ums_login_required
+from .decorators import (
+    ROLE_RANK,
+    require_amr,
+    require_lab_access,
+    session_amr,
+    ums_admin_required,
+    ums_login_required,
+    ums_mfa_required,
+)
+from .mfa import PendingMFA, forget_pending_mfa, pending_mfa, start_totp_enrollment
 from .store import SessionTokenStore, get_client, get_verifier
 
 __all__ = [
     "ROLE_RANK",
+    "PendingMFA",
     "SessionTokenStore",
+    "forget_pending_mfa",
     "get_client",
     "get_verifier",
     "logout",
+    "pending_mfa",
+    "require_amr",
     "require_lab_access",
+    "session_amr",
+    "start_totp_enrollment",
     "ums_admin_required",
     "ums_login_required",
+    "ums_mfa_required",
 ]

@@ -16,8 +16,17 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 
-from ..errors import AccountLocked, AuthenticationError, RateLimited, ValidationError
+from ..errors import (
+    AccountLocked,
+    AuthenticationError,
+    MFARequired,
+    RateLimited,
+    SecondStepRequired,
+    ValidationError,
+)
+from ..models import LoginResult
 from ..models import User as RemoteUser
+from .mfa import count_wrong_answer, forget_pending_mfa, pending_mfa, remember_pending_mfa
 from .store import SessionTokenStore, make_client
 
 if TYPE_CHECKING:
@@ -166,6 +175,14 @@ class UMSBackend(BaseBackend):
     (username or email). On success the local user is created or updated, and when
     ``django.contrib.auth.login`` follows, the UMS tokens are put in the session. A locked
     account or a blocked IP stops authentication and is left on ``request.ums_error``.
+
+    A right password for an account with a second factor stops authentication too: the
+    :class:`~ums_client.MFARequired` error is left on ``request.ums_error`` and the sign-in's
+    ``mfa_token`` kept in the session (see :mod:`ums_client.django.mfa`; the password is not
+    kept). ``authenticate(request, mfa_method=..., mfa_code=... or mfa_assertion=...)`` then
+    answers it (``POST /api/auth/login/mfa``) and returns the user as a one-step login does;
+    ``None`` if the answer is refused (the error is on ``request.ums_error``, and after three
+    refusals the pending step is dropped) or nothing is pending.
     """
 
     def authenticate(
@@ -174,19 +191,67 @@ class UMSBackend(BaseBackend):
         username: str | None = None,
         password: str | None = None,
         totp_code: str | None = None,
+        mfa_method: str | None = None,
+        mfa_code: str | None = None,
+        mfa_assertion: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> AbstractBaseUser | None:
+        if mfa_method is not None:
+            if request is None:
+                return None
+            return self._second_step(request, mfa_method, mfa_code, mfa_assertion)
         if not username or password is None:
             return None
         with make_client() as client:
             try:
                 result = client.login(username, password, totp_code)
+            except SecondStepRequired as exc:
+                # The password was right but does not suffice: no other backend may let the
+                # user in on it. The view asks for the second step.
+                if request is not None:
+                    remember_pending_mfa(request, exc)
+                    request.ums_error = exc  # type: ignore[attr-defined]
+                raise DjangoPermissionDenied(str(exc)) from exc
             except (AuthenticationError, ValidationError):
                 return None
             except (AccountLocked, RateLimited) as exc:
                 if request is not None:
                     request.ums_error = exc  # type: ignore[attr-defined]
                 raise DjangoPermissionDenied(str(exc)) from exc
+        return self._signed_in(result)
+
+    def _second_step(
+        self,
+        request: HttpRequest,
+        method: str,
+        code: str | None,
+        assertion: dict[str, Any] | None,
+    ) -> AbstractBaseUser | None:
+        pending = pending_mfa(request)
+        if pending is None:
+            return None  # nothing pending, or it expired: sign in again
+        with make_client() as client:
+            try:
+                result = client.login_mfa(pending.mfa_token, method, code, assertion)
+            except MFARequired as exc:
+                # A passkey asked for without an assertion: fresh options on the same token.
+                remember_pending_mfa(request, exc, pending.wrong_answers)
+                request.ums_error = exc  # type: ignore[attr-defined]
+                return None
+            except AuthenticationError as exc:
+                count_wrong_answer(request, pending)
+                request.ums_error = exc  # type: ignore[attr-defined]
+                return None
+            except ValidationError as exc:  # no code given, unknown method: not counted
+                request.ums_error = exc  # type: ignore[attr-defined]
+                return None
+            except (AccountLocked, RateLimited) as exc:
+                forget_pending_mfa(request)
+                request.ums_error = exc  # type: ignore[attr-defined]
+                raise DjangoPermissionDenied(str(exc)) from exc
+        return self._signed_in(result)
+
+    def _signed_in(self, result: LoginResult) -> AbstractBaseUser | None:
         user = sync_user(result.user)
         if not getattr(user, "is_active", True):
             return None
@@ -203,6 +268,7 @@ def _store_tokens(sender: Any, request: HttpRequest, user: Any, **kwargs: Any) -
     result = getattr(user, "ums_login", None)
     if result is not None and request is not None:
         SessionTokenStore(request.session).save(result.tokens)
+        forget_pending_mfa(request)
         del user.ums_login
 
 

@@ -15,7 +15,15 @@ from django.http import HttpRequest, HttpResponse
 from ..errors import AuthenticationError, NotFound, PermissionDenied
 from .store import SessionTokenStore, get_client, token_claims
 
-__all__ = ["ROLE_RANK", "require_lab_access", "ums_admin_required", "ums_login_required"]
+__all__ = [
+    "ROLE_RANK",
+    "require_amr",
+    "require_lab_access",
+    "session_amr",
+    "ums_admin_required",
+    "ums_login_required",
+    "ums_mfa_required",
+]
 
 View = TypeVar("View", bound=Callable[..., HttpResponse])
 
@@ -23,10 +31,10 @@ View = TypeVar("View", bound=Callable[..., HttpResponse])
 ROLE_RANK = {"viewer": 1, "member": 2, "lab_admin": 3, "admin": 4}
 
 
-def _to_login(request: HttpRequest) -> HttpResponse:
+def _to_login(request: HttpRequest, login_url: str | None = None) -> HttpResponse:
     from django.contrib.auth.views import redirect_to_login
 
-    return redirect_to_login(request.get_full_path())
+    return redirect_to_login(request.get_full_path(), login_url)
 
 
 def ums_login_required(view: View) -> View:
@@ -122,3 +130,54 @@ def require_lab_access(lab_kwarg: str = "lab_id", role: str = "viewer") -> Calla
         return ums_login_required(cast(View, wrapper))
 
     return decorator
+
+
+def session_amr(request: HttpRequest) -> tuple[str, ...]:
+    """The authentication methods (RFC 8176 ``amr``) of the session's UMS access token.
+
+    ``("pwd",)`` after a password alone; ``("pwd", "otp", "mfa")`` after a TOTP or recovery
+    code; ``("pwd", "hwk", "mfa")`` after a passkey; ``("hwk", "mfa")`` for a passwordless
+    passkey sign-in. Empty without UMS tokens. Read from the token without verifying it: it
+    came from UMS itself and is kept server-side (refreshes carry the methods on).
+    """
+    tokens = SessionTokenStore(request.session).load()
+    if tokens is None:
+        return ()
+    amr = token_claims(tokens.access_token).get("amr")
+    return tuple(m for m in amr if isinstance(m, str)) if isinstance(amr, list) else ()
+
+
+def require_amr(*methods: str) -> Callable[[View], View]:
+    """Let through only UMS sessions whose token's ``amr`` has all of ``methods``.
+
+    Like :func:`ums_login_required` first. A session lacking a method (one signed in with
+    the password alone, for ``"mfa"``) is sent to ``settings.UMS_STEP_UP_URL`` with
+    ``?next=`` when that is set (a view that calls ``get_client(request).step_up(...)``,
+    which stores the stepped-up tokens in the session), and gets 403 otherwise.
+    """
+    required = frozenset(methods)
+    if not required or not all(isinstance(m, str) and m for m in required):
+        raise ValueError('name the required methods, e.g. require_amr("mfa")')
+
+    def decorator(view: View) -> View:
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if not required <= set(session_amr(request)):
+                step_up_url = getattr(settings, "UMS_STEP_UP_URL", None)
+                if step_up_url:
+                    return _to_login(request, step_up_url)
+                missing = ", ".join(sorted(required - set(session_amr(request))))
+                raise DjangoPermissionDenied(
+                    f"this needs a session that proved {missing}: step up with a second factor"
+                )
+            return view(request, *args, **kwargs)
+
+        return ums_login_required(cast(View, wrapper))
+
+    return decorator
+
+
+def ums_mfa_required(view: View) -> View:
+    """:func:`require_amr` ``("mfa")``: the session must have proven a second factor, at
+    sign-in or by a step-up."""
+    return require_amr("mfa")(view)
