@@ -89,6 +89,9 @@ pub enum AppError {
     /// The session must prove a second factor again (`POST /api/auth/step-up`) first.
     #[error("step-up required")]
     StepUpRequired,
+    /// The change needs a recent sign-in: sign in again first.
+    #[error("reauthentication required")]
+    ReauthenticationRequired,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }

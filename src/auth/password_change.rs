@@ -153,6 +153,7 @@ pub async fn reset_password(
         .ok_or_else(|| AppError::BadRequest(INVALID_LINK.into()))?;
     user_store::set_password(&mut transaction, user_id, &hash, now).await?;
     user_store::void_emailed_links(&mut transaction, user_id).await?;
+    crate::mfa::challenges::remove_for_user(&mut transaction, user_id).await?;
     lockout::clear(&mut transaction, &Subject::User(user_id)).await?;
     let revoked =
         crate::auth::sessions::revoke_all(&mut transaction, user_id, "password_reset", None, now)
@@ -236,6 +237,7 @@ pub async fn change_password(
     let mut transaction = audit::Audited::begin(&state.store).await?;
     user_store::set_password(&mut transaction, user.id, &hash, now).await?;
     user_store::void_emailed_links(&mut transaction, user.id).await?;
+    crate::mfa::challenges::remove_for_user(&mut transaction, user.id).await?;
     let revoked = crate::auth::sessions::revoke_all(
         &mut transaction,
         user.id,

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::header::{CACHE_CONTROL, PRAGMA};
+use axum::http::header::CACHE_CONTROL;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -15,20 +15,11 @@ use crate::auth::second_factor::{self, PasskeyChallenge, SecondStepRequest, Step
 use crate::auth::service::{self, LoginRequest, LoginResponse, RegisterRequest};
 use crate::auth::sessions::{self, SessionView, TokenPair};
 use crate::error::AppError;
-use crate::http::body::{JsonBody, optional_json};
+use crate::http::body::{JsonBody, no_store, optional_json};
 use crate::http::error::Problem;
 use crate::http::extract::{AuthUser, ClientOrigin, CredentialGuard, bearer_token};
 use crate::state::AppState;
 use crate::users::{UserView, UserWithLabs};
-
-/// Token responses must never be cached by a browser or proxy.
-fn no_store(body: impl serde::Serialize) -> Response {
-    let mut response = Json(body).into_response();
-    let headers = response.headers_mut();
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
-    response
-}
 
 #[utoipa::path(post, path = "/api/auth/register", tag = "auth", request_body = RegisterRequest,
     responses((status = 201, body = UserView), (status = 400, body = Problem), (status = 409, body = Problem)))]

@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 
 use crate::audit::{self, Action, Event, Origin};
 use crate::auth::sessions::{self, Grant, TokenPair};
-use crate::auth::sign_in::{self, Accepted, LoginResponse};
+use crate::auth::sign_in::{
+    self, Accepted, LoginResponse, WRONG_SECOND_FACTOR, count_answer, refuse_answer,
+};
 use crate::error::{AppError, SecondStep, SecondStepKind};
 use crate::mfa::challenges::{self, Challenge, NewChallenge, Purpose};
 use crate::mfa::service::{Answer, Proven, answer_for};
@@ -25,7 +27,6 @@ use crate::users::User;
 use crate::users::store as user_store;
 
 const EXPIRED: &str = "The mfa_token is unknown, used or expired; sign in again.";
-const WRONG_ANSWER: &str = "The second factor was not accepted.";
 
 /// A password step that passed, for an account that has (or must enrol) a second factor.
 pub struct PasswordStep<'a> {
@@ -104,6 +105,11 @@ pub async fn after_password(
         step.reservation,
     )
     .await?;
+    if let Some(rehashed) = &step.rehashed {
+        // The password was right: its imported hash is upgraded now, whatever the second
+        // step does.
+        user_store::replace_password_hash(&mut transaction, step.user.id, rehashed).await?;
+    }
     let (webauthn, ceremony) = if methods.contains(&Method::Webauthn) && purpose == Purpose::Login {
         let stored = passkeys::of_user(&mut transaction, step.user.id).await?;
         let (options, ceremony) = passkeys::start_authentication(&state.webauthn, &stored)?;
@@ -160,84 +166,6 @@ fn accepted<'a>(state: &AppState, step: &PasswordStep<'a>, proven: Proven) -> Ac
     }
 }
 
-/// A wrong second factor: counted on the challenge (three kill it) and toward the account's
-/// lockout, recorded, and answered like every wrong answer.
-async fn refuse_answer(
-    state: &AppState,
-    user: &User,
-    challenge: Option<&Challenge>,
-    reservation: Reservation,
-    origin: &Origin,
-) -> Result<AppError, AppError> {
-    let now = state.now();
-    let mut transaction = audit::Audited::begin(&state.store).await?;
-    if let Some(challenge) = challenge {
-        challenges::count_failure(&mut transaction, &challenge.token_hash).await?;
-    }
-    crate::security::attempts::record(&mut transaction, &user.username, origin, false, now).await?;
-    transaction
-        .record(
-            Event::new(Action::MfaFailed, now)
-                .failed()
-                .actor(Some(user.id))
-                .resource("user", user.id)
-                .details(json!({"username": user.username}))
-                .origin(origin),
-        )
-        .await?;
-    if reservation.locks_on_failure(state.lockout_policy()) {
-        sign_in::record_lock(
-            &mut transaction,
-            state,
-            &user.username,
-            Some(user),
-            origin,
-            now,
-        )
-        .await?;
-    }
-    transaction.commit_recorded().await?;
-    metrics::counter!("ums_logins_total", "result" => "failure").increment(1);
-    crate::security::credential_failure(state, origin).await?;
-    Ok(AppError::Unauthorized(WRONG_ANSWER))
-}
-
-/// Counts an answer against the account before it is evaluated; a locked account is
-/// refused (423) unevaluated.
-async fn count_answer(
-    state: &AppState,
-    user: &User,
-    origin: &Origin,
-) -> Result<Reservation, AppError> {
-    let now = state.now();
-    let mut transaction = state.store.begin().await?;
-    let reservation = lockout::reserve(
-        &mut transaction,
-        state.lockout_policy(),
-        &Subject::User(user.id),
-        now,
-    )
-    .await?;
-    if let Reservation::Locked { until } = reservation {
-        sign_in::record_failure(
-            &mut transaction,
-            state.store.chain_key(),
-            &user.username,
-            Some(user),
-            origin,
-            now,
-            "locked",
-        )
-        .await?;
-        transaction.commit().await?;
-        return Err(AppError::Locked {
-            retry_after_seconds: ((until - now).max(0) as u64).div_ceil(1000),
-        });
-    }
-    transaction.commit().await?;
-    Ok(reservation)
-}
-
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecondStepRequest {
@@ -281,6 +209,12 @@ pub async fn complete(
     let user = whose(state, &challenge, &answer).await?;
     let reservation = count_answer(state, &user, origin).await?;
     let mut transaction = audit::Audited::begin(&state.store).await?;
+    // The token is claimed before the answer is weighed: of two answers racing, the second
+    // waits for the first and finds it spent (not a wrong answer). A wrong answer rolls the
+    // claim back, and is counted on the token after.
+    if !challenges::claim(&mut transaction, &challenge.token_hash, now).await? {
+        return Err(AppError::Unauthorized(EXPIRED));
+    }
     let (proven, recovery_codes) = evaluate(
         &mut transaction,
         state,
@@ -295,9 +229,6 @@ pub async fn complete(
         drop(transaction);
         return Err(refuse_answer(state, &user, Some(&challenge), reservation, origin).await?);
     };
-    if !challenges::spend(&mut transaction, &challenge.token_hash, now).await? {
-        return Err(AppError::Unauthorized(EXPIRED));
-    }
     if let Some(left) = proven.recovery_codes_left {
         crate::mfa::service::recovery_code_used(&mut transaction, state, &user, left, origin, now)
             .await?;
@@ -346,7 +277,7 @@ async fn whose(state: &AppState, challenge: &Challenge, answer: &Answer) -> Resu
         None => None,
     };
     user.filter(User::is_active)
-        .ok_or(AppError::Unauthorized(WRONG_ANSWER))
+        .ok_or(AppError::Unauthorized(WRONG_SECOND_FACTOR))
 }
 
 /// Checks the answer; an enrolment challenge confirms the TOTP it enrolled (and hands out
@@ -400,6 +331,9 @@ async fn evaluate(
                 }
                 None => None,
             };
+            metrics::counter!("ums_mfa_verifications_total", "method" => "webauthn",
+                "result" => if proven.is_some() { "success" } else { "failure" })
+            .increment(1);
             Ok((proven, None))
         }
         (Purpose::Passwordless, _, _) => Ok((None, None)),
@@ -560,11 +494,6 @@ pub async fn step_up(
         drop(transaction);
         return Err(refuse_answer(state, user, challenge.as_ref(), reservation, origin).await?);
     };
-    if let Some(challenge) = &challenge
-        && !challenges::spend(&mut transaction, &challenge.token_hash, now).await?
-    {
-        return Err(AppError::Unauthorized(EXPIRED));
-    }
     let grant = sessions::grant_of(&mut transaction, session_id, now)
         .await?
         .ok_or(AppError::Unauthorized("The session has ended."))?

@@ -159,12 +159,19 @@ pub async fn grant_of(
 }
 
 /// Records a step-up on the session: its methods and authentication time, which every later
-/// refresh carries along.
+/// refresh carries along. The session's unspent refresh tokens are retired (the step-up
+/// issues the one that continues it), so a refresh token stolen before is not raised with it;
+/// spent ones stay, for reuse detection.
 pub async fn record_step_up(
     connection: &mut Connection,
     session_id: &str,
     grant: &Grant,
 ) -> Result<(), AppError> {
+    crate::execute!(
+        connection,
+        sqlx::query("DELETE FROM refresh_tokens WHERE session_id = $1 AND spent_at IS NULL")
+            .bind(session_id)
+    )?;
     crate::execute!(
         connection,
         sqlx::query("UPDATE sessions SET amr = $2, authenticated_at = $3 WHERE id = $1")

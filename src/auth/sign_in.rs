@@ -7,13 +7,15 @@ use crate::audit::{self, Action, Event, Origin};
 use crate::auth::sessions::{self, Grant, TokenPair};
 use crate::clock::Millis;
 use crate::error::AppError;
-use crate::security::lockout::{self, Subject};
+use crate::mfa::challenges::{self, Challenge};
+use crate::security::lockout::{self, Reservation, Subject};
 use crate::state::AppState;
 use crate::store::Connection;
 use crate::users::store as user_store;
 use crate::users::{User, UserWithLabs};
 
 pub const BAD_CREDENTIALS: &str = "Invalid username or password.";
+pub const WRONG_SECOND_FACTOR: &str = "The second factor was not accepted.";
 
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct LoginResponse {
@@ -157,4 +159,82 @@ pub async fn record_lock(
                 .origin(origin),
         )
         .await
+}
+
+/// A wrong second factor: counted on the challenge (three kill it) and toward the account's
+/// lockout, recorded, and answered like every wrong answer.
+pub async fn refuse_answer(
+    state: &AppState,
+    user: &User,
+    challenge: Option<&Challenge>,
+    reservation: Reservation,
+    origin: &Origin,
+) -> Result<AppError, AppError> {
+    let now = state.now();
+    let mut transaction = audit::Audited::begin(&state.store).await?;
+    if let Some(challenge) = challenge {
+        challenges::count_failure(&mut transaction, &challenge.token_hash).await?;
+    }
+    crate::security::attempts::record(&mut transaction, &user.username, origin, false, now).await?;
+    transaction
+        .record(
+            Event::new(Action::MfaFailed, now)
+                .failed()
+                .actor(Some(user.id))
+                .resource("user", user.id)
+                .details(json!({"username": user.username}))
+                .origin(origin),
+        )
+        .await?;
+    if reservation.locks_on_failure(state.lockout_policy()) {
+        record_lock(
+            &mut transaction,
+            state,
+            &user.username,
+            Some(user),
+            origin,
+            now,
+        )
+        .await?;
+    }
+    transaction.commit_recorded().await?;
+    metrics::counter!("ums_logins_total", "result" => "failure").increment(1);
+    crate::security::credential_failure(state, origin).await?;
+    Ok(AppError::Unauthorized(WRONG_SECOND_FACTOR))
+}
+
+/// Counts an answer against the account before it is evaluated; a locked account is
+/// refused (423) unevaluated.
+pub async fn count_answer(
+    state: &AppState,
+    user: &User,
+    origin: &Origin,
+) -> Result<Reservation, AppError> {
+    let now = state.now();
+    let mut transaction = state.store.begin().await?;
+    let reservation = lockout::reserve(
+        &mut transaction,
+        state.lockout_policy(),
+        &Subject::User(user.id),
+        now,
+    )
+    .await?;
+    if let Reservation::Locked { until } = reservation {
+        record_failure(
+            &mut transaction,
+            state.store.chain_key(),
+            &user.username,
+            Some(user),
+            origin,
+            now,
+            "locked",
+        )
+        .await?;
+        transaction.commit().await?;
+        return Err(AppError::Locked {
+            retry_after_seconds: ((until - now).max(0) as u64).div_ceil(1000),
+        });
+    }
+    transaction.commit().await?;
+    Ok(reservation)
 }

@@ -220,6 +220,18 @@ fn type_mismatch(allowed: &SchemaType, value: &Value) -> Option<String> {
     Some(names.join(" or "))
 }
 
+/// A JSON answer no browser or proxy may keep: tokens, secrets, recovery codes.
+pub fn no_store(body: impl serde::Serialize) -> axum::response::Response {
+    use axum::http::HeaderValue;
+    use axum::http::header::{CACHE_CONTROL, PRAGMA};
+    use axum::response::IntoResponse;
+    let mut response = axum::Json(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,9 @@ impl AppError {
         match self {
             AppError::Validation(_) | AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Unauthorized(_) | AppError::SecondStep(_) => StatusCode::UNAUTHORIZED,
-            AppError::MfaEnrollmentRequired | AppError::StepUpRequired => StatusCode::FORBIDDEN,
+            AppError::MfaEnrollmentRequired
+            | AppError::StepUpRequired
+            | AppError::ReauthenticationRequired => StatusCode::FORBIDDEN,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -45,6 +47,7 @@ impl AppError {
             AppError::SecondStep(step) => step.kind.code(),
             AppError::MfaEnrollmentRequired => "mfa_enrollment_required",
             AppError::StepUpRequired => "step_up_required",
+            AppError::ReauthenticationRequired => "reauthentication_required",
             AppError::Internal(_) => "internal_error",
         }
     }
@@ -81,7 +84,10 @@ impl AppError {
                 "A second factor is required here; enrol one under /api/auth/mfa/ first.".into()
             }
             AppError::StepUpRequired => {
-                "Prove a second factor again with POST /api/auth/step-up first.".into()
+                "This needs a recent proof of a second factor: POST /api/auth/step-up first.".into()
+            }
+            AppError::ReauthenticationRequired => {
+                "This needs a recent sign-in: sign in again first.".into()
             }
             AppError::Internal(_) => "An internal error occurred.".into(),
         }

@@ -132,6 +132,27 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
+impl AuthUser {
+    /// The session proved a second factor (its `amr` says `mfa`).
+    pub fn proved_second_factor(&self) -> bool {
+        self.claims.amr.iter().any(|method| method == "mfa")
+    }
+
+    /// While admins must have a second factor (`UMS_REQUIRE_MFA_FOR_ADMINS`), an admin acts
+    /// as one only in a session that proved it: not a user promoted in a password-only
+    /// session, nor a session older than the policy.
+    pub fn check_admin_policy(&self, state: &AppState) -> Result<(), AppError> {
+        if state.config.second_factors.require_for_admins && !self.proved_second_factor() {
+            return Err(if self.user.mfa_enabled {
+                AppError::StepUpRequired
+            } else {
+                AppError::MfaEnrollmentRequired
+            });
+        }
+        Ok(())
+    }
+}
+
 async fn verify_access_token(state: &AppState, token: &str, now: i64) -> Result<Claims, AppError> {
     match state.keys.verify(token, TokenType::Access, now) {
         Ok(claims) => Ok(claims),
@@ -172,7 +193,8 @@ impl FromRequestParts<AppState> for MaybeAuthUser {
     }
 }
 
-/// A system administrator (`is_admin`), checked against the store on every request.
+/// A system administrator (`is_admin`), checked against the store on every request; while
+/// `UMS_REQUIRE_MFA_FOR_ADMINS` holds, in a session that proved a second factor.
 #[derive(Debug, Clone)]
 pub struct AdminUser(pub AuthUser);
 
@@ -181,11 +203,11 @@ impl FromRequestParts<AppState> for AdminUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
         let caller = AuthUser::from_request_parts(parts, state).await?;
-        if caller.user.is_admin() {
-            Ok(AdminUser(caller))
-        } else {
-            Err(AppError::Forbidden("Administrator rights are required."))
+        if !caller.user.is_admin() {
+            return Err(AppError::Forbidden("Administrator rights are required."));
         }
+        caller.check_admin_policy(state)?;
+        Ok(AdminUser(caller))
     }
 }
 
@@ -217,7 +239,11 @@ impl FromRequestParts<AppState> for SelfOrAdmin {
         let caller = AuthUser::from_request_parts(parts, state).await?;
         let target = ApiPath::<i64>::from_request_parts(parts, state).await;
         match target {
-            Ok(ApiPath(target_id)) if caller.user.is_admin() || caller.user.id == target_id => {
+            Ok(ApiPath(target_id)) if caller.user.id == target_id => {
+                Ok(SelfOrAdmin { caller, target_id })
+            }
+            Ok(ApiPath(target_id)) if caller.user.is_admin() => {
+                caller.check_admin_policy(state)?;
                 Ok(SelfOrAdmin { caller, target_id })
             }
             Err(error) if caller.user.is_admin() => Err(error),

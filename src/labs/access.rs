@@ -5,7 +5,8 @@
 //! Rules: a system admin passes everywhere (404 if the lab does not exist); anyone else
 //! needs a membership in an active lab whose role carries the permission, and gets 403
 //! otherwise, whether or not the lab exists, so lab ids cannot be probed. A member of a lab
-//! that requires a second factor, without one, gets 403 `mfa_enrollment_required`.
+//! that requires a second factor, in a session that did not prove one, gets 403
+//! `mfa_enrollment_required` (no factor yet) or `step_up_required`.
 
 use std::marker::PhantomData;
 
@@ -84,6 +85,7 @@ impl<P: Requirement + 'static> FromRequestParts<AppState> for LabAccess<P> {
         let lab_id = lab_id_from_path(parts, state).await;
         let mut connection = state.store.read().await?;
         if caller.user.is_admin() {
+            caller.check_admin_policy(state)?;
             let lab = crate::labs::store::find(&mut connection, lab_id?)
                 .await?
                 .ok_or(AppError::NotFound)?;
@@ -99,10 +101,17 @@ impl<P: Requirement + 'static> FromRequestParts<AppState> for LabAccess<P> {
             return Err(denied);
         };
         match crate::labs::store::membership_in(&mut connection, lab_id, caller.user.id).await? {
-            // A lab that requires a second factor says so to a member without one, on every
-            // route of the lab (its access check included), rather than a bare 403.
-            Some((lab, _)) if lab.is_active() && lab.require_mfa && !caller.user.mfa_enabled => {
-                Err(AppError::MfaEnrollmentRequired)
+            // A lab that requires a second factor wants it proven by this session, and says
+            // what is missing on every route of the lab (its access check included): a factor
+            // to enrol, or this session to step up.
+            Some((lab, _))
+                if lab.is_active() && lab.require_mfa && !caller.proved_second_factor() =>
+            {
+                Err(if caller.user.mfa_enabled {
+                    AppError::StepUpRequired
+                } else {
+                    AppError::MfaEnrollmentRequired
+                })
             }
             Some((lab, role)) if lab.is_active() && role.allows(P::PERMISSION) => Ok(LabAccess {
                 caller,

@@ -164,6 +164,27 @@ pub async fn count_failure(
     .unwrap_or(MAX_FAILURES))
 }
 
+/// Claims a live challenge for an answer about to be weighed, in the answer's transaction
+/// (rolled back with it if the answer is wrong): true for exactly one of two racing answers,
+/// and never for a challenge expired or failed out since it was read.
+pub async fn claim(
+    connection: &mut Connection,
+    token_hash: &str,
+    now: Millis,
+) -> Result<bool, StoreError> {
+    let affected = crate::execute!(
+        connection,
+        sqlx::query(
+            "UPDATE mfa_challenges SET spent_at = $2 WHERE token_hash = $1 AND spent_at IS NULL \
+             AND expires_at > $2 AND failures < $3",
+        )
+        .bind(token_hash)
+        .bind(Timestamp::from(now))
+        .bind(MAX_FAILURES)
+    )?;
+    Ok(affected == 1)
+}
+
 /// Spends the challenge: true for exactly one of two racing answers.
 pub async fn spend(
     connection: &mut Connection,
@@ -179,6 +200,16 @@ pub async fn spend(
         .bind(Timestamp::from(now))
     )?;
     Ok(affected == 1)
+}
+
+/// Ends every challenge of an account (its password changed: a sign-in begun with the old
+/// one must not finish).
+pub async fn remove_for_user(connection: &mut Connection, user_id: i64) -> Result<(), StoreError> {
+    crate::execute!(
+        connection,
+        sqlx::query("DELETE FROM mfa_challenges WHERE user_id = $1").bind(user_id)
+    )?;
+    Ok(())
 }
 
 /// Deletes challenges that expired (the periodic sweep).

@@ -4,10 +4,12 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::Response;
 use serde::Deserialize;
 
+use crate::auth::tokens::Claims;
 use crate::error::AppError;
-use crate::http::body::JsonBody;
+use crate::http::body::{JsonBody, no_store};
 use crate::http::error::Problem;
 use crate::http::extract::{AdminUser, ApiPath, AuthUser, ClientOrigin, MaybeAuthUser};
 use crate::mfa::passkeys::PasskeyView;
@@ -37,15 +39,16 @@ pub struct EnrollRequest {
     pub mfa_token: Option<String>,
 }
 
-/// Who enrols: the signed-in caller, or the account of an enrolment `mfa_token`.
+/// Who enrols: the signed-in caller (with the session's claims), or the account of an
+/// enrolment `mfa_token`.
 async fn enrolling(
     state: &AppState,
     caller: Option<AuthUser>,
     request: &EnrollRequest,
-) -> Result<User, AppError> {
+) -> Result<(User, Option<Claims>), AppError> {
     match (caller, request.mfa_token.as_deref()) {
-        (Some(caller), _) => Ok(caller.user),
-        (None, Some(token)) => service::enrolling_user(state, token).await,
+        (Some(caller), _) => Ok((caller.user, Some(caller.claims))),
+        (None, Some(token)) => Ok((service::enrolling_user(state, token).await?, None)),
         (None, None) => Err(AppError::Unauthorized(
             "Missing bearer token (or the mfa_token of a sign-in that must enrol).",
         )),
@@ -54,15 +57,18 @@ async fn enrolling(
 
 #[utoipa::path(post, path = "/api/auth/mfa/totp/enroll", tag = "mfa", request_body = EnrollRequest,
     security(("bearer" = []), ()),
-    responses((status = 200, body = Enrollment), (status = 401, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 200, body = Enrollment), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 409, body = Problem)))]
 pub async fn enroll_totp(
     State(state): State<AppState>,
     MaybeAuthUser(caller): MaybeAuthUser,
     request: axum::extract::Request,
-) -> Result<Json<Enrollment>, AppError> {
+) -> Result<Response, AppError> {
     let request: EnrollRequest = crate::http::body::optional_json(request, &state).await?;
-    let user = enrolling(&state, caller, &request).await?;
-    Ok(Json(service::start_totp(&state, &user).await?))
+    let (user, session) = enrolling(&state, caller, &request).await?;
+    Ok(no_store(
+        service::start_totp(&state, &user, session.as_ref()).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -81,8 +87,8 @@ pub async fn confirm_totp(
     caller: AuthUser,
     ClientOrigin(origin): ClientOrigin,
     JsonBody(request): JsonBody<ConfirmTotpRequest>,
-) -> Result<Json<Enrolled>, AppError> {
-    Ok(Json(
+) -> Result<Response, AppError> {
+    Ok(no_store(
         service::confirm_totp(&state, &caller.user, &request.code, &origin).await?,
     ))
 }
@@ -90,44 +96,47 @@ pub async fn confirm_totp(
 #[utoipa::path(post, path = "/api/auth/mfa/totp/disable", tag = "mfa", request_body = DisableTotpRequest,
     security(("bearer" = [])),
     responses((status = 204), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 404, body = Problem), (status = 409, body = Problem)))]
+        (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem),
+        (status = 423, body = Problem)))]
 pub async fn disable_totp(
     State(state): State<AppState>,
     caller: AuthUser,
     ClientOrigin(origin): ClientOrigin,
     JsonBody(request): JsonBody<DisableTotpRequest>,
 ) -> Result<StatusCode, AppError> {
-    service::disable_totp(&state, &caller.user, request, &origin).await?;
+    service::disable_totp(&state, &caller.user, &caller.claims, request, &origin).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/api/auth/mfa/recovery-codes", tag = "mfa", request_body = RegenerateCodesRequest,
     security(("bearer" = [])),
     responses((status = 200, body = RecoveryCodes), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 409, body = Problem)))]
+        (status = 403, body = Problem), (status = 409, body = Problem)))]
 pub async fn regenerate_recovery_codes(
     State(state): State<AppState>,
     caller: AuthUser,
     ClientOrigin(origin): ClientOrigin,
     JsonBody(request): JsonBody<RegenerateCodesRequest>,
-) -> Result<Json<RecoveryCodes>, AppError> {
-    Ok(Json(
-        service::regenerate_recovery_codes(&state, &caller.user, request, &origin).await?,
+) -> Result<Response, AppError> {
+    Ok(no_store(
+        service::regenerate_recovery_codes(&state, &caller.user, &caller.claims, request, &origin)
+            .await?,
     ))
 }
 
 #[utoipa::path(post, path = "/api/auth/mfa/passkeys/register/start", tag = "mfa", request_body = EnrollRequest,
     security(("bearer" = []), ()),
-    responses((status = 200, body = PasskeyRegistrationStart), (status = 401, body = Problem)))]
+    responses((status = 200, body = PasskeyRegistrationStart), (status = 401, body = Problem),
+        (status = 403, body = Problem)))]
 pub async fn start_passkey_registration(
     State(state): State<AppState>,
     MaybeAuthUser(caller): MaybeAuthUser,
     request: axum::extract::Request,
 ) -> Result<Json<PasskeyRegistrationStart>, AppError> {
     let request: EnrollRequest = crate::http::body::optional_json(request, &state).await?;
-    let user = enrolling(&state, caller, &request).await?;
+    let (user, session) = enrolling(&state, caller, &request).await?;
     Ok(Json(
-        service::start_passkey_registration(&state, &user).await?,
+        service::start_passkey_registration(&state, &user, session.as_ref()).await?,
     ))
 }
 
@@ -138,9 +147,9 @@ pub async fn finish_passkey_registration(
     State(state): State<AppState>,
     ClientOrigin(origin): ClientOrigin,
     JsonBody(request): JsonBody<FinishPasskeyRegistration>,
-) -> Result<(StatusCode, Json<Enrolled>), AppError> {
+) -> Result<(StatusCode, Response), AppError> {
     let enrolled = service::finish_passkey_registration(&state, request, &origin).await?;
-    Ok((StatusCode::CREATED, Json(enrolled)))
+    Ok((StatusCode::CREATED, no_store(enrolled)))
 }
 
 #[utoipa::path(get, path = "/api/auth/mfa/passkeys", tag = "mfa", security(("bearer" = [])),
@@ -178,7 +187,7 @@ pub async fn remove_passkey(
     ClientOrigin(origin): ClientOrigin,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, AppError> {
-    service::remove_passkey(&state, &caller.user, &caller.claims.amr, id, &origin).await?;
+    service::remove_passkey(&state, &caller.user, &caller.claims, id, &origin).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -191,7 +200,7 @@ pub async fn reset(
     ClientOrigin(origin): ClientOrigin,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, AppError> {
-    service::reset(&state, &admin.user, id, &origin).await?;
+    service::reset(&state, &admin.user, &admin.claims, id, &origin).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

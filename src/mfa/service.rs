@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use webauthn_rs::prelude::{PublicKeyCredential, RegisterPublicKeyCredential, Uuid};
 
 use crate::audit::{self, Action, Event, Origin};
+use crate::auth::tokens::Claims;
 use crate::clock::Millis;
 use crate::error::AppError;
 use crate::mail::EmailKind;
@@ -181,6 +182,39 @@ async fn notify(
         .await
 }
 
+/// How recent a sign-in must be to change an account's factors.
+pub const RECENT_SIGN_IN: Millis = 10 * 60 * 1000;
+
+/// A change to an account's factors needs a recent sign-in, one that proved a factor when
+/// the account has one: a stolen access token alone can neither add a factor (a passkey
+/// would outlive a password reset) nor remove one.
+pub fn require_recent_sign_in(
+    session: &Claims,
+    factors: &Factors,
+    now: Millis,
+) -> Result<(), AppError> {
+    let proved = session.amr.iter().any(|method| method == "mfa");
+    let recent = session.auth_time.saturating_mul(1000) >= now - RECENT_SIGN_IN;
+    match (factors.any(), proved, recent) {
+        (true, true, true) | (false, _, true) => Ok(()),
+        (true, _, _) => Err(AppError::StepUpRequired),
+        (false, _, false) => Err(AppError::ReauthenticationRequired),
+    }
+}
+
+async fn check_recent_sign_in(
+    state: &AppState,
+    user_id: i64,
+    session: &Claims,
+) -> Result<Factors, AppError> {
+    let factors = {
+        let mut connection = state.store.read().await?;
+        factors_of(&mut connection, user_id).await?
+    };
+    require_recent_sign_in(session, &factors, state.now())?;
+    Ok(factors)
+}
+
 /// A user's second factors as they see them.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MfaStatus {
@@ -218,7 +252,14 @@ pub async fn status(state: &AppState, user_id: i64) -> Result<MfaStatus, AppErro
 
 /// Starts a TOTP enrolment: a new secret, sealed, not counting until a code confirms it.
 #[tracing::instrument(skip_all)]
-pub async fn start_totp(state: &AppState, user: &User) -> Result<totp::Enrollment, AppError> {
+pub async fn start_totp(
+    state: &AppState,
+    user: &User,
+    session: Option<&Claims>,
+) -> Result<totp::Enrollment, AppError> {
+    if let Some(session) = session {
+        check_recent_sign_in(state, user.id, session).await?;
+    }
     let now = state.now();
     let secret = totp::new_secret();
     let enrollment = totp::enrollment(&secret, &user.username)?;
@@ -347,9 +388,11 @@ fn keep_admins_factor(state: &AppState, user: &User, after: &Factors) -> Result<
 pub async fn disable_totp(
     state: &AppState,
     user: &User,
+    session: &Claims,
     request: DisableTotpRequest,
     origin: &Origin,
 ) -> Result<(), AppError> {
+    check_recent_sign_in(state, user.id, session).await?;
     crate::auth::password_change::confirm_password(
         state,
         user,
@@ -358,9 +401,10 @@ pub async fn disable_totp(
         origin,
     )
     .await?;
-    let now = state.now();
-    let mut transaction = state.store.begin().await?;
-    let before = factors_of(&mut transaction, user.id).await?;
+    let before = {
+        let mut connection = state.store.read().await?;
+        factors_of(&mut connection, user.id).await?
+    };
     if !before.totp {
         return Err(AppError::NotFound);
     }
@@ -374,16 +418,25 @@ pub async fn disable_totp(
     } else {
         Method::Totp
     };
+    // The code is a second factor answered like any other: counted toward the lockout.
+    let reservation = crate::auth::sign_in::count_answer(state, user, origin).await?;
+    let now = state.now();
+    let mut transaction = state.store.begin().await?;
     let answer = Answer::Code(request.code);
     if prove(&mut transaction, state, user.id, method, &answer, None, now)
         .await?
         .is_none()
     {
-        return Err(AppError::field(
-            "code",
-            "is neither the app's current code nor an unused recovery code",
-        ));
+        drop(transaction);
+        return Err(
+            crate::auth::sign_in::refuse_answer(state, user, None, reservation, origin).await?,
+        );
     }
+    crate::security::lockout::clear(
+        &mut transaction,
+        &crate::security::lockout::Subject::User(user.id),
+    )
+    .await?;
     totp::remove(&mut transaction, user.id).await?;
     settle(&mut transaction, user.id, now).await?;
     notify(
@@ -427,9 +480,11 @@ pub struct RecoveryCodes {
 pub async fn regenerate_recovery_codes(
     state: &AppState,
     user: &User,
+    session: &Claims,
     request: RegenerateCodesRequest,
     origin: &Origin,
 ) -> Result<RecoveryCodes, AppError> {
+    check_recent_sign_in(state, user.id, session).await?;
     crate::auth::password_change::confirm_password(
         state,
         user,
@@ -448,6 +503,15 @@ pub async fn regenerate_recovery_codes(
     }
     let codes = recovery::generate();
     recovery::replace(&mut transaction, user.id, &codes, now).await?;
+    notify(
+        &mut transaction,
+        state,
+        user,
+        EmailKind::FactorAdded,
+        json!({"method": "a new set of recovery codes (the old ones no longer work)"}),
+        now,
+    )
+    .await?;
     audit::record(
         &mut transaction,
         state.store.chain_key(),
@@ -508,7 +572,11 @@ pub struct PasskeyRegistrationStart {
 pub async fn start_passkey_registration(
     state: &AppState,
     user: &User,
+    session: Option<&Claims>,
 ) -> Result<PasskeyRegistrationStart, AppError> {
+    if let Some(session) = session {
+        check_recent_sign_in(state, user.id, session).await?;
+    }
     let now = state.now();
     let mut transaction = state.store.begin().await?;
     let existing = passkeys::of_user(&mut transaction, user.id).await?;
@@ -567,10 +635,17 @@ pub async fn enrolling_user(state: &AppState, mfa_token: &str) -> Result<User, A
         .ok_or(AppError::Unauthorized(
             "The mfa_token is unknown, used or expired; sign in again.",
         ))?;
-    user_store::find_by_id(&mut connection, challenge.user_id.unwrap_or_default())
+    let user = user_store::find_by_id(&mut connection, challenge.user_id.unwrap_or_default())
         .await?
         .filter(User::is_active)
-        .ok_or(AppError::Unauthorized("The account is not active."))
+        .ok_or(AppError::Unauthorized("The account is not active."))?;
+    // The token enrols the first factor only; more take a signed-in session.
+    if factors_of(&mut connection, user.id).await?.any() {
+        return Err(AppError::Unauthorized(
+            "The account has a second factor now: finish signing in with it.",
+        ));
+    }
+    Ok(user)
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -705,19 +780,16 @@ pub async fn rename_passkey(
     Ok(())
 }
 
-/// Removes a passkey. The session must have proven a second factor (its `amr` says `mfa`):
-/// a stolen access token alone cannot strip an account of its factors.
+/// Removes a passkey, from a recent sign-in that proved a factor.
 #[tracing::instrument(skip_all)]
 pub async fn remove_passkey(
     state: &AppState,
     user: &User,
-    session_amr: &[String],
+    session: &Claims,
     passkey_id: i64,
     origin: &Origin,
 ) -> Result<(), AppError> {
-    if !session_amr.iter().any(|method| method == "mfa") {
-        return Err(AppError::StepUpRequired);
-    }
+    check_recent_sign_in(state, user.id, session).await?;
     let now = state.now();
     let mut transaction = state.store.begin().await?;
     let Some(name) = passkeys::remove(&mut transaction, user.id, passkey_id).await? else {
@@ -748,15 +820,18 @@ pub async fn remove_passkey(
     Ok(())
 }
 
-/// An admin removes every factor of a user who lost them (the user is told by email). The
-/// user signs in with the password alone afterwards, and may enrol again.
+/// An admin removes every factor of a user who lost them (the user is told by email), from
+/// the admin's own recent sign-in. The user's sessions end; the user signs in with the
+/// password alone afterwards, and may enrol again.
 #[tracing::instrument(skip_all)]
 pub async fn reset(
     state: &AppState,
     admin: &User,
+    admin_session: &Claims,
     user_id: i64,
     origin: &Origin,
 ) -> Result<(), AppError> {
+    check_recent_sign_in(state, admin.id, admin_session).await?;
     let now = state.now();
     let mut transaction = state.store.begin().await?;
     let user = user_store::find_by_id(&mut transaction, user_id)
@@ -766,7 +841,13 @@ pub async fn reset(
     let had_totp = totp::remove(&mut transaction, user.id).await?;
     let passkeys_removed = passkeys::remove_all(&mut transaction, user.id).await?;
     recovery::remove_all(&mut transaction, user.id).await?;
+    challenges::remove_for_user(&mut transaction, user.id).await?;
     settle(&mut transaction, user.id, now).await?;
+    let sessions_ended = if user.id == admin.id {
+        0
+    } else {
+        crate::auth::sessions::revoke_all(&mut transaction, user.id, "mfa_reset", None, now).await?
+    };
     if before.any() {
         notify(
             &mut transaction,
@@ -788,6 +869,7 @@ pub async fn reset(
                 "totp": had_totp,
                 "passkeys": passkeys_removed,
                 "recovery_codes": before.recovery_codes_left,
+                "sessions_ended": sessions_ended,
             }))
             .origin(origin),
     )

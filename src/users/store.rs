@@ -140,6 +140,22 @@ pub async fn record_login(
     Ok(())
 }
 
+/// Replaces an imported password hash with its Argon2id rehash (same password: no credential
+/// event).
+pub async fn replace_password_hash(
+    connection: &mut Connection,
+    user_id: i64,
+    password_hash: &str,
+) -> Result<(), StoreError> {
+    crate::execute!(
+        connection,
+        sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
+            .bind(user_id)
+            .bind(password_hash)
+    )?;
+    Ok(())
+}
+
 /// Whether the account has a second factor (kept by `mfa::service`).
 pub async fn set_mfa_enabled(
     connection: &mut Connection,

@@ -17,7 +17,11 @@ use crate::helpers::{PASSWORD, TestApp, assert_problem, jwt_parts, spawn_app_wit
 const ORIGIN: &str = "https://ums.test";
 
 async fn spawn() -> TestApp {
-    spawn_app_with(&[("UMS_WEBAUTHN_ORIGINS", ORIGIN)]).await
+    spawn_app_with(&[
+        ("UMS_WEBAUTHN_ORIGINS", ORIGIN),
+        ("UMS_SECRET_KEY", "a test secret key for sealing"),
+    ])
+    .await
 }
 
 /// An authenticator app: it scans the `otpauth://` URI and shows the code of the moment.
@@ -77,6 +81,29 @@ async fn second_step(app: &TestApp, body: Value) -> reqwest::Response {
     app.post("/api/auth/login/mfa", &body, None).await
 }
 
+/// Steps the session of `token` up with the app's code; returns the new access token.
+async fn step_up(app: &TestApp, token: &str, phone: &App) -> String {
+    let response = app
+        .post(
+            "/api/auth/step-up",
+            &json!({"method": "totp", "code": phone.code(app)}),
+            Some(token),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    app.clock.advance(Duration::from_secs(30));
+    let body: Value = response.json().await.unwrap();
+    body["access_token"].as_str().unwrap().to_string()
+}
+
+/// A Prometheus series' value (0 when absent).
+fn series(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 fn amr(token: &str) -> Vec<String> {
     let (_, claims) = jwt_parts(token);
     serde_json::from_value(claims["amr"].clone()).unwrap()
@@ -100,11 +127,12 @@ async fn a_totp_factor_is_enrolled_confirmed_and_asked_for_after_the_password() 
     assert!(uri.starts_with("otpauth://totp/UMS:alice?"), "{uri}");
     assert!(enrollment["qr_svg"].as_str().unwrap().contains("<svg"));
     let secret = enrollment["secret"].as_str().unwrap();
-    // The secret is sealed at rest: the stored value does not carry it.
+    // The secret is sealed at rest (AES-256-GCM under UMS_SECRET_KEY).
     let stored = app
         .text("SELECT secret_sealed FROM totp_factors")
         .await
         .unwrap();
+    assert!(stored.starts_with("aes256gcm-v2:"), "{stored}");
     assert!(!stored.contains(secret));
     // Unconfirmed, it does not count yet.
     app.login("alice").await;
@@ -174,7 +202,8 @@ async fn a_totp_factor_is_enrolled_confirmed_and_asked_for_after_the_password() 
     assert_eq!(amr(access), ["pwd", "otp", "mfa"]);
     let (_, claims) = jwt_parts(access);
     assert_eq!(claims["auth_time"], app.clock.now() / 1000);
-    // The token is single use.
+    // The token is single use (a fresh code of the next step changes nothing).
+    app.clock.advance(Duration::from_secs(30));
     let again = second_step(
         &app,
         json!({"mfa_token": mfa_token, "method": "totp", "code": phone.code(&app)}),
@@ -282,7 +311,6 @@ async fn recovery_codes_sign_in_once_each_and_a_new_set_voids_the_old() {
         .await
         .unwrap();
     assert_eq!(stored.len(), 64);
-    assert!(!codes.iter().any(|code| code.replace('-', "") == stored));
 
     let challenge = password_step(&app, "carol").await;
     let typed = codes[0].to_uppercase().replace('-', " ");
@@ -293,10 +321,8 @@ async fn recovery_codes_sign_in_once_each_and_a_new_set_voids_the_old() {
     .await;
     assert_eq!(signed_in.status(), StatusCode::OK);
     let body: Value = signed_in.json().await.unwrap();
-    assert_eq!(
-        amr(body["access_token"].as_str().unwrap()),
-        ["pwd", "otp", "mfa"]
-    );
+    let mfa_access = body["access_token"].as_str().unwrap().to_string();
+    assert_eq!(amr(&mfa_access), ["pwd", "otp", "mfa"]);
     let email = app
         .smtp
         .wait_for("carol@lab.org", "A recovery code was used")
@@ -313,11 +339,21 @@ async fn recovery_codes_sign_in_once_each_and_a_new_set_voids_the_old() {
     .await;
     assert_problem(reused, StatusCode::UNAUTHORIZED).await;
 
+    // A new set takes a session that proved a factor: the password-only one cannot.
+    let not_proven = app
+        .post(
+            "/api/auth/mfa/recovery-codes",
+            &json!({"password": PASSWORD}),
+            Some(&tokens.access),
+        )
+        .await;
+    let body = assert_problem(not_proven, StatusCode::FORBIDDEN).await;
+    assert_eq!(body["code"], "step_up_required");
     let wrong_password = app
         .post(
             "/api/auth/mfa/recovery-codes",
             &json!({"password": "not the password"}),
-            Some(&tokens.access),
+            Some(&mfa_access),
         )
         .await;
     assert_problem(wrong_password, StatusCode::BAD_REQUEST).await;
@@ -325,10 +361,14 @@ async fn recovery_codes_sign_in_once_each_and_a_new_set_voids_the_old() {
         .post(
             "/api/auth/mfa/recovery-codes",
             &json!({"password": PASSWORD}),
-            Some(&tokens.access),
+            Some(&mfa_access),
         )
         .await;
     assert_eq!(regenerated.status(), StatusCode::OK);
+    assert_eq!(regenerated.headers()["cache-control"], "no-store");
+    app.smtp
+        .wait_for("carol@lab.org", "A second factor was added")
+        .await;
     let fresh: Value = regenerated.json().await.unwrap();
     assert_eq!(fresh["recovery_codes"].as_array().unwrap().len(), 10);
     assert_eq!(
@@ -360,32 +400,51 @@ async fn disabling_totp_takes_the_password_and_a_code() {
     let app = spawn().await;
     let (user_id, tokens) = app.user("dave").await;
     let (phone, _) = enrol_totp(&app, &tokens.access).await;
+    // The session signed in with the password alone: it proves the factor first.
+    let unproven = app
+        .post(
+            "/api/auth/mfa/totp/disable",
+            &json!({"password": PASSWORD, "code": phone.code(&app)}),
+            Some(&tokens.access),
+        )
+        .await;
+    let body = assert_problem(unproven, StatusCode::FORBIDDEN).await;
+    assert_eq!(body["code"], "step_up_required");
+    let access = step_up(&app, &tokens.access, &phone).await;
 
     let wrong_password = app
         .post(
             "/api/auth/mfa/totp/disable",
             &json!({"password": "nope nope nope", "code": phone.code(&app)}),
-            Some(&tokens.access),
+            Some(&access),
         )
         .await;
     let body = assert_problem(wrong_password, StatusCode::BAD_REQUEST).await;
     assert!(body["errors"]["password"].is_array());
+    // A wrong code is a wrong second factor: refused and counted toward the lockout.
     let wrong_code = app
         .post(
             "/api/auth/mfa/totp/disable",
             &json!({"password": PASSWORD, "code": "000000"}),
-            Some(&tokens.access),
+            Some(&access),
         )
         .await;
-    let body = assert_problem(wrong_code, StatusCode::BAD_REQUEST).await;
-    assert!(body["errors"]["code"].is_array());
+    assert_problem(wrong_code, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT failed_login_count FROM users WHERE id = {user_id}"
+        ))
+        .await,
+        1
+    );
+    assert_eq!(app.audit_events("auth.mfa_failed").await.len(), 1);
     assert_eq!(app.scalar("SELECT COUNT(*) FROM totp_factors").await, 1);
 
     let disabled = app
         .post(
             "/api/auth/mfa/totp/disable",
             &json!({"password": PASSWORD, "code": phone.code(&app)}),
-            Some(&tokens.access),
+            Some(&access),
         )
         .await;
     assert_eq!(disabled.status(), StatusCode::NO_CONTENT);
@@ -525,7 +584,13 @@ async fn a_passkey_is_a_second_factor_and_signs_in_alone() {
         amr(body["access_token"].as_str().unwrap()),
         ["pwd", "hwk", "mfa"]
     );
-    // An assertion is good once: replaying it on a new challenge fails.
+    let spent = second_step(
+        &app,
+        json!({"mfa_token": challenge["mfa_token"], "method": "webauthn", "assertion": assertion}),
+    )
+    .await;
+    assert_problem(spent, StatusCode::UNAUTHORIZED).await;
+    // An assertion is good once: replaying it on a new challenge fails too.
     let challenge = password_step(&app, "erin").await;
     let replayed = second_step(
         &app,
@@ -616,12 +681,19 @@ async fn step_up_raises_a_sessions_assurance_and_refreshes_keep_it() {
     assert_eq!(claims["auth_time"], app.clock.now() / 1000);
     assert_eq!(claims["sid"], jwt_parts(&tokens.access).1["sid"]);
 
-    // The session keeps it: a refresh (even of the token issued before) carries it along.
-    let refreshed: Value = app.refresh(&tokens.refresh).await.json().await.unwrap();
+    // The session keeps it: a refresh carries it along. The refresh token issued before the
+    // step-up was retired by it (one stolen earlier is not raised with the session).
+    let refreshed: Value = app
+        .refresh(pair["refresh_token"].as_str().unwrap())
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(
         amr(refreshed["access_token"].as_str().unwrap()),
         ["pwd", "otp", "mfa"]
     );
+    assert_problem(app.refresh(&tokens.refresh).await, StatusCode::UNAUTHORIZED).await;
     let events = app.audit_events("auth.step_up").await;
     assert_eq!(events[0]["details"]["method"], "totp");
     assert_eq!(app.audit_events("auth.mfa_failed").await.len(), 1);
@@ -691,6 +763,25 @@ async fn an_admin_without_a_factor_must_enrol_one_to_sign_in() {
     assert_eq!(app.scalar("SELECT COUNT(*) FROM totp_factors").await, 1);
     // The next sign-in asks for the factor.
     password_step(&app, "root").await;
+
+    // Admin rights need a session that proved a factor: a user promoted while signed in with
+    // a password alone cannot use them.
+    let (ops_id, ops) = app.user("ops").await;
+    let promoted = app
+        .patch(
+            &format!("/api/users/{ops_id}"),
+            &json!({"is_admin": true}),
+            Some(access),
+        )
+        .await;
+    assert_eq!(promoted.status(), StatusCode::OK);
+    let refused = app.get("/api/users", Some(&ops.access)).await;
+    let body = assert_problem(refused, StatusCode::FORBIDDEN).await;
+    assert_eq!(body["code"], "mfa_enrollment_required");
+    assert_eq!(
+        app.get("/api/users", Some(access)).await.status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -744,9 +835,16 @@ async fn a_lab_that_requires_a_factor_refuses_members_without_one() {
         let body = assert_problem(response, StatusCode::FORBIDDEN).await;
         assert_eq!(body["code"], "mfa_enrollment_required", "{path}");
     }
-    enrol_totp(&app, &member.access).await;
-    let access: Value = app
+    // Enrolling is not enough for this password-only session: it must prove the factor.
+    let (phone, _) = enrol_totp(&app, &member.access).await;
+    let response = app
         .get(&format!("/api/labs/{lab_id}/access"), Some(&member.access))
+        .await;
+    let body = assert_problem(response, StatusCode::FORBIDDEN).await;
+    assert_eq!(body["code"], "step_up_required");
+    let stepped = step_up(&app, &member.access, &phone).await;
+    let access: Value = app
+        .get(&format!("/api/labs/{lab_id}/access"), Some(&stepped))
         .await
         .json()
         .await
@@ -759,16 +857,19 @@ async fn an_admin_resets_a_users_factors_audited_and_emailed() {
     let app = spawn().await;
     let admin = app.admin("root").await;
     let (user_id, tokens) = app.user("ivy").await;
-    enrol_totp(&app, &tokens.access).await;
+    let (phone, _) = enrol_totp(&app, &tokens.access).await;
+    // A second factor is added from a session that proved the first.
     let mut authenticator = soft_passkey();
-    register_passkey(
-        &app,
-        &mut authenticator,
-        Some(&tokens.access),
-        json!({}),
-        "Phone",
-    )
-    .await;
+    let unproven = app
+        .post(
+            "/api/auth/mfa/passkeys/register/start",
+            &json!({}),
+            Some(&tokens.access),
+        )
+        .await;
+    assert_problem(unproven, StatusCode::FORBIDDEN).await;
+    let stepped = step_up(&app, &tokens.access, &phone).await;
+    register_passkey(&app, &mut authenticator, Some(&stepped), json!({}), "Phone").await;
 
     let (_, other) = app.user("jack").await;
     let refused = app
@@ -802,6 +903,13 @@ async fn an_admin_resets_a_users_factors_audited_and_emailed() {
     assert_eq!(events[0]["resource_id"], user_id.to_string());
     assert_eq!(events[0]["details"]["passkeys"], 1);
     assert_eq!(events[0]["details"]["totp"], true);
+    assert_eq!(events[0]["details"]["sessions_ended"], 1);
+    // The user's sessions ended with the factors.
+    assert_problem(
+        app.get("/api/auth/me", Some(&stepped)).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
     let tokens = app.login("ivy").await;
     assert_eq!(amr(&tokens.access), ["pwd"]);
 }
@@ -837,6 +945,16 @@ async fn second_factor_requests_with_bad_input_get_a_problem_and_change_nothing(
     .await;
     assert_problem(made_up, StatusCode::UNAUTHORIZED).await;
     // None of it counted or spent the token: the right code still signs in.
+    assert_eq!(
+        app.scalar("SELECT failed_login_count FROM users WHERE username = 'kate'")
+            .await,
+        0
+    );
+    assert_eq!(
+        app.scalar("SELECT CAST(COALESCE(MAX(failures), 0) AS BIGINT) FROM mfa_challenges")
+            .await,
+        0
+    );
     let signed_in = second_step(
         &app,
         json!({"mfa_token": mfa_token, "method": "totp", "code": phone.code(&app)}),
@@ -877,6 +995,7 @@ async fn an_admin_may_enrol_a_passkey_as_the_first_factor_while_signing_in() {
     )
     .await;
     let mfa_token = body["mfa_token"].as_str().unwrap().to_string();
+    let before = app.get("/metrics", None).await.text().await.unwrap();
     let mut authenticator = soft_passkey();
     let (finished, _) = register_passkey(
         &app,
@@ -914,10 +1033,93 @@ async fn an_admin_may_enrol_a_passkey_as_the_first_factor_while_signing_in() {
         )
         .await;
     assert_problem(refused, StatusCode::UNAUTHORIZED).await;
-    let metrics = app.get("/metrics", None).await.text().await.unwrap();
-    assert!(
-        metrics.contains(r#"ums_mfa_verifications_total{method="webauthn",result="success"} 1"#),
-        "{metrics}"
+    let after = app.get("/metrics", None).await.text().await.unwrap();
+    let moved = |name: &str| series(&after, name) - series(&before, name);
+    assert_eq!(
+        moved(r#"ums_mfa_verifications_total{method="webauthn",result="success"}"#),
+        1.0
     );
-    assert!(metrics.contains(r#"ums_mfa_enrollments_total{method="webauthn"} 1"#));
+    assert_eq!(
+        moved(r#"ums_mfa_enrollments_total{method="webauthn"}"#),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_token_answers_only_its_own_step_and_every_wrong_code_counts() {
+    let app = spawn().await;
+    let (user_id, tokens) = app.user("liam").await;
+    // A passkey registration token is no sign-in token, and a sign-in token enrols nothing.
+    let registration: Value = app
+        .post(
+            "/api/auth/mfa/passkeys/register/start",
+            &json!({}),
+            Some(&tokens.access),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (phone, _) = enrol_totp(&app, &tokens.access).await;
+    let confused = second_step(
+        &app,
+        json!({"mfa_token": registration["registration_token"], "method": "totp", "code": phone.code(&app)}),
+    )
+    .await;
+    assert_problem(confused, StatusCode::UNAUTHORIZED).await;
+    let challenge = password_step(&app, "liam").await;
+    let enrol_with_login_token = app
+        .post(
+            "/api/auth/mfa/totp/enroll",
+            &json!({"mfa_token": challenge["mfa_token"]}),
+            None,
+        )
+        .await;
+    assert_problem(enrol_with_login_token, StatusCode::UNAUTHORIZED).await;
+
+    // A wrong code in the one-step login counts like a wrong password.
+    let one_step = app
+        .post(
+            "/api/auth/login",
+            &json!({"username": "liam", "password": PASSWORD, "totp_code": "000000"}),
+            None,
+        )
+        .await;
+    assert_problem(one_step, StatusCode::UNAUTHORIZED).await;
+    // So does a wrong step-up.
+    let wrong = app
+        .post(
+            "/api/auth/step-up",
+            &json!({"method": "totp", "code": "000000"}),
+            Some(&tokens.access),
+        )
+        .await;
+    assert_problem(wrong, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT failed_login_count FROM users WHERE id = {user_id}"
+        ))
+        .await,
+        2
+    );
+    // A deactivated account's pending sign-in does not finish.
+    app.execute(&[&format!(
+        "UPDATE users SET is_active = {} WHERE id = {user_id}",
+        app_false(&app)
+    )])
+    .await;
+    let inactive = second_step(
+        &app,
+        json!({"mfa_token": challenge["mfa_token"], "method": "totp", "code": phone.code(&app)}),
+    )
+    .await;
+    assert_problem(inactive, StatusCode::UNAUTHORIZED).await;
+}
+
+/// `false` in this database's boolean column.
+fn app_false(app: &TestApp) -> &'static str {
+    match app.state.store.backend() {
+        ums::store::Backend::Postgres => "false",
+        _ => "0",
+    }
 }

@@ -545,3 +545,22 @@ def test_an_admin_enrols_at_the_django_login_when_the_policy_is_on(pool, django_
         assert len(codes) == 10  # shown once
         assert session_amr(browser) == ["pwd", "otp", "mfa"]
         assert browser.get("/admin-only/settings/").status_code == 200
+
+
+def test_a_lab_requiring_mfa_sends_a_password_session_to_step_up(portal, admin, new_account):
+    lab = admin.create_lab(unique("djmfa"), "Second factor lab")
+    admin.update_lab(lab.id, require_mfa=True)
+    account = new_account()
+    admin.add_member(lab.id, account.id, "viewer")
+    browser = browser_login(account.username)  # the password alone
+    assert browser.get(f"/labs/{lab.id}/").status_code == 403  # no factor at all
+    _, codes = enrol_totp(account.client)
+
+    assert browser.get(f"/labs/{lab.id}/").status_code == 403  # a factor, not proven here
+    with override_settings(UMS_STEP_UP_URL="/step-up/"):
+        response = browser.get(f"/labs/{lab.id}/")
+        assert response.status_code == 302
+        assert response["Location"] == f"/step-up/?next=/labs/{lab.id}/"
+    response = browser.post(response["Location"], {"method": "recovery_code", "code": codes[0]})
+    assert response["Location"] == f"/labs/{lab.id}/"
+    assert browser.get(f"/labs/{lab.id}/").json() == {"lab": lab.code, "role": "viewer"}

@@ -113,6 +113,10 @@ def test_totp_is_enrolled_confirmed_and_comes_with_recovery_codes(new_account, m
     assert status.methods == ("totp", "recovery_code")
     assert status.recovery_codes_left == 10
     assert client.me().mfa_enabled
+    # Changing the factors now takes a session that proved one: this one has the password.
+    with pytest.raises(StepUpRequired):
+        client.enroll_totp()
+    client.step_up("totp", app.code())
     with pytest.raises(Conflict):
         client.enroll_totp()  # a confirmed app must be disabled first
 
@@ -223,18 +227,27 @@ def test_wrong_answers_kill_the_token_and_lock_the_account(admin, new_account, m
     assert client.login_mfa(step.mfa_token, "recovery_code", codes[0]).user.id == account.id
 
 
-def test_disabling_totp_takes_the_password_and_a_code(new_account, make_client, ums):
+def test_disabling_totp_takes_a_stepped_up_session_the_password_and_a_code(
+    new_account, make_client, ums
+):
     account = new_account()
-    app, codes = enrol_totp(account.client)
-    with pytest.raises(ValidationError) as wrong_password:
-        account.client.disable_totp("not the password", codes[0])
-    assert "password" in wrong_password.value.errors
-    with pytest.raises(ValidationError) as wrong_code:
-        account.client.disable_totp(PASSWORD, app.wrong_code())
-    assert "code" in wrong_code.value.errors
+    client = account.client
+    app, codes = enrol_totp(client)
+    with pytest.raises(StepUpRequired):  # a password-only session cannot strip a factor
+        client.disable_totp(PASSWORD, codes[0])
+    client.step_up("recovery_code", codes[0])
 
-    assert account.client.disable_totp(PASSWORD, codes[0]) is None
-    status = account.client.mfa_status()
+    with pytest.raises(ValidationError) as wrong_password:
+        client.disable_totp("not the password", codes[1])
+    assert "password" in wrong_password.value.errors
+    tokens = client.tokens
+    with pytest.raises(AuthenticationError):  # a wrong code is a refused second factor
+        client.disable_totp(PASSWORD, app.wrong_code())
+    assert client.tokens == tokens  # not taken for a stale token: no refresh, no retry
+    assert client.mfa_status().totp
+
+    assert client.disable_totp(PASSWORD, codes[1]) is None
+    status = client.mfa_status()
     assert not status.enabled and not status.totp and status.recovery_codes_left == 0
     result = make_client(ums).login(account.username, PASSWORD)  # one step again
     assert amr(result.access_token) == ["pwd"]
@@ -332,10 +345,13 @@ def test_admin_resets_a_users_factors(admin, new_account, make_client, ums):
         admin.reset_user_mfa(10**9)
 
     assert admin.reset_user_mfa(account.id) is None
-    result = make_client(ums).login(account.username, PASSWORD)  # the password alone again
+    with pytest.raises(AuthenticationError):
+        account.client.me()  # the user's sessions were revoked with the factors
+    client = make_client(ums)
+    result = client.login(account.username, PASSWORD)  # the password alone again
     assert amr(result.access_token) == ["pwd"]
     assert not result.user.mfa_enabled
-    status = account.client.mfa_status()
+    status = client.mfa_status()
     assert not status.enabled and status.recovery_codes_left == 0 and status.methods == ()
 
 
@@ -356,7 +372,11 @@ def test_lab_requiring_mfa_refuses_members_without_a_factor(admin, new_account):
     with pytest.raises(MFASetupRequired):
         member.client.get_lab(lab.id)
 
-    enrol_totp(member.client)
+    app, _ = enrol_totp(member.client)
+    # A factor is not enough: the session must have proven it.
+    with pytest.raises(StepUpRequired):
+        member.client.lab_access(lab.id)
+    member.client.step_up("totp", app.code())
     assert member.client.lab_access(lab.id).role == "member"
     assert admin.update_lab(lab.id, require_mfa=False).require_mfa is False
 

@@ -210,6 +210,13 @@ class UMSClient:
         if expires_at - time.time() <= leeway:
             self._refresh_after_401(tokens.access_token)
 
+    def _answer(self, path: str, body: Mapping[str, Any]) -> httpx.Response:
+        """POST a second-factor answer with the bearer token: its 401 is a refused answer
+        (counted toward the lockout), not to be retried, so the token is refreshed first if
+        it is about to expire."""
+        self._refresh_if_expiring()
+        return self._request("POST", path, json=body, refresh=False)
+
     def _refresh_locked(self, refresh_token: str) -> TokenPair:
         try:
             response = self._request(
@@ -313,8 +320,7 @@ class UMSClient:
         before the call instead of after a 401.
         """
         body = _body(method=method, code=code, assertion=assertion, mfa_token=mfa_token)
-        self._refresh_if_expiring()
-        response = self._request("POST", "/api/auth/step-up", json=body, refresh=False)
+        response = self._answer("/api/auth/step-up", body)
         tokens = TokenPair.from_json(response.json())
         self.token_store.save(tokens)
         return tokens
@@ -390,7 +396,9 @@ class UMSClient:
         As the signed-in caller, or with the ``mfa_token`` of a sign-in that raised
         :class:`MFAEnrollmentRequired` (then no bearer token is sent, and the new factor is
         confirmed by :meth:`login_mfa` with method ``totp``). :class:`Conflict` if a confirmed
-        app is enrolled already.
+        app is enrolled already. Changes to an account's factors need a recent sign-in (ten
+        minutes), one that proved a factor if the account has one: otherwise
+        :class:`StepUpRequired` (:meth:`step_up`) or :class:`ReauthenticationRequired`.
         """
         body = _body(mfa_token=mfa_token)
         response = self._request(
@@ -410,14 +418,20 @@ class UMSClient:
     def disable_totp(self, password: str, code: str) -> None:
         """``POST /api/auth/mfa/totp/disable`` with the password and a TOTP or recovery code.
 
-        :class:`ValidationError` on ``errors["password"]`` or ``errors["code"]``;
-        :class:`Conflict` if an admin would lose the last factor the server's policy asks for.
+        Needs a recent session that proved a factor (:class:`StepUpRequired`). A wrong
+        password raises :class:`ValidationError` (``errors["password"]``); a wrong code
+        :class:`AuthenticationError`, counted toward the lockout like any second factor (and,
+        as with :meth:`step_up`, not retried); :class:`Conflict` if an admin would lose the
+        last factor the server's policy asks for.
         """
-        body = {"password": password, "code": code}
-        self._request("POST", "/api/auth/mfa/totp/disable", json=body)
+        self._answer("/api/auth/mfa/totp/disable", {"password": password, "code": code})
 
     def regenerate_recovery_codes(self, password: str) -> list[str]:
-        """``POST /api/auth/mfa/recovery-codes``: ten new recovery codes; the old ones are void."""
+        """``POST /api/auth/mfa/recovery-codes``: ten new recovery codes; the old ones are void.
+
+        Needs a recent session that proved a factor (:class:`StepUpRequired`); a wrong
+        password raises :class:`ValidationError` (``errors["password"]``).
+        """
         response = self._request(
             "POST", "/api/auth/mfa/recovery-codes", json={"password": password}
         )
@@ -426,7 +440,8 @@ class UMSClient:
     def start_passkey_registration(self, mfa_token: str | None = None) -> PasskeyRegistration:
         """``POST /api/auth/mfa/passkeys/register/start``: creation options for a new passkey.
 
-        As the signed-in caller, or with the ``mfa_token`` of an enrolment sign-in.
+        As the signed-in caller (in a recent sign-in, as for :meth:`enroll_totp`), or with the
+        ``mfa_token`` of an enrolment sign-in.
         """
         body = _body(mfa_token=mfa_token)
         response = self._request(
@@ -460,8 +475,8 @@ class UMSClient:
     def delete_passkey(self, passkey_id: int) -> None:
         """``DELETE /api/auth/mfa/passkeys/{id}``.
 
-        Needs a session that proved a second factor: otherwise :class:`StepUpRequired`
-        (call :meth:`step_up` first).
+        Needs a recent session that proved a second factor: otherwise
+        :class:`StepUpRequired` (call :meth:`step_up` first).
         """
         self._request("DELETE", f"/api/auth/mfa/passkeys/{passkey_id}")
 
@@ -549,7 +564,8 @@ class UMSClient:
     def reset_user_mfa(self, user_id: int) -> None:
         """``DELETE /api/users/{id}/mfa`` (admin): remove every second factor of the user.
 
-        For a user who lost them; they sign in with the password alone afterwards.
+        For a user who lost them: their sessions are revoked, and they sign in with the
+        password alone afterwards.
         """
         self._request("DELETE", f"/api/users/{user_id}/mfa")
 
@@ -580,8 +596,9 @@ class UMSClient:
     ) -> Lab:
         """``PATCH /api/labs/{id}`` (admin): change the given fields.
 
-        ``require_mfa`` (system admins): members without a second factor are then refused
-        the lab's routes (:class:`MFASetupRequired`).
+        ``require_mfa`` (system admins): members are then refused the lab's routes unless
+        their session proved a second factor: :class:`MFASetupRequired` for a member without
+        one, :class:`StepUpRequired` for one whose session has not (:meth:`step_up`).
         """
         body = _body(code=code, name=name, description=description, require_mfa=require_mfa)
         return Lab.from_json(self._request("PATCH", f"/api/labs/{lab_id}", json=body).json())

@@ -21,6 +21,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "RateLimited",
+    "ReauthenticationRequired",
     "SecondStepRequired",
     "ServiceUnavailable",
     "StepUpRequired",
@@ -144,12 +145,19 @@ class PermissionDenied(UMSError):
 
 class StepUpRequired(PermissionDenied):
     """403 ``step_up_required``: this needs a session that proved a second factor (its token's
-    ``amr`` has ``mfa``); call :meth:`UMSClient.step_up` and try again."""
+    ``amr`` has ``mfa``), recently for changes to the account's factors; call
+    :meth:`UMSClient.step_up` and try again."""
+
+
+class ReauthenticationRequired(PermissionDenied):
+    """403 ``reauthentication_required``: this needs a recent sign-in (an account without a
+    second factor changing its factors); sign in again and try again."""
 
 
 class MFASetupRequired(PermissionDenied):
     """403 ``mfa_enrollment_required``: a lab that requires a second factor refuses a member
-    who has none; enrol one (:meth:`UMSClient.enroll_totp`) first."""
+    who has none (and an admin without one, under the server's policy); enrol one
+    (:meth:`UMSClient.enroll_totp`) first."""
 
 
 class NotFound(UMSError):
@@ -196,6 +204,7 @@ _BY_CODE: dict[tuple[int, str], type[UMSError]] = {
     (401, "mfa_required"): MFARequired,
     (401, "mfa_enrollment_required"): MFAEnrollmentRequired,
     (403, "step_up_required"): StepUpRequired,
+    (403, "reauthentication_required"): ReauthenticationRequired,
     (403, "mfa_enrollment_required"): MFASetupRequired,
 }
 

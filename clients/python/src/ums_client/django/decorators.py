@@ -12,7 +12,7 @@ from django.core.cache import cache
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import HttpRequest, HttpResponse
 
-from ..errors import AuthenticationError, NotFound, PermissionDenied
+from ..errors import AuthenticationError, NotFound, PermissionDenied, StepUpRequired
 from .store import SessionTokenStore, get_client, token_claims
 
 __all__ = [
@@ -110,7 +110,9 @@ def require_lab_access(lab_kwarg: str = "lab_id", role: str = "viewer") -> Calla
 
     Asks ``GET /api/labs/{id}/access``; roles rank viewer < member < lab_admin, and system
     admins pass. Others get 403. The answer is left on ``request.lab_access``
-    (:class:`ums_client.AccessInfo`).
+    (:class:`ums_client.AccessInfo`). A lab that requires a second factor, for a member whose
+    session has not proven theirs, sends them to ``settings.UMS_STEP_UP_URL`` when that is
+    set (403 otherwise).
     """
     if role not in ROLE_RANK:
         raise ValueError(f"unknown lab role {role!r}; one of {', '.join(ROLE_RANK)}")
@@ -120,6 +122,11 @@ def require_lab_access(lab_kwarg: str = "lab_id", role: str = "viewer") -> Calla
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             try:
                 access = get_client(request).lab_access(int(kwargs[lab_kwarg]))
+            except StepUpRequired as exc:
+                step_up_url = getattr(settings, "UMS_STEP_UP_URL", None)
+                if step_up_url:
+                    return _to_login(request, step_up_url)
+                raise DjangoPermissionDenied(str(exc)) from exc
             except (PermissionDenied, NotFound) as exc:
                 raise DjangoPermissionDenied(str(exc)) from exc
             if ROLE_RANK.get(access.role, 0) < ROLE_RANK[role]:
