@@ -130,6 +130,23 @@ impl RequestUser {
     }
 }
 
+fn request_carries_body(request: &Request) -> bool {
+    let headers = request.headers();
+    headers.contains_key(axum::http::header::TRANSFER_ENCODING)
+        || headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|length| length.trim() != "0")
+}
+
+/// The refusals that come before a body is read.
+fn refused_unread(status: axum::http::StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        401 | 403 | 404 | 405 | 413 | 415 | 423 | 429 | 503
+    )
+}
+
 /// One access-log line and the HTTP metrics per request, labelled by route template
 /// (never the raw path, so ids do not become label values).
 pub async fn observe(mut request: Request, next: Next) -> Response {
@@ -147,7 +164,17 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         .unwrap_or_default();
     let user = RequestUser::default();
     request.extensions_mut().insert(user.clone());
-    let response = next.run(request).await;
+    let carries_body = request_carries_body(&request);
+    let mut response = next.run(request).await;
+    if carries_body && refused_unread(response.status()) {
+        // Refused before its body was read (an extractor's 401/403/404…): the connection
+        // cannot carry another request, and saying so spares a keep-alive client from
+        // sending its next request into a closing socket.
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
     let latency = started.elapsed();
     let status = response.status().as_u16();
     let class = format!("{}xx", status / 100);

@@ -558,3 +558,40 @@ async fn a_failure_is_logged_as_one_line_with_its_cause_and_request_id() {
         "{line}"
     );
 }
+
+/// A request refused before its body is read leaves a connection that cannot carry another
+/// request: the answer says `Connection: close`, so a keep-alive client does not send its
+/// next request into a closing socket (seen from httpx as a dropped connection).
+#[tokio::test]
+async fn a_refusal_before_the_body_is_read_closes_the_connection_openly() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let (_, tokens) = app.user("alice").await;
+    let address = app
+        .url("/")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let body = r#"{"name": "x"}"#;
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let request = format!(
+        "PATCH /api/labs/1 HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        tokens.access,
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&response).contains("\r\n\r\n") {
+        let read = stream.read(&mut buffer).await.unwrap();
+        assert!(read > 0, "the server closed without an answer");
+        response.extend_from_slice(&buffer[..read]);
+    }
+    let head = String::from_utf8_lossy(&response).to_lowercase();
+    assert!(head.starts_with("http/1.1 403"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    // A read body keeps the connection: a 200 answer says nothing of closing.
+    let ok = app.get("/api/auth/me", Some(&tokens.access)).await;
+    assert!(ok.headers().get("connection").is_none());
+}
