@@ -113,6 +113,8 @@ pub enum SecondStepKind {
     MfaRequired,
     /// Enrol a first factor with the token, then prove it.
     EnrollmentRequired,
+    /// A risky sign-in: answer with the code emailed to the verified address.
+    VerificationRequired,
 }
 
 impl SecondStepKind {
@@ -120,6 +122,7 @@ impl SecondStepKind {
         match self {
             SecondStepKind::MfaRequired => "mfa_required",
             SecondStepKind::EnrollmentRequired => "mfa_enrollment_required",
+            SecondStepKind::VerificationRequired => "verification_required",
         }
     }
 }

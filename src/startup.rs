@@ -190,8 +190,12 @@ async fn prepare_with_access_log(
     )?;
     let limiter = crate::security::limits::Limiter::connect(&config).await;
     let webauthn = Arc::new(crate::mfa::passkeys::relying_party(&config.second_factors)?);
+    let geoip = crate::security::geoip::GeoIp::open(config.risk.geoip_db.clone())?;
+    let denylist = crate::security::reputation::Denylist::open(&config.risk.ip_denylists)?;
     let state = AppState {
         webauthn,
+        geoip,
+        denylist,
         config: Arc::new(config),
         store,
         keys,

@@ -26,6 +26,10 @@ pub struct AppState {
     pub verify_floor: Arc<crate::auth::password::VerifyFloor>,
     /// The WebAuthn relying party (passkeys).
     pub webauthn: Arc<webauthn_rs::Webauthn>,
+    /// Where addresses are (`UMS_GEOIP_DB`; empty without one).
+    pub geoip: crate::security::geoip::GeoIp,
+    /// The IP denylists (`UMS_IP_DENYLIST`).
+    pub denylist: crate::security::reputation::Denylist,
 }
 
 impl AppState {

@@ -72,6 +72,8 @@ pub enum Action {
     PasskeyRenamed,
     PasskeyRemoved,
     MfaReset,
+    RiskySignIn,
+    RiskySignInRefused,
 }
 
 impl Action {
@@ -120,6 +122,8 @@ impl Action {
             Action::PasskeyRenamed => "mfa.passkey_renamed",
             Action::PasskeyRemoved => "mfa.passkey_removed",
             Action::MfaReset => "mfa.reset",
+            Action::RiskySignIn => "security.risky_sign_in",
+            Action::RiskySignInRefused => "security.risky_sign_in_refused",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Authentication: registration, login, tokens, sessions, passwords and the emailed-link
 //! flows (reset, change and verification).
 
+pub mod adaptive;
 pub mod email_change;
 pub mod hash_pool;
 pub mod links;

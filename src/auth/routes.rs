@@ -17,7 +17,8 @@ use crate::auth::sessions::{self, SessionView, TokenPair};
 use crate::error::AppError;
 use crate::http::body::{JsonBody, no_store, optional_json};
 use crate::http::error::Problem;
-use crate::http::extract::{AuthUser, ClientOrigin, CredentialGuard, bearer_token};
+use crate::http::extract::{ApiPath, AuthUser, ClientOrigin, CredentialGuard, bearer_token};
+use crate::security::devices::DeviceView;
 use crate::state::AppState;
 use crate::users::{UserView, UserWithLabs};
 
@@ -178,6 +179,35 @@ pub async fn revoke_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/api/auth/devices", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = Vec<DeviceView>), (status = 401, body = Problem)))]
+pub async fn list_devices(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ClientOrigin(origin): ClientOrigin,
+) -> Result<Json<Vec<DeviceView>>, AppError> {
+    let mut connection = state.store.read().await?;
+    let current = crate::security::devices::fingerprint(&origin);
+    Ok(Json(
+        crate::security::devices::list(&mut connection, caller.user.id, &current).await?,
+    ))
+}
+
+#[utoipa::path(delete, path = "/api/auth/devices/{id}", tag = "auth", security(("bearer" = [])),
+    params(("id" = i64, Path)), responses((status = 204), (status = 401, body = Problem), (status = 404, body = Problem)))]
+pub async fn forget_device(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<StatusCode, AppError> {
+    let mut connection = state.store.begin().await?;
+    if !crate::security::devices::forget(&mut connection, caller.user.id, id).await? {
+        return Err(AppError::NotFound);
+    }
+    connection.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth",
     responses((status = 200, description = "The public signing keys (JWK Set)")))]
 pub async fn jwks(State(state): State<AppState>) -> Response {
@@ -294,6 +324,8 @@ pub fn router() -> axum::Router<AppState> {
         .route("/api/auth/change-password", post(change_password))
         .route("/api/auth/change-email", post(change_email))
         .route("/api/auth/verify-email", post(verify_email))
+        .route("/api/auth/devices", get(list_devices))
+        .route("/api/auth/devices/{id}", delete(forget_device))
         .route("/.well-known/jwks.json", get(jwks))
 }
 
@@ -317,6 +349,8 @@ one step. `POST /api/auth/login/passkey` starts a passwordless passkey sign-in, 
     me,
     list_sessions,
     revoke_session,
+    list_devices,
+    forget_device,
     jwks,
     forgot_password,
     reset_password,

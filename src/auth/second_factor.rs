@@ -19,9 +19,10 @@ use crate::auth::sign_in::{
 use crate::error::{AppError, SecondStep, SecondStepKind};
 use crate::mfa::challenges::{self, Challenge, NewChallenge, Purpose};
 use crate::mfa::service::{Answer, Proven, answer_for};
-use crate::mfa::{Factors, Method, passkeys, totp};
+use crate::mfa::{Factors, Method, email_code, passkeys, totp};
 use crate::security::IpAttempt;
 use crate::security::lockout::{self, Reservation, Subject};
+use crate::security::risk::SignInRisk;
 use crate::state::AppState;
 use crate::users::User;
 use crate::users::store as user_store;
@@ -38,6 +39,8 @@ pub struct PasswordStep<'a> {
     pub totp_code: Option<String>,
     pub reservation: Reservation,
     pub rehashed: Option<String>,
+    /// The sign-in's risk, weighed after the password.
+    pub risk: SignInRisk,
 }
 
 fn lifetime(state: &AppState) -> i64 {
@@ -84,17 +87,25 @@ pub async fn after_password(
             }
         };
     }
+    let must_enrol = step.user.is_admin() && state.config.second_factors.require_for_admins;
     let (purpose, kind, methods) = if step.factors.any() {
+        // A second factor answers every risk short of a refusal.
         (
             Purpose::Login,
             SecondStepKind::MfaRequired,
             step.factors.methods(),
         )
-    } else {
+    } else if must_enrol {
         (
             Purpose::Enrollment,
             SecondStepKind::EnrollmentRequired,
             vec![Method::Totp, Method::Webauthn],
+        )
+    } else {
+        (
+            Purpose::Verification,
+            SecondStepKind::VerificationRequired,
+            vec![Method::EmailCode],
         )
     };
     let mut transaction = audit::Audited::begin(&state.store).await?;
@@ -114,6 +125,13 @@ pub async fn after_password(
         let stored = passkeys::of_user(&mut transaction, step.user.id).await?;
         let (options, ceremony) = passkeys::start_authentication(&state.webauthn, &stored)?;
         (Some(to_value(options)?), Some(ceremony))
+    } else if purpose == Purpose::Verification {
+        let code = email_code::new_code();
+        email_code::send(&mut transaction, state, &step.user, &code, &step.risk, now).await?;
+        (
+            None,
+            Some(json!({"code_hash": crate::security::secrets::hash_token(&code)})),
+        )
     } else {
         (None, None)
     };
@@ -124,6 +142,7 @@ pub async fn after_password(
             user_id: Some(step.user.id),
             session_id: None,
             ceremony,
+            risk: Some(&step.risk),
         },
         now,
     )
@@ -133,7 +152,11 @@ pub async fn after_password(
             Event::new(Action::MfaChallenged, now)
                 .actor(Some(step.user.id))
                 .resource("user", step.user.id)
-                .details(json!({"step": kind.code(), "methods": method_names(&methods)}))
+                .details(json!({
+                    "step": kind.code(),
+                    "methods": method_names(&methods),
+                    "risk": step.risk,
+                }))
                 .origin(origin),
         )
         .await?;
@@ -163,6 +186,7 @@ fn accepted<'a>(state: &AppState, step: &PasswordStep<'a>, proven: Proven) -> Ac
             &["pwd", proven.method.amr(), "mfa"],
         ),
         details: json!({"second_factor": proven.method.as_str(), "one_step": true}),
+        risk: Some(step.risk.clone()),
     }
 }
 
@@ -198,7 +222,7 @@ pub async fn complete(
     .filter(|challenge| {
         matches!(
             challenge.purpose,
-            Purpose::Login | Purpose::Enrollment | Purpose::Passwordless
+            Purpose::Login | Purpose::Enrollment | Purpose::Passwordless | Purpose::Verification
         )
     })
     .ok_or(AppError::Unauthorized(EXPIRED))?;
@@ -233,10 +257,11 @@ pub async fn complete(
         crate::mfa::service::recovery_code_used(&mut transaction, state, &user, left, origin, now)
             .await?;
     }
-    let amr: &[&str] = if challenge.purpose == Purpose::Passwordless {
-        &["hwk", "mfa"]
-    } else {
-        &["pwd", proven.method.amr(), "mfa"]
+    let amr: &[&str] = match challenge.purpose {
+        Purpose::Passwordless => &["hwk", "mfa"],
+        // An emailed code confirms a risky sign-in; it is no second factor.
+        Purpose::Verification => &["pwd", "otp"],
+        _ => &["pwd", proven.method.amr(), "mfa"],
     };
     let subject = Subject::User(user.id);
     let accepted = Accepted {
@@ -250,6 +275,7 @@ pub async fn complete(
             "passwordless": challenge.purpose == Purpose::Passwordless,
             "recovery_codes_left": proven.recovery_codes_left,
         }),
+        risk: challenge.risk.clone(),
     };
     let mut response = sign_in::open_session_in(state, transaction, accepted, origin).await?;
     response.recovery_codes = recovery_codes;
@@ -337,6 +363,25 @@ async fn evaluate(
             Ok((proven, None))
         }
         (Purpose::Passwordless, _, _) => Ok((None, None)),
+        (Purpose::Verification, Method::EmailCode, Answer::Code(code)) => {
+            let expected = challenge
+                .ceremony
+                .as_ref()
+                .and_then(|ceremony| ceremony["code_hash"].as_str())
+                .unwrap_or_default();
+            let right = email_code::matches(code, expected);
+            metrics::counter!("ums_mfa_verifications_total", "method" => "email_code",
+                "result" => if right { "success" } else { "failure" })
+            .increment(1);
+            Ok((
+                right.then_some(Proven {
+                    method,
+                    recovery_codes_left: None,
+                }),
+                None,
+            ))
+        }
+        (Purpose::Verification, _, _) | (_, Method::EmailCode, _) => Ok((None, None)),
         _ => Ok((
             crate::mfa::service::prove(
                 transaction,
@@ -406,6 +451,7 @@ pub async fn start_passwordless(state: &AppState) -> Result<PasskeyChallenge, Ap
             user_id: None,
             session_id: None,
             ceremony: Some(ceremony),
+            risk: None,
         },
         now,
     )
@@ -534,6 +580,7 @@ async fn start_step_up_passkey(
             user_id: Some(user.id),
             session_id: Some(session_id),
             ceremony: Some(ceremony),
+            risk: None,
         },
         now,
     )

@@ -9,11 +9,12 @@ use crate::audit::{self, Action, Event, Origin};
 use crate::auth::password::{Verification, check_policy};
 use crate::auth::sessions::{self, Spend, TokenPair};
 pub use crate::auth::sign_in::LoginResponse;
-use crate::auth::sign_in::{self, Accepted, BAD_CREDENTIALS, record_failure};
+use crate::auth::sign_in::{self, Accepted, BAD_CREDENTIALS, Refusal, record_failure};
 use crate::auth::tokens::{Claims, TokenError, TokenType};
 use crate::error::AppError;
 use crate::error::FieldCheck;
 use crate::security::lockout::{self, Reservation, Subject};
+use crate::security::risk::Action as RiskAction;
 use crate::state::AppState;
 use crate::users::store::{self as user_store, NewUser};
 use crate::users::{Email, User, UserView, UserWithLabs, Username, parse_name};
@@ -169,6 +170,9 @@ pub async fn login(
     origin: &Origin,
 ) -> Result<LoginResponse, AppError> {
     let login = parse_login(&request.username)?;
+    if crate::auth::adaptive::denylisted(state, origin).is_some() {
+        return Err(refuse_denylisted(state, &login, origin).await?);
+    }
     let user = {
         let mut connection = state.store.read().await?;
         user_store::find_by_login(&mut connection, &login).await?
@@ -213,12 +217,19 @@ pub async fn login(
         ),
         _ => None,
     };
+    let risk = crate::auth::adaptive::assess(state, Some(&user), origin, false).await?;
+    if risk.assessment.action == RiskAction::Refuse {
+        return Err(refuse_risky(state, &login, &user, &risk, origin, ip_attempt).await?);
+    }
     let factors = {
         let mut connection = state.store.read().await?;
         crate::mfa::factors_of(&mut connection, user.id).await?
     };
     let must_enrol = user.is_admin() && state.config.second_factors.require_for_admins;
-    if factors.any() || must_enrol {
+    if factors.any()
+        || must_enrol
+        || crate::auth::adaptive::wants_verification(risk.assessment.action)
+    {
         let step = crate::auth::second_factor::PasswordStep {
             login: &login,
             subject: &subject,
@@ -227,6 +238,7 @@ pub async fn login(
             totp_code: request.totp_code,
             reservation,
             rehashed,
+            risk,
         };
         return crate::auth::second_factor::after_password(state, step, origin, ip_attempt).await;
     }
@@ -238,6 +250,7 @@ pub async fn login(
         rehashed,
         grant: sessions::Grant::password(state.now(), lifetime),
         details: json!({}),
+        risk: Some(risk),
     };
     let response = sign_in::open_session(state, accepted, origin).await?;
     ip_attempt.succeeded(state).await;
@@ -288,14 +301,18 @@ async fn count_attempt(
     let reservation =
         lockout::reserve(&mut transaction, state.lockout_policy(), subject, now).await?;
     if let Reservation::Locked { until } = reservation {
+        let refusal = Refusal {
+            login,
+            user,
+            reason: "locked",
+            risk: None,
+        };
         record_failure(
             &mut transaction,
             state.store.chain_key(),
-            login,
-            user,
+            refusal,
             origin,
             now,
-            "locked",
         )
         .await?;
         transaction.commit().await?;
@@ -342,19 +359,27 @@ async fn refuse(
     } else {
         "invalid_credentials"
     };
+    let risk = match password_matched {
+        false => Some(crate::auth::adaptive::assess(state, user, origin, true).await?),
+        true => None,
+    };
     let mut transaction = audit::Audited::begin(&state.store).await?;
     if password_matched {
         // The password was right: the account is disabled, not under attack.
         lockout::clear(&mut transaction, subject).await?;
     }
+    let refusal = Refusal {
+        login,
+        user,
+        reason,
+        risk: risk.as_ref(),
+    };
     record_failure(
         &mut transaction,
         state.store.chain_key(),
-        login,
-        user,
+        refusal,
         origin,
         now,
-        reason,
     )
     .await?;
     metrics::counter!("ums_logins_total", "result" => "failure").increment(1);
@@ -368,6 +393,72 @@ async fn refuse(
         ip_attempt.failed(state, origin).await?;
         crate::security::watch_for_stuffing(state, login, origin).await?;
     }
+    Ok(AppError::Unauthorized(BAD_CREDENTIALS))
+}
+
+/// A sign-in from an address a denylist names: refused before any account is looked up or
+/// any password checked, and recorded.
+async fn refuse_denylisted(
+    state: &AppState,
+    login: &str,
+    origin: &Origin,
+) -> Result<AppError, AppError> {
+    let risk = crate::auth::adaptive::assess(state, None, origin, true).await?;
+    let now = state.now();
+    let mut transaction = audit::Audited::begin(&state.store).await?;
+    let refusal = Refusal {
+        login,
+        user: None,
+        reason: "denylisted",
+        risk: Some(&risk),
+    };
+    record_failure(
+        &mut transaction,
+        state.store.chain_key(),
+        refusal,
+        origin,
+        now,
+    )
+    .await?;
+    transaction.commit_recorded().await?;
+    metrics::counter!("ums_logins_total", "result" => "denylisted").increment(1);
+    Ok(AppError::Forbidden(
+        "Sign-in from this address is refused (it is on an IP denylist).",
+    ))
+}
+
+/// A right password whose sign-in scored past the refusal threshold: refused with the one
+/// answer every refusal gets (an attacker learns nothing of the password), while the user is
+/// told and the admins alerted.
+async fn refuse_risky(
+    state: &AppState,
+    login: &str,
+    user: &User,
+    risk: &crate::security::risk::SignInRisk,
+    origin: &Origin,
+    ip_attempt: crate::security::IpAttempt,
+) -> Result<AppError, AppError> {
+    let now = state.now();
+    let mut transaction = audit::Audited::begin(&state.store).await?;
+    let refusal = Refusal {
+        login,
+        user: Some(user),
+        reason: "risk",
+        risk: Some(risk),
+    };
+    record_failure(
+        &mut transaction,
+        state.store.chain_key(),
+        refusal,
+        origin,
+        now,
+    )
+    .await?;
+    crate::auth::adaptive::refuse_risky_sign_in(&mut transaction, state, user, risk, origin, now)
+        .await?;
+    transaction.commit_recorded().await?;
+    metrics::counter!("ums_logins_total", "result" => "risk_refused").increment(1);
+    ip_attempt.failed(state, origin).await?;
     Ok(AppError::Unauthorized(BAD_CREDENTIALS))
 }
 

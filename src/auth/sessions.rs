@@ -11,11 +11,13 @@ use crate::audit::Origin;
 use crate::auth::tokens::{Claims, TokenType};
 use crate::clock::{Millis, Timestamp};
 use crate::error::AppError;
+use crate::security::risk::Place;
 use crate::security::secrets::{hash_token, random_token};
 use crate::state::AppState;
 use crate::store::{Connection, Inet};
 use crate::users::User;
 use crate::users::store::user_columns;
+use sqlx::types::Json;
 
 /// A freshly issued pair of tokens.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -39,17 +41,25 @@ pub struct SessionView {
     pub current: bool,
 }
 
+/// Where a session began: the place GeoIP gave its address, and its device.
+#[derive(Debug, Clone, Default)]
+pub struct Whereabouts<'a> {
+    pub place: Option<&'a Place>,
+    pub device_id: Option<i64>,
+}
+
 /// Opens a session for a login and returns its id.
 pub async fn open(
     connection: &mut Connection,
     user_id: i64,
     origin: &Origin,
     grant: &Grant,
+    whereabouts: Whereabouts<'_>,
 ) -> Result<String, AppError> {
     let id = random_token()[..32].to_string();
     crate::execute!(connection, sqlx::query(
-        "INSERT INTO sessions (id, user_id, ip, user_agent, created_at, last_used_at, expires_at, amr) \
-         VALUES ($1, $2, $3, $4, $5, $5, $6, $7)",
+        "INSERT INTO sessions (id, user_id, ip, user_agent, created_at, last_used_at, expires_at, amr, \
+         country, place, device_id) VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10)",
     )
     .bind(&id)
     .bind(user_id)
@@ -58,8 +68,70 @@ pub async fn open(
     .bind(Timestamp::from(grant.signed_in_at))
     .bind(Timestamp::from(grant.expires_at))
     .bind(grant.amr.join(" "))
+    .bind(whereabouts.place.map(|place| place.country_code.clone()))
+    .bind(whereabouts.place.map(Json))
+    .bind(whereabouts.device_id)
     )?;
     Ok(id)
+}
+
+/// What an account's earlier sessions say about its habits, for the risk check.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    pub any: bool,
+    pub address_known: bool,
+    pub countries: Vec<String>,
+    pub last_place: Option<(Place, Millis)>,
+    /// UTC hours of the last 50 sign-ins.
+    pub hours: Vec<u8>,
+}
+
+pub async fn history(
+    connection: &mut Connection,
+    user_id: i64,
+    address: Option<&str>,
+) -> Result<History, AppError> {
+    let starts: Vec<Timestamp> = crate::with_db!(connection, |db| sqlx::query_scalar(
+        "SELECT created_at FROM sessions WHERE user_id = $1 ORDER BY created_at DESC LIMIT 50"
+    )
+    .bind(user_id)
+    .fetch_all(db)
+    .await)?;
+    if starts.is_empty() {
+        return Ok(History::default());
+    }
+    let address_known: i64 = crate::with_db!(connection, |db| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM sessions WHERE user_id = $1 AND ip = $2"
+    )
+    .bind(user_id)
+    .bind(address.and_then(Inet::parse))
+    .fetch_one(db)
+    .await)?;
+    let countries: Vec<String> = crate::with_db!(connection, |db| sqlx::query_scalar(
+        "SELECT DISTINCT country FROM sessions WHERE user_id = $1 AND country IS NOT NULL"
+    )
+    .bind(user_id)
+    .fetch_all(db)
+    .await)?;
+    let last: Option<(Json<Place>, Timestamp)> = crate::with_db!(connection, |db| {
+        sqlx::query_as(
+            "SELECT place, created_at FROM sessions WHERE user_id = $1 AND place IS NOT NULL \
+             ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(user_id)
+        .fetch_optional(db)
+        .await
+    })?;
+    Ok(History {
+        any: true,
+        address_known: address_known > 0,
+        countries,
+        last_place: last.map(|(Json(place), at)| (place, at.millis())),
+        hours: starts
+            .iter()
+            .map(|start| (start.millis().rem_euclid(86_400_000) / 3_600_000) as u8)
+            .collect(),
+    })
 }
 
 /// The claims of a new token pair, recorded but not yet signed: signing (a millisecond of

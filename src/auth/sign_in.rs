@@ -8,7 +8,9 @@ use crate::auth::sessions::{self, Grant, TokenPair};
 use crate::clock::Millis;
 use crate::error::AppError;
 use crate::mfa::challenges::{self, Challenge};
+use crate::security::attempts::Attempt;
 use crate::security::lockout::{self, Reservation, Subject};
+use crate::security::risk::SignInRisk;
 use crate::state::AppState;
 use crate::store::Connection;
 use crate::users::store as user_store;
@@ -37,6 +39,8 @@ pub struct Accepted<'a> {
     pub grant: Grant,
     /// What the `auth.login` event says about how.
     pub details: Value,
+    /// The sign-in's risk, when it was weighed.
+    pub risk: Option<SignInRisk>,
 }
 
 /// Opens the session of an accepted sign-in in its own transaction.
@@ -66,19 +70,69 @@ pub async fn open_session_in(
         rehashed,
         grant,
         mut details,
+        risk,
     } = accepted;
     let now = state.now();
     lockout::clear(&mut transaction, subject).await?;
     user_store::record_login(&mut transaction, user.id, rehashed.as_deref(), now).await?;
-    let session_id = sessions::open(&mut transaction, user.id, origin, &grant).await?;
-    crate::mail::notices::new_sign_in(&mut transaction, state, &user, origin, &session_id, now)
-        .await?;
+    let place = risk.as_ref().and_then(|risk| risk.place.as_ref());
+    // The device is known from now on: the sign-in passed, or was verified.
+    let device_id = crate::security::devices::remember(
+        &mut transaction,
+        user.id,
+        origin,
+        place.map(|place| place.label()).as_deref(),
+        now,
+    )
+    .await?;
+    let whereabouts = sessions::Whereabouts {
+        place,
+        device_id: Some(device_id),
+    };
+    let session_id = sessions::open(&mut transaction, user.id, origin, &grant, whereabouts).await?;
+    match risk
+        .as_ref()
+        .filter(|risk| risk.assessment.score > state.config.risk.policy.thresholds.notify_above)
+    {
+        Some(risk) => {
+            crate::auth::adaptive::notify_risky_sign_in(
+                &mut transaction,
+                state,
+                &user,
+                risk,
+                &session_id,
+                origin,
+                now,
+            )
+            .await?
+        }
+        None => {
+            crate::mail::notices::new_sign_in(
+                &mut transaction,
+                state,
+                &user,
+                origin,
+                &session_id,
+                now,
+            )
+            .await?
+        }
+    }
     let tokens =
         sessions::issue_tokens(&mut transaction, state, &user, &session_id, &grant, now).await?;
-    crate::security::attempts::record(&mut transaction, login, origin, true, now).await?;
+    let attempt = Attempt {
+        login,
+        user_id: Some(user.id),
+        success: true,
+        risk: risk.as_ref(),
+    };
+    crate::security::attempts::record(&mut transaction, attempt, origin, now).await?;
     if let Some(details) = details.as_object_mut() {
         details.insert("rehashed".into(), json!(rehashed.is_some()));
         details.insert("amr".into(), json!(grant.amr));
+        if let Some(risk) = &risk {
+            details.insert("risk".into(), json!(risk));
+        }
     }
     transaction
         .record(
@@ -105,17 +159,39 @@ pub async fn open_session_in(
     })
 }
 
+/// A refused sign-in: the name typed, the account it named, why, and its risk if weighed.
+pub struct Refusal<'a> {
+    pub login: &'a str,
+    pub user: Option<&'a User>,
+    pub reason: &'a str,
+    pub risk: Option<&'a SignInRisk>,
+}
+
 /// Records a refused sign-in: the attempt (for the security pages) and its audit event.
 pub async fn record_failure(
     connection: &mut Connection,
     key: &audit::ChainKey,
-    login: &str,
-    user: Option<&User>,
+    refusal: Refusal<'_>,
     origin: &Origin,
     now: Millis,
-    reason: &str,
 ) -> Result<(), AppError> {
-    crate::security::attempts::record(connection, login, origin, false, now).await?;
+    let Refusal {
+        login,
+        user,
+        reason,
+        risk,
+    } = refusal;
+    let attempt = Attempt {
+        login,
+        user_id: user.map(|user| user.id),
+        success: false,
+        risk,
+    };
+    crate::security::attempts::record(connection, attempt, origin, now).await?;
+    let mut details = json!({"username": login, "reason": reason});
+    if let Some(risk) = risk {
+        details["risk"] = json!(risk);
+    }
     audit::record(
         connection,
         key,
@@ -126,7 +202,7 @@ pub async fn record_failure(
                 "user",
                 user.map_or_else(|| login.to_string(), |user| user.id.to_string()),
             )
-            .details(json!({"username": login, "reason": reason}))
+            .details(details)
             .origin(origin),
     )
     .await
@@ -175,7 +251,13 @@ pub async fn refuse_answer(
     if let Some(challenge) = challenge {
         challenges::count_failure(&mut transaction, &challenge.token_hash).await?;
     }
-    crate::security::attempts::record(&mut transaction, &user.username, origin, false, now).await?;
+    let attempt = Attempt {
+        login: &user.username,
+        user_id: Some(user.id),
+        success: false,
+        risk: None,
+    };
+    crate::security::attempts::record(&mut transaction, attempt, origin, now).await?;
     transaction
         .record(
             Event::new(Action::MfaFailed, now)
@@ -220,14 +302,18 @@ pub async fn count_answer(
     )
     .await?;
     if let Reservation::Locked { until } = reservation {
+        let refusal = Refusal {
+            login: &user.username,
+            user: Some(user),
+            reason: "locked",
+            risk: None,
+        };
         record_failure(
             &mut transaction,
             state.store.chain_key(),
-            &user.username,
-            Some(user),
+            refusal,
             origin,
             now,
-            "locked",
         )
         .await?;
         transaction.commit().await?;

@@ -75,6 +75,10 @@ impl AppError {
                     "The password was right; prove a second factor with POST /api/auth/login/mfa."
                         .into()
                 }
+                crate::error::SecondStepKind::VerificationRequired => {
+                    "This sign-in looks unusual: confirm it with the code emailed to the account's address, with POST /api/auth/login/mfa (method email_code)."
+                        .into()
+                }
                 crate::error::SecondStepKind::EnrollmentRequired => {
                     "This account must enrol a second factor before signing in: enrol one with the mfa_token under /api/auth/mfa/, then prove it with POST /api/auth/login/mfa."
                         .into()

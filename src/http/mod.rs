@@ -197,12 +197,18 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::V
         Some(true) => "ok",
         Some(false) => "unavailable: limits are local to this instance",
     };
+    use crate::security::geoip::GeoIpStatus;
+    let geoip = match state.geoip.status() {
+        GeoIpStatus::Off => "not configured: the geographic risk signals are off",
+        GeoIpStatus::Loaded => "ok",
+        GeoIpStatus::Unreadable => "unreadable: the geographic risk signals are off",
+    };
     match database {
         Ok(()) => (
             StatusCode::OK,
-            Json(
-                json!({"status": "ready", "checks": {"database": "ok", "migrations": "current", "redis": redis}}),
-            ),
+            Json(json!({"status": "ready", "checks": {
+                "database": "ok", "migrations": "current", "redis": redis, "geoip": geoip,
+            }})),
         ),
         Err(error) => {
             tracing::warn!(%error, "readiness check failed");

@@ -29,10 +29,14 @@ pub enum EmailKind {
     FactorAdded,
     FactorRemoved,
     RecoveryCodeUsed,
+    VerificationCode,
+    RiskySignIn,
+    SignInBlocked,
+    RiskAlert,
 }
 
 impl EmailKind {
-    pub const ALL: [EmailKind; 11] = [
+    pub const ALL: [EmailKind; 15] = [
         EmailKind::Welcome,
         EmailKind::PasswordReset,
         EmailKind::PasswordChanged,
@@ -44,6 +48,10 @@ impl EmailKind {
         EmailKind::FactorAdded,
         EmailKind::FactorRemoved,
         EmailKind::RecoveryCodeUsed,
+        EmailKind::VerificationCode,
+        EmailKind::RiskySignIn,
+        EmailKind::SignInBlocked,
+        EmailKind::RiskAlert,
     ];
 
     /// The template name, also stored as the outbox row's `kind`.
@@ -60,6 +68,10 @@ impl EmailKind {
             EmailKind::FactorAdded => "factor_added",
             EmailKind::FactorRemoved => "factor_removed",
             EmailKind::RecoveryCodeUsed => "recovery_code_used",
+            EmailKind::VerificationCode => "verification_code",
+            EmailKind::RiskySignIn => "risky_sign_in",
+            EmailKind::SignInBlocked => "sign_in_blocked",
+            EmailKind::RiskAlert => "risk_alert",
         }
     }
 
@@ -77,6 +89,10 @@ impl EmailKind {
             EmailKind::FactorAdded => "A second factor was added to your account",
             EmailKind::FactorRemoved => "A second factor was removed from your account",
             EmailKind::RecoveryCodeUsed => "A recovery code was used to sign in",
+            EmailKind::VerificationCode => "Your sign-in code",
+            EmailKind::RiskySignIn => "Unusual sign-in to your account",
+            EmailKind::SignInBlocked => "A risky sign-in to your account was blocked",
+            EmailKind::RiskAlert => "Security alert: a risky sign-in was refused",
         }
     }
 }
@@ -84,7 +100,7 @@ impl EmailKind {
 static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut environment = Environment::new();
     environment.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    let sources: [(&str, &str); 23] = [
+    let sources: [(&str, &str); 31] = [
         ("layout.html", include_str!("templates/layout.html")),
         ("welcome.txt", include_str!("templates/welcome.txt")),
         ("welcome.html", include_str!("templates/welcome.html")),
@@ -162,6 +178,32 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
             "recovery_code_used.html",
             include_str!("templates/recovery_code_used.html"),
         ),
+        (
+            "verification_code.txt",
+            include_str!("templates/verification_code.txt"),
+        ),
+        (
+            "verification_code.html",
+            include_str!("templates/verification_code.html"),
+        ),
+        (
+            "risky_sign_in.txt",
+            include_str!("templates/risky_sign_in.txt"),
+        ),
+        (
+            "risky_sign_in.html",
+            include_str!("templates/risky_sign_in.html"),
+        ),
+        (
+            "sign_in_blocked.txt",
+            include_str!("templates/sign_in_blocked.txt"),
+        ),
+        (
+            "sign_in_blocked.html",
+            include_str!("templates/sign_in_blocked.html"),
+        ),
+        ("risk_alert.txt", include_str!("templates/risk_alert.txt")),
+        ("risk_alert.html", include_str!("templates/risk_alert.html")),
     ];
     for (name, source) in sources {
         // A template that does not parse is a build defect: the unit tests render every kind.
@@ -331,6 +373,8 @@ mod tests {
             "new_email": "new@lab.org", "failures": 5, "unlocks_at": "2026-01-01T00:30:00.000Z",
             "ip": "10.0.0.1", "device": "Firefox", "usernames": 40, "window_minutes": 5,
             "method": "an authenticator app (TOTP)", "by_admin": false, "remaining": 9,
+            "code": "123456", "place": "Tokyo, Japan", "score": 60, "account": "alice",
+            "explanation": "- new country: Japan (+30)",
         });
         for kind in EmailKind::ALL {
             let email = render(kind, &context).unwrap();

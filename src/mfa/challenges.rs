@@ -8,6 +8,7 @@ use serde_json::Value;
 use sqlx::types::Json;
 
 use crate::clock::{Millis, Timestamp};
+use crate::security::risk::SignInRisk;
 use crate::security::secrets::{hash_token, random_token};
 use crate::store::{Connection, StoreError};
 
@@ -27,6 +28,8 @@ pub enum Purpose {
     Passwordless,
     /// A passkey being registered.
     PasskeyRegistration,
+    /// A risky sign-in confirming itself with a code emailed to the verified address.
+    Verification,
 }
 
 impl Purpose {
@@ -37,6 +40,7 @@ impl Purpose {
             Purpose::StepUp => "step_up",
             Purpose::Passwordless => "passwordless",
             Purpose::PasskeyRegistration => "passkey_registration",
+            Purpose::Verification => "verification",
         }
     }
 
@@ -47,6 +51,7 @@ impl Purpose {
             Purpose::StepUp,
             Purpose::Passwordless,
             Purpose::PasskeyRegistration,
+            Purpose::Verification,
         ]
         .into_iter()
         .find(|purpose| purpose.as_str() == value)
@@ -60,6 +65,7 @@ pub struct Challenge {
     pub user_id: Option<i64>,
     pub session_id: Option<String>,
     pub ceremony: Option<Value>,
+    pub risk: Option<SignInRisk>,
     pub failures: i32,
 }
 
@@ -68,6 +74,7 @@ pub struct NewChallenge<'a> {
     pub user_id: Option<i64>,
     pub session_id: Option<&'a str>,
     pub ceremony: Option<Value>,
+    pub risk: Option<&'a SignInRisk>,
 }
 
 /// Stores a challenge and returns its token (shown once, to the client).
@@ -81,8 +88,8 @@ pub async fn create(
         connection,
         sqlx::query(
             "INSERT INTO mfa_challenges \
-             (token_hash, purpose, user_id, session_id, ceremony, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             (token_hash, purpose, user_id, session_id, ceremony, created_at, expires_at, risk) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(hash_token(&token))
         .bind(challenge.purpose.as_str())
@@ -91,6 +98,7 @@ pub async fn create(
         .bind(challenge.ceremony.map(Json))
         .bind(Timestamp::from(now))
         .bind(Timestamp::from(now + LIFETIME))
+        .bind(challenge.risk.map(Json))
     )?;
     Ok(token)
 }
@@ -108,19 +116,21 @@ pub async fn find_live(
         Option<String>,
         Option<Json<Value>>,
         i32,
+        Option<Json<SignInRisk>>,
     );
     let row: Option<Row> = crate::with_db!(connection, |db| {
         sqlx::query_as(
-        "SELECT token_hash, purpose, user_id, session_id, ceremony, failures FROM mfa_challenges \
+            "SELECT token_hash, purpose, user_id, session_id, ceremony, failures, risk \
+         FROM mfa_challenges \
          WHERE token_hash = $1 AND spent_at IS NULL AND expires_at > $2 AND failures < $3",
-    )
-    .bind(hash_token(token))
-    .bind(Timestamp::from(now))
-    .bind(MAX_FAILURES)
-    .fetch_optional(db)
-    .await
+        )
+        .bind(hash_token(token))
+        .bind(Timestamp::from(now))
+        .bind(MAX_FAILURES)
+        .fetch_optional(db)
+        .await
     })?;
-    let Some((token_hash, purpose, user_id, session_id, ceremony, failures)) = row else {
+    let Some((token_hash, purpose, user_id, session_id, ceremony, failures, risk)) = row else {
         return Ok(None);
     };
     let purpose = Purpose::parse(&purpose)
@@ -131,6 +141,7 @@ pub async fn find_live(
         user_id,
         session_id,
         ceremony: ceremony.map(|Json(value)| value),
+        risk: risk.map(|Json(risk)| risk),
         failures,
     }))
 }

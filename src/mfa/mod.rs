@@ -4,6 +4,7 @@
 //! `auth/second_factor.rs` and call `prove` here.
 
 pub mod challenges;
+pub mod email_code;
 pub mod passkeys;
 pub mod recovery;
 pub mod routes;
@@ -21,6 +22,9 @@ pub enum Method {
     Totp,
     RecoveryCode,
     Webauthn,
+    /// A one-time code emailed to the verified address: how a risky sign-in without a second
+    /// factor confirms itself (not a second factor).
+    EmailCode,
 }
 
 impl Method {
@@ -29,6 +33,7 @@ impl Method {
             Method::Totp => "totp",
             Method::RecoveryCode => "recovery_code",
             Method::Webauthn => "webauthn",
+            Method::EmailCode => "email_code",
         }
     }
 
@@ -36,7 +41,7 @@ impl Method {
     /// hardware-bound key (a passkey, with its user verification).
     pub fn amr(self) -> &'static str {
         match self {
-            Method::Totp | Method::RecoveryCode => "otp",
+            Method::Totp | Method::RecoveryCode | Method::EmailCode => "otp",
             Method::Webauthn => "hwk",
         }
     }
@@ -46,6 +51,7 @@ impl Method {
             Method::Totp => "an authenticator app (TOTP)",
             Method::RecoveryCode => "recovery codes",
             Method::Webauthn => "a passkey",
+            Method::EmailCode => "a code by email",
         }
     }
 }

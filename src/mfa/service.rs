@@ -33,7 +33,7 @@ pub fn answer_for(
     assertion: Option<Value>,
 ) -> Result<Answer, AppError> {
     match method {
-        Method::Totp | Method::RecoveryCode => code
+        Method::Totp | Method::RecoveryCode | Method::EmailCode => code
             .filter(|code| !code.trim().is_empty() && code.len() <= 64)
             .map(Answer::Code)
             .ok_or_else(|| AppError::field("code", "is required for this method")),
@@ -604,6 +604,7 @@ pub async fn start_passkey_registration(
             user_id: Some(user.id),
             session_id: None,
             ceremony: Some(ceremony),
+            risk: None,
         },
         now,
     )

@@ -3,28 +3,58 @@
 
 use crate::audit::Origin;
 use crate::clock::{Millis, Timestamp};
+use crate::security::risk::SignInRisk;
 use crate::store::{Connection, Inet, StoreError};
+use sqlx::types::Json;
+
+/// One attempt: the name typed, the account it named (if any), and its risk when weighed.
+pub struct Attempt<'a> {
+    pub login: &'a str,
+    pub user_id: Option<i64>,
+    pub success: bool,
+    pub risk: Option<&'a SignInRisk>,
+}
 
 pub async fn record(
     connection: &mut Connection,
-    login: &str,
+    attempt: Attempt<'_>,
     origin: &Origin,
-    success: bool,
     now: Millis,
 ) -> Result<(), StoreError> {
+    let risk = attempt.risk;
     crate::execute!(
         connection,
         sqlx::query(
-            "INSERT INTO login_attempts (username, ip, user_agent, success, attempted_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO login_attempts (username, ip, user_agent, success, attempted_at, \
+             user_id, risk_score, risk_signals, country) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
-        .bind(login)
+        .bind(attempt.login)
         .bind(origin.ip.as_deref().and_then(Inet::parse))
         .bind(&origin.user_agent)
-        .bind(success)
+        .bind(attempt.success)
         .bind(Timestamp::from(now))
+        .bind(attempt.user_id)
+        .bind(risk.map(|risk| risk.assessment.score as i32))
+        .bind(risk.map(|risk| Json(&risk.assessment.signals)))
+        .bind(risk.and_then(|risk| risk.place.as_ref().map(|place| place.country_code.clone())))
     )?;
     Ok(())
+}
+
+/// Attempts on an account since `since` (the rapid-requests signal).
+pub async fn recent_for_user(
+    connection: &mut Connection,
+    user_id: i64,
+    since: Millis,
+) -> Result<i64, StoreError> {
+    Ok(crate::with_db!(connection, |db| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM login_attempts WHERE user_id = $1 AND attempted_at > $2"
+    )
+    .bind(user_id)
+    .bind(Timestamp::from(since))
+    .fetch_one(db)
+    .await)?)
 }
 
 /// Deletes the attempts made before `before`; returns how many.

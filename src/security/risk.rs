@@ -2,7 +2,7 @@
 //! weighed (weights in configuration), summed into a score, and the score picks an action.
 //! Pure functions over the evidence the login gathers; tested without a server.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::clock::Millis;
 
@@ -59,7 +59,7 @@ pub struct RiskPolicy {
 }
 
 /// Where an address is, as the GeoIP database says.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Place {
     pub country_code: String,
     pub country: String,
@@ -113,7 +113,7 @@ pub const RAPID_ATTEMPTS: u32 = 5;
 /// Faster than an airliner, allowing for the two places' accuracy.
 pub const TRAVEL_KMH: f64 = 1000.0;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SignalKind {
     NewIpFailure,
@@ -126,14 +126,14 @@ pub enum SignalKind {
 }
 
 /// A signal that fired, its weight and why, in words a user can read.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Signal {
     pub kind: SignalKind,
     pub weight: u32,
     pub explanation: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Assessment {
     pub score: u32,
     pub signals: Vec<Signal>,
@@ -141,7 +141,7 @@ pub struct Assessment {
 }
 
 /// What a score does, in increasing order of friction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     Allow,
@@ -153,6 +153,28 @@ pub enum Action {
     SecondFactor,
     /// Refuse, and alert the system admins.
     Refuse,
+}
+
+/// A sign-in's risk as it travels from the password step to the session it opens: the
+/// assessment and the place it was made for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignInRisk {
+    #[serde(flatten)]
+    pub assessment: Assessment,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub place: Option<Place>,
+}
+
+impl SignInRisk {
+    /// The explanations, one a line, for an email.
+    pub fn explanation(&self) -> String {
+        self.assessment
+            .signals
+            .iter()
+            .map(|signal| format!("- {} (+{})", signal.explanation, signal.weight))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
 
 /// The great-circle distance in kilometres (haversine).

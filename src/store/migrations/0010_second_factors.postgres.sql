@@ -44,6 +44,8 @@ CREATE TABLE mfa_challenges (
     session_id TEXT REFERENCES sessions (id) ON DELETE CASCADE,
     -- The server half of a WebAuthn ceremony, when one is under way.
     ceremony jsonb,
+    -- The sign-in's risk, weighed at its password step, carried to the session it opens.
+    risk jsonb CHECK (risk IS NULL OR jsonb_typeof(risk) = 'object'),
     failures INTEGER NOT NULL DEFAULT 0 CHECK (failures >= 0),
     created_at timestamptz NOT NULL,
     expires_at timestamptz NOT NULL,

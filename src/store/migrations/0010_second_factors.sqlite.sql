@@ -44,6 +44,8 @@ CREATE TABLE mfa_challenges (
     session_id TEXT REFERENCES sessions (id) ON DELETE CASCADE,
     -- The server half of a WebAuthn ceremony, when one is under way.
     ceremony TEXT CHECK (ceremony IS NULL OR json_valid(ceremony)),
+    -- The sign-in's risk, weighed at its password step, carried to the session it opens.
+    risk TEXT CHECK (risk IS NULL OR (json_valid(risk) AND json_type(risk) = 'object')),
     failures INTEGER NOT NULL DEFAULT 0 CHECK (failures >= 0),
     created_at INTEGER NOT NULL,
     expires_at INTEGER NOT NULL,
