@@ -403,7 +403,8 @@ async fn refuse_denylisted(
     login: &str,
     origin: &Origin,
 ) -> Result<AppError, AppError> {
-    let risk = crate::auth::adaptive::assess(state, None, origin, true).await?;
+    // No password was looked at: only the address is weighed.
+    let risk = crate::auth::adaptive::assess(state, None, origin, false).await?;
     let now = state.now();
     let mut transaction = audit::Audited::begin(&state.store).await?;
     let refusal = Refusal {

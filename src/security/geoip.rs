@@ -28,9 +28,38 @@ struct Country {
 
 #[derive(Deserialize)]
 struct Location {
-    latitude: Option<f64>,
-    longitude: Option<f64>,
-    accuracy_radius: Option<u32>,
+    latitude: Option<Number>,
+    longitude: Option<Number>,
+    accuracy_radius: Option<Number>,
+}
+
+/// A number of whatever width the database stored it in (MaxMind's `uint16` radius, a
+/// `double` coordinate; other writers choose otherwise), as `f64`.
+struct Number(f64);
+
+impl<'de> Deserialize<'de> for Number {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Number;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a number")
+            }
+            fn visit_u64<E>(self, value: u64) -> Result<Number, E> {
+                Ok(Number(value as f64))
+            }
+            fn visit_i64<E>(self, value: i64) -> Result<Number, E> {
+                Ok(Number(value as f64))
+            }
+            fn visit_u128<E>(self, value: u128) -> Result<Number, E> {
+                Ok(Number(value as f64))
+            }
+            fn visit_f64<E>(self, value: f64) -> Result<Number, E> {
+                Ok(Number(value))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Deserialize)]
@@ -146,9 +175,42 @@ impl GeoIp {
                 .unwrap_or_else(|| country_code.clone()),
             country_code,
             city: record.city.and_then(|city| city.names.get("en").cloned()),
-            latitude: location.latitude?,
-            longitude: location.longitude?,
-            accuracy_km: f64::from(location.accuracy_radius.unwrap_or(100)),
+            latitude: location.latitude?.0,
+            longitude: location.longitude?.0,
+            accuracy_km: location.accuracy_radius.map_or(100.0, |radius| radius.0),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_city_database_locates_an_address() {
+        #[derive(serde::Serialize)]
+        struct Record {
+            country: serde_json::Value,
+            location: serde_json::Value,
+        }
+        let mut writer = mmdb_writer::Writer::new("GeoLite2-City");
+        writer
+            .insert(
+                "81.0.0.0/8".parse::<ipnet::IpNet>().unwrap(),
+                &Record {
+                    country: serde_json::json!({"iso_code": "FR", "names": {"en": "France"}}),
+                    location: serde_json::json!({"latitude": 48.85, "longitude": 2.35, "accuracy_radius": 20}),
+                },
+            )
+            .unwrap();
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("city.mmdb");
+        std::fs::write(&path, writer.to_bytes().unwrap()).unwrap();
+        let geoip = GeoIp::open(Some(path)).unwrap();
+        let place = geoip.locate("81.1.2.3".parse().unwrap()).unwrap();
+        assert_eq!(place.country_code, "FR");
+        assert_eq!(place.country, "France");
+        assert_eq!(place.accuracy_km, 20.0);
+        assert!(geoip.locate("10.0.0.1".parse().unwrap()).is_none());
     }
 }

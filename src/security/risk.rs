@@ -223,7 +223,7 @@ pub fn assess(policy: &RiskPolicy, evidence: &Evidence) -> Assessment {
             format!("the address is on the denylist {list}"),
         );
     }
-    if evidence.password_failed && !evidence.address_known {
+    if evidence.password_failed && evidence.has_history && !evidence.address_known {
         add(
             SignalKind::NewIpFailure,
             weights.new_ip_failure,

@@ -12,6 +12,7 @@ mod mfa;
 mod operations;
 mod platform;
 mod review;
+mod risk;
 mod smtp;
 mod storage;
 mod tokens;

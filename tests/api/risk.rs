@@ -1,0 +1,361 @@
+//! Adaptive sign-in through the real server: a small MaxMind database written by the test,
+//! client addresses set through a trusted proxy's X-Forwarded-For, the clock moved by hand.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::helpers::{PASSWORD, TestApp, assert_problem, jwt_parts, spawn_app, spawn_app_with};
+
+const PARIS: &str = "81.1.2.3";
+const TOKYO: &str = "126.4.5.6";
+const LISTED: &str = "203.0.113.9";
+const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+const SAFARI: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 Version/17.5 Safari/605.1.15";
+
+#[derive(Serialize)]
+struct Names {
+    names: BTreeMap<&'static str, &'static str>,
+}
+
+#[derive(Serialize)]
+struct Country {
+    iso_code: &'static str,
+    names: BTreeMap<&'static str, &'static str>,
+}
+
+#[derive(Serialize)]
+struct Location {
+    latitude: f64,
+    longitude: f64,
+    accuracy_radius: u16,
+}
+
+#[derive(Serialize)]
+struct City {
+    city: Names,
+    country: Country,
+    location: Location,
+}
+
+fn city(name: &'static str, code: &'static str, country: &'static str, at: (f64, f64)) -> City {
+    City {
+        city: Names {
+            names: [("en", name)].into(),
+        },
+        country: Country {
+            iso_code: code,
+            names: [("en", country)].into(),
+        },
+        location: Location {
+            latitude: at.0,
+            longitude: at.1,
+            accuracy_radius: 20,
+        },
+    }
+}
+
+/// A GeoLite2-City-shaped database: 81.0.0.0/8 in Paris, 126.0.0.0/8 in Tokyo.
+fn geoip_database(path: &std::path::Path) {
+    let mut writer = mmdb_writer::Writer::new("GeoLite2-City");
+    writer
+        .insert(
+            "81.0.0.0/8".parse::<ipnet::IpNet>().unwrap(),
+            &city("Paris", "FR", "France", (48.8566, 2.3522)),
+        )
+        .unwrap();
+    writer
+        .insert(
+            "126.0.0.0/8".parse::<ipnet::IpNet>().unwrap(),
+            &city("Tokyo", "JP", "Japan", (35.6762, 139.6503)),
+        )
+        .unwrap();
+    std::fs::write(path, writer.to_bytes().unwrap()).unwrap();
+}
+
+struct RiskApp {
+    app: TestApp,
+    directory: tempfile::TempDir,
+}
+
+async fn spawn_with_geoip() -> RiskApp {
+    let directory = tempfile::tempdir().unwrap();
+    let geoip = directory.path().join("city.mmdb");
+    geoip_database(&geoip);
+    let denylist = directory.path().join("drop.txt");
+    std::fs::write(&denylist, "; Spamhaus DROP\n203.0.113.0/24 ; SBL1\n").unwrap();
+    let app = spawn_app_with(&[
+        ("UMS_TRUSTED_PROXIES", "127.0.0.1"),
+        ("UMS_GEOIP_DB", geoip.to_str().unwrap()),
+        ("UMS_IP_DENYLIST", denylist.to_str().unwrap()),
+        // A weight set by configuration: a new device alone is worth a notice.
+        ("UMS_RISK_WEIGHT_NEW_DEVICE", "40"),
+    ])
+    .await;
+    RiskApp { app, directory }
+}
+
+async fn login_from(app: &TestApp, username: &str, ip: &str, agent: &str) -> reqwest::Response {
+    app.client
+        .post(app.url("/api/auth/login"))
+        .header("x-forwarded-for", ip)
+        .header("user-agent", agent)
+        .json(&json!({"username": username, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The last login attempt of `username`: (score, signal kinds, country).
+async fn last_attempt(app: &TestApp, username: &str) -> (i64, Vec<String>, Option<String>) {
+    let score = app
+        .scalar(&format!(
+            "SELECT CAST(risk_score AS BIGINT) FROM login_attempts WHERE username = '{username}' \
+             ORDER BY id DESC LIMIT 1"
+        ))
+        .await;
+    let signals = app
+        .text(&format!(
+            "SELECT CAST(risk_signals AS TEXT) FROM login_attempts WHERE username = '{username}' \
+             ORDER BY id DESC LIMIT 1"
+        ))
+        .await
+        .unwrap_or_default();
+    let signals: Vec<Value> = serde_json::from_str(&signals).unwrap_or_default();
+    let country = app
+        .text(&format!(
+            "SELECT country FROM login_attempts WHERE username = '{username}' \
+             ORDER BY id DESC LIMIT 1"
+        ))
+        .await;
+    (
+        score,
+        signals
+            .iter()
+            .map(|signal| signal["kind"].as_str().unwrap().to_string())
+            .collect(),
+        country,
+    )
+}
+
+#[tokio::test]
+async fn a_sign_in_is_weighed_explained_and_acted_on() {
+    let RiskApp { app, directory } = spawn_with_geoip().await;
+    let ready: Value = app.get("/ready", None).await.json().await.unwrap();
+    assert_eq!(ready["checks"]["geoip"], "ok");
+    let admin = app.admin("root").await;
+    app.register("alice", "alice@lab.org").await;
+
+    // A first sign-in has no habits to break.
+    let first = login_from(&app, "alice", PARIS, FIREFOX).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(
+        last_attempt(&app, "alice").await,
+        (0, vec![], Some("FR".into()))
+    );
+
+    // Forty minutes later from Tokyo, same browser: a new country (30) and a trip no
+    // airliner makes (60) score 90: more than the password is asked, and as alice has no
+    // second factor, a code by email.
+    app.clock.advance(Duration::from_secs(40 * 60));
+    let challenged = login_from(&app, "alice", TOKYO, FIREFOX).await;
+    let body = assert_problem(challenged, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(body["code"], "verification_required");
+    assert_eq!(body["methods"], json!(["email_code"]));
+    let email = app
+        .smtp
+        .wait_for("alice@lab.org", "Your sign-in code")
+        .await;
+    assert!(
+        email.text.contains("new country: Japan (+30)"),
+        "{}",
+        email.text
+    );
+    assert!(
+        email
+            .text
+            .contains("km from the sign-in 40 minutes earlier in Paris, France (+60)"),
+        "{}",
+        email.text
+    );
+    let code = email
+        .text
+        .lines()
+        .map(str::trim)
+        .find(|line| line.len() == 6 && line.bytes().all(|b| b.is_ascii_digit()))
+        .unwrap()
+        .to_string();
+    let events = app.audit_events("auth.mfa_challenged").await;
+    let risk = &events.last().unwrap()["details"]["risk"];
+    assert_eq!(risk["score"], 90);
+    assert_eq!(risk["action"], "second_factor");
+    let wrong = app
+        .post(
+            "/api/auth/login/mfa",
+            &json!({"mfa_token": body["mfa_token"], "method": "email_code", "code": "000000"}),
+            None,
+        )
+        .await;
+    assert_problem(wrong, StatusCode::UNAUTHORIZED).await;
+    let verified = app
+        .client
+        .post(app.url("/api/auth/login/mfa"))
+        .header("x-forwarded-for", TOKYO)
+        .header("user-agent", FIREFOX)
+        .json(&json!({"mfa_token": body["mfa_token"], "method": "email_code", "code": code}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(verified.status(), StatusCode::OK);
+    let verified: Value = verified.json().await.unwrap();
+    let access = verified["access_token"].as_str().unwrap().to_string();
+    let (_, claims) = jwt_parts(&access);
+    assert_eq!(
+        claims["amr"],
+        json!(["pwd", "otp"]),
+        "an emailed code is no second factor"
+    );
+    // The explanation is stored with the attempt and the audit event, and the notice says it.
+    let (score, kinds, country) = last_attempt(&app, "alice").await;
+    assert_eq!(score, 90);
+    assert_eq!(kinds, ["new_country", "impossible_travel"]);
+    assert_eq!(country.as_deref(), Some("JP"));
+    let login = app.audit_events("auth.login").await;
+    assert_eq!(login.last().unwrap()["details"]["risk"]["score"], 90);
+    let notice = app
+        .smtp
+        .wait_for("alice@lab.org", "Unusual sign-in to your account")
+        .await;
+    assert!(
+        notice.text.contains("Where:   Tokyo, Japan"),
+        "{}",
+        notice.text
+    );
+    assert_eq!(app.audit_events("security.risky_sign_in").await.len(), 1);
+
+    // Devices: both sign-ins came from one browser, last seen in Tokyo.
+    let devices: Value = app
+        .client
+        .get(app.url("/api/auth/devices"))
+        .bearer_auth(&access)
+        .header("user-agent", FIREFOX)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(devices.as_array().unwrap().len(), 1, "{devices}");
+    assert_eq!(devices[0]["browser"], "Firefox");
+    assert_eq!(devices[0]["os"], "Linux");
+    assert_eq!(devices[0]["last_place"], "Tokyo, Japan");
+    assert_eq!(devices[0]["current"], true);
+
+    // A new device alone scores 40 (its configured weight): a notice, and nothing more.
+    app.clock.advance(Duration::from_secs(14 * 3600));
+    let safari = login_from(&app, "alice", TOKYO, SAFARI).await;
+    assert_eq!(safari.status(), StatusCode::OK);
+    let safari: Value = safari.json().await.unwrap();
+    let access = safari["access_token"].as_str().unwrap().to_string();
+    assert_eq!(last_attempt(&app, "alice").await.1, ["new_device"]);
+    app.smtp
+        .wait_for_nth("alice@lab.org", "Unusual sign-in to your account", 2)
+        .await;
+    let device_id = devices[0]["id"].as_i64().unwrap();
+    let forgotten = app
+        .delete(&format!("/api/auth/devices/{device_id}"), Some(&access))
+        .await;
+    assert_eq!(forgotten.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.delete(&format!("/api/auth/devices/{device_id}"), Some(&access))
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+
+    // Past 90 the right password is refused like a wrong one; the user is told, the admins
+    // alerted. Bob signed in from Paris; minutes later Tokyo on a new device: 30 + 60 + 40.
+    app.register("bob", "bob@lab.org").await;
+    assert_eq!(
+        login_from(&app, "bob", PARIS, FIREFOX).await.status(),
+        StatusCode::OK
+    );
+    app.clock.advance(Duration::from_secs(5 * 60));
+    let refused = login_from(&app, "bob", TOKYO, SAFARI).await;
+    let body = assert_problem(refused, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(body["detail"], "Invalid username or password.");
+    let blocked = app
+        .smtp
+        .wait_for("bob@lab.org", "A risky sign-in to your account was blocked")
+        .await;
+    assert!(blocked.text.contains("risk 130"), "{}", blocked.text);
+    app.smtp
+        .wait_for(
+            "root@admins.org",
+            "Security alert: a risky sign-in was refused",
+        )
+        .await;
+    let refusals = app.audit_events("security.risky_sign_in_refused").await;
+    assert_eq!(refusals[0]["details"]["risk"]["score"], 130);
+    let failed = app.audit_events("auth.login_failed").await;
+    assert_eq!(failed.last().unwrap()["details"]["reason"], "risk");
+    drop(admin);
+
+    // A denylisted address is refused before any password is looked at.
+    let denied = login_from(&app, "alice", LISTED, FIREFOX).await;
+    let body = assert_problem(denied, StatusCode::FORBIDDEN).await;
+    assert!(body["detail"].as_str().unwrap().contains("denylist"));
+    let (score, kinds, _) = last_attempt(&app, "alice").await;
+    assert_eq!((score, kinds), (100, vec!["malicious_ip".to_string()]));
+    // The list is read again when its file changes.
+    let next = directory.path().join("next.txt");
+    std::fs::write(&next, "198.51.100.0/24\n").unwrap();
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&next)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    std::fs::rename(&next, directory.path().join("drop.txt")).unwrap();
+    assert_eq!(
+        login_from(&app, "alice", "198.51.100.7", FIREFOX)
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_ne!(
+        login_from(&app, "alice", LISTED, FIREFOX).await.status(),
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn without_a_geoip_database_the_geographic_signals_are_off_and_ready_says_so() {
+    let app = spawn_app().await;
+    let ready: Value = app.get("/ready", None).await.json().await.unwrap();
+    assert!(
+        ready["checks"]["geoip"]
+            .as_str()
+            .unwrap()
+            .starts_with("not configured"),
+        "{ready}"
+    );
+    app.register("carol", "carol@lab.org").await;
+    app.login("carol").await;
+    app.clock.advance(Duration::from_secs(60));
+    // Sign-ins still work and are weighed, without places.
+    let tokens = app.login("carol").await;
+    assert!(tokens.body["access_token"].is_string());
+    assert_eq!(
+        app.scalar(
+            "SELECT COUNT(*) FROM login_attempts WHERE username = 'carol' \
+             AND risk_score IS NOT NULL AND country IS NULL"
+        )
+        .await,
+        2
+    );
+}
