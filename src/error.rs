@@ -89,6 +89,9 @@ pub enum AppError {
     /// The session must prove a second factor again (`POST /api/auth/step-up`) first.
     #[error("step-up required")]
     StepUpRequired,
+    /// "This wasn't me" was reported: no sign-in until the password is reset.
+    #[error("password reset required")]
+    PasswordResetRequired,
     /// The change needs a recent sign-in: sign in again first.
     #[error("reauthentication required")]
     ReauthenticationRequired,

@@ -139,6 +139,11 @@ impl ListQuery {
         }
     }
 
+    /// Notes a problem of `name` found by the caller's own rule.
+    pub fn problem(&mut self, name: &str, message: impl Into<String>) {
+        self.check.add(name, message);
+    }
+
     /// Ends parsing: any collected problem becomes one 400.
     pub fn finish(self) -> Result<(), AppError> {
         self.check.finish()

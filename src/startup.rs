@@ -98,8 +98,10 @@ impl Application {
         // Stop accepting on the signal, let in-flight requests finish, but not forever: the
         // contract gives the whole shutdown 10 seconds.
         let (stopping, mut stopped_accepting) = tokio::sync::watch::channel(false);
+        let streams_stopping = state.stopping.clone();
         let server = axum::serve(listener, service).with_graceful_shutdown(async move {
             shutdown.await;
+            streams_stopping.send_replace(true);
             let _ = stopping.send(true);
         });
         let drain_limit = async move {
@@ -196,6 +198,7 @@ async fn prepare_with_access_log(
         webauthn,
         geoip,
         denylist,
+        stopping: Arc::new(tokio::sync::watch::channel(false).0),
         config: Arc::new(config),
         store,
         keys,

@@ -30,6 +30,9 @@ pub struct AppState {
     pub geoip: crate::security::geoip::GeoIp,
     /// The IP denylists (`UMS_IP_DENYLIST`).
     pub denylist: crate::security::reputation::Denylist,
+    /// Turns true when the server begins to stop: long-lived answers (the security stream)
+    /// end, so they do not hold the shutdown up.
+    pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl AppState {

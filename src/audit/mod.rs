@@ -74,6 +74,7 @@ pub enum Action {
     MfaReset,
     RiskySignIn,
     RiskySignInRefused,
+    NotMeReported,
 }
 
 impl Action {
@@ -124,6 +125,7 @@ impl Action {
             Action::MfaReset => "mfa.reset",
             Action::RiskySignIn => "security.risky_sign_in",
             Action::RiskySignInRefused => "security.risky_sign_in_refused",
+            Action::NotMeReported => "security.not_me_reported",
         }
     }
 }

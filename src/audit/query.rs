@@ -206,7 +206,34 @@ pub async fn page(
     filter: &EventFilter,
     page: PageRequest,
 ) -> Result<(Vec<EventView>, i64), AppError> {
-    let conditions = filter.conditions();
+    page_where(connection, &filter.conditions(), page).await
+}
+
+/// The events of `conditions`, oldest first, at most `limit`.
+pub async fn rows_where(
+    connection: &mut Connection,
+    conditions: &Conditions,
+    limit: i64,
+) -> Result<Vec<EventRow>, AppError> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM audit_logs{} ORDER BY seq LIMIT {}",
+        conditions.where_sql(),
+        conditions.next_placeholder(1)
+    );
+    let rows = crate::with_db!(connection, |db| conditions
+        .bind(sqlx::query_as::<_, EventRecord>(&sql))
+        .bind(limit)
+        .fetch_all(db)
+        .await)?;
+    Ok(rows.into_iter().map(EventRow::from).collect())
+}
+
+/// A page of the events of `conditions`, newest first, and their number.
+pub async fn page_where(
+    connection: &mut Connection,
+    conditions: &Conditions,
+    page: PageRequest,
+) -> Result<(Vec<EventView>, i64), AppError> {
     let where_sql = conditions.where_sql();
     let (total,): (i64,) = crate::with_db!(connection, |db| conditions
         .bind(sqlx::query_as(&format!(
@@ -283,6 +310,13 @@ pub struct LoginAttemptView {
     pub success: bool,
     #[schema(value_type = String, format = DateTime)]
     pub attempted_at: Timestamp,
+    /// The sign-in's risk score, when it was weighed.
+    pub risk_score: Option<i32>,
+    /// The signals that made the score, each with its weight and explanation.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub risk_signals: Option<serde_json::Value>,
+    /// Where the address is (ISO country code), when GeoIP knows.
+    pub country: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -293,6 +327,9 @@ struct LoginAttemptRecord {
     user_agent: Option<String>,
     success: bool,
     attempted_at: Timestamp,
+    risk_score: Option<i32>,
+    risk_signals: Option<Json<serde_json::Value>>,
+    country: Option<String>,
 }
 
 pub async fn login_attempts(
@@ -326,7 +363,8 @@ pub async fn login_attempts(
         .fetch_one(db)
         .await)?;
     let sql = format!(
-        "SELECT id, username, ip, user_agent, success, attempted_at FROM login_attempts{where_sql} \
+        "SELECT id, CAST(username AS TEXT) AS username, ip, user_agent, success, attempted_at, \
+         risk_score, risk_signals, country FROM login_attempts{where_sql} \
          ORDER BY id DESC LIMIT {} OFFSET {}",
         conditions.next_placeholder(1),
         conditions.next_placeholder(2)
@@ -346,6 +384,9 @@ pub async fn login_attempts(
             user_agent: row.user_agent,
             success: row.success,
             attempted_at: row.attempted_at,
+            risk_score: row.risk_score,
+            risk_signals: row.risk_signals.map(|Json(signals)| signals),
+            country: row.country,
         })
         .collect();
     Ok(crate::paging::Page::new(items, total, page))

@@ -73,6 +73,7 @@ pub async fn notify_risky_sign_in(
     origin: &Origin,
     now: Millis,
 ) -> Result<(), AppError> {
+    let not_me_link = not_me_link(connection, state, user.id, now).await?;
     state
         .outbox
         .enqueue(
@@ -86,6 +87,7 @@ pub async fn notify_risky_sign_in(
                 "place": risk.place.as_ref().map(|place| place.label()).unwrap_or_else(|| "unknown".into()),
                 "score": risk.assessment.score,
                 "explanation": risk.explanation(),
+                "not_me_link": not_me_link,
             }),
             now,
         )
@@ -154,6 +156,83 @@ pub async fn refuse_risky_sign_in(
             .origin(origin),
     )
     .await
+}
+
+/// How long a "This wasn't me" link works.
+const NOT_ME_LIFETIME: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
+/// A "This wasn't me" link for a sign-in notice.
+pub async fn not_me_link(
+    connection: &mut Connection,
+    state: &AppState,
+    user_id: i64,
+    now: Millis,
+) -> Result<String, AppError> {
+    let token = crate::auth::links::issue(
+        connection,
+        crate::auth::links::Link::NotMe,
+        user_id,
+        None,
+        now,
+        NOT_ME_LIFETIME,
+    )
+    .await?;
+    Ok(state.outbox.link("not-me", &token))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NotMeRequest {
+    /// The `token` of the link in the sign-in notice.
+    pub token: String,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct NotMeAnswer {
+    pub detail: &'static str,
+    pub sessions_ended: u64,
+}
+
+/// "This wasn't me": every session of the account ends (the stranger's among them), no sign-in
+/// is possible until the password is reset, and a reset link is emailed at once.
+#[tracing::instrument(skip_all)]
+pub async fn report_not_me(
+    state: &AppState,
+    request: NotMeRequest,
+    origin: &Origin,
+) -> Result<NotMeAnswer, AppError> {
+    use crate::auth::links::{self, INVALID_LINK, Link};
+    let now = state.now();
+    let mut transaction = audit::Audited::begin(&state.store).await?;
+    let (link_id, user_id, _) =
+        links::find_live(&mut transaction, Link::NotMe, &request.token, now)
+            .await?
+            .ok_or_else(|| AppError::BadRequest(INVALID_LINK.into()))?;
+    if !links::spend(&mut transaction, Link::NotMe, link_id, now).await? {
+        return Err(AppError::BadRequest(INVALID_LINK.into()));
+    }
+    let user = crate::users::store::find_by_id(&mut transaction, user_id)
+        .await?
+        .ok_or_else(|| AppError::BadRequest(INVALID_LINK.into()))?;
+    let sessions_ended =
+        crate::auth::sessions::revoke_all(&mut transaction, user.id, "not_me", None, now).await?;
+    crate::users::store::require_password_reset(&mut transaction, user.id, now).await?;
+    crate::users::store::void_emailed_links(&mut transaction, user.id).await?;
+    crate::mfa::challenges::remove_for_user(&mut transaction, user.id).await?;
+    crate::auth::password_change::send_reset_link(&mut transaction, state, &user, now).await?;
+    transaction
+        .commit(
+            Event::new(AuditAction::NotMeReported, now)
+                .actor(Some(user.id))
+                .resource("user", user.id)
+                .details(json!({"sessions_ended": sessions_ended}))
+                .origin(origin),
+        )
+        .await?;
+    Ok(NotMeAnswer {
+        detail: "Every session was signed out. Choose a new password with the link just emailed before signing in again.",
+        sessions_ended,
+    })
 }
 
 /// Whether the verdict asks for more than the password: an emailed code, or (for an account

@@ -10,6 +10,9 @@ use crate::store::{Connection, StoreError};
 pub enum Link {
     PasswordReset,
     EmailVerification,
+    /// "This wasn't me", in a sign-in notice: each notice's link lives on its own (a later
+    /// notice does not void an earlier one).
+    NotMe,
 }
 
 impl Link {
@@ -17,6 +20,7 @@ impl Link {
         match self {
             Link::PasswordReset => "password_reset_tokens",
             Link::EmailVerification => "email_verification_tokens",
+            Link::NotMe => "not_me_tokens",
         }
     }
 }
@@ -43,14 +47,16 @@ pub async fn issue(
     ttl: std::time::Duration,
 ) -> Result<String, StoreError> {
     let table = link.table();
-    crate::execute!(
-        connection,
-        sqlx::query(&format!(
-            "UPDATE {table} SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL"
-        ))
-        .bind(user_id)
-        .bind(Timestamp::from(now))
-    )?;
+    if link != Link::NotMe {
+        crate::execute!(
+            connection,
+            sqlx::query(&format!(
+                "UPDATE {table} SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL"
+            ))
+            .bind(user_id)
+            .bind(Timestamp::from(now))
+        )?;
+    }
     let token = random_token();
     let expires_at = Timestamp::from(now + ttl.as_millis() as i64);
     let stamp = "(SELECT credential_stamp FROM users WHERE id = $1)";

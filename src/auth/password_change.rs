@@ -70,28 +70,7 @@ pub async fn forgot_password(
                     )).await?;
         }
         Some(user) => {
-            let ttl = state.config.reset_token_ttl;
-            let token = links::issue(
-                &mut transaction,
-                Link::PasswordReset,
-                user.id,
-                None,
-                now,
-                ttl,
-            )
-            .await?;
-            let link = state.outbox.link("reset-password", &token);
-            state
-                .outbox
-                .enqueue(
-                    &mut transaction,
-                    user,
-                    &user.email,
-                    EmailKind::PasswordReset,
-                    json!({"link": link, "valid_hours": hours(ttl)}),
-                    now,
-                )
-                .await?;
+            send_reset_link(&mut transaction, state, user, now).await?;
             transaction
                 .record(event.actor(Some(user.id)).resource("user", user.id))
                 .await?;
@@ -109,6 +88,29 @@ pub async fn forgot_password(
     }
     transaction.commit_recorded().await?;
     Ok(())
+}
+
+/// Issues a reset link (voiding older ones) and queues its email, in the caller's transaction.
+pub async fn send_reset_link(
+    connection: &mut crate::store::Connection,
+    state: &AppState,
+    user: &User,
+    now: crate::clock::Millis,
+) -> Result<(), AppError> {
+    let ttl = state.config.reset_token_ttl;
+    let token = links::issue(connection, Link::PasswordReset, user.id, None, now, ttl).await?;
+    let link = state.outbox.link("reset-password", &token);
+    state
+        .outbox
+        .enqueue(
+            connection,
+            user,
+            &user.email,
+            EmailKind::PasswordReset,
+            json!({"link": link, "valid_hours": hours(ttl)}),
+            now,
+        )
+        .await
 }
 
 #[tracing::instrument(skip_all)]

@@ -7,6 +7,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use crate::auth::adaptive::{NotMeAnswer, NotMeRequest};
 use crate::auth::email_change::{self, ChangeEmailRequest, VerifyEmailRequest};
 use crate::auth::password_change::{
     self, ChangePasswordRequest, ForgotPasswordRequest, ResetPasswordRequest,
@@ -179,6 +180,19 @@ pub async fn revoke_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/api/auth/not-me", tag = "auth", request_body = NotMeRequest,
+    responses((status = 200, body = NotMeAnswer), (status = 400, body = Problem)))]
+pub async fn not_me(
+    State(state): State<AppState>,
+    _guard: CredentialGuard,
+    ClientOrigin(origin): ClientOrigin,
+    JsonBody(request): JsonBody<NotMeRequest>,
+) -> Result<Json<NotMeAnswer>, AppError> {
+    Ok(Json(
+        crate::auth::adaptive::report_not_me(&state, request, &origin).await?,
+    ))
+}
+
 #[utoipa::path(get, path = "/api/auth/devices", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = Vec<DeviceView>), (status = 401, body = Problem)))]
 pub async fn list_devices(
@@ -324,6 +338,7 @@ pub fn router() -> axum::Router<AppState> {
         .route("/api/auth/change-password", post(change_password))
         .route("/api/auth/change-email", post(change_email))
         .route("/api/auth/verify-email", post(verify_email))
+        .route("/api/auth/not-me", post(not_me))
         .route("/api/auth/devices", get(list_devices))
         .route("/api/auth/devices/{id}", delete(forget_device))
         .route("/.well-known/jwks.json", get(jwks))
@@ -349,6 +364,7 @@ one step. `POST /api/auth/login/passkey` starts a passwordless passkey sign-in, 
     me,
     list_sessions,
     revoke_session,
+    not_me,
     list_devices,
     forget_device,
     jwks,

@@ -217,6 +217,9 @@ pub async fn login(
         ),
         _ => None,
     };
+    if user.password_reset_required {
+        return Err(refuse_until_reset(state, &login, &user, origin, ip_attempt).await?);
+    }
     let risk = crate::auth::adaptive::assess(state, Some(&user), origin, false).await?;
     if risk.assessment.action == RiskAction::Refuse {
         return Err(refuse_risky(state, &login, &user, &risk, origin, ip_attempt).await?);
@@ -394,6 +397,36 @@ async fn refuse(
         crate::security::watch_for_stuffing(state, login, origin).await?;
     }
     Ok(AppError::Unauthorized(BAD_CREDENTIALS))
+}
+
+/// The right password of an account whose owner reported a sign-in as not theirs: no
+/// session until the password is reset.
+async fn refuse_until_reset(
+    state: &AppState,
+    login: &str,
+    user: &User,
+    origin: &Origin,
+    ip_attempt: crate::security::IpAttempt,
+) -> Result<AppError, AppError> {
+    let now = state.now();
+    let mut transaction = audit::Audited::begin(&state.store).await?;
+    let refusal = Refusal {
+        login,
+        user: Some(user),
+        reason: "password_reset_required",
+        risk: None,
+    };
+    record_failure(
+        &mut transaction,
+        state.store.chain_key(),
+        refusal,
+        origin,
+        now,
+    )
+    .await?;
+    transaction.commit_recorded().await?;
+    ip_attempt.succeeded(state).await;
+    Ok(AppError::PasswordResetRequired)
 }
 
 /// A sign-in from an address a denylist names: refused before any account is looked up or

@@ -14,6 +14,7 @@ impl AppError {
             AppError::Validation(_) | AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Unauthorized(_) | AppError::SecondStep(_) => StatusCode::UNAUTHORIZED,
             AppError::MfaEnrollmentRequired
+            | AppError::PasswordResetRequired
             | AppError::StepUpRequired
             | AppError::ReauthenticationRequired => StatusCode::FORBIDDEN,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -48,6 +49,7 @@ impl AppError {
             AppError::MfaEnrollmentRequired => "mfa_enrollment_required",
             AppError::StepUpRequired => "step_up_required",
             AppError::ReauthenticationRequired => "reauthentication_required",
+            AppError::PasswordResetRequired => "password_reset_required",
             AppError::Internal(_) => "internal_error",
         }
     }
@@ -92,6 +94,10 @@ impl AppError {
             }
             AppError::ReauthenticationRequired => {
                 "This needs a recent sign-in: sign in again first.".into()
+            }
+            AppError::PasswordResetRequired => {
+                "A sign-in to this account was reported as not the owner's: reset the password (the link was emailed) before signing in."
+                    .into()
             }
             AppError::Internal(_) => "An internal error occurred.".into(),
         }

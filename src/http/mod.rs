@@ -21,6 +21,7 @@ use crate::auth::routes as auth;
 use crate::error::AppError;
 use crate::labs::routes as labs;
 use crate::mfa::routes as mfa;
+use crate::security::routes as security;
 use crate::state::AppState;
 use crate::users::routes as users;
 
@@ -47,6 +48,7 @@ pub fn api_document() -> utoipa::openapi::OpenApi {
         labs::Api::openapi(),
         audit::Api::openapi(),
         mfa::Api::openapi(),
+        security::Api::openapi(),
     ] {
         document.merge(part);
     }
@@ -112,6 +114,7 @@ pub fn router(state: AppState) -> Router {
         .merge(labs::router())
         .merge(audit::router())
         .merge(mfa::router())
+        .merge(security::router())
         .route("/api/openapi.json", get(openapi))
         .route("/health", get(health))
         .route("/metrics", get(metrics))

@@ -374,7 +374,7 @@ mod tests {
             "ip": "10.0.0.1", "device": "Firefox", "usernames": 40, "window_minutes": 5,
             "method": "an authenticator app (TOTP)", "by_admin": false, "remaining": 9,
             "code": "123456", "place": "Tokyo, Japan", "score": 60, "account": "alice",
-            "explanation": "- new country: Japan (+30)",
+            "explanation": "- new country: Japan (+30)", "not_me_link": "https://ums.test/not-me?token=abc",
         });
         for kind in EmailKind::ALL {
             let email = render(kind, &context).unwrap();

@@ -53,6 +53,7 @@ pub async fn new_sign_in(
     if earlier == 0 || same_device > 0 {
         return Ok(());
     }
+    let not_me_link = crate::auth::adaptive::not_me_link(connection, state, user.id, now).await?;
     state
         .outbox
         .enqueue(
@@ -63,6 +64,7 @@ pub async fn new_sign_in(
             json!({
                 "ip": origin.ip.as_deref().unwrap_or("unknown"),
                 "device": crate::mail::describe_device(origin.user_agent.as_deref()),
+                "not_me_link": not_me_link,
             }),
             now,
         )

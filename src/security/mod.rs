@@ -3,12 +3,14 @@
 
 pub mod attempts;
 pub mod client_ip;
+pub mod dashboard;
 pub mod devices;
 pub mod geoip;
 pub mod limits;
 pub mod lockout;
 pub mod reputation;
 pub mod risk;
+pub mod routes;
 pub mod sealing;
 pub mod secrets;
 

@@ -521,6 +521,12 @@ impl Conditions {
         self
     }
 
+    /// A clause with no value of its own (written from constants, never from input).
+    pub fn push_fixed(&mut self, clause: &str) -> &mut Self {
+        self.clauses.push(clause.to_string());
+        self
+    }
+
     /// `" WHERE a AND b"`, or nothing.
     pub fn where_sql(&self) -> String {
         if self.clauses.is_empty() {

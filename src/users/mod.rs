@@ -126,6 +126,8 @@ pub struct User {
     pub password_changed_at: Option<Timestamp>,
     pub mfa_enabled: bool,
     pub new_login_alerts: bool,
+    /// Set by "This wasn't me": no sign-in until the password is reset.
+    pub password_reset_required: bool,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }

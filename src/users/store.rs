@@ -16,6 +16,7 @@ pub fn user_columns(table: &str) -> String {
          {table}last_name, {table}is_active, {table}is_admin, {table}email_verified, \
          {table}failed_login_count, {table}locked_until, {table}last_login_at, \
          {table}password_changed_at, {table}mfa_enabled, {table}new_login_alerts, \
+         {table}password_reset_required, \
          {table}created_at, {table}updated_at"
     )
 }
@@ -306,7 +307,24 @@ pub async fn void_emailed_links(
     Ok(())
 }
 
-/// Sets a new password and stamps `password_changed_at`.
+/// No sign-in until the password is reset ("This wasn't me").
+pub async fn require_password_reset(
+    connection: &mut Connection,
+    user_id: i64,
+    now: Millis,
+) -> Result<(), StoreError> {
+    crate::execute!(
+        connection,
+        sqlx::query(
+            "UPDATE users SET password_reset_required = true, updated_at = $2 WHERE id = $1"
+        )
+        .bind(user_id)
+        .bind(Timestamp::from(now))
+    )?;
+    Ok(())
+}
+
+/// Sets a new password (which ends a required reset) and stamps `password_changed_at`.
 pub async fn set_password(
     connection: &mut Connection,
     user_id: i64,
@@ -316,7 +334,8 @@ pub async fn set_password(
     crate::execute!(
         connection,
         sqlx::query(
-            "UPDATE users SET password_hash = $2, password_changed_at = $3, updated_at = $3 WHERE id = $1"
+            "UPDATE users SET password_hash = $2, password_changed_at = $3, updated_at = $3, \
+             password_reset_required = false WHERE id = $1"
         )
         .bind(user_id)
         .bind(hash)

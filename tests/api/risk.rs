@@ -359,3 +359,229 @@ async fn without_a_geoip_database_the_geographic_signals_are_off_and_ready_says_
         2
     );
 }
+
+/// The token of the first `name?token=` link in a text part.
+fn link_token(text: &str, name: &str) -> String {
+    let marker = format!("{name}?token=");
+    let start = text.find(&marker).unwrap() + marker.len();
+    text[start..]
+        .split(|c: char| c.is_whitespace() || c == ')')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn this_wasnt_me_ends_every_session_and_asks_for_a_new_password() {
+    let app = spawn_app().await;
+    app.register("dora", "dora@lab.org").await;
+    let first = login_from(&app, "dora", "127.0.0.1", FIREFOX).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let first: Value = first.json().await.unwrap();
+    let stranger = login_from(&app, "dora", "127.0.0.1", SAFARI).await;
+    assert_eq!(stranger.status(), StatusCode::OK);
+    let stranger: Value = stranger.json().await.unwrap();
+    let alert = app
+        .smtp
+        .wait_for("dora@lab.org", "New sign-in to your account")
+        .await;
+    assert!(
+        alert
+            .text
+            .contains("This wasn't me: http://ums.test/not-me?token=")
+    );
+    let token = link_token(&alert.text, "not-me");
+
+    let reported = app
+        .post("/api/auth/not-me", &json!({"token": token}), None)
+        .await;
+    assert_eq!(reported.status(), StatusCode::OK);
+    let body: Value = reported.json().await.unwrap();
+    assert_eq!(body["sessions_ended"], 2);
+    for session in [&first, &stranger] {
+        let me = app
+            .get("/api/auth/me", session["access_token"].as_str())
+            .await;
+        assert_problem(me, StatusCode::UNAUTHORIZED).await;
+    }
+    // The password alone no longer signs in: it must be reset first, by the link emailed.
+    let refused = app.login_response("dora", PASSWORD).await;
+    let body = assert_problem(refused, StatusCode::FORBIDDEN).await;
+    assert_eq!(body["code"], "password_reset_required");
+    let again = app
+        .post("/api/auth/not-me", &json!({"token": token}), None)
+        .await;
+    assert_problem(again, StatusCode::BAD_REQUEST).await;
+    let reset_email = app
+        .smtp
+        .wait_for("dora@lab.org", "Reset your password")
+        .await;
+    let reset = app
+        .post(
+            "/api/auth/reset-password",
+            &json!({"token": reset_email.token(), "new_password": "a fresh start of a password"}),
+            None,
+        )
+        .await;
+    assert_eq!(reset.status(), StatusCode::OK);
+    let signed_in = app
+        .login_response("dora", "a fresh start of a password")
+        .await;
+    assert_eq!(signed_in.status(), StatusCode::OK);
+    let events = app.audit_events("security.not_me_reported").await;
+    assert_eq!(events[0]["details"]["sessions_ended"], 2);
+}
+
+#[tokio::test]
+async fn the_security_dashboard_lists_sums_and_streams_events() {
+    let RiskApp {
+        app,
+        directory: _directory,
+    } = spawn_with_geoip().await;
+    let admin = app.admin("root").await;
+    let (_, user) = app.user("erin").await;
+    assert_eq!(
+        login_from(&app, "alice_unknown", PARIS, FIREFOX)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    app.register("alice", "alice@lab.org").await;
+    assert_eq!(
+        login_from(&app, "alice", PARIS, FIREFOX).await.status(),
+        StatusCode::OK
+    );
+    for _ in 0..2 {
+        let wrong = app
+            .client
+            .post(app.url("/api/auth/login"))
+            .header("x-forwarded-for", TOKYO)
+            .json(&json!({"username": "alice", "password": "not her password"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    }
+    app.clock.advance(Duration::from_secs(10 * 60));
+    let challenged = login_from(&app, "alice", TOKYO, FIREFOX).await;
+    assert_problem(challenged, StatusCode::UNAUTHORIZED).await;
+
+    let page: Value = app
+        .get("/api/security/events?per_page=50", Some(&admin.access))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let actions: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| **a == "auth.login_failed")
+            .count(),
+        3,
+        "{actions:?}"
+    );
+    assert!(actions.contains(&"auth.mfa_challenged"));
+    assert!(
+        !actions.contains(&"auth.login"),
+        "sign-ins that passed are not security events"
+    );
+    let challenges: Value = app
+        .get(
+            "/api/security/events?action=auth.mfa_challenged",
+            Some(&admin.access),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(challenges["total"], 1);
+    assert_eq!(challenges["items"][0]["details"]["risk"]["score"], 90);
+    assert_eq!(challenges["items"][0]["ip"], TOKYO);
+    let bad = app
+        .get(
+            "/api/security/events?action=user.created",
+            Some(&admin.access),
+        )
+        .await;
+    assert_problem(bad, StatusCode::BAD_REQUEST).await;
+    let not_admin = app.get("/api/security/events", Some(&user.access)).await;
+    assert_problem(not_admin, StatusCode::FORBIDDEN).await;
+
+    let summary: Value = app
+        .get("/api/security/summary?window=1h", Some(&admin.access))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(summary["window_seconds"], 3600);
+    assert_eq!(summary["counts"]["failed_sign_ins"], 3, "{summary}");
+    assert_eq!(summary["counts"]["challenges"], 1);
+    assert_eq!(summary["top_ips"][0], json!({"ip": TOKYO, "failures": 2}));
+    assert_eq!(
+        summary["targeted_accounts"][0],
+        json!({"username": "alice", "failures": 2})
+    );
+    let countries: Vec<&str> = summary["countries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["country"].as_str().unwrap())
+        .collect();
+    assert!(
+        countries.contains(&"JP") && countries.contains(&"FR"),
+        "{summary}"
+    );
+    assert_problem(
+        app.get("/api/security/summary?window=forever", Some(&admin.access))
+            .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    // The attempts carry their explanation.
+    let attempts: Value = app
+        .get(
+            "/api/security/login-attempts?username=alice",
+            Some(&admin.access),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let failed = &attempts["items"][1];
+    assert_eq!(failed["country"], "JP");
+    assert_eq!(
+        failed["risk_signals"][0]["kind"], "new_ip_failure",
+        "{attempts}"
+    );
+
+    // The live stream: an event recorded after connecting arrives as `event: security`.
+    let mut stream = app
+        .client
+        .get(app.url("/api/security/stream"))
+        .bearer_auth(&admin.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let wrong = app.login_response("erin", "not erin's password").await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let mut received = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !received.contains("auth.login_failed") {
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .expect("the stream delivers the event within 10 s")
+            .unwrap()
+            .unwrap();
+        received.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(received.contains("event: security"), "{received}");
+    assert!(received.contains("\"username\":\"erin\""), "{received}");
+}

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import django
 import httpx
@@ -27,7 +28,7 @@ import pyotp
 import pytest
 from django.conf import settings
 
-from ums_client import MemoryTokenStore, TokenPair, UMSClient, User
+from ums_client import MemoryTokenStore, TokenPair, UMSClient, User, VerificationRequired
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 ADMIN_USERNAME = "root"
@@ -52,6 +53,7 @@ settings.configure(
         "django.middleware.csrf.CsrfViewMiddleware",
         "django.contrib.auth.middleware.AuthenticationMiddleware",
         "ums_client.django.middleware.UMSTokenMiddleware",
+        "ums_client.django.middleware.UMSDeviceMiddleware",
     ],
     AUTHENTICATION_BACKENDS=["ums_client.django.backends.UMSBackend"],
     DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
@@ -191,6 +193,23 @@ class UMSServer:
                     return mail
             time.sleep(0.1)
         pytest.fail(f"no mail {subject!r} to {to} within {timeout} s")
+
+    def count_mails(self, to: str, subject: str) -> int:
+        """How many mails to ``to`` whose subject contains ``subject`` were written so far."""
+        return sum(1 for m in self.mails() if m["to"] == to and subject in m["subject"])
+
+    def wait_for_new_mail(
+        self, to: str, subject: str, seen: int, timeout: float = 15
+    ) -> dict[str, str]:
+        """The first such mail after the ``seen`` ones (:meth:`count_mails` before the call
+        that sends it): with several mails of a kind, the newest may be an old one."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [m for m in self.mails() if m["to"] == to and subject in m["subject"]]
+            if len(found) > seen:
+                return found[seen]
+            time.sleep(0.1)
+        pytest.fail(f"no new mail {subject!r} to {to} within {timeout} s")
 
     def wait_for_token(self, to: str, subject: str) -> str:
         """The ``token=`` of the link in such a mail."""
@@ -339,6 +358,78 @@ def enrol_totp(client: UMSClient) -> tuple[AuthenticatorApp, list[str]]:
     return app, list(enrolled.recovery_codes or ())
 
 
+# -- adaptive sign-in ---------------------------------------------------------------------
+
+SIGN_IN_CODE_SUBJECT = "Your sign-in code"
+#: Client addresses (through a trusted proxy's X-Forwarded-For) on the ``geo`` server: in
+#: Paris, in Tokyo, and on its denylist.
+PARIS, TOKYO, LISTED = "81.1.2.3", "126.4.5.6", "203.0.113.9"
+
+
+def sign_in_code(mail: dict[str, str]) -> str:
+    """The six-digit code of a "Your sign-in code" mail: alone on its line."""
+    match = re.search(r"^\s*([0-9]{6})\s*$", mail["body"], re.MULTILINE)
+    assert match, f"no code in {mail}"
+    return match.group(1)
+
+
+def not_the_code(code: str) -> str:
+    """Six digits that are not ``code``."""
+    return f"{(int(code) + 1) % 1_000_000:06d}"
+
+
+def new_device() -> str:
+    """A device id, as a portal forwards one for a browser."""
+    return f"device-{uuid.uuid4().hex}"
+
+
+def registered(
+    server: UMSServer, make_client: Callable[..., UMSClient], **kwargs: Any
+) -> tuple[UMSClient, str, str]:
+    """A new account signed in once (its first sign-in: no history, no risk) by a client
+    made with ``kwargs``; returns that client, the username and the email."""
+    client = make_client(server, **kwargs)
+    username = unique()
+    email = f"{username}@example.org"
+    client.register(username, email, PASSWORD)
+    client.login(username, PASSWORD)
+    return client, username, email
+
+
+def verification_step(
+    server: UMSServer, client: UMSClient, username: str, email: str
+) -> tuple[VerificationRequired, str]:
+    """A sign-in that UMS confirms by email: its VerificationRequired and the emailed code."""
+    seen = server.count_mails(email, SIGN_IN_CODE_SUBJECT)
+    with pytest.raises(VerificationRequired) as excinfo:
+        client.login(username, PASSWORD)
+    return excinfo.value, sign_in_code(server.wait_for_new_mail(email, SIGN_IN_CODE_SUBJECT, seen))
+
+
+def write_geoip_database(path: Path) -> None:
+    """A GeoLite2-City-shaped MaxMind database: 81.0.0.0/8 in Paris, 126.0.0.0/8 in Tokyo."""
+    mmdb_writer = pytest.importorskip("mmdb_writer")
+    from netaddr import IPSet  # a dependency of mmdb-writer
+
+    def city(name: str, code: str, country: str, at: tuple[float, float]) -> dict[str, Any]:
+        return {
+            "city": {"names": {"en": name}},
+            "country": {"iso_code": code, "names": {"en": country}},
+            "location": {
+                "latitude": mmdb_writer.MmdbF64(at[0]),
+                "longitude": mmdb_writer.MmdbF64(at[1]),
+                "accuracy_radius": mmdb_writer.MmdbU16(20),
+            },
+        }
+
+    writer = mmdb_writer.MMDBWriter(
+        ip_version=6, database_type="GeoLite2-City", ipv4_compatible=True
+    )
+    writer.insert_network(IPSet(["81.0.0.0/8"]), city("Paris", "FR", "France", (48.8566, 2.3522)))
+    writer.insert_network(IPSet(["126.0.0.0/8"]), city("Tokyo", "JP", "Japan", (35.6762, 139.6503)))
+    writer.to_db_file(str(path))
+
+
 # -- fixtures -----------------------------------------------------------------------------
 
 
@@ -351,6 +442,30 @@ def ums() -> UMSServer:
 def ums_short() -> UMSServer:
     """A second server, with its own database, whose access tokens live 2 seconds."""
     return POOL.named_server("short", UMS_ACCESS_TOKEN_TTL="2s")
+
+
+@pytest.fixture(scope="session")
+def risky() -> UMSServer:
+    """A server, with its own database, on which a new device alone makes a sign-in risky
+    enough for an emailed code (weight 60, over 50); an account's first sign-in has no
+    history and passes."""
+    return POOL.named_server("risky", UMS_RISK_WEIGHT_NEW_DEVICE="60")
+
+
+@pytest.fixture(scope="session")
+def geo() -> UMSServer:
+    """A server, with its own database and default risk weights, that knows places (Paris,
+    Tokyo: :func:`write_geoip_database`) and a denylist (203.0.113.0/24), and takes client
+    addresses from ``X-Forwarded-For`` (127.0.0.1 is a trusted proxy)."""
+    data_dir = POOL.new_dir()
+    write_geoip_database(data_dir / "city.mmdb")
+    (data_dir / "drop.txt").write_text("; Spamhaus DROP\n203.0.113.0/24 ; SBL1\n")
+    return POOL.start(
+        data_dir,
+        UMS_GEOIP_DB=str(data_dir / "city.mmdb"),
+        UMS_IP_DENYLIST=str(data_dir / "drop.txt"),
+        UMS_TRUSTED_PROXIES="127.0.0.1",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -384,6 +499,18 @@ def make_client() -> Iterator[Callable[..., UMSClient]]:
     yield make
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def admin_of(make_client: Callable[..., UMSClient]) -> Callable[[UMSServer], UMSClient]:
+    """``admin_of(server)``: the bootstrap admin, logged in to that server."""
+
+    def make(server: UMSServer) -> UMSClient:
+        client = make_client(server)
+        client.login(ADMIN_USERNAME, ADMIN_PASSWORD)
+        return client
+
+    return make
 
 
 @pytest.fixture(scope="session")

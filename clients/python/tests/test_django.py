@@ -23,9 +23,12 @@ from conftest import (
     ADMIN_USERNAME,
     ISSUER,
     PASSWORD,
+    SIGN_IN_CODE_SUBJECT,
     AuthenticatorApp,
     UMSServer,
     enrol_totp,
+    not_the_code,
+    sign_in_code,
     unique,
     wait_until_expired,
 )
@@ -564,3 +567,105 @@ def test_a_lab_requiring_mfa_sends_a_password_session_to_step_up(portal, admin, 
     response = browser.post(response["Location"], {"method": "recovery_code", "code": codes[0]})
     assert response["Location"] == f"/labs/{lab.id}/"
     assert browser.get(f"/labs/{lab.id}/").json() == {"lab": lab.code, "role": "viewer"}
+
+
+# -- adaptive sign-in: the emailed code, the browser's device id and headers ---------------
+
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+
+
+@pytest.fixture
+def risky_portal(risky, django_db) -> Iterator[UMSServer]:
+    """The portal on the server where a new device asks for an emailed code."""
+    with override_settings(UMS_BASE_URL=risky.url):
+        yield risky
+
+
+def test_a_new_browser_confirms_its_sign_in_with_the_emailed_code(risky_portal, new_account):
+    account = new_account(server=risky_portal, login=False)
+    email, form = account.user.email, {"username": account.username, "password": PASSWORD}
+    home = Client(HTTP_USER_AGENT=FIREFOX)
+    assert home.post("/login/", form).status_code == 302  # the account's first sign-in
+    cookie = home.cookies["ums_device"]
+    assert len(cookie.value) >= 16 and cookie["httponly"] and cookie["samesite"] == "Lax"
+    assert int(cookie["max-age"]) == 400 * 24 * 3600
+
+    # Another browser of the same make: only its device cookie tells it from the first.
+    travel = Client(HTTP_USER_AGENT=FIREFOX)
+    seen = risky_portal.count_mails(email, SIGN_IN_CODE_SUBJECT)
+    login_url = f"/login/?{urlencode({'next': '/labs/'})}"
+    response = travel.post(login_url, form)
+    assert response.status_code == 200
+    assert b"we emailed you a code" in response.content
+    assert b"value=email_code" in response.content and b"value=totp" not in response.content
+    pending = travel.session[PENDING_KEY]
+    assert (pending["kind"], pending["methods"]) == ("verification_required", ["email_code"])
+    assert session_tokens(travel) is None
+    code = sign_in_code(risky_portal.wait_for_new_mail(email, SIGN_IN_CODE_SUBJECT, seen))
+
+    wrong = {"mfa_method": "email_code", "mfa_code": not_the_code(code)}
+    response = travel.post(login_url, wrong)
+    assert response.status_code == 401
+    assert b"2 tries left" in response.content and b"value=email_code" in response.content
+    response = travel.post(login_url, {"mfa_method": "email_code", "mfa_code": code})
+    assert response.status_code == 302
+    assert response["Location"] == "/labs/"
+    assert PENDING_KEY not in travel.session
+    assert session_amr(travel) == ["pwd", "otp"]  # an emailed code is no second factor
+    assert travel.get("/mfa-only/").status_code == 403
+    assert travel.get("/whoami/").json() == {"username": account.username}
+
+    # UMS knows the two browsers apart, by name from the forwarded User-Agent; each is
+    # "current" for its own calls, which carry its device id.
+    seen_from_travel = travel.get("/devices/").json()["devices"]
+    seen_from_home = home.get("/devices/").json()["devices"]
+    assert [(d["browser"], d["os"]) for d in seen_from_travel] == [("Firefox", "Linux")] * 2
+    assert [d["current"] for d in seen_from_travel] == [True, False]  # the latest first
+    assert [d["current"] for d in seen_from_home] == [False, True]
+
+    # Verified, the browser is known: it signs in again without a code.
+    travel.post("/logout/")
+    assert travel.post("/login/", form).status_code == 302
+    assert session_amr(travel) == ["pwd"]
+
+
+def test_the_second_step_by_email_is_dropped_after_three_wrong_codes(risky_portal, new_account):
+    account = new_account(server=risky_portal, login=False)
+    form = {"username": account.username, "password": PASSWORD}
+    assert Client().post("/login/", form).status_code == 302
+    browser = Client()
+    seen = risky_portal.count_mails(account.user.email, SIGN_IN_CODE_SUBJECT)
+    assert b"value=email_code" in browser.post("/login/", form).content
+    code = sign_in_code(
+        risky_portal.wait_for_new_mail(account.user.email, SIGN_IN_CODE_SUBJECT, seen)
+    )
+    wrong = {"mfa_method": "email_code", "mfa_code": not_the_code(code)}
+    browser.post("/login/", wrong)
+    browser.post("/login/", wrong)
+    response = browser.post("/login/", wrong)  # the third: UMS has killed the token
+    assert (response.status_code, response.content) == (401, b"sign in again")
+    assert PENDING_KEY not in browser.session
+    assert browser.post("/login/", {"mfa_method": "email_code", "mfa_code": code}).content == (
+        b"sign in again"
+    )
+
+
+def test_without_the_device_cookie_the_browsers_headers_tell_devices_apart(
+    risky_portal, new_account
+):
+    """Without UMSDeviceMiddleware no device id is sent: UMS recognises a browser by the
+    User-Agent and Accept-Language the integration forwards."""
+    from django.conf import settings
+
+    account = new_account(server=risky_portal, login=False)
+    form = {"username": account.username, "password": PASSWORD}
+    middleware = [m for m in settings.MIDDLEWARE if not m.endswith("UMSDeviceMiddleware")]
+    with override_settings(MIDDLEWARE=middleware):
+        english = {"HTTP_USER_AGENT": FIREFOX, "HTTP_ACCEPT_LANGUAGE": "en-GB"}
+        first = Client(**english)
+        assert first.post("/login/", form).status_code == 302
+        assert "ums_device" not in first.cookies
+        assert Client(**english).post("/login/", form).status_code == 302  # the same device
+        french = Client(HTTP_USER_AGENT=FIREFOX, HTTP_ACCEPT_LANGUAGE="fr-FR")
+        response = french.post("/login/", form)
+        assert response.status_code == 200 and b"value=email_code" in response.content

@@ -26,3 +26,16 @@ ALTER TABLE login_attempts
     ADD COLUMN country TEXT CHECK (country IS NULL OR length(country) = 2),
     ADD COLUMN user_id BIGINT;
 CREATE INDEX login_attempts_user ON login_attempts (user_id, attempted_at);
+
+-- "This wasn't me": the link in a sign-in notice, and the password reset it then requires.
+CREATE TABLE not_me_tokens (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL,
+    used_at timestamptz,
+    credential_stamp BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX not_me_tokens_user ON not_me_tokens (user_id);
+ALTER TABLE users ADD COLUMN password_reset_required boolean NOT NULL DEFAULT false;

@@ -27,3 +27,17 @@ ALTER TABLE login_attempts ADD COLUMN risk_signals TEXT
 ALTER TABLE login_attempts ADD COLUMN country TEXT CHECK (country IS NULL OR length(country) = 2);
 ALTER TABLE login_attempts ADD COLUMN user_id INTEGER;
 CREATE INDEX login_attempts_user ON login_attempts (user_id, attempted_at);
+
+-- "This wasn't me": the link in a sign-in notice, and the password reset it then requires.
+CREATE TABLE not_me_tokens (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER,
+    credential_stamp INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX not_me_tokens_user ON not_me_tokens (user_id);
+ALTER TABLE users ADD COLUMN password_reset_required INTEGER NOT NULL DEFAULT 0
+    CHECK (password_reset_required IN (0, 1));

@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .client import UMSClient
+from .client import DEVICE_ID_HEADER, UMSClient
 from .errors import (
     AccountLocked,
     AuthenticationError,
@@ -13,6 +13,7 @@ from .errors import (
     MFARequired,
     MFASetupRequired,
     NotFound,
+    PasswordResetRequired,
     PermissionDenied,
     RateLimited,
     ReauthenticationRequired,
@@ -21,11 +22,15 @@ from .errors import (
     StepUpRequired,
     UMSError,
     ValidationError,
+    VerificationRequired,
 )
 from .models import (
     AccessInfo,
     AuditEvent,
+    CountryAttempts,
+    Device,
     FactorEnrolled,
+    IPFailures,
     Lab,
     LoginAttempt,
     LoginResult,
@@ -37,7 +42,12 @@ from .models import (
     Passkey,
     PasskeyChallenge,
     PasskeyRegistration,
+    RiskSignal,
+    SecurityCounts,
+    SecurityEvent,
+    SecuritySummary,
     Session,
+    TargetedAccount,
     TokenPair,
     TOTPEnrollment,
     User,
@@ -46,12 +56,16 @@ from .tokens import MemoryTokenStore, TokenStore
 from .verifier import TokenVerifier
 
 __all__ = [
+    "DEVICE_ID_HEADER",
     "AccessInfo",
     "AccountLocked",
     "AuditEvent",
     "AuthenticationError",
     "Conflict",
+    "CountryAttempts",
+    "Device",
     "FactorEnrolled",
+    "IPFailures",
     "InsufficientAuthentication",
     "InvalidToken",
     "Lab",
@@ -70,14 +84,20 @@ __all__ = [
     "Passkey",
     "PasskeyChallenge",
     "PasskeyRegistration",
+    "PasswordResetRequired",
     "PermissionDenied",
     "RateLimited",
     "ReauthenticationRequired",
+    "RiskSignal",
     "SecondStepRequired",
+    "SecurityCounts",
+    "SecurityEvent",
+    "SecuritySummary",
     "ServiceUnavailable",
     "Session",
     "StepUpRequired",
     "TOTPEnrollment",
+    "TargetedAccount",
     "TokenPair",
     "TokenStore",
     "TokenVerifier",
@@ -85,5 +105,6 @@ __all__ = [
     "UMSError",
     "User",
     "ValidationError",
+    "VerificationRequired",
     "__version__",
 ]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json as jsonlib
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ from .errors import AuthenticationError, ServiceUnavailable, error_from_response
 from .models import (
     AccessInfo,
     AuditEvent,
+    Device,
     FactorEnrolled,
     Lab,
     LoginAttempt,
@@ -28,6 +30,8 @@ from .models import (
     Passkey,
     PasskeyChallenge,
     PasskeyRegistration,
+    SecurityEvent,
+    SecuritySummary,
     Session,
     TokenPair,
     TOTPEnrollment,
@@ -35,7 +39,10 @@ from .models import (
 )
 from .tokens import MemoryTokenStore, TokenStore
 
-__all__ = ["UMSClient"]
+__all__ = ["DEVICE_ID_HEADER", "UMSClient"]
+
+#: The header by which UMS recognises the device a sign-in comes from (see ``device_id``).
+DEVICE_ID_HEADER = "X-UMS-Device-Id"
 
 T = TypeVar("T")
 Params = Mapping[str, Any]
@@ -70,6 +77,12 @@ class UMSClient:
     every use and reusing a spent one revokes the session, so refreshing is single-flight:
     threads sharing a client wait on one lock, and a thread that finds the access token already
     replaced while it waited retries with the new one instead of refreshing again.
+
+    UMS weighs every sign-in, a device it has not seen for the account among other things. A
+    portal signing in on behalf of browsers should pass ``device_id``, a stable id of the end
+    user's browser (say, a long-lived random cookie), sent as ``X-UMS-Device-Id`` on every
+    request; without it UMS tells devices apart by ``User-Agent``, ``Accept-Language`` and the
+    client hints, which a portal can forward in ``headers`` (they replace the client's own).
     """
 
     def __init__(
@@ -80,11 +93,14 @@ class UMSClient:
         *,
         transport: httpx.BaseTransport | None = None,
         headers: Mapping[str, str] | None = None,
+        device_id: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token_store: TokenStore = (
             token_store if token_store is not None else MemoryTokenStore()
         )
+        self.device_id = device_id
+        self._timeout = timeout
         self._refresh_lock = threading.Lock()
         self._http = httpx.Client(
             base_url=self.base_url,
@@ -94,6 +110,7 @@ class UMSClient:
                 "Accept": "application/json",
                 "User-Agent": f"ums-client-python/{__version__}",
                 **(headers or {}),
+                **({DEVICE_ID_HEADER: device_id} if device_id else {}),
             },
         )
 
@@ -260,7 +277,12 @@ class UMSClient:
         For an account with a second factor, a right password raises :class:`MFARequired`
         (unless ``totp_code`` is given and right: the one-step form); finish with
         :meth:`login_mfa` and its ``mfa_token``. An account that must enrol a factor first
-        (an admin, under the server's policy) raises :class:`MFAEnrollmentRequired`.
+        (an admin, under the server's policy) raises :class:`MFAEnrollmentRequired`. A risky
+        sign-in of an account without a factor raises :class:`VerificationRequired`: a code
+        was emailed to the user, answered with ``login_mfa(mfa_token, "email_code", code)``.
+        One that scores too high, or comes from a denylisted address, raises
+        :class:`PermissionDenied`; an account reported as taken over
+        (:meth:`report_not_me`) :class:`PasswordResetRequired` until its password is reset.
         """
         body = _body(username=username, password=password, totp_code=totp_code)
         result = LoginResult.from_json(
@@ -278,13 +300,14 @@ class UMSClient:
     ) -> LoginResult:
         """``POST /api/auth/login/mfa``: the second step of a sign-in; the tokens are stored.
 
-        ``method`` is ``totp`` or ``recovery_code`` (with ``code``), or ``webauthn`` (with
-        ``assertion``, the ``PublicKeyCredential`` of ``navigator.credentials.get`` as JSON;
-        without it, :class:`MFARequired` is raised again with fresh ``webauthn`` options for
-        the same token). A wrong answer raises :class:`AuthenticationError`; the token dies
-        after three of them or one success, and wrong answers count toward the account's
-        lockout (:class:`AccountLocked`). After an enrolment sign-in the result carries the
-        account's ``recovery_codes``.
+        ``method`` is ``totp`` or ``recovery_code`` (with ``code``), ``email_code`` (with the
+        six digits of the "Your sign-in code" email, after :class:`VerificationRequired`), or
+        ``webauthn`` (with ``assertion``, the ``PublicKeyCredential`` of
+        ``navigator.credentials.get`` as JSON; without it, :class:`MFARequired` is raised again
+        with fresh ``webauthn`` options for the same token). A wrong answer raises
+        :class:`AuthenticationError`; the token dies after three of them or one success, and
+        wrong answers count toward the account's lockout (:class:`AccountLocked`). After an
+        enrolment sign-in the result carries the account's ``recovery_codes``.
         """
         body = _body(mfa_token=mfa_token, method=method, code=code, assertion=assertion)
         result = LoginResult.from_json(
@@ -479,6 +502,33 @@ class UMSClient:
         :class:`StepUpRequired` (call :meth:`step_up` first).
         """
         self._request("DELETE", f"/api/auth/mfa/passkeys/{passkey_id}")
+
+    # -- devices and "this wasn't me" ------------------------------------------------------
+
+    def list_devices(self) -> list[Device]:
+        """``GET /api/auth/devices``: the devices the caller signed in from, latest first.
+
+        ``current`` marks the device of this call (as told by ``device_id``, or the headers).
+        """
+        return self._get("/api/auth/devices", lambda d: [Device.from_json(x) for x in d])
+
+    def forget_device(self, device_id: int) -> None:
+        """``DELETE /api/auth/devices/{id}``: its next sign-in counts as from a new device.
+
+        :class:`NotFound` unless it is one of the caller's.
+        """
+        self._request("DELETE", f"/api/auth/devices/{device_id}")
+
+    def report_not_me(self, token: str) -> int:
+        """``POST /api/auth/not-me`` with the token of the "This wasn't me" link of a sign-in
+        email (``{UMS_PUBLIC_URL}/not-me?token=...``); no bearer token is sent.
+
+        Every session of the account ends, and it must reset its password before signing in
+        again (until then :meth:`login` raises :class:`PasswordResetRequired`). Returns how
+        many sessions were ended.
+        """
+        response = self._request("POST", "/api/auth/not-me", json={"token": token}, auth=False)
+        return int(response.json().get("sessions_ended", 0))
 
     def jwks(self) -> dict[str, Any]:
         """``GET /.well-known/jwks.json``: the public signing keys."""
@@ -730,6 +780,109 @@ class UMSClient:
         path = "/api/security/login-attempts"
         return self._get(path, lambda d: Page.from_json(d, LoginAttempt.from_json), params)
 
+    def security_events(
+        self,
+        *,
+        action: str | None = None,
+        user_id: int | None = None,
+        ip: str | None = None,
+        from_: datetime | str | None = None,
+        to: datetime | str | None = None,
+        page: int | None = None,
+        per_page: int | None = None,
+    ) -> Page[SecurityEvent]:
+        """``GET /api/security/events`` (admin): a page of security events, newest first.
+
+        ``action`` is one of those listed on :class:`SecurityEvent`; ``from_`` and ``to``
+        bound ``occurred_at`` (datetimes, or RFC 3339 strings).
+        """
+        params = _params(
+            action=action,
+            user_id=user_id,
+            ip=ip,
+            from_=from_,
+            to=to,
+            page=page,
+            per_page=per_page,
+        )
+        path = "/api/security/events"
+        return self._get(path, lambda d: Page.from_json(d, SecurityEvent.from_json), params)
+
+    def security_summary(self, window: str | None = None) -> SecuritySummary:
+        """``GET /api/security/summary`` (admin): counts, top addresses, countries and targeted
+        accounts over the last ``window`` (a duration such as ``1h``, ``24h``, ``7d``; the
+        server's default is ``24h``)."""
+        params = _params(window=window)
+        return self._get("/api/security/summary", SecuritySummary.from_json, params)
+
+    def security_stream(
+        self, *, timeout: float | None = None, limit: int | None = None
+    ) -> Iterator[SecurityEvent]:
+        """``GET /api/security/stream`` (admin): security events as they happen (Server-Sent
+        Events, ``event: security``), as :class:`SecurityEvent`.
+
+        A generator: the connection opens at the first ``next()`` (which raises any error
+        answer, :class:`PermissionDenied` for a non-admin) and closes when the iteration ends:
+        after ``limit`` events, once ``timeout`` seconds have passed (checked whenever the
+        server sends anything, keep-alives included, and as the read timeout), when the server
+        ends the stream, or when the generator is closed (``break`` out of a ``for`` loop, or
+        ``contextlib.closing``). Without ``timeout`` it waits for events indefinitely.
+        """
+        if limit is not None and limit <= 0:
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        response = self._open_event_stream("/api/security/stream", timeout)
+        delivered = 0
+        try:
+            for kind, data in _server_sent_events(response, deadline):
+                if kind != "security" or not data:
+                    continue
+                yield SecurityEvent.from_json(jsonlib.loads(data))
+                delivered += 1
+                if limit is not None and delivered >= limit:
+                    return
+        finally:
+            response.close()
+
+    def _open_event_stream(self, path: str, timeout: float | None) -> httpx.Response:
+        """Open a streamed ``text/event-stream`` GET (refreshing and retrying once on a 401,
+        as :meth:`_request` does); raises the error of an error answer."""
+        # No read timeout without a deadline: events may be minutes apart.
+        timeouts = httpx.Timeout(self._timeout, read=timeout)
+        retried = False
+        while True:
+            tokens = self.token_store.load()
+            headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+            if tokens is not None:
+                headers["Authorization"] = f"Bearer {tokens.access_token}"
+            request = self._http.build_request("GET", path, headers=headers, timeout=timeouts)
+            try:
+                response = self._http.send(request, stream=True)
+            except httpx.TransportError as exc:
+                raise ServiceUnavailable(
+                    503,
+                    "Service Unavailable",
+                    f"UMS at {self.base_url} could not be reached: {exc!r}",
+                    code="unreachable",
+                ) from exc
+            if (
+                response.status_code == 401
+                and not retried
+                and tokens is not None
+                and tokens.refresh_token
+                and self._refresh_after_401(tokens.access_token)
+            ):
+                response.close()
+                retried = True
+                continue
+            if response.is_error:
+                try:
+                    response.read()
+                finally:
+                    response.close()
+                raise error_from_response(response)
+            return response
+
     # -- operations -----------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
@@ -739,3 +892,39 @@ class UMSClient:
     def ready(self) -> dict[str, Any]:
         """``GET /ready``: raises :class:`ServiceUnavailable` when the database does not answer."""
         return dict(self._request("GET", "/ready", auth=False).json())
+
+
+def _server_sent_events(
+    response: httpx.Response, deadline: float | None
+) -> Iterator[tuple[str, str]]:
+    """The ``(event type, data)`` of each event of a ``text/event-stream`` response, until it
+    ends or ``deadline`` (``time.monotonic()``) passes; comments and ``id:`` lines are read
+    and dropped (the events carry their id in the data)."""
+    kind = ""
+    data: list[str] = []
+    try:
+        for line in response.iter_lines():
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            if not line:
+                if data:
+                    yield kind or "message", "\n".join(data)
+                kind, data = "", []
+                continue
+            if line.startswith(":"):
+                continue  # a comment: the server's keep-alive
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "event":
+                kind = value
+            elif name == "data":
+                data.append(value)
+    except httpx.TransportError as exc:
+        # The read timeout is the time left at the start: a timeout means the deadline passed.
+        if deadline is not None and (
+            isinstance(exc, httpx.ReadTimeout) or time.monotonic() >= deadline
+        ):
+            return
+        raise ServiceUnavailable(
+            503, "Service Unavailable", f"the event stream broke off: {exc!r}", code="unreachable"
+        ) from exc

@@ -19,6 +19,7 @@ __all__ = [
     "MFARequired",
     "MFASetupRequired",
     "NotFound",
+    "PasswordResetRequired",
     "PermissionDenied",
     "RateLimited",
     "ReauthenticationRequired",
@@ -27,6 +28,7 @@ __all__ = [
     "StepUpRequired",
     "UMSError",
     "ValidationError",
+    "VerificationRequired",
     "error_from_response",
     "parse_retry_after",
 ]
@@ -100,9 +102,9 @@ class SecondStepRequired(AuthenticationError):
     """401 after a right password: the sign-in goes on with a second step.
 
     ``mfa_token`` carries it on (for ``expires_in`` seconds, 300), ``methods`` are those that
-    can take the step (``totp``, ``recovery_code``, ``webauthn``) and ``webauthn`` the
-    WebAuthn request options when a passkey can answer (else ``None``). See
-    :class:`MFARequired` and :class:`MFAEnrollmentRequired`.
+    can take the step (``totp``, ``recovery_code``, ``webauthn``, or ``email_code``) and
+    ``webauthn`` the WebAuthn request options when a passkey can answer (else ``None``). See
+    :class:`MFARequired`, :class:`MFAEnrollmentRequired` and :class:`VerificationRequired`.
     """
 
     def __init__(
@@ -139,8 +141,20 @@ class MFAEnrollmentRequired(SecondStepRequired):
     """
 
 
+class VerificationRequired(SecondStepRequired):
+    """401 ``verification_required``: the sign-in of an account without a second factor
+    looked risky (a new device, country or place), so UMS emailed a six-digit code to the
+    account's address ("Your sign-in code").
+
+    ``methods`` is ``("email_code",)``: finish with
+    ``login_mfa(mfa_token, "email_code", code=...)``. As with a second factor, the token dies
+    after one success or three wrong codes. The session's ``amr`` is then ``["pwd", "otp"]``,
+    without ``mfa``: an emailed code is no second factor.
+    """
+
+
 class PermissionDenied(UMSError):
-    """403: authenticated but not allowed."""
+    """403: authenticated but not allowed (also a sign-in refused for its address)."""
 
 
 class StepUpRequired(PermissionDenied):
@@ -158,6 +172,13 @@ class MFASetupRequired(PermissionDenied):
     """403 ``mfa_enrollment_required``: a lab that requires a second factor refuses a member
     who has none (and an admin without one, under the server's policy); enrol one
     (:meth:`UMSClient.enroll_totp`) first."""
+
+
+class PasswordResetRequired(PermissionDenied):
+    """403 ``password_reset_required`` at sign-in: the account was reported as taken over
+    ("This wasn't me", :meth:`UMSClient.report_not_me`), so its password must be reset
+    (:meth:`UMSClient.forgot_password`, :meth:`UMSClient.reset_password`) before it signs in
+    again."""
 
 
 class NotFound(UMSError):
@@ -203,9 +224,11 @@ _BY_STATUS: dict[int, type[UMSError]] = {
 _BY_CODE: dict[tuple[int, str], type[UMSError]] = {
     (401, "mfa_required"): MFARequired,
     (401, "mfa_enrollment_required"): MFAEnrollmentRequired,
+    (401, "verification_required"): VerificationRequired,
     (403, "step_up_required"): StepUpRequired,
     (403, "reauthentication_required"): ReauthenticationRequired,
     (403, "mfa_enrollment_required"): MFASetupRequired,
+    (403, "password_reset_required"): PasswordResetRequired,
 }
 
 

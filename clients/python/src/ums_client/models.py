@@ -10,7 +10,10 @@ from typing import Any, Generic, TypeVar
 __all__ = [
     "AccessInfo",
     "AuditEvent",
+    "CountryAttempts",
+    "Device",
     "FactorEnrolled",
+    "IPFailures",
     "Lab",
     "LoginAttempt",
     "LoginResult",
@@ -22,8 +25,13 @@ __all__ = [
     "Passkey",
     "PasskeyChallenge",
     "PasskeyRegistration",
+    "RiskSignal",
+    "SecurityCounts",
+    "SecurityEvent",
+    "SecuritySummary",
     "Session",
     "TOTPEnrollment",
+    "TargetedAccount",
     "TokenPair",
     "User",
     "parse_datetime",
@@ -193,6 +201,43 @@ class Session:
             user_agent=data.get("user_agent"),
             created_at=_dt(data["created_at"]),
             last_used_at=parse_datetime(data.get("last_used_at")),
+            current=data.get("current", False),
+        )
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device the caller signed in from (``GET /api/auth/devices``).
+
+    A device becomes known after a sign-in that passed unchallenged or was verified; a sign-in
+    from an unknown one weighs more in its risk. UMS recognises it by the ``X-UMS-Device-Id``
+    the portal forwards (``UMSClient(device_id=...)``), else by the user agent, languages and
+    client hints.
+    """
+
+    id: int
+    #: In a word, from the user agent: ``Firefox``, ``Chrome``... or ``unknown``.
+    browser: str
+    #: ``Linux``, ``Windows``, ``macOS``, ``iOS``... or ``unknown``.
+    os: str
+    first_seen_at: datetime
+    last_seen_at: datetime
+    #: Where it last signed in from ("Paris, France"), when the server's GeoIP knows.
+    last_place: str | None
+    last_ip: str | None
+    #: The device of the call that listed it.
+    current: bool
+
+    @classmethod
+    def from_json(cls, data: Json) -> Device:
+        return cls(
+            id=data["id"],
+            browser=data.get("browser") or "unknown",
+            os=data.get("os") or "unknown",
+            first_seen_at=_dt(data["first_seen_at"]),
+            last_seen_at=_dt(data["last_seen_at"]),
+            last_place=data.get("last_place"),
+            last_ip=data.get("last_ip"),
             current=data.get("current", False),
         )
 
@@ -400,6 +445,22 @@ class AuditEvent:
 
 
 @dataclass(frozen=True)
+class RiskSignal:
+    """One reason a sign-in was weighed as risky, with its weight in the score."""
+
+    #: ``new_ip_failure``, ``new_country``, ``unusual_hour``, ``rapid_requests``,
+    #: ``malicious_ip``, ``impossible_travel`` or ``new_device``.
+    kind: str
+    weight: int
+    #: In words a user can read ("new country: Japan").
+    explanation: str
+
+    @classmethod
+    def from_json(cls, data: Json) -> RiskSignal:
+        return cls(kind=data["kind"], weight=data["weight"], explanation=data["explanation"])
+
+
+@dataclass(frozen=True)
 class LoginAttempt:
     id: int
     username: str
@@ -407,9 +468,16 @@ class LoginAttempt:
     user_agent: str | None
     success: bool
     attempted_at: datetime
+    #: The attempt's risk score, when it was weighed (servers with adaptive sign-in).
+    risk_score: int | None = None
+    #: The signals that made up the score, when it was weighed.
+    risk_signals: tuple[RiskSignal, ...] | None = None
+    #: ISO 3166 code of the country of ``ip``, when the server's GeoIP knows it.
+    country: str | None = None
 
     @classmethod
     def from_json(cls, data: Json) -> LoginAttempt:
+        signals = data.get("risk_signals")
         return cls(
             id=data["id"],
             username=data["username"],
@@ -417,6 +485,135 @@ class LoginAttempt:
             user_agent=data.get("user_agent"),
             success=data["success"],
             attempted_at=_dt(data["attempted_at"]),
+            risk_score=data.get("risk_score"),
+            risk_signals=None
+            if signals is None
+            else tuple(RiskSignal.from_json(s) for s in signals),
+            country=data.get("country"),
+        )
+
+
+@dataclass(frozen=True)
+class SecurityEvent:
+    """An event of the security dashboard (``/api/security/events`` and ``/stream``).
+
+    ``action`` is one of ``auth.login_failed``, ``auth.mfa_challenged``, ``auth.mfa_failed``,
+    ``security.risky_sign_in``, ``security.risky_sign_in_refused``,
+    ``security.account_locked``, ``security.ip_blocked`` and
+    ``security.credential_stuffing_detected``.
+    """
+
+    id: int
+    occurred_at: datetime
+    action: str
+    success: bool
+    user_id: int | None
+    ip: str | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Json) -> SecurityEvent:
+        return cls(
+            id=data["id"],
+            occurred_at=_dt(data["occurred_at"]),
+            action=data["action"],
+            success=data["success"],
+            user_id=data.get("user_id"),
+            ip=data.get("ip"),
+            details=dict(data.get("details") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class SecurityCounts:
+    """The numbers of a :class:`SecuritySummary`'s window."""
+
+    sign_ins: int
+    failed_sign_ins: int
+    risky_sign_ins: int
+    #: Sign-ins refused for their risk or address.
+    refused: int
+    #: Second steps asked for (a second factor or an emailed code).
+    challenges: int
+    lockouts: int
+    ip_blocks: int
+    stuffing_alerts: int
+
+    @classmethod
+    def from_json(cls, data: Json) -> SecurityCounts:
+        return cls(
+            sign_ins=data.get("sign_ins", 0),
+            failed_sign_ins=data.get("failed_sign_ins", 0),
+            risky_sign_ins=data.get("risky_sign_ins", 0),
+            refused=data.get("refused", 0),
+            challenges=data.get("challenges", 0),
+            lockouts=data.get("lockouts", 0),
+            ip_blocks=data.get("ip_blocks", 0),
+            stuffing_alerts=data.get("stuffing_alerts", 0),
+        )
+
+
+@dataclass(frozen=True)
+class IPFailures:
+    """An address among a summary's ``top_ips``: its failed sign-ins in the window."""
+
+    ip: str
+    failures: int
+
+    @classmethod
+    def from_json(cls, data: Json) -> IPFailures:
+        return cls(ip=data["ip"], failures=data["failures"])
+
+
+@dataclass(frozen=True)
+class CountryAttempts:
+    """A country (ISO 3166 code) among a summary's ``countries``: its sign-in attempts."""
+
+    country: str
+    attempts: int
+
+    @classmethod
+    def from_json(cls, data: Json) -> CountryAttempts:
+        return cls(country=data["country"], attempts=data["attempts"])
+
+
+@dataclass(frozen=True)
+class TargetedAccount:
+    """An account among a summary's ``targeted_accounts``: its failed sign-ins."""
+
+    username: str
+    failures: int
+
+    @classmethod
+    def from_json(cls, data: Json) -> TargetedAccount:
+        return cls(username=data["username"], failures=data["failures"])
+
+
+@dataclass(frozen=True)
+class SecuritySummary:
+    """``GET /api/security/summary``: the security dashboard's numbers over a window."""
+
+    window_seconds: int
+    #: The window's start (``from`` in the JSON) and end.
+    from_: datetime
+    to: datetime
+    counts: SecurityCounts
+    top_ips: tuple[IPFailures, ...]
+    countries: tuple[CountryAttempts, ...]
+    targeted_accounts: tuple[TargetedAccount, ...]
+
+    @classmethod
+    def from_json(cls, data: Json) -> SecuritySummary:
+        return cls(
+            window_seconds=data["window_seconds"],
+            from_=_dt(data["from"]),
+            to=_dt(data["to"]),
+            counts=SecurityCounts.from_json(data.get("counts") or {}),
+            top_ips=tuple(IPFailures.from_json(i) for i in data.get("top_ips") or ()),
+            countries=tuple(CountryAttempts.from_json(c) for c in data.get("countries") or ()),
+            targeted_accounts=tuple(
+                TargetedAccount.from_json(a) for a in data.get("targeted_accounts") or ()
+            ),
         )
 
 

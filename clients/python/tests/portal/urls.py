@@ -8,6 +8,7 @@ urlpatterns = [
     path("mfa-only/", views.mfa_page),
     path("logout/", views.logout_view),
     path("whoami/", views.whoami),
+    path("devices/", views.my_devices),
     path("labs/", views.my_labs),
     path("labs/<int:lab_id>/", views.lab_page),
     path("labs/<int:lab_id>/manage/", views.lab_manage),

@@ -13,7 +13,9 @@ from ums_client import (
     AuthenticationError,
     MFAEnrollmentRequired,
     MFARequired,
+    PasswordResetRequired,
     ValidationError,
+    VerificationRequired,
 )
 from ums_client.django import (
     PendingMFA,
@@ -42,8 +44,10 @@ def login_view(request: HttpRequest) -> HttpResponse:
         error = getattr(request, "ums_error", None)
         if isinstance(error, AccountLocked):
             return HttpResponse(f"locked; retry in {error.retry_after:.0f} s", status=423)
+        if isinstance(error, PasswordResetRequired):
+            return HttpResponse("reset your password to sign in again", status=403)
         pending = pending_mfa(request)
-        if isinstance(error, MFARequired) and pending is not None:
+        if isinstance(error, (MFARequired, VerificationRequired)) and pending is not None:
             return second_factor_form(pending)
         if isinstance(error, MFAEnrollmentRequired) and pending is not None:
             enrollment = start_totp_enrollment(request)
@@ -58,6 +62,12 @@ def login_view(request: HttpRequest) -> HttpResponse:
 
 
 def second_factor_form(pending: PendingMFA, status: int = 200, note: str = "") -> HttpResponse:
+    if pending.verifying:  # a risky sign-in: the code UMS emailed, no second factor
+        return HttpResponse(
+            f"{escape(note)}<form method=post>we emailed you a code: "
+            "<input type=hidden name=mfa_method value=email_code><input name=mfa_code></form>",
+            status=status,
+        )
     choices = "".join(f"<option value={m}>{m}</option>" for m in pending.methods if m != "webauthn")
     return HttpResponse(
         f"{escape(note)}<form method=post>second factor: <select name=mfa_method>{choices}"
@@ -98,6 +108,14 @@ def step_up_view(request: HttpRequest) -> HttpResponse:
         # A refused answer: handled here, since ums_login_required logs out on a 401.
         return HttpResponse("not accepted", status=401)
     return redirect(next_url(request))
+
+
+@ums_login_required
+def my_devices(request: HttpRequest) -> HttpResponse:
+    devices = get_client(request).list_devices()
+    return JsonResponse(
+        {"devices": [{"browser": d.browser, "os": d.os, "current": d.current} for d in devices]}
+    )
 
 
 @ums_mfa_required

@@ -12,6 +12,8 @@ Settings::
     UMS_ADOPT_UNLINKED_USERS = False           # upgrade aid, see backends.sync_user
     UMS_STEP_UP_URL = "/step-up/"              # where require_amr sends a session lacking a
                                                # factor (with ?next=), optional; else 403
+    UMS_DEVICE_COOKIE = "ums_device"           # the browser's device id cookie, optional
+    UMS_DEVICE_COOKIE_AGE = 400 * 24 * 3600    # its lifetime from the latest sign-in, optional
     AUTHENTICATION_BACKENDS = ["ums_client.django.backends.UMSBackend"]
     MIDDLEWARE = [
         ...,
@@ -19,6 +21,7 @@ Settings::
         ...,
         "django.contrib.auth.middleware.AuthenticationMiddleware",
         "ums_client.django.middleware.UMSTokenMiddleware",
+        "ums_client.django.middleware.UMSDeviceMiddleware",  # X-UMS-Device-Id, see devices
         ...,
     ]
 
@@ -36,6 +39,7 @@ from .decorators import (
     ums_login_required,
     ums_mfa_required,
 )
+from .devices import device_id
 from .mfa import PendingMFA, forget_pending_mfa, pending_mfa, start_totp_enrollment
 from .store import SessionTokenStore, get_client, get_verifier
 
@@ -43,6 +47,7 @@ __all__ = [
     "ROLE_RANK",
     "PendingMFA",
     "SessionTokenStore",
+    "device_id",
     "forget_pending_mfa",
     "get_client",
     "get_verifier",

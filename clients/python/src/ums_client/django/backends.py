@@ -20,6 +20,7 @@ from ..errors import (
     AccountLocked,
     AuthenticationError,
     MFARequired,
+    PermissionDenied,
     RateLimited,
     SecondStepRequired,
     ValidationError,
@@ -172,15 +173,21 @@ class UMSBackend(BaseBackend):
     """``AUTHENTICATION_BACKENDS = ["ums_client.django.backends.UMSBackend"]``.
 
     ``authenticate(request, username=..., password=..., totp_code=None)`` logs in to UMS
-    (username or email). On success the local user is created or updated, and when
-    ``django.contrib.auth.login`` follows, the UMS tokens are put in the session. A locked
-    account or a blocked IP stops authentication and is left on ``request.ums_error``.
+    (username or email), for the browser of ``request`` (its device id and headers, see
+    :mod:`ums_client.django.devices`). On success the local user is created or updated, and
+    when ``django.contrib.auth.login`` follows, the UMS tokens are put in the session. A
+    locked account, a blocked IP, a sign-in refused for its risk or address
+    (:class:`~ums_client.PermissionDenied`), or an account that must reset its password
+    (:class:`~ums_client.PasswordResetRequired`) stops authentication and is left on
+    ``request.ums_error``.
 
     A right password for an account with a second factor stops authentication too: the
     :class:`~ums_client.MFARequired` error is left on ``request.ums_error`` and the sign-in's
     ``mfa_token`` kept in the session (see :mod:`ums_client.django.mfa`; the password is not
-    kept). ``authenticate(request, mfa_method=..., mfa_code=... or mfa_assertion=...)`` then
-    answers it (``POST /api/auth/login/mfa``) and returns the user as a one-step login does;
+    kept), and so does a risky sign-in that UMS confirms with an emailed code
+    (:class:`~ums_client.VerificationRequired`, answered with ``mfa_method="email_code"``).
+    ``authenticate(request, mfa_method=..., mfa_code=... or mfa_assertion=...)`` then answers
+    it (``POST /api/auth/login/mfa``) and returns the user as a one-step login does;
     ``None`` if the answer is refused (the error is on ``request.ums_error``, and after three
     refusals the pending step is dropped) or nothing is pending.
     """
@@ -202,7 +209,7 @@ class UMSBackend(BaseBackend):
             return self._second_step(request, mfa_method, mfa_code, mfa_assertion)
         if not username or password is None:
             return None
-        with make_client() as client:
+        with make_client(request=request, signing_in=True) as client:
             try:
                 result = client.login(username, password, totp_code)
             except SecondStepRequired as exc:
@@ -214,7 +221,7 @@ class UMSBackend(BaseBackend):
                 raise DjangoPermissionDenied(str(exc)) from exc
             except (AuthenticationError, ValidationError):
                 return None
-            except (AccountLocked, RateLimited) as exc:
+            except (AccountLocked, RateLimited, PermissionDenied) as exc:
                 if request is not None:
                     request.ums_error = exc  # type: ignore[attr-defined]
                 raise DjangoPermissionDenied(str(exc)) from exc
@@ -230,7 +237,7 @@ class UMSBackend(BaseBackend):
         pending = pending_mfa(request)
         if pending is None:
             return None  # nothing pending, or it expired: sign in again
-        with make_client() as client:
+        with make_client(request=request, signing_in=True) as client:
             try:
                 result = client.login_mfa(pending.mfa_token, method, code, assertion)
             except MFARequired as exc:

@@ -6,6 +6,10 @@ sign-in's ``mfa_token`` in the session (never the password) and leave the
 second form, and posting it calls ``authenticate(request, mfa_method=..., mfa_code=...)``,
 which answers the pending challenge with ``POST /api/auth/login/mfa`` and returns the user
 to pass to ``django.contrib.auth.login`` as after a one-step login.
+
+A risky sign-in of an account without a second factor goes the same way, with
+:class:`~ums_client.VerificationRequired`: UMS emailed the user a six-digit code, and the
+second form asks for it (``mfa_method="email_code"``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 
 from django.http import HttpRequest
 
-from ..errors import MFAEnrollmentRequired, SecondStepRequired
+from ..errors import MFAEnrollmentRequired, SecondStepRequired, VerificationRequired
 from ..models import TOTPEnrollment
 from .store import make_client
 
@@ -41,9 +45,11 @@ class PendingMFA:
     """A sign-in waiting for its second step (or for its first enrolment)."""
 
     mfa_token: str
-    #: ``mfa_required``, or ``mfa_enrollment_required`` for an account that must enrol first.
+    #: ``mfa_required``; ``mfa_enrollment_required`` for an account that must enrol first;
+    #: ``verification_required`` for a risky sign-in confirmed by a code sent by email.
     kind: str
-    #: Methods that can take the step: ``totp``, ``recovery_code``, ``webauthn``.
+    #: Methods that can take the step: ``totp``, ``recovery_code``, ``webauthn``; or
+    #: ``email_code`` alone when ``verifying``.
     methods: tuple[str, ...]
     #: WebAuthn request options for the browser, when a passkey can answer.
     webauthn: dict[str, Any] | None
@@ -58,6 +64,12 @@ class PendingMFA:
         return self.kind == "mfa_enrollment_required"
 
     @property
+    def verifying(self) -> bool:
+        """The sign-in looked risky: answer with the code UMS emailed to the user
+        (``mfa_method="email_code"``); no second factor is asked for."""
+        return self.kind == "verification_required"
+
+    @property
     def answers_left(self) -> int:
         return max(0, MAX_ANSWERS - self.wrong_answers)
 
@@ -66,11 +78,15 @@ def remember_pending_mfa(
     request: HttpRequest, error: SecondStepRequired, wrong_answers: int = 0
 ) -> PendingMFA:
     """Keep the challenge of ``error`` in the session (replacing any earlier one)."""
+    if isinstance(error, MFAEnrollmentRequired):
+        kind = "mfa_enrollment_required"
+    elif isinstance(error, VerificationRequired):
+        kind = "verification_required"
+    else:
+        kind = "mfa_required"
     pending = PendingMFA(
         mfa_token=error.mfa_token,
-        kind="mfa_enrollment_required"
-        if isinstance(error, MFAEnrollmentRequired)
-        else "mfa_required",
+        kind=kind,
         methods=tuple(error.methods),
         webauthn=error.webauthn,
         expires_at=time.time() + float(error.expires_in or 300),
@@ -137,5 +153,5 @@ def start_totp_enrollment(request: HttpRequest) -> TOTPEnrollment:
     pending = pending_mfa(request)
     if pending is None or not pending.enrolling:
         raise ValueError("no sign-in of this session is waiting for an enrolment")
-    with make_client() as client:
+    with make_client(request=request) as client:
         return client.enroll_totp(mfa_token=pending.mfa_token)

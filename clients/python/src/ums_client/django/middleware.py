@@ -15,10 +15,11 @@ from django.http import HttpRequest, HttpResponse
 
 from ..errors import AuthenticationError, ServiceUnavailable
 from ..models import TokenPair
+from . import devices
 from .backends import UMSBackend, sync_user
 from .store import SESSION_KEY, SessionTokenStore, get_client, seconds_left
 
-__all__ = ["UMSTokenMiddleware"]
+__all__ = ["UMSDeviceMiddleware", "UMSTokenMiddleware"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,26 @@ def _stored_tokens(request: HttpRequest) -> TokenPair | None:
     engine = import_module(settings.SESSION_ENGINE)
     data = engine.SessionStore(request.session.session_key).load().get(SESSION_KEY)
     return TokenPair(**data) if data else None
+
+
+class UMSDeviceMiddleware:
+    """Keeps a stable random id per browser in a long-lived cookie, which the UMS calls made
+    for the browser send as ``X-UMS-Device-Id`` (see :mod:`ums_client.django.devices`).
+
+    Place it anywhere before the views that sign in. The cookie (``settings.UMS_DEVICE_COOKIE``,
+    default ``ums_device``; HttpOnly, SameSite=Lax, Secure when ``SESSION_COOKIE_SECURE``)
+    lives ``settings.UMS_DEVICE_COOKIE_AGE`` seconds (400 days) from the latest sign-in. It is
+    set only on responses to requests that called UMS, the first sign-in above all.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        devices.assign(request)
+        response = self.get_response(request)
+        devices.set_cookie_if_due(request, response)
+        return response
 
 
 class UMSTokenMiddleware:

@@ -12,9 +12,10 @@ from django.contrib.sessions.backends.base import SessionBase
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 
-from ..client import UMSClient
+from ..client import DEVICE_ID_HEADER, UMSClient
 from ..models import TokenPair
 from ..verifier import TokenVerifier
+from .devices import browser_headers
 
 __all__ = [
     "SESSION_KEY",
@@ -56,23 +57,39 @@ class SessionTokenStore:
         self.session.pop(SESSION_KEY, None)
 
 
-def make_client(token_store: Any = None) -> UMSClient:
-    """A client for ``settings.UMS_BASE_URL`` with ``settings.UMS_TIMEOUT`` (default 10 s)."""
+def make_client(
+    token_store: Any = None, request: HttpRequest | None = None, signing_in: bool = False
+) -> UMSClient:
+    """A client for ``settings.UMS_BASE_URL`` with ``settings.UMS_TIMEOUT`` (default 10 s).
+
+    With ``request``, the client acts for its browser: it sends the browser's device id and
+    headers (:func:`ums_client.django.devices.browser_headers`; ``signing_in`` renews the
+    device cookie).
+    """
     base_url = getattr(settings, "UMS_BASE_URL", None)
     if not base_url:
         raise ImproperlyConfigured("set UMS_BASE_URL to the address of the UMS service")
-    return UMSClient(base_url, float(getattr(settings, "UMS_TIMEOUT", 10.0)), token_store)
+    headers = browser_headers(request, signing_in) if request is not None else {}
+    device = headers.pop(DEVICE_ID_HEADER, None)
+    return UMSClient(
+        base_url,
+        float(getattr(settings, "UMS_TIMEOUT", 10.0)),
+        token_store,
+        headers=headers,
+        device_id=device,
+    )
 
 
 def get_client(request: HttpRequest) -> UMSClient:
-    """The UMS client of this request, acting with the tokens of its Django session.
+    """The UMS client of this request, acting with the tokens of its Django session, for its
+    browser (its device id and headers, see :mod:`ums_client.django.devices`).
 
     Created once per request; :class:`~ums_client.django.middleware.UMSTokenMiddleware`
     closes it when the response is done.
     """
     client: UMSClient | None = getattr(request, "_ums_client", None)
     if client is None:
-        client = make_client(SessionTokenStore(request.session))
+        client = make_client(SessionTokenStore(request.session), request)
         request._ums_client = client  # type: ignore[attr-defined]
     return client
 
