@@ -265,6 +265,7 @@ def report(work, readme):
         "me-limits-redis": "GET /me, rate limits in Redis",
         "login-unaudited": "login, build without audit writes",
         "login-audited": "login, normal build",
+        "login-unweighed": "login, build that does not weigh sign-ins",
         "legit-alone": "GET /me, 1 user, quiet server",
         "storm": "failed-login storm",
         "legit-storm": "GET /me, 1 user, during the storm",
@@ -367,6 +368,17 @@ def report(work, readme):
             f"{unaudited['rps']:,.1f}/s without = **{audited['rps'] / unaudited['rps']:.3f}×**; "
             f"server + database CPU per login {cpu_ms(audited):.1f} ms against "
             f"{cpu_ms(unaudited):.1f} ms.")
+    unweighed = results.get("login-unweighed")
+    if unweighed and audited:
+        def cpu_ms_of(entry):
+            return 1000 * (entry["server_cores"] + entry.get("db_cores", 0)) / entry["rps"]
+        ratio_lines.append(
+            f"- The risk evaluation of a login (medians of interleaved rounds): median latency "
+            f"{audited['p50_ms']:.1f} ms weighed against {unweighed['p50_ms']:.1f} ms unweighed "
+            f"(**{audited['p50_ms'] - unweighed['p50_ms']:+.2f} ms**); "
+            f"{audited['rps']:,.1f} logins/s against {unweighed['rps']:,.1f}/s = "
+            f"**{audited['rps'] / unweighed['rps']:.3f}×**; server + database CPU per login "
+            f"{cpu_ms_of(audited):.2f} ms against {cpu_ms_of(unweighed):.2f} ms.")
     if spread_line:
         ratio_lines.append(spread_line)
 

@@ -90,6 +90,11 @@ impl Application {
             SocketAddr,
         >(app);
         tracing::info!(address = %listener.local_addr()?, "ums listening");
+        if cfg!(feature = "bench-unweighed") {
+            tracing::warn!(
+                "built with bench-unweighed: sign-ins are NOT weighed for risk (benchmark only)"
+            );
+        }
         if cfg!(feature = "bench-unaudited") {
             tracing::warn!(
                 "built with bench-unaudited: NO audit events are written (benchmark only)"

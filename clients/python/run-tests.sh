@@ -22,9 +22,9 @@ trap 'rm -rf "$venv"' EXIT
 echo "== virtualenv ($("$python" --version)) in $venv"
 "$python" -m venv "$venv"
 cd "$repo"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "./clients/python[django]" pytest openapi-spec-validator pyotp
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "./clients/python[django]" pytest openapi-spec-validator pyotp mmdb-writer
 "$venv/bin/python" -m pip list --disable-pip-version-check 2>/dev/null \
-  | grep -Ei '^(ums-client|django|httpx|pyjwt|cryptography|pytest|pyotp) '
+  | grep -Ei '^(ums-client|django|httpx|pyjwt|cryptography|pytest|pyotp|mmdb[-_]writer) '
 
 echo "== pytest against $UMS_BIN"
 cd "$here"

@@ -448,8 +448,10 @@ def ums_short() -> UMSServer:
 def risky() -> UMSServer:
     """A server, with its own database, on which a new device alone makes a sign-in risky
     enough for an emailed code (weight 60, over 50); an account's first sign-in has no
-    history and passes."""
-    return POOL.named_server("risky", UMS_RISK_WEIGHT_NEW_DEVICE="60")
+    history and passes. Its mail goes out every 100 ms (codes are waited for)."""
+    return POOL.named_server(
+        "risky", UMS_RISK_WEIGHT_NEW_DEVICE="60", UMS_MAIL_POLL_INTERVAL="100ms"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -465,6 +467,7 @@ def geo() -> UMSServer:
         UMS_GEOIP_DB=str(data_dir / "city.mmdb"),
         UMS_IP_DENYLIST=str(data_dir / "drop.txt"),
         UMS_TRUSTED_PROXIES="127.0.0.1",
+        UMS_MAIL_POLL_INTERVAL="100ms",
     )
 
 

@@ -669,3 +669,22 @@ def test_without_the_device_cookie_the_browsers_headers_tell_devices_apart(
         french = Client(HTTP_USER_AGENT=FIREFOX, HTTP_ACCEPT_LANGUAGE="fr-FR")
         response = french.post("/login/", form)
         assert response.status_code == 200 and b"value=email_code" in response.content
+
+
+def test_after_this_wasnt_me_the_portal_asks_for_a_password_reset(portal, new_account):
+    account = new_account()  # signed in elsewhere: the browser below is a new device
+    form = {"username": account.username, "password": PASSWORD}
+    browser = Client(HTTP_USER_AGENT=FIREFOX)
+    assert browser.post("/login/", form).status_code == 302
+    mail = portal.wait_for_mail(account.user.email, "New sign-in to your account")
+    token = re.search(r"/not-me\?token=([A-Za-z0-9_-]+)", mail["body"]).group(1)
+
+    with UMSClient(portal.url) as anyone:
+        assert anyone.report_not_me(token) == 2
+    assert browser.get("/labs/").status_code == 302  # its UMS session is over: logged out
+    response = browser.post("/login/", form)
+    assert (response.status_code, response.content) == (
+        403,
+        b"reset your password to sign in again",
+    )
+    assert session_tokens(browser) is None and PENDING_KEY not in browser.session

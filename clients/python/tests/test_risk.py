@@ -204,6 +204,28 @@ def test_impossible_travel_asks_for_the_emailed_code(geo, make_client, admin_of)
     assert in_tokyo.risk_score == sum(s.weight for s in in_tokyo.risk_signals) == 90
 
 
+def test_a_sign_in_too_risky_is_refused_as_a_wrong_password_is(geo, make_client, admin_of):
+    _, username, email = registered(
+        geo, make_client, device_id=new_device(), headers=from_address(PARIS)
+    )
+    # Another device, in Tokyo minutes later: 10 + 30 + 60, past the refusal threshold (90).
+    stranger = make_client(geo, device_id=new_device(), headers=from_address(TOKYO))
+    with pytest.raises(AuthenticationError) as refused:
+        stranger.login(username, PASSWORD)
+    assert not isinstance(refused.value, SecondStepRequired)
+    assert (refused.value.status, refused.value.code) == (401, "unauthorized")
+    with pytest.raises(AuthenticationError) as wrong:
+        stranger.login(username, "not the password")
+    assert wrong.value.detail == refused.value.detail  # nothing tells the two apart
+    assert stranger.tokens is None
+    mail = geo.wait_for_mail(email, "A risky sign-in to your account was blocked")
+    assert "Tokyo, Japan" in mail["body"]
+
+    admin = admin_of(geo)
+    [event] = admin.security_events(action="security.risky_sign_in_refused", ip=TOKYO).items
+    assert event.success is False and event.details["risk"]["score"] == 100
+
+
 def test_a_denylisted_address_is_refused_before_the_password(geo, make_client):
     _, username, _ = registered(geo, make_client, headers=from_address(PARIS))
     listed = make_client(geo, headers=from_address(LISTED))

@@ -280,8 +280,9 @@ class UMSClient:
         (an admin, under the server's policy) raises :class:`MFAEnrollmentRequired`. A risky
         sign-in of an account without a factor raises :class:`VerificationRequired`: a code
         was emailed to the user, answered with ``login_mfa(mfa_token, "email_code", code)``.
-        One that scores too high, or comes from a denylisted address, raises
-        :class:`PermissionDenied`; an account reported as taken over
+        One that scores too high is refused as a wrong password is (:class:`AuthenticationError`:
+        the answer tells nothing of the password; UMS tells the user); one from a denylisted
+        address raises :class:`PermissionDenied`; an account reported as taken over
         (:meth:`report_not_me`) :class:`PasswordResetRequired` until its password is reset.
         """
         body = _body(username=username, password=password, totp_code=totp_code)

@@ -154,7 +154,7 @@ class VerificationRequired(SecondStepRequired):
 
 
 class PermissionDenied(UMSError):
-    """403: authenticated but not allowed (also a sign-in refused for its address)."""
+    """403: authenticated but not allowed (also a sign-in from a denylisted address)."""
 
 
 class StepUpRequired(PermissionDenied):

@@ -176,7 +176,7 @@ class UMSBackend(BaseBackend):
     (username or email), for the browser of ``request`` (its device id and headers, see
     :mod:`ums_client.django.devices`). On success the local user is created or updated, and
     when ``django.contrib.auth.login`` follows, the UMS tokens are put in the session. A
-    locked account, a blocked IP, a sign-in refused for its risk or address
+    locked account, a blocked IP, a sign-in from a denylisted address
     (:class:`~ums_client.PermissionDenied`), or an account that must reset its password
     (:class:`~ums_client.PasswordResetRequired`) stops authentication and is left on
     ``request.ums_error``.
