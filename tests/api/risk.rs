@@ -585,3 +585,48 @@ async fn the_security_dashboard_lists_sums_and_streams_events() {
     assert!(received.contains("event: security"), "{received}");
     assert!(received.contains("\"username\":\"erin\""), "{received}");
 }
+
+#[tokio::test]
+async fn habits_are_learned_and_rapid_attempts_noticed_each_signal_alone() {
+    let RiskApp {
+        app,
+        directory: _directory,
+    } = spawn_with_geoip().await;
+    app.register("hana", "hana@lab.org").await;
+    // Ten sign-ins around noon UTC, a day apart, from one place and browser: her habits.
+    let day = Duration::from_secs(86_400);
+    let now = app.clock.now();
+    let noon = now - now.rem_euclid(86_400_000) + 12 * 3_600_000;
+    app.clock
+        .advance(Duration::from_millis((noon + 86_400_000 - now) as u64));
+    for _ in 0..10 {
+        assert_eq!(
+            login_from(&app, "hana", PARIS, FIREFOX).await.status(),
+            StatusCode::OK
+        );
+        app.clock.advance(day);
+    }
+    assert_eq!(last_attempt(&app, "hana").await.0, 0);
+    // At 18:00 UTC, six hours from any usual hour: that signal alone (15), no action.
+    app.clock.advance(Duration::from_secs(6 * 3600));
+    assert_eq!(
+        login_from(&app, "hana", PARIS, FIREFOX).await.status(),
+        StatusCode::OK
+    );
+    let (score, kinds, _) = last_attempt(&app, "hana").await;
+    assert_eq!((score, kinds), (15, vec!["unusual_hour".to_string()]));
+    // Back at noon: five attempts within a minute make the fifth rapid (25) alone.
+    app.clock.advance(Duration::from_secs(18 * 3600));
+    for attempt in 1..=5 {
+        assert_eq!(
+            login_from(&app, "hana", PARIS, FIREFOX).await.status(),
+            StatusCode::OK
+        );
+        let (score, kinds, _) = last_attempt(&app, "hana").await;
+        if attempt < 5 {
+            assert_eq!(score, 0, "attempt {attempt}");
+        } else {
+            assert_eq!((score, kinds), (25, vec!["rapid_requests".to_string()]));
+        }
+    }
+}

@@ -688,3 +688,29 @@ def test_after_this_wasnt_me_the_portal_asks_for_a_password_reset(portal, new_ac
         b"reset your password to sign in again",
     )
     assert session_tokens(browser) is None and PENDING_KEY not in browser.session
+
+
+@pytest.fixture
+def geo_portal(geo, django_db) -> Iterator[UMSServer]:
+    """The portal on the server that knows places and trusts 127.0.0.1's X-Forwarded-For."""
+    with override_settings(UMS_BASE_URL=geo.url):
+        yield geo
+
+
+def test_the_portal_forwards_the_browsers_address_so_ums_can_place_it(geo_portal, new_account):
+    account = new_account(server=geo_portal, login=False)
+    form = {"username": account.username, "password": PASSWORD}
+    # The portal (on 127.0.0.1, a proxy UMS trusts) passes on the browser's own address.
+    tokyo = Client(HTTP_USER_AGENT=FIREFOX, REMOTE_ADDR="126.4.5.6")
+    assert tokyo.post("/login/", form).status_code == 302
+    devices = tokyo.get("/devices/").json()["devices"]
+    assert devices[0]["last_ip"] == "126.4.5.6"
+    assert devices[0]["last_place"] == "Tokyo, Japan"
+    # A denylisted browser address is refused by UMS before the password is looked at, and
+    # the portal refuses the sign-in.
+    listed = Client(HTTP_USER_AGENT=FIREFOX, REMOTE_ADDR="203.0.113.77")
+    assert listed.post("/login/", form).status_code == 401
+    assert session_tokens(listed) is None
+    with override_settings(UMS_FORWARD_CLIENT_IP=False):
+        # Switched off, UMS sees only the portal: no place for it in the test database.
+        assert listed.post("/login/", form).status_code == 302

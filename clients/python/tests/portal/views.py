@@ -114,7 +114,18 @@ def step_up_view(request: HttpRequest) -> HttpResponse:
 def my_devices(request: HttpRequest) -> HttpResponse:
     devices = get_client(request).list_devices()
     return JsonResponse(
-        {"devices": [{"browser": d.browser, "os": d.os, "current": d.current} for d in devices]}
+        {
+            "devices": [
+                {
+                    "browser": d.browser,
+                    "os": d.os,
+                    "current": d.current,
+                    "last_ip": d.last_ip,
+                    "last_place": d.last_place,
+                }
+                for d in devices
+            ]
+        }
     )
 
 

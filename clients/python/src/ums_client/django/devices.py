@@ -13,11 +13,17 @@ the portal's HTTP client on every sign-in. So the UMS calls made for a browser
   ``Sec-CH-UA-Mobile``, ``Sec-CH-UA-Platform``), as it sent them: UMS names the device by
   them ("Firefox on Linux") and, without an id, tells devices apart by them.
 
-The client's IP address is not forwarded: UMS sees the portal's.
+- the browser's IP address, as ``X-Forwarded-For``: from ``request.META["REMOTE_ADDR"]``, or
+  from the ``request.META`` key that ``settings.UMS_CLIENT_IP_META`` names when the portal
+  itself sits behind a proxy that sets one (say ``"HTTP_X_REAL_IP"``). UMS believes it only
+  from the portal's address listed in ``UMS_TRUSTED_PROXIES``; without that, UMS weighs the
+  portal's address, and its GeoIP and denylist signals cannot judge portal sign-ins.
+  ``settings.UMS_FORWARD_CLIENT_IP = False`` turns this off.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 
@@ -30,6 +36,7 @@ __all__ = [
     "DEFAULT_COOKIE",
     "DEFAULT_COOKIE_AGE",
     "browser_headers",
+    "client_ip",
     "cookie_name",
     "device_id",
     "is_device_id",
@@ -95,7 +102,22 @@ def browser_headers(request: HttpRequest, signing_in: bool = False) -> dict[str,
     identifier = device_id(request, signing_in)
     if identifier is not None:
         headers[DEVICE_ID_HEADER] = identifier
+    address = client_ip(request)
+    if address is not None:
+        headers["X-Forwarded-For"] = address
     return headers
+
+
+def client_ip(request: HttpRequest) -> str | None:
+    """The browser's IP address as the portal sees it (see the module), if it is one."""
+    if not getattr(settings, "UMS_FORWARD_CLIENT_IP", True):
+        return None
+    key = str(getattr(settings, "UMS_CLIENT_IP_META", None) or "REMOTE_ADDR")
+    value = str(request.META.get(key) or "").split(",")[0].strip()
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
 
 
 def _forwardable(value: str) -> bool:
