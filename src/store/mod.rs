@@ -203,7 +203,11 @@ impl Pool {
     async fn begin(&self) -> Result<Transaction, sqlx::Error> {
         Ok(match self {
             Pool::Postgres(pool) => Tx::Postgres(pool.begin().await?),
-            Pool::Sqlite(pool) => Tx::Sqlite(pool.begin().await?),
+            // IMMEDIATE takes SQLite's write lock at the start, where the busy timeout waits
+            // for another process's writer; a deferred transaction that read first and wrote
+            // after another process's commit fails at once (SQLITE_BUSY_SNAPSHOT), which the
+            // timeout does not cover (a second instance, or a command, on the same file).
+            Pool::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
         })
     }
 
