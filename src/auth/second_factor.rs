@@ -87,7 +87,9 @@ pub async fn after_password(
             }
         };
     }
-    let must_enrol = step.user.is_admin() && state.config.second_factors.require_for_admins;
+    let must_enrol = step
+        .user
+        .must_have_second_factor(&state.config.second_factors);
     let (purpose, kind, methods) = if step.factors.any() {
         // A second factor answers every risk short of a refusal.
         (

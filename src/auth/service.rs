@@ -228,7 +228,7 @@ pub async fn login(
         let mut connection = state.store.read().await?;
         crate::mfa::factors_of(&mut connection, user.id).await?
     };
-    let must_enrol = user.is_admin() && state.config.second_factors.require_for_admins;
+    let must_enrol = user.must_have_second_factor(&state.config.second_factors);
     if factors.any()
         || must_enrol
         || crate::auth::adaptive::wants_verification(risk.assessment.action)

@@ -142,7 +142,11 @@ impl AuthUser {
     /// as one only in a session that proved it: not a user promoted in a password-only
     /// session, nor a session older than the policy.
     pub fn check_admin_policy(&self, state: &AppState) -> Result<(), AppError> {
-        if state.config.second_factors.require_for_admins && !self.proved_second_factor() {
+        if self
+            .user
+            .must_have_second_factor(&state.config.second_factors)
+            && !self.proved_second_factor()
+        {
             return Err(if self.user.mfa_enabled {
                 AppError::StepUpRequired
             } else {

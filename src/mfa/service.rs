@@ -374,7 +374,7 @@ pub struct DisableTotpRequest {
 
 /// Refuses to take the last factor of an admin while admins must have one.
 fn keep_admins_factor(state: &AppState, user: &User, after: &Factors) -> Result<(), AppError> {
-    if user.is_admin() && state.config.second_factors.require_for_admins && !after.any() {
+    if user.must_have_second_factor(&state.config.second_factors) && !after.any() {
         return Err(AppError::conflict(
             "factor",
             "administrators must keep a second factor (UMS_REQUIRE_MFA_FOR_ADMINS); add another first",

@@ -133,6 +133,12 @@ pub struct User {
 }
 
 impl User {
+    /// Whether the account must have a second factor: a system admin while
+    /// `UMS_REQUIRE_MFA_FOR_ADMINS` holds (the one statement of that policy).
+    pub fn must_have_second_factor(&self, policy: &crate::config::SecondFactors) -> bool {
+        self.is_admin && policy.require_for_admins
+    }
+
     pub fn is_active(&self) -> bool {
         self.is_active
     }
