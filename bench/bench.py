@@ -11,6 +11,7 @@ import csv
 import http.client
 import json
 import os
+import statistics
 import sys
 import threading
 import urllib.parse
@@ -379,6 +380,14 @@ def report(work, readme):
             f"{audited['rps']:,.1f} logins/s against {unweighed['rps']:,.1f}/s = "
             f"**{audited['rps'] / unweighed['rps']:.3f}×**; server + database CPU per login "
             f"{cpu_ms_of(audited):.2f} ms against {cpu_ms_of(unweighed):.2f} ms.")
+    inside = meta.get("risk_p50_seconds") or []
+    if inside and audited:
+        inside_ms = 1000 * statistics.median(inside)
+        ratio_lines.append(
+            f"- The risk evaluation timed inside the server (`ums_sign_in_risk_seconds`, the "
+            f"median of each round's median): **{inside_ms:.3f} ms** a login, "
+            f"{100 * inside_ms / audited['p50_ms']:.2f}% of the login's median latency "
+            f"({audited['p50_ms']:.1f} ms).")
     if spread_line:
         ratio_lines.append(spread_line)
 

@@ -5,13 +5,14 @@
 use serde_json::json;
 
 use crate::audit::{self, Action as AuditAction, Event, Origin};
-use crate::clock::Millis;
+use crate::clock::{Millis, Timestamp};
 use crate::error::AppError;
 use crate::mail::EmailKind;
-use crate::security::risk::{self, Action, Evidence, SignInRisk};
+use crate::security::risk::{self, Action, Evidence, Place, SignInRisk};
 use crate::state::AppState;
-use crate::store::Connection;
+use crate::store::{Connection, Inet};
 use crate::users::User;
+use sqlx::types::Json;
 
 /// The denylist naming the caller's address, if one does.
 pub fn denylisted(state: &AppState, origin: &Origin) -> Option<String> {
@@ -27,6 +28,7 @@ pub async fn assess(
     password_failed: bool,
 ) -> Result<SignInRisk, AppError> {
     let now = state.now();
+    let started = std::time::Instant::now();
     if cfg!(feature = "bench-unweighed") {
         let nothing = risk::assess(&state.config.risk.policy, &Evidence::default());
         return Ok(SignInRisk {
@@ -45,28 +47,101 @@ pub async fn assess(
     };
     if let Some(user) = user {
         let mut connection = state.store.read().await?;
-        let history =
-            crate::auth::sessions::history(&mut connection, user.id, origin.ip.as_deref()).await?;
-        evidence.has_history = history.any;
+        let fingerprint = crate::security::devices::fingerprint(origin);
+        let history = history(&mut connection, user.id, origin, &fingerprint, now).await?;
+        evidence.has_history = !history.hours.is_empty();
         evidence.address_known = history.address_known;
         evidence.known_countries = history.countries;
         evidence.previous = history.last_place;
         evidence.sign_in_hours = history.hours;
         // This attempt is recorded after it is weighed: count it in.
-        evidence.recent_attempts =
-            crate::security::attempts::recent_for_user(&mut connection, user.id, now - 60_000)
-                .await? as u32
-                + 1;
-        evidence.device_known = crate::security::devices::is_known(
-            &mut connection,
-            user.id,
-            &crate::security::devices::fingerprint(origin),
-        )
-        .await?;
+        evidence.recent_attempts = history.recent_attempts + 1;
+        evidence.device_known = history.device_known;
     }
     let assessment = risk::assess(&state.config.risk.policy, &evidence);
     metrics::histogram!("ums_sign_in_risk_score").record(f64::from(assessment.score));
+    metrics::histogram!("ums_sign_in_risk_seconds").record(started.elapsed().as_secs_f64());
     Ok(SignInRisk { assessment, place })
+}
+
+/// What an account's records say about it, for the risk check.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct History {
+    address_known: bool,
+    countries: Vec<String>,
+    last_place: Option<(Place, Millis)>,
+    /// UTC hours of the last 50 sign-ins (empty: the account never signed in).
+    hours: Vec<u8>,
+    /// Attempts on the account in the last minute.
+    recent_attempts: u32,
+    device_known: bool,
+}
+
+/// How many recent sign-ins the usual-hours habit is learned from.
+const HABIT_SIGN_INS: i64 = 50;
+/// The window of the rapid-attempts signal.
+const RAPID_WINDOW_MS: Millis = 60_000;
+
+/// Reads the account's history in one statement: a login waits on this read, so it is one
+/// round trip (one row per recent sign-in, each carrying the account-wide facts).
+async fn history(
+    connection: &mut Connection,
+    user_id: i64,
+    origin: &Origin,
+    fingerprint: &str,
+    now: Millis,
+) -> Result<History, AppError> {
+    type Row = (
+        Option<Timestamp>,
+        i64,
+        Option<String>,
+        Option<Json<Place>>,
+        Option<Timestamp>,
+        i64,
+        bool,
+    );
+    let rows: Vec<Row> = crate::with_db!(connection, |db| sqlx::query_as(
+        "SELECT recent.created_at, \
+           (SELECT COUNT(*) FROM sessions WHERE user_id = $1 AND ip = $2), \
+           (SELECT string_agg(country, ',') FROM (SELECT DISTINCT country FROM sessions \
+              WHERE user_id = $1 AND country IS NOT NULL) AS countries), \
+           (SELECT place FROM sessions WHERE user_id = $1 AND place IS NOT NULL \
+              ORDER BY created_at DESC LIMIT 1), \
+           (SELECT created_at FROM sessions WHERE user_id = $1 AND place IS NOT NULL \
+              ORDER BY created_at DESC LIMIT 1), \
+           (SELECT COUNT(*) FROM login_attempts WHERE user_id = $1 AND attempted_at > $3), \
+           EXISTS (SELECT 1 FROM devices WHERE user_id = $1 AND fingerprint = $4) \
+         FROM (SELECT 1 AS anchor) AS anchor LEFT JOIN (SELECT created_at FROM sessions \
+           WHERE user_id = $1 ORDER BY created_at DESC LIMIT $5) AS recent ON TRUE"
+    )
+    .bind(user_id)
+    .bind(origin.ip.as_deref().and_then(Inet::parse))
+    .bind(Timestamp::from(now - RAPID_WINDOW_MS))
+    .bind(fingerprint)
+    .bind(HABIT_SIGN_INS)
+    .fetch_all(db)
+    .await)?;
+    let Some((_, from_address, countries, last_place, last_place_at, recent, device_known)) =
+        rows.first().cloned()
+    else {
+        return Ok(History::default());
+    };
+    Ok(History {
+        address_known: from_address > 0,
+        countries: countries
+            .map(|countries| countries.split(',').map(str::to_owned).collect())
+            .unwrap_or_default(),
+        last_place: last_place
+            .zip(last_place_at)
+            .map(|(Json(place), at)| (place, at.millis())),
+        hours: rows
+            .iter()
+            .filter_map(|row| row.0)
+            .map(|start| (start.millis().rem_euclid(86_400_000) / 3_600_000) as u8)
+            .collect(),
+        recent_attempts: u32::try_from(recent).unwrap_or(u32::MAX),
+        device_known,
+    })
 }
 
 /// The notice of a sign-in that went through but scored high enough to tell the user: what

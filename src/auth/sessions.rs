@@ -75,65 +75,6 @@ pub async fn open(
     Ok(id)
 }
 
-/// What an account's earlier sessions say about its habits, for the risk check.
-#[derive(Debug, Clone, Default)]
-pub struct History {
-    pub any: bool,
-    pub address_known: bool,
-    pub countries: Vec<String>,
-    pub last_place: Option<(Place, Millis)>,
-    /// UTC hours of the last 50 sign-ins.
-    pub hours: Vec<u8>,
-}
-
-pub async fn history(
-    connection: &mut Connection,
-    user_id: i64,
-    address: Option<&str>,
-) -> Result<History, AppError> {
-    let starts: Vec<Timestamp> = crate::with_db!(connection, |db| sqlx::query_scalar(
-        "SELECT created_at FROM sessions WHERE user_id = $1 ORDER BY created_at DESC LIMIT 50"
-    )
-    .bind(user_id)
-    .fetch_all(db)
-    .await)?;
-    if starts.is_empty() {
-        return Ok(History::default());
-    }
-    let address_known: i64 = crate::with_db!(connection, |db| sqlx::query_scalar(
-        "SELECT COUNT(*) FROM sessions WHERE user_id = $1 AND ip = $2"
-    )
-    .bind(user_id)
-    .bind(address.and_then(Inet::parse))
-    .fetch_one(db)
-    .await)?;
-    let countries: Vec<String> = crate::with_db!(connection, |db| sqlx::query_scalar(
-        "SELECT DISTINCT country FROM sessions WHERE user_id = $1 AND country IS NOT NULL"
-    )
-    .bind(user_id)
-    .fetch_all(db)
-    .await)?;
-    let last: Option<(Json<Place>, Timestamp)> = crate::with_db!(connection, |db| {
-        sqlx::query_as(
-            "SELECT place, created_at FROM sessions WHERE user_id = $1 AND place IS NOT NULL \
-             ORDER BY created_at DESC LIMIT 1",
-        )
-        .bind(user_id)
-        .fetch_optional(db)
-        .await
-    })?;
-    Ok(History {
-        any: true,
-        address_known: address_known > 0,
-        countries,
-        last_place: last.map(|(Json(place), at)| (place, at.millis())),
-        hours: starts
-            .iter()
-            .map(|start| (start.millis().rem_euclid(86_400_000) / 3_600_000) as u8)
-            .collect(),
-    })
-}
-
 /// The claims of a new token pair, recorded but not yet signed: signing (a millisecond of
 /// RSA) happens after the transaction commits, so it never holds the database writer.
 pub struct IssuedTokens {

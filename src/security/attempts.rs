@@ -42,21 +42,6 @@ pub async fn record(
     Ok(())
 }
 
-/// Attempts on an account since `since` (the rapid-requests signal).
-pub async fn recent_for_user(
-    connection: &mut Connection,
-    user_id: i64,
-    since: Millis,
-) -> Result<i64, StoreError> {
-    Ok(crate::with_db!(connection, |db| sqlx::query_scalar(
-        "SELECT COUNT(*) FROM login_attempts WHERE user_id = $1 AND attempted_at > $2"
-    )
-    .bind(user_id)
-    .bind(Timestamp::from(since))
-    .fetch_one(db)
-    .await)?)
-}
-
 /// Deletes the attempts made before `before`; returns how many.
 pub async fn expire(connection: &mut Connection, before: Millis) -> Result<u64, StoreError> {
     Ok(crate::execute!(

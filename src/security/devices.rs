@@ -81,22 +81,6 @@ pub struct DeviceView {
     pub current: bool,
 }
 
-/// Whether the account signed in from this device before.
-pub async fn is_known(
-    connection: &mut Connection,
-    user_id: i64,
-    fingerprint: &str,
-) -> Result<bool, StoreError> {
-    let found: Option<i64> = crate::with_db!(connection, |db| sqlx::query_scalar(
-        "SELECT id FROM devices WHERE user_id = $1 AND fingerprint = $2"
-    )
-    .bind(user_id)
-    .bind(fingerprint)
-    .fetch_optional(db)
-    .await)?;
-    Ok(found.is_some())
-}
-
 /// Records a sign-in from the device: it is known from now on. Returns its id.
 pub async fn remember(
     connection: &mut Connection,
