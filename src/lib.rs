@@ -16,6 +16,7 @@ pub mod labs;
 pub mod mail;
 pub mod mfa;
 pub mod paging;
+pub mod privacy;
 pub mod security;
 pub mod startup;
 pub mod state;

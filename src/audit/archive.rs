@@ -298,8 +298,9 @@ async fn drop_archived_partitions(store: &Store, cutoff: Millis) -> anyhow::Resu
     }
 }
 
-/// Deletes login attempts, idle throttles, delivered mail and expired sign-in challenges
-/// older than their windows.
+/// Deletes what is kept only for a while (README, "Retention"): login attempts, idle
+/// throttles, delivered mail, sign-in challenges, lab invitations, ended sessions, emailed
+/// links and devices long unseen, each past its window.
 pub async fn expire(
     store: &Store,
     login_attempts_before: Millis,
@@ -311,6 +312,10 @@ pub async fn expire(
     crate::security::lockout::expire_idle(&mut transaction, now).await?;
     crate::mail::outbox::expire_sent(&mut transaction, now).await?;
     crate::mfa::challenges::delete_expired(&mut transaction, now).await?;
+    crate::labs::invitations::expire(&mut transaction, now).await?;
+    crate::auth::sessions::expire(&mut transaction, now).await?;
+    crate::auth::links::expire(&mut transaction, now).await?;
+    crate::security::devices::expire(&mut transaction, now).await?;
     transaction.commit().await?;
     Ok(attempts)
 }

@@ -120,7 +120,7 @@ impl Exporter {
 
 /// One CSV record. Every CSV the service writes goes through here, so every cell is
 /// neutralised against formula injection.
-fn csv_line(fields: &[String]) -> Vec<u8> {
+pub(crate) fn csv_line(fields: &[String]) -> Vec<u8> {
     let mut writer = csv::WriterBuilder::new()
         .terminator(csv::Terminator::CRLF)
         .from_writer(Vec::new());

@@ -75,6 +75,11 @@ pub enum Action {
     RiskySignIn,
     RiskySignInRefused,
     NotMeReported,
+    InvitationSent,
+    InvitationRevoked,
+    InvitationAccepted,
+    InvitationDeclined,
+    DataExported,
 }
 
 impl Action {
@@ -126,6 +131,11 @@ impl Action {
             Action::RiskySignIn => "security.risky_sign_in",
             Action::RiskySignInRefused => "security.risky_sign_in_refused",
             Action::NotMeReported => "security.not_me_reported",
+            Action::InvitationSent => "lab.invitation_sent",
+            Action::InvitationRevoked => "lab.invitation_revoked",
+            Action::InvitationAccepted => "lab.invitation_accepted",
+            Action::InvitationDeclined => "lab.invitation_declined",
+            Action::DataExported => "user.data_exported",
         }
     }
 }

@@ -274,11 +274,20 @@ const EXPORT_CHUNK: usize = 64 * 1024;
 pub async fn export(
     connection: &mut Connection,
     filter: &EventFilter,
+    exporter: crate::audit::export::Exporter,
+    sink: &mut impl ChunkSink,
+) -> anyhow::Result<u64> {
+    export_where(connection, &filter.conditions(), exporter, sink).await
+}
+
+/// `export` of the events of `conditions`.
+pub async fn export_where(
+    connection: &mut Connection,
+    conditions: &Conditions,
     mut exporter: crate::audit::export::Exporter,
     sink: &mut impl ChunkSink,
 ) -> anyhow::Result<u64> {
     use futures_util::TryStreamExt;
-    let conditions = filter.conditions();
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM audit_logs{} ORDER BY seq",
         conditions.where_sql()

@@ -3,31 +3,20 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::mpsc;
 
 use crate::audit::export::{ExportFormat, Exporter};
-use crate::audit::query::{self, ChunkSink, EventFilter, EventView, LoginAttemptView};
+use crate::audit::query::{self, EventFilter, EventView, LoginAttemptView};
 use crate::error::AppError;
+use crate::http::body::BodySink;
 use crate::http::error::Problem;
 use crate::http::extract::AdminUser;
 use crate::paging::{ListQuery, Page};
 use crate::state::AppState;
-
-/// Sends export chunks into a streamed response body.
-struct BodySink(mpsc::Sender<Result<Bytes, std::io::Error>>);
-
-impl ChunkSink for BodySink {
-    async fn write(&mut self, bytes: Vec<u8>) -> anyhow::Result<()> {
-        self.0
-            .send(Ok(Bytes::from(bytes)))
-            .await
-            .map_err(|_| anyhow::anyhow!("the client went away"))
-    }
-}
 
 #[utoipa::path(get, path = "/api/audit-logs", tag = "audit", security(("bearer" = [])),
     params(("page" = Option<i64>, Query), ("per_page" = Option<i64>, Query), ("user_id" = Option<i64>, Query),

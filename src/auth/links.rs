@@ -144,6 +144,25 @@ pub async fn find_live(
         .await)?)
 }
 
+/// How long a link's row is kept after it expired (used or not): long enough to answer "which
+/// links were sent" in an investigation, no longer.
+pub const KEPT_AFTER_EXPIRY: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+/// Deletes the links of every kind that expired more than `KEPT_AFTER_EXPIRY` ago; returns
+/// how many.
+pub async fn expire(connection: &mut Connection, now: Millis) -> Result<u64, StoreError> {
+    let before = Timestamp::from(now - KEPT_AFTER_EXPIRY.as_millis() as i64);
+    let mut deleted = 0;
+    for link in [Link::PasswordReset, Link::EmailVerification, Link::NotMe] {
+        let table = link.table();
+        deleted += crate::execute!(
+            connection,
+            sqlx::query(&format!("DELETE FROM {table} WHERE expires_at < $1")).bind(before)
+        )?;
+    }
+    Ok(deleted)
+}
+
 /// Spends a token row; false if another request spent it first.
 pub async fn spend(
     connection: &mut Connection,

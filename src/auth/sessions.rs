@@ -75,6 +75,20 @@ pub async fn open(
     Ok(id)
 }
 
+/// How long an ended session (expired or revoked) is kept: the sign-in history the risk
+/// engine learns habits from, and the user's own list of recent sessions, look this far back.
+pub const KEPT_AFTER_END: std::time::Duration = std::time::Duration::from_secs(90 * 86_400);
+
+/// Deletes the sessions (and with them their refresh tokens) that ended more than
+/// `KEPT_AFTER_END` ago; returns how many.
+pub async fn expire(connection: &mut Connection, now: Millis) -> Result<u64, AppError> {
+    let before = Timestamp::from(now - KEPT_AFTER_END.as_millis() as i64);
+    Ok(crate::execute!(
+        connection,
+        sqlx::query("DELETE FROM sessions WHERE expires_at < $1 OR revoked_at < $1").bind(before)
+    )?)
+}
+
 /// The claims of a new token pair, recorded but not yet signed: signing (a millisecond of
 /// RSA) happens after the transaction commits, so it never holds the database writer.
 pub struct IssuedTokens {

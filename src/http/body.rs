@@ -232,6 +232,18 @@ pub fn no_store(body: impl serde::Serialize) -> axum::response::Response {
     response
 }
 
+/// Sends an export's chunks into a streamed response body.
+pub struct BodySink(pub tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>);
+
+impl crate::audit::query::ChunkSink for BodySink {
+    async fn write(&mut self, bytes: Vec<u8>) -> anyhow::Result<()> {
+        self.0
+            .send(Ok(Bytes::from(bytes)))
+            .await
+            .map_err(|_| anyhow::anyhow!("the client went away"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

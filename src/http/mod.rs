@@ -21,6 +21,7 @@ use crate::auth::routes as auth;
 use crate::error::AppError;
 use crate::labs::routes as labs;
 use crate::mfa::routes as mfa;
+use crate::privacy::routes as privacy;
 use crate::security::routes as security;
 use crate::state::AppState;
 use crate::users::routes as users;
@@ -49,6 +50,7 @@ pub fn api_document() -> utoipa::openapi::OpenApi {
         audit::Api::openapi(),
         mfa::Api::openapi(),
         security::Api::openapi(),
+        privacy::Api::openapi(),
     ] {
         document.merge(part);
     }
@@ -115,6 +117,7 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::router())
         .merge(mfa::router())
         .merge(security::router())
+        .merge(privacy::router())
         .route("/api/openapi.json", get(openapi))
         .route("/health", get(health))
         .route("/metrics", get(metrics))

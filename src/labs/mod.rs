@@ -2,6 +2,7 @@
 //! lab-scoped route declares in its signature (`access::LabAccess`).
 
 pub mod access;
+pub mod invitations;
 pub mod routes;
 pub mod service;
 pub mod store;
@@ -179,7 +180,9 @@ pub struct MemberView {
 pub struct MemberUser {
     pub id: i64,
     pub username: String,
-    pub email: String,
+    /// Shown to the lab's admins and to system admins only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
     pub first_name: String,
     pub last_name: String,
 }

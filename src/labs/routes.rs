@@ -12,6 +12,7 @@ use crate::http::body::JsonBody;
 use crate::http::error::Problem;
 use crate::http::extract::{AdminUser, ApiPath, AuthUser, ClientOrigin};
 use crate::labs::access::{LabAccess, ManageMembers, Read};
+use crate::labs::invitations::{self, InvitationAnswer, InvitationView, Invite};
 use crate::labs::service::{self, AddMember, ChangeRole, CreateLab, UpdateLab};
 use crate::labs::{AccessView, LabView, MemberView};
 use crate::paging::Page;
@@ -186,6 +187,72 @@ pub async fn access(
     Json(access.view())
 }
 
+#[utoipa::path(post, path = "/api/labs/{id}/invitations", tag = "labs", security(("bearer" = [])),
+    params(("id" = i64, Path)), request_body = Invite,
+    responses((status = 202, body = InvitationView,
+        description = "The invitation is sent; the same answer whether or not an account has the address"),
+        (status = 400, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub async fn invite(
+    State(state): State<AppState>,
+    access: LabAccess<ManageMembers>,
+    ClientOrigin(origin): ClientOrigin,
+    JsonBody(request): JsonBody<Invite>,
+) -> Result<(StatusCode, Json<InvitationView>), AppError> {
+    let invitation = invitations::invite(&state, &access, request, &origin).await?;
+    Ok((StatusCode::ACCEPTED, Json(invitation)))
+}
+
+#[utoipa::path(get, path = "/api/labs/{id}/invitations", tag = "labs", security(("bearer" = [])),
+    params(("id" = i64, Path)),
+    responses((status = 200, body = Vec<InvitationView>), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub async fn list_invitations(
+    State(state): State<AppState>,
+    access: LabAccess<ManageMembers>,
+) -> Result<Json<Vec<InvitationView>>, AppError> {
+    Ok(Json(invitations::list(&state, &access).await?))
+}
+
+#[utoipa::path(delete, path = "/api/labs/{id}/invitations/{invitation_id}", tag = "labs", security(("bearer" = [])),
+    params(("id" = i64, Path), ("invitation_id" = i64, Path)),
+    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn revoke_invitation(
+    State(state): State<AppState>,
+    access: LabAccess<ManageMembers>,
+    ClientOrigin(origin): ClientOrigin,
+    ApiPath(ids): ApiPath<(i64, i64)>,
+) -> Result<StatusCode, AppError> {
+    invitations::revoke(&state, &access, ids.1, &origin).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/invitations/accept", tag = "labs", security(("bearer" = [])),
+    request_body = InvitationAnswer,
+    responses((status = 200, body = MemberView, description = "The caller is now a member of the lab"),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 409, body = Problem)))]
+pub async fn accept_invitation(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ClientOrigin(origin): ClientOrigin,
+    JsonBody(request): JsonBody<InvitationAnswer>,
+) -> Result<Json<MemberView>, AppError> {
+    Ok(Json(
+        invitations::accept(&state, &caller.user, request, &origin).await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/api/invitations/decline", tag = "labs",
+    request_body = InvitationAnswer,
+    responses((status = 204), (status = 400, body = Problem)))]
+pub async fn decline_invitation(
+    State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
+    JsonBody(request): JsonBody<InvitationAnswer>,
+) -> Result<StatusCode, AppError> {
+    invitations::decline(&state, request, &origin).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Labs, their members and roles, and the access check the portal asks before a lab page.
 pub fn router() -> axum::Router<AppState> {
     use axum::routing;
@@ -210,6 +277,19 @@ pub fn router() -> axum::Router<AppState> {
             routing::patch(change_role),
         )
         .route("/api/labs/{id}/access", routing::get(access))
+        .route(
+            "/api/labs/{id}/invitations",
+            routing::get(list_invitations).post(invite),
+        )
+        .route(
+            "/api/labs/{id}/invitations/{invitation_id}",
+            routing::delete(revoke_invitation),
+        )
+        .route("/api/invitations/accept", routing::post(accept_invitation))
+        .route(
+            "/api/invitations/decline",
+            routing::post(decline_invitation),
+        )
 }
 
 #[derive(utoipa::OpenApi)]
@@ -226,6 +306,11 @@ pub fn router() -> axum::Router<AppState> {
     add_member,
     remove_member,
     change_role,
-    access
+    access,
+    invite,
+    list_invitations,
+    revoke_invitation,
+    accept_invitation,
+    decline_invitation
 ))]
 pub struct Api;

@@ -256,7 +256,14 @@ pub async fn members<P: Requirement>(
     access: &LabAccess<P>,
 ) -> Result<Vec<MemberView>, AppError> {
     let mut connection = state.store.read().await?;
-    Ok(lab_store::members(&mut connection, access.lab.id).await?)
+    let mut members = lab_store::members(&mut connection, access.lab.id).await?;
+    // Members see who is in their lab; addresses only those who manage it.
+    if !access.is_system_admin() && access.role != Some(LabRole::LabAdmin) {
+        for member in &mut members {
+            member.user.email = None;
+        }
+    }
+    Ok(members)
 }
 
 /// Refuses a change that would leave a lab with members but no lab_admin, unless a
@@ -285,6 +292,13 @@ pub async fn add_member<P: Requirement>(
     request: AddMember,
     origin: &Origin,
 ) -> Result<MemberView, AppError> {
+    // Adding by id would tell a lab admin which ids exist (and then their addresses): lab
+    // admins invite by address instead.
+    if !access.is_system_admin() {
+        return Err(AppError::Forbidden(
+            "Lab admins invite members by email address (POST /api/labs/{id}/invitations).",
+        ));
+    }
     let role = parse_role(&request.role)?;
     let lab_id = access.lab.id;
     let now = state.now();

@@ -217,7 +217,7 @@ impl From<MemberRow> for MemberView {
             user: MemberUser {
                 id: row.id,
                 username: row.username,
-                email: row.email,
+                email: Some(row.email),
                 first_name: row.first_name,
                 last_name: row.last_name,
             },

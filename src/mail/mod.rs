@@ -33,10 +33,11 @@ pub enum EmailKind {
     RiskySignIn,
     SignInBlocked,
     RiskAlert,
+    LabInvitation,
 }
 
 impl EmailKind {
-    pub const ALL: [EmailKind; 15] = [
+    pub const ALL: [EmailKind; 16] = [
         EmailKind::Welcome,
         EmailKind::PasswordReset,
         EmailKind::PasswordChanged,
@@ -52,6 +53,7 @@ impl EmailKind {
         EmailKind::RiskySignIn,
         EmailKind::SignInBlocked,
         EmailKind::RiskAlert,
+        EmailKind::LabInvitation,
     ];
 
     /// The template name, also stored as the outbox row's `kind`.
@@ -72,6 +74,7 @@ impl EmailKind {
             EmailKind::RiskySignIn => "risky_sign_in",
             EmailKind::SignInBlocked => "sign_in_blocked",
             EmailKind::RiskAlert => "risk_alert",
+            EmailKind::LabInvitation => "lab_invitation",
         }
     }
 
@@ -93,6 +96,7 @@ impl EmailKind {
             EmailKind::RiskySignIn => "Unusual sign-in to your account",
             EmailKind::SignInBlocked => "A risky sign-in to your account was blocked",
             EmailKind::RiskAlert => "Security alert: a risky sign-in was refused",
+            EmailKind::LabInvitation => "You are invited to a lab",
         }
     }
 }
@@ -100,7 +104,7 @@ impl EmailKind {
 static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut environment = Environment::new();
     environment.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    let sources: [(&str, &str); 31] = [
+    let sources: [(&str, &str); 33] = [
         ("layout.html", include_str!("templates/layout.html")),
         ("welcome.txt", include_str!("templates/welcome.txt")),
         ("welcome.html", include_str!("templates/welcome.html")),
@@ -204,6 +208,14 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         ),
         ("risk_alert.txt", include_str!("templates/risk_alert.txt")),
         ("risk_alert.html", include_str!("templates/risk_alert.html")),
+        (
+            "lab_invitation.txt",
+            include_str!("templates/lab_invitation.txt"),
+        ),
+        (
+            "lab_invitation.html",
+            include_str!("templates/lab_invitation.html"),
+        ),
     ];
     for (name, source) in sources {
         // A template that does not parse is a build defect: the unit tests render every kind.
@@ -307,6 +319,40 @@ impl Outbox {
         } else {
             (String::new(), String::new())
         };
+        self.queue(connection, recipient, kind, (name, username), extra, now)
+            .await
+    }
+
+    /// Queues an email to an address that may belong to no account (an invitation): it
+    /// greets nobody by name, as mail to an unproven address does.
+    pub async fn enqueue_to_address(
+        &self,
+        connection: &mut Connection,
+        recipient: &str,
+        kind: EmailKind,
+        extra: Value,
+        now: Millis,
+    ) -> Result<(), AppError> {
+        self.queue(
+            connection,
+            recipient,
+            kind,
+            (String::new(), String::new()),
+            extra,
+            now,
+        )
+        .await
+    }
+
+    async fn queue(
+        &self,
+        connection: &mut Connection,
+        recipient: &str,
+        kind: EmailKind,
+        (name, username): (String, String),
+        extra: Value,
+        now: Millis,
+    ) -> Result<(), AppError> {
         let mut context = json!({
             "service": "UMS",
             "name": name,
@@ -375,6 +421,8 @@ mod tests {
             "method": "an authenticator app (TOTP)", "by_admin": false, "remaining": 9,
             "code": "123456", "place": "Tokyo, Japan", "score": 60, "account": "alice",
             "explanation": "- new country: Japan (+30)", "not_me_link": "https://ums.test/not-me?token=abc",
+            "lab_name": "Genomics", "role": "member", "has_account": true,
+            "decline_link": "https://ums.test/invitations/decline?token=abc",
         });
         for kind in EmailKind::ALL {
             let email = render(kind, &context).unwrap();

@@ -174,6 +174,18 @@ pub async fn forget(
     Ok(affected == 1)
 }
 
+/// How long a device unseen is remembered: after a year away it counts as new again.
+pub const KEPT_UNSEEN: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+
+/// Deletes the devices not seen for `KEPT_UNSEEN`; returns how many.
+pub async fn expire(connection: &mut Connection, now: Millis) -> Result<u64, StoreError> {
+    let before = Timestamp::from(now - KEPT_UNSEEN.as_millis() as i64);
+    Ok(crate::execute!(
+        connection,
+        sqlx::query("DELETE FROM devices WHERE last_seen_at < $1").bind(before)
+    )?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

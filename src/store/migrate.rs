@@ -104,6 +104,13 @@ const MIGRATIONS: &[Migration] = &[
             "migrations/0011_adaptive_sign_in.postgres.sql"
         )),
     },
+    Migration {
+        version: 12,
+        name: "lab_invitations",
+        shared: "",
+        sqlite: Some(include_str!("migrations/0012_lab_invitations.sqlite.sql")),
+        postgres: Some(include_str!("migrations/0012_lab_invitations.postgres.sql")),
+    },
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;

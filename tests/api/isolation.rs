@@ -25,6 +25,9 @@ enum Route {
     RemoveMember,
     ChangeRole,
     Access,
+    Invite,
+    Invitations,
+    RevokeInvitation,
     DeleteLab,
 }
 
@@ -40,10 +43,15 @@ const MATRIX: &[(Route, &str, &str, [u16; 8])] = &[
     (Route::Activate,     "POST",   "/api/labs/{id}/activate",               [200, 403, 403, 403, 403, 403,  404, 403]),
     (Route::Deactivate,   "POST",   "/api/labs/{id}/deactivate",             [200, 403, 403, 403, 403, 403,  404, 403]),
     (Route::Members,      "GET",    "/api/labs/{id}/members",                [200, 200, 200, 200, 403, 403,  404, 403]),
-    (Route::AddMember,    "POST",   "/api/labs/{id}/members",                [201, 201, 403, 403, 403, 403,  404, 403]),
+    // Lab admins invite by address instead (adding by id would probe the directory).
+    (Route::AddMember,    "POST",   "/api/labs/{id}/members",                [201, 403, 403, 403, 403, 403,  404, 403]),
     (Route::RemoveMember, "DELETE", "/api/labs/{id}/members/{user_id}",      [204, 204, 403, 403, 403, 403,  404, 403]),
     (Route::ChangeRole,   "PATCH",  "/api/labs/{id}/members/{user_id}/role", [200, 200, 403, 403, 403, 403,  404, 403]),
     (Route::Access,       "GET",    "/api/labs/{id}/access",                 [200, 200, 200, 200, 403, 403,  404, 403]),
+    (Route::Invite,       "POST",   "/api/labs/{id}/invitations",            [202, 202, 403, 403, 403, 403,  404, 403]),
+    (Route::Invitations,  "GET",    "/api/labs/{id}/invitations",            [200, 200, 403, 403, 403, 403,  404, 403]),
+    // An invitation id that does not exist: access is decided before the id is looked up.
+    (Route::RevokeInvitation, "DELETE", "/api/labs/{id}/invitations/{invitation_id}", [404, 404, 403, 403, 403, 403, 404, 403]),
     // Last: the admin's success removes the lab.
     (Route::DeleteLab,    "DELETE", "/api/labs/{id}",                        [204, 403, 403, 403, 403, 403,  404, 403]),
 ];
@@ -145,11 +153,13 @@ impl World {
         let viewer = lab.map_or(self.viewers[0], |index| self.viewers[index]);
         let path = path
             .replace("{id}", &lab_id.to_string())
-            .replace("{user_id}", &viewer.to_string());
+            .replace("{user_id}", &viewer.to_string())
+            .replace("{invitation_id}", "999999");
         let body = match route {
             Route::PatchLab | Route::PutLab => json!({"description": "unchanged"}),
             Route::AddMember => json!({"user_id": self.outsider, "role": "viewer"}),
             Route::ChangeRole => json!({"role": "viewer"}),
+            Route::Invite => json!({"email": "invitee@lab.org", "role": "viewer"}),
             _ => json!({}),
         };
         let app = &self.app;

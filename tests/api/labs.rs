@@ -174,11 +174,21 @@ async fn lab_admins_manage_members_and_each_change_is_audited() {
     let (carol, _) = app.user("carol").await;
     app.add_member(&admin.access, lab, boss, "lab_admin").await;
 
-    let response = app
+    // A lab admin invites by address (tests/api/privacy.rs); adding by id is the system
+    // admin's.
+    let by_lab_admin = app
         .post(
             &format!("/api/labs/{lab}/members"),
             &json!({"user_id": carol, "role": "viewer"}),
             Some(&boss_tokens.access),
+        )
+        .await;
+    assert_problem(by_lab_admin, StatusCode::FORBIDDEN).await;
+    let response = app
+        .post(
+            &format!("/api/labs/{lab}/members"),
+            &json!({"user_id": carol, "role": "viewer"}),
+            Some(&admin.access),
         )
         .await;
     assert_eq!(response.status(), StatusCode::CREATED);
@@ -192,7 +202,7 @@ async fn lab_admins_manage_members_and_each_change_is_audited() {
         .post(
             &format!("/api/labs/{lab}/members"),
             &json!({"user_id": carol, "role": "member"}),
-            Some(&boss_tokens.access),
+            Some(&admin.access),
         )
         .await;
     assert_problem(duplicate, StatusCode::CONFLICT).await;
@@ -200,7 +210,7 @@ async fn lab_admins_manage_members_and_each_change_is_audited() {
         .post(
             &format!("/api/labs/{lab}/members"),
             &json!({"user_id": carol, "role": "owner"}),
-            Some(&boss_tokens.access),
+            Some(&admin.access),
         )
         .await;
     assert!(assert_problem(bad_role, StatusCode::BAD_REQUEST).await["errors"]["role"].is_array());
@@ -208,7 +218,7 @@ async fn lab_admins_manage_members_and_each_change_is_audited() {
         .post(
             &format!("/api/labs/{lab}/members"),
             &json!({"user_id": 424242, "role": "member"}),
-            Some(&boss_tokens.access),
+            Some(&admin.access),
         )
         .await;
     assert_problem(nobody, StatusCode::BAD_REQUEST).await;

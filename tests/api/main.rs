@@ -11,6 +11,7 @@ mod labs;
 mod mfa;
 mod operations;
 mod platform;
+mod privacy;
 mod review;
 mod risk;
 mod smtp;

@@ -96,6 +96,7 @@ fn routed() -> BTreeSet<(String, String)> {
         include_str!("../../src/audit/routes.rs"),
         include_str!("../../src/mfa/routes.rs"),
         include_str!("../../src/security/routes.rs"),
+        include_str!("../../src/privacy/routes.rs"),
     ]
     .concat();
     let mut routes = BTreeSet::new();

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import httpx
 import jwt
@@ -20,6 +20,7 @@ from .models import (
     AuditEvent,
     Device,
     FactorEnrolled,
+    Invitation,
     Lab,
     LoginAttempt,
     LoginResult,
@@ -620,6 +621,38 @@ class UMSClient:
         """
         self._request("DELETE", f"/api/users/{user_id}/mfa")
 
+    @overload
+    def export_user_data(
+        self, user_id: int, format: Literal["json"] = "json"
+    ) -> dict[str, Any]: ...
+
+    @overload
+    def export_user_data(self, user_id: int, format: Literal["zip"]) -> bytes: ...
+
+    @overload
+    def export_user_data(self, user_id: int, format: str) -> dict[str, Any] | bytes: ...
+
+    def export_user_data(
+        self,
+        user_id: int,
+        format: str = "json",  # the query parameter is called "format"
+    ) -> dict[str, Any] | bytes:
+        """``GET /api/users/{id}/export?format=json|zip`` (self or admin): everything UMS holds
+        about the user (GDPR Art. 15 and 20); the export is audited.
+
+        For ``json``, the parsed document: ``format`` (``ums-personal-data/1``),
+        ``exported_at``, ``user_id``, then a list of records per section: ``profile``,
+        ``memberships``, ``sessions``, ``devices``, ``login_attempts``, ``second_factors``
+        (never their secrets), ``invitations`` and ``audit_events``. For ``zip``, the raw
+        bytes of a zip archive: one CSV file per section (``profile.csv``...), with
+        ``audit_events.csv`` and a ``README.txt``.
+        """
+        params = _params(format=format)
+        response = self._request("GET", f"/api/users/{user_id}/export", params=params)
+        if format == "zip":
+            return response.content
+        return dict(response.json())
+
     # -- /api/labs ------------------------------------------------------------------------
 
     def list_labs(self, *, page: int | None = None, per_page: int | None = None) -> Page[Lab]:
@@ -674,11 +707,19 @@ class UMSClient:
         return Lab.from_json(self._request("POST", f"/api/labs/{lab_id}/deactivate").json())
 
     def list_members(self, lab_id: int) -> list[Member]:
-        """``GET /api/labs/{id}/members`` (admin or any member)."""
+        """``GET /api/labs/{id}/members`` (admin or any member).
+
+        Members' ``user.email`` is shown to lab_admins and system admins only: for a member or
+        viewer of the lab it is ``None``.
+        """
         return self._get(f"/api/labs/{lab_id}/members", lambda d: [Member.from_json(m) for m in d])
 
     def add_member(self, lab_id: int, user_id: int, role: str = "member") -> Member:
-        """``POST /api/labs/{id}/members`` (admin or lab_admin); role: viewer, member, lab_admin."""
+        """``POST /api/labs/{id}/members`` (admin); role: viewer, member, lab_admin.
+
+        Adding by user id is for system admins: a lab_admin gets :class:`PermissionDenied` and
+        invites by email address instead (:meth:`invite`).
+        """
         body = {"user_id": user_id, "role": role}
         return Member.from_json(
             self._request("POST", f"/api/labs/{lab_id}/members", json=body).json()
@@ -696,6 +737,51 @@ class UMSClient:
     def lab_access(self, lab_id: int) -> AccessInfo:
         """``GET /api/labs/{id}/access``: the caller's role and permissions (403 for outsiders)."""
         return self._get(f"/api/labs/{lab_id}/access", AccessInfo.from_json)
+
+    # -- lab invitations ------------------------------------------------------------------
+
+    def invite(self, lab_id: int, email: str, role: str = "member") -> Invitation:
+        """``POST /api/labs/{id}/invitations`` (admin or lab_admin): invite an address (202).
+
+        role: viewer, member, lab_admin. The answer is the same whether or not an account has
+        the address; UMS emails it a link to accept (after registering, for an address without
+        an account) or decline. A new invitation of the same address to the lab replaces a
+        pending one; an invitation can be answered for seven days.
+        """
+        body = {"email": email, "role": role}
+        return Invitation.from_json(
+            self._request("POST", f"/api/labs/{lab_id}/invitations", json=body).json()
+        )
+
+    def list_invitations(self, lab_id: int) -> list[Invitation]:
+        """``GET /api/labs/{id}/invitations`` (admin or lab_admin): the lab's invitations, newest
+        first, each with its ``status`` as of now."""
+        return self._get(
+            f"/api/labs/{lab_id}/invitations", lambda d: [Invitation.from_json(i) for i in d]
+        )
+
+    def revoke_invitation(self, lab_id: int, invitation_id: int) -> None:
+        """``DELETE /api/labs/{id}/invitations/{invitation_id}`` (admin or lab_admin): its link
+        stops working. :class:`Conflict` if it was answered or revoked already,
+        :class:`NotFound` if it is not one of the lab's."""
+        self._request("DELETE", f"/api/labs/{lab_id}/invitations/{invitation_id}")
+
+    def accept_invitation(self, token: str) -> Member:
+        """``POST /api/invitations/accept`` with the ``token`` of the invitation email's link:
+        the caller joins the lab with the invited role.
+
+        Needs a sign-in whose account has the invited address, verified
+        (:class:`PermissionDenied` otherwise: the invitation stays open). An unknown, used,
+        revoked or expired token raises :class:`ValidationError`.
+        """
+        body = {"token": token}
+        return Member.from_json(self._request("POST", "/api/invitations/accept", json=body).json())
+
+    def decline_invitation(self, token: str) -> None:
+        """``POST /api/invitations/decline`` with the ``token`` of the invitation email's
+        "decline" link; no bearer token is sent (the link alone is enough). An unknown, used,
+        revoked or expired token raises :class:`ValidationError`."""
+        self._request("POST", "/api/invitations/decline", json={"token": token}, auth=False)
 
     # -- audit and security (admin) -------------------------------------------------------
 

@@ -186,7 +186,8 @@ class NotFound(UMSError):
 
 
 class Conflict(UMSError):
-    """409: duplicate username, email, lab code or membership."""
+    """409: duplicate username, email, lab code or membership; an invitation answered or
+    revoked already."""
 
 
 class _RetryAfter(UMSError):

@@ -14,6 +14,7 @@ __all__ = [
     "Device",
     "FactorEnrolled",
     "IPFailures",
+    "Invitation",
     "Lab",
     "LoginAttempt",
     "LoginResult",
@@ -150,7 +151,9 @@ class MemberUser:
 
     id: int
     username: str
-    email: str
+    #: Shown to the lab's lab_admins and to system admins only; ``None`` for members and
+    #: viewers, who see who is in their lab but not their addresses.
+    email: str | None
     first_name: str
     last_name: str
 
@@ -159,7 +162,7 @@ class MemberUser:
         return cls(
             id=data["id"],
             username=data["username"],
-            email=data["email"],
+            email=data.get("email"),
             first_name=data.get("first_name") or "",
             last_name=data.get("last_name") or "",
         )
@@ -179,6 +182,41 @@ class Member:
             user=MemberUser.from_json(data["user"]),
             role=data["role"],
             joined_at=_dt(data["joined_at"]),
+        )
+
+
+@dataclass(frozen=True)
+class Invitation:
+    """An invitation to a lab as its lab_admins see it (``/api/labs/{id}/invitations``).
+
+    The person invited answers with the token of the link emailed to ``email``
+    (``UMSClient.accept_invitation`` or ``decline_invitation``).
+    """
+
+    id: int
+    lab_id: int
+    #: The invited address, normalised to lower case; whether an account has it is not told.
+    email: str
+    #: ``lab_admin``, ``member`` or ``viewer``: the role given on acceptance.
+    role: str
+    #: ``pending``, ``accepted``, ``declined``, ``revoked`` or ``expired``.
+    status: str
+    created_at: datetime
+    expires_at: datetime
+    #: When it was accepted, declined or revoked; ``None`` while pending (and once expired).
+    answered_at: datetime | None
+
+    @classmethod
+    def from_json(cls, data: Json) -> Invitation:
+        return cls(
+            id=data["id"],
+            lab_id=data["lab_id"],
+            email=data["email"],
+            role=data["role"],
+            status=data["status"],
+            created_at=_dt(data["created_at"]),
+            expires_at=_dt(data["expires_at"]),
+            answered_at=parse_datetime(data.get("answered_at")),
         )
 
 
