@@ -267,6 +267,8 @@ def report(work, readme):
         "login-unaudited": "login, build without audit writes",
         "login-audited": "login, normal build",
         "login-unweighed": "login, build that does not weigh sign-ins",
+        "login1-weighed": "login over 1 connection, normal build",
+        "login1-unweighed": "login over 1 connection, build that does not weigh sign-ins",
         "legit-alone": "GET /me, 1 user, quiet server",
         "storm": "failed-login storm",
         "legit-storm": "GET /me, 1 user, during the storm",
@@ -380,6 +382,13 @@ def report(work, readme):
             f"{audited['rps']:,.1f} logins/s against {unweighed['rps']:,.1f}/s = "
             f"**{audited['rps'] / unweighed['rps']:.3f}×**; server + database CPU per login "
             f"{cpu_ms_of(audited):.2f} ms against {cpu_ms_of(unweighed):.2f} ms.")
+    alone, alone_unweighed = results.get("login1-weighed"), results.get("login1-unweighed")
+    if alone and alone_unweighed:
+        ratio_lines.append(
+            f"- The same over one connection (no queue: the difference is the evaluation's own "
+            f"time): median latency {alone['p50_ms']:.2f} ms weighed against "
+            f"{alone_unweighed['p50_ms']:.2f} ms unweighed "
+            f"(**{alone['p50_ms'] - alone_unweighed['p50_ms']:+.2f} ms**).")
     inside = meta.get("risk_p50_seconds") or []
     if inside and audited:
         inside_ms = 1000 * statistics.median(inside)

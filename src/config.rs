@@ -124,6 +124,7 @@ pub struct Config {
     pub account_requests_per_hour: u32,
     pub second_factors: SecondFactors,
     pub risk: Risk,
+    pub consent: Consent,
 }
 
 /// A database URL whose password never reaches `Debug` output or logs.
@@ -239,6 +240,7 @@ impl Config {
         } = Operations::parse(&vars)?;
         let second_factors = SecondFactors::parse(&vars, &public_url)?;
         let risk = Risk::parse(&vars)?;
+        let consent = Consent::parse(&vars)?;
         Ok(Config {
             database_url,
             replica_url,
@@ -286,6 +288,7 @@ impl Config {
             account_requests_per_hour,
             second_factors,
             risk,
+            consent,
         })
     }
 
@@ -436,6 +439,43 @@ impl Risk {
                 weights,
                 thresholds,
             },
+        })
+    }
+}
+
+/// The documents a person accepts to have an account: the versions in force of the terms of
+/// service and of the privacy notice. Unset, nothing is asked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Consent {
+    /// `UMS_TERMS_VERSION`.
+    pub terms_version: Option<String>,
+    /// `UMS_PRIVACY_VERSION`.
+    pub privacy_version: Option<String>,
+}
+
+impl Consent {
+    fn parse(vars: &Vars) -> Result<Self, ConfigError> {
+        let version = |name: &'static str| -> Result<Option<String>, ConfigError> {
+            match vars.get(name).map(|value| value.trim().to_string()) {
+                None => Ok(None),
+                Some(value) if value.is_empty() => Ok(None),
+                Some(value)
+                    if value.len() <= 64
+                        && value
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')) =>
+                {
+                    Ok(Some(value))
+                }
+                Some(_) => Err(invalid(
+                    name,
+                    "must be a version of at most 64 letters, digits, '.', '-' or '_'",
+                )),
+            }
+        };
+        Ok(Consent {
+            terms_version: version("UMS_TERMS_VERSION")?,
+            privacy_version: version("UMS_PRIVACY_VERSION")?,
         })
     }
 }

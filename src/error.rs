@@ -118,6 +118,8 @@ pub enum SecondStepKind {
     EnrollmentRequired,
     /// A risky sign-in: answer with the code emailed to the verified address.
     VerificationRequired,
+    /// Accept the terms or privacy notice in force (`POST /api/auth/login/consent`).
+    ConsentRequired,
 }
 
 impl SecondStepKind {
@@ -126,6 +128,7 @@ impl SecondStepKind {
             SecondStepKind::MfaRequired => "mfa_required",
             SecondStepKind::EnrollmentRequired => "mfa_enrollment_required",
             SecondStepKind::VerificationRequired => "verification_required",
+            SecondStepKind::ConsentRequired => "consent_required",
         }
     }
 }

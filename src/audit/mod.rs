@@ -80,6 +80,7 @@ pub enum Action {
     InvitationAccepted,
     InvitationDeclined,
     DataExported,
+    ConsentGiven,
 }
 
 impl Action {
@@ -136,6 +137,7 @@ impl Action {
             Action::InvitationAccepted => "lab.invitation_accepted",
             Action::InvitationDeclined => "lab.invitation_declined",
             Action::DataExported => "user.data_exported",
+            Action::ConsentGiven => "user.consent_given",
         }
     }
 }

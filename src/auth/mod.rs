@@ -2,6 +2,7 @@
 //! flows (reset, change and verification).
 
 pub mod adaptive;
+pub mod consent;
 pub mod email_change;
 pub mod hash_pool;
 pub mod links;

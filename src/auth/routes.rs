@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::auth::adaptive::{NotMeAnswer, NotMeRequest};
+use crate::auth::consent::{self, ConsentRequest, CurrentVersions};
 use crate::auth::email_change::{self, ChangeEmailRequest, VerifyEmailRequest};
 use crate::auth::password_change::{
     self, ChangePasswordRequest, ForgotPasswordRequest, ResetPasswordRequest,
@@ -59,6 +60,24 @@ pub async fn login_mfa(
     Ok(no_store(
         second_factor::complete(&state, request, &origin).await?,
     ))
+}
+
+#[utoipa::path(post, path = "/api/auth/login/consent", tag = "auth", request_body = ConsentRequest,
+    responses((status = 200, body = LoginResponse), (status = 400, body = Problem, description = "A version that is not the one in force"),
+        (status = 401, body = Problem, description = "A dead mfa_token, or the next step (`mfa_required`, ...)")))]
+pub async fn login_consent(
+    State(state): State<AppState>,
+    _guard: CredentialGuard,
+    ClientOrigin(origin): ClientOrigin,
+    JsonBody(request): JsonBody<ConsentRequest>,
+) -> Result<Response, AppError> {
+    Ok(no_store(consent::accept(&state, request, &origin).await?))
+}
+
+#[utoipa::path(get, path = "/api/consents", tag = "auth",
+    responses((status = 200, body = CurrentVersions, description = "The versions in force that registration and sign-in ask to accept")))]
+pub async fn consents(State(state): State<AppState>) -> Json<CurrentVersions> {
+    Json(CurrentVersions::from(&state.config.consent))
 }
 
 #[utoipa::path(post, path = "/api/auth/login/passkey", tag = "auth",
@@ -326,6 +345,8 @@ pub fn router() -> axum::Router<AppState> {
         .route("/api/auth/register", post(register))
         .route("/api/auth/login", post(login))
         .route("/api/auth/login/mfa", post(login_mfa))
+        .route("/api/auth/login/consent", post(login_consent))
+        .route("/api/consents", get(consents))
         .route("/api/auth/login/passkey", post(login_passkey))
         .route("/api/auth/step-up", post(step_up))
         .route("/api/auth/refresh", post(refresh))
@@ -357,6 +378,8 @@ one step. `POST /api/auth/login/passkey` starts a passwordless passkey sign-in, 
     register,
     login,
     login_mfa,
+    login_consent,
+    consents,
     login_passkey,
     step_up,
     refresh,

@@ -30,6 +30,13 @@ pub struct RegisterRequest {
     pub first_name: Option<String>,
     #[serde(default)]
     pub last_name: Option<String>,
+    /// The terms of service version accepted: required when `UMS_TERMS_VERSION` is set, and
+    /// then the one in force (`GET /api/consents`).
+    #[serde(default)]
+    pub accept_terms: Option<String>,
+    /// The privacy notice version accepted: required when `UMS_PRIVACY_VERSION` is set.
+    #[serde(default)]
+    pub accept_privacy: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -41,6 +48,13 @@ pub struct LoginRequest {
     pub password: SecretString,
     #[serde(default)]
     pub totp_code: Option<String>,
+    /// Accepts the terms of service in force in the same step (else a sign-in whose account
+    /// has not accepted them answers `consent_required`).
+    #[serde(default)]
+    pub accept_terms: Option<String>,
+    /// Accepts the privacy notice in force in the same step.
+    #[serde(default)]
+    pub accept_privacy: Option<String>,
 }
 
 /// Validated registration fields, with every field's problem reported at once.
@@ -54,9 +68,21 @@ struct Registration {
 fn validate_registration(
     request: &RegisterRequest,
     min_length: usize,
+    consent: &crate::config::Consent,
 ) -> Result<Registration, AppError> {
     use secrecy::ExposeSecret;
     let mut check = FieldCheck::new();
+    if let Err(AppError::Validation(errors)) = crate::auth::consent::check_accepted(
+        consent,
+        request.accept_terms.as_deref(),
+        request.accept_privacy.as_deref(),
+    ) {
+        for (field, messages) in errors {
+            for message in messages {
+                check.add(&field, message);
+            }
+        }
+    }
     let username = check.check("username", Username::parse(&request.username));
     let email = check.check("email", Email::parse(&request.email));
     check.check(
@@ -93,7 +119,11 @@ pub async fn register(
     request: RegisterRequest,
     origin: &Origin,
 ) -> Result<UserView, AppError> {
-    let fields = validate_registration(&request, state.config.password_min_length)?;
+    let fields = validate_registration(
+        &request,
+        state.config.password_min_length,
+        &state.config.consent,
+    )?;
     crate::security::count_account_request(state, origin).await?;
     // A taken name or address is answered before any hashing: a duplicate costs no CPU. The
     // insert below still checks, for two registrations racing for one name.
@@ -148,12 +178,22 @@ pub async fn register(
         now,
     )
     .await?;
+    let consent = crate::auth::consent::record(
+        &mut transaction,
+        &state.config.consent,
+        user.id,
+        origin,
+        now,
+    )
+    .await?;
     transaction
         .commit(
             Event::new(Action::Register, now)
                 .actor(Some(user.id))
                 .resource("user", user.id)
-                .details(json!({"username": user.username, "email": user.email}))
+                .details(
+                    json!({"username": user.username, "email": user.email, "consent": consent}),
+                )
                 .origin(origin),
         )
         .await?;
@@ -224,6 +264,88 @@ pub async fn login(
     if risk.assessment.action == RiskAction::Refuse {
         return Err(refuse_risky(state, &login, &user, &risk, origin, ip_attempt).await?);
     }
+    let consent = &state.config.consent;
+    let consented = {
+        let mut connection = state.store.read().await?;
+        crate::auth::consent::has_accepted(&mut connection, consent, user.id).await?
+    };
+    if !consented {
+        if request.accept_terms.is_none() && request.accept_privacy.is_none() {
+            let asked = crate::auth::consent::ask(
+                state,
+                &user,
+                &subject,
+                reservation,
+                rehashed.as_deref(),
+                &risk,
+                origin,
+            )
+            .await?;
+            ip_attempt.succeeded(state).await;
+            return Err(asked);
+        }
+        // Accepted in the login itself: recorded at once, whatever the steps after.
+        crate::auth::consent::check_accepted(
+            consent,
+            request.accept_terms.as_deref(),
+            request.accept_privacy.as_deref(),
+        )?;
+        let now = state.now();
+        let mut transaction = audit::Audited::begin(&state.store).await?;
+        let versions =
+            crate::auth::consent::record(&mut transaction, consent, user.id, origin, now).await?;
+        transaction
+            .commit(
+                Event::new(Action::ConsentGiven, now)
+                    .actor(Some(user.id))
+                    .resource("user", user.id)
+                    .details(json!({"versions": versions}))
+                    .origin(origin),
+            )
+            .await?;
+    }
+    let accepted = PasswordAccepted {
+        login: &login,
+        subject: &subject,
+        user,
+        rehashed,
+        risk,
+        totp_code: request.totp_code,
+        reservation,
+    };
+    continue_sign_in(state, accepted, origin, ip_attempt).await
+}
+
+/// A sign-in past its password (and its consent): what the account and the risk still ask
+/// for before a session opens.
+pub struct PasswordAccepted<'a> {
+    pub login: &'a str,
+    pub subject: &'a Subject,
+    pub user: User,
+    pub rehashed: Option<String>,
+    pub risk: crate::security::risk::SignInRisk,
+    /// The login body's `totp_code`: the one-step form.
+    pub totp_code: Option<String>,
+    pub reservation: crate::security::lockout::Reservation,
+}
+
+/// Goes on from a right password: a second step when the account has a factor, must enrol
+/// one, or the risk asks for the emailed code; else the session opens.
+pub async fn continue_sign_in(
+    state: &AppState,
+    accepted: PasswordAccepted<'_>,
+    origin: &Origin,
+    ip_attempt: crate::security::IpAttempt,
+) -> Result<LoginResponse, AppError> {
+    let PasswordAccepted {
+        login,
+        subject,
+        user,
+        rehashed,
+        risk,
+        totp_code,
+        reservation,
+    } = accepted;
     let factors = {
         let mut connection = state.store.read().await?;
         crate::mfa::factors_of(&mut connection, user.id).await?
@@ -234,11 +356,11 @@ pub async fn login(
         || crate::auth::adaptive::wants_verification(risk.assessment.action)
     {
         let step = crate::auth::second_factor::PasswordStep {
-            login: &login,
-            subject: &subject,
+            login,
+            subject,
             user,
             factors,
-            totp_code: request.totp_code,
+            totp_code,
             reservation,
             rehashed,
             risk,
@@ -247,8 +369,8 @@ pub async fn login(
     }
     let lifetime = state.config.refresh_token_ttl.as_millis() as i64;
     let accepted = Accepted {
-        login: &login,
-        subject: &subject,
+        login,
+        subject,
         user,
         rehashed,
         grant: sessions::Grant::password(state.now(), lifetime),

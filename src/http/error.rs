@@ -81,6 +81,10 @@ impl AppError {
                     "This sign-in looks unusual: confirm it with the code emailed to the account's address, with POST /api/auth/login/mfa (method email_code)."
                         .into()
                 }
+                crate::error::SecondStepKind::ConsentRequired => {
+                    "The password was right; accept the terms and privacy notice in force (GET /api/consents) with POST /api/auth/login/consent."
+                        .into()
+                }
                 crate::error::SecondStepKind::EnrollmentRequired => {
                     "This account must enrol a second factor before signing in: enrol one with the mfa_token under /api/auth/mfa/, then prove it with POST /api/auth/login/mfa."
                         .into()

@@ -30,6 +30,8 @@ pub enum Purpose {
     PasskeyRegistration,
     /// A risky sign-in confirming itself with a code emailed to the verified address.
     Verification,
+    /// A right password, waiting for the person to accept the terms or privacy notice in force.
+    Consent,
 }
 
 impl Purpose {
@@ -41,6 +43,7 @@ impl Purpose {
             Purpose::Passwordless => "passwordless",
             Purpose::PasskeyRegistration => "passkey_registration",
             Purpose::Verification => "verification",
+            Purpose::Consent => "consent",
         }
     }
 
@@ -52,6 +55,7 @@ impl Purpose {
             Purpose::Passwordless,
             Purpose::PasskeyRegistration,
             Purpose::Verification,
+            Purpose::Consent,
         ]
         .into_iter()
         .find(|purpose| purpose.as_str() == value)

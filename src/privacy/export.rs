@@ -171,6 +171,14 @@ struct SecondFactor {
 }
 
 #[derive(Serialize, sqlx::FromRow)]
+struct ConsentGiven {
+    document: String,
+    version: String,
+    accepted_at: Timestamp,
+    ip: Option<Inet>,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
 struct Invitation {
     lab_id: i64,
     role: String,
@@ -239,6 +247,14 @@ pub async fn sections(
     .fetch_all(db)
     .await)
     .map_err(StoreError::from)?;
+    let consents: Vec<ConsentGiven> = crate::with_db!(connection, |db| sqlx::query_as(
+        "SELECT document, version, accepted_at, ip FROM consents WHERE user_id = $1 \
+         ORDER BY accepted_at, id"
+    )
+    .bind(id)
+    .fetch_all(db)
+    .await)
+    .map_err(StoreError::from)?;
     let invitations: Vec<Invitation> = crate::with_db!(connection, |db| sqlx::query_as(
         "SELECT lab_id, role, status, created_at, answered_at FROM lab_invitations \
          WHERE email = $1 ORDER BY created_at, id"
@@ -254,6 +270,7 @@ pub async fn sections(
         Section::of("devices", &devices)?,
         Section::of("login_attempts", &attempts)?,
         Section::of("second_factors", &factors)?,
+        Section::of("consents", &consents)?,
         Section::of("invitations", &invitations)?,
     ])
 }

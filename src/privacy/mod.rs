@@ -1,5 +1,6 @@
-//! Privacy by design: a person's data exported (`export`). Lab invitations, which keep the
-//! directory from being probed, live with the labs (`labs::invitations`).
+//! Privacy by design: a person's data exported (`export`). The consent a sign-in asks for is
+//! part of signing in (`auth::consent`); lab invitations, which keep the directory from being
+//! probed, live with the labs (`labs::invitations`).
 
 pub mod export;
 pub mod routes;

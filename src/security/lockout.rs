@@ -30,6 +30,8 @@ pub enum Reservation {
     Evaluate { attempt: i64 },
     /// Do not evaluate: locked until the given time.
     Locked { until: Millis },
+    /// Counted and given back already: a sign-in going on after a step between (consent).
+    Released,
 }
 
 impl Reservation {

@@ -106,10 +106,10 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 12,
-        name: "lab_invitations",
+        name: "privacy",
         shared: "",
-        sqlite: Some(include_str!("migrations/0012_lab_invitations.sqlite.sql")),
-        postgres: Some(include_str!("migrations/0012_lab_invitations.postgres.sql")),
+        sqlite: Some(include_str!("migrations/0012_privacy.sqlite.sql")),
+        postgres: Some(include_str!("migrations/0012_privacy.postgres.sql")),
     },
 ];
 

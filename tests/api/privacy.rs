@@ -438,6 +438,7 @@ async fn a_person_exports_everything_held_about_them_as_json_or_a_zip_of_csv() {
         [
             "README.txt",
             "audit_events.csv",
+            "consents.csv",
             "devices.csv",
             "invitations.csv",
             "login_attempts.csv",
@@ -539,4 +540,140 @@ async fn sessions_links_and_devices_are_purged_each_past_its_own_window() {
         1,
         "the account itself stays"
     );
+}
+
+#[tokio::test]
+async fn the_terms_in_force_are_accepted_at_registration_and_asked_again_when_they_change() {
+    let app = crate::helpers::spawn_app_with(&[
+        ("UMS_TERMS_VERSION", "2026-01"),
+        ("UMS_PRIVACY_VERSION", "3"),
+    ])
+    .await;
+    let current: Value = app.get("/api/consents", None).await.json().await.unwrap();
+    assert_eq!(
+        current,
+        json!({"terms_version": "2026-01", "privacy_version": "3"})
+    );
+
+    // Registration refuses without the versions in force, naming each field.
+    let register = |accept: Value| {
+        let mut body = json!({"username": "alice", "email": "alice@lab.org", "password": crate::helpers::PASSWORD});
+        body.as_object_mut()
+            .unwrap()
+            .extend(accept.as_object().unwrap().clone());
+        let app = &app;
+        async move { app.post("/api/auth/register", &body, None).await }
+    };
+    let refused = assert_problem(register(json!({})).await, StatusCode::BAD_REQUEST).await;
+    assert!(refused["errors"]["accept_terms"].is_array());
+    assert!(refused["errors"]["accept_privacy"].is_array());
+    let stale = register(json!({"accept_terms": "2025-12", "accept_privacy": "3"})).await;
+    let stale = assert_problem(stale, StatusCode::BAD_REQUEST).await;
+    assert!(
+        stale["errors"]["accept_terms"].is_array()
+            && stale["errors"].get("accept_privacy").is_none()
+    );
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM users").await, 0);
+    let created = register(json!({"accept_terms": "2026-01", "accept_privacy": "3"})).await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM consents WHERE ip IS NOT NULL")
+            .await,
+        2,
+        "each acceptance is kept with its address"
+    );
+    let registered = app.audit_events("auth.register").await;
+    assert_eq!(
+        registered[0]["details"]["consent"],
+        json!({"terms_version": "2026-01", "privacy_version": "3"})
+    );
+    app.login("alice").await;
+
+    // New terms: the sign-in answers consent_required, with a token, and opens no session.
+    let renewed =
+        crate::helpers::spawn_second_instance_with(&app, &[("UMS_TERMS_VERSION", "2026-06")]).await;
+    let sessions_before = app.scalar("SELECT COUNT(*) FROM sessions").await;
+    let asked = renewed
+        .login_response("alice", crate::helpers::PASSWORD)
+        .await;
+    let asked = assert_problem(asked, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(asked["code"], "consent_required");
+    assert_eq!(asked["methods"], json!(["consent"]));
+    let token = asked["mfa_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM sessions").await,
+        sessions_before
+    );
+    // A stale version is refused and keeps the token usable.
+    let stale = renewed
+        .post(
+            "/api/auth/login/consent",
+            &json!({"mfa_token": token, "accept_terms": "2026-01", "accept_privacy": "3"}),
+            None,
+        )
+        .await;
+    assert_problem(stale, StatusCode::BAD_REQUEST).await;
+    let accepted = renewed
+        .post(
+            "/api/auth/login/consent",
+            &json!({"mfa_token": token, "accept_terms": "2026-06", "accept_privacy": "3"}),
+            None,
+        )
+        .await;
+    assert_eq!(accepted.status(), StatusCode::OK);
+    let body: Value = accepted.json().await.unwrap();
+    assert!(body["access_token"].is_string() && body["refresh_token"].is_string());
+    assert_eq!(
+        app.scalar(
+            "SELECT COUNT(*) FROM consents WHERE document = 'terms' AND version = '2026-06'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(app.audit_events("user.consent_given").await.len(), 1);
+    let again = renewed
+        .post(
+            "/api/auth/login/consent",
+            &json!({"mfa_token": token, "accept_terms": "2026-06", "accept_privacy": "3"}),
+            None,
+        )
+        .await;
+    assert_problem(again, StatusCode::UNAUTHORIZED).await;
+    // Accepted once, not asked again.
+    renewed.login("alice").await;
+
+    // The one-step form: the versions in the login body itself.
+    let newest =
+        crate::helpers::spawn_second_instance_with(&app, &[("UMS_TERMS_VERSION", "2027")]).await;
+    let one_step = newest
+        .post(
+            "/api/auth/login",
+            &json!({"username": "alice", "password": crate::helpers::PASSWORD,
+                    "accept_terms": "2027", "accept_privacy": "3"}),
+            None,
+        )
+        .await;
+    assert_eq!(one_step.status(), StatusCode::OK);
+    assert_eq!(app.audit_events("user.consent_given").await.len(), 2);
+    // The export lists every acceptance.
+    let alice = created_id(&app).await;
+    let tokens = newest.login("alice").await;
+    let document = read(
+        &newest,
+        &format!("/api/users/{alice}/export"),
+        &tokens.access,
+    )
+    .await;
+    let versions: Vec<&str> = document["consents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|consent| consent["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["2026-01", "3", "2026-06", "2027"]);
+}
+
+async fn created_id(app: &TestApp) -> i64 {
+    app.scalar("SELECT id FROM users WHERE username = 'alice'")
+        .await
 }
