@@ -117,6 +117,26 @@ pub async fn record(
     Ok(json!(CurrentVersions::from(consent)))
 }
 
+/// Records the acceptance of the versions in force with its audit event, and commits.
+pub async fn given(
+    mut transaction: audit::Audited,
+    consent: &Consent,
+    user_id: i64,
+    origin: &Origin,
+    now: Millis,
+) -> Result<(), AppError> {
+    let versions = record(&mut transaction, consent, user_id, origin, now).await?;
+    transaction
+        .commit(
+            Event::new(Action::ConsentGiven, now)
+                .actor(Some(user_id))
+                .resource("user", user_id)
+                .details(json!({"versions": versions}))
+                .origin(origin),
+        )
+        .await
+}
+
 /// A sign-in whose password was right, waiting for consent: the attempt is given back to the
 /// lockout (it was no failure), an imported hash is upgraded, and the challenge that carries
 /// the sign-in on is answered as `consent_required`.
@@ -224,16 +244,7 @@ pub async fn accept(
     if !challenges::claim(&mut transaction, &challenge.token_hash, now).await? {
         return Err(AppError::Unauthorized(EXPIRED));
     }
-    let versions = record(&mut transaction, consent, user.id, origin, now).await?;
-    transaction
-        .commit(
-            Event::new(Action::ConsentGiven, now)
-                .actor(Some(user.id))
-                .resource("user", user.id)
-                .details(json!({"versions": versions}))
-                .origin(origin),
-        )
-        .await?;
+    given(transaction, consent, user.id, origin, now).await?;
     let risk = challenge
         .risk
         .clone()

@@ -290,19 +290,8 @@ pub async fn login(
             request.accept_terms.as_deref(),
             request.accept_privacy.as_deref(),
         )?;
-        let now = state.now();
-        let mut transaction = audit::Audited::begin(&state.store).await?;
-        let versions =
-            crate::auth::consent::record(&mut transaction, consent, user.id, origin, now).await?;
-        transaction
-            .commit(
-                Event::new(Action::ConsentGiven, now)
-                    .actor(Some(user.id))
-                    .resource("user", user.id)
-                    .details(json!({"versions": versions}))
-                    .origin(origin),
-            )
-            .await?;
+        let transaction = audit::Audited::begin(&state.store).await?;
+        crate::auth::consent::given(transaction, consent, user.id, origin, state.now()).await?;
     }
     let accepted = PasswordAccepted {
         login: &login,
