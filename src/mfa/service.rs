@@ -168,18 +168,27 @@ async fn codes_for_first_factor(
     Ok(Some(codes))
 }
 
-async fn notify(
+/// A change to an account's factors, told to its owner and recorded: the email and the
+/// audit event go in the change's own transaction.
+async fn announce(
     connection: &mut Connection,
     state: &AppState,
     user: &User,
-    kind: EmailKind,
-    details: Value,
-    now: Millis,
+    (kind, details): (EmailKind, Value),
+    event: Event,
 ) -> Result<(), AppError> {
     state
         .outbox
-        .enqueue(connection, user, &user.email, kind, details, now)
-        .await
+        .enqueue(
+            connection,
+            user,
+            &user.email,
+            kind,
+            details,
+            event.occurred_at,
+        )
+        .await?;
+    audit::record(connection, state.store.chain_key(), event).await
 }
 
 /// How recent a sign-in must be to change an account's factors.
@@ -305,18 +314,14 @@ pub async fn confirm_totp_in(
     }
     let recovery_codes = codes_for_first_factor(connection, user.id, had_factor, now).await?;
     settle(connection, user.id, now).await?;
-    notify(
+    announce(
         connection,
         state,
         user,
-        EmailKind::FactorAdded,
-        json!({"method": Method::Totp.label()}),
-        now,
-    )
-    .await?;
-    audit::record(
-        connection,
-        state.store.chain_key(),
+        (
+            EmailKind::FactorAdded,
+            json!({"method": Method::Totp.label()}),
+        ),
         Event::new(Action::TotpEnabled, now)
             .actor(Some(user.id))
             .resource("user", user.id)
@@ -439,18 +444,14 @@ pub async fn disable_totp(
     .await?;
     totp::remove(&mut transaction, user.id).await?;
     settle(&mut transaction, user.id, now).await?;
-    notify(
+    announce(
         &mut transaction,
         state,
         user,
-        EmailKind::FactorRemoved,
-        json!({"method": Method::Totp.label(), "by_admin": false}),
-        now,
-    )
-    .await?;
-    audit::record(
-        &mut transaction,
-        state.store.chain_key(),
+        (
+            EmailKind::FactorRemoved,
+            json!({"method": Method::Totp.label(), "by_admin": false}),
+        ),
         Event::new(Action::TotpDisabled, now)
             .actor(Some(user.id))
             .resource("user", user.id)
@@ -503,18 +504,14 @@ pub async fn regenerate_recovery_codes(
     }
     let codes = recovery::generate();
     recovery::replace(&mut transaction, user.id, &codes, now).await?;
-    notify(
+    announce(
         &mut transaction,
         state,
         user,
-        EmailKind::FactorAdded,
-        json!({"method": "a new set of recovery codes (the old ones no longer work)"}),
-        now,
-    )
-    .await?;
-    audit::record(
-        &mut transaction,
-        state.store.chain_key(),
+        (
+            EmailKind::FactorAdded,
+            json!({"method": "a new set of recovery codes (the old ones no longer work)"}),
+        ),
         Event::new(Action::RecoveryCodesGenerated, now)
             .actor(Some(user.id))
             .resource("user", user.id)
@@ -537,18 +534,11 @@ pub async fn recovery_code_used(
     origin: &Origin,
     now: Millis,
 ) -> Result<(), AppError> {
-    notify(
+    announce(
         connection,
         state,
         user,
-        EmailKind::RecoveryCodeUsed,
-        json!({"remaining": left}),
-        now,
-    )
-    .await?;
-    audit::record(
-        connection,
-        state.store.chain_key(),
+        (EmailKind::RecoveryCodeUsed, json!({"remaining": left})),
         Event::new(Action::RecoveryCodeUsed, now)
             .actor(Some(user.id))
             .resource("user", user.id)
@@ -721,18 +711,14 @@ pub async fn finish_passkey_registration(
     let view = passkeys::insert(&mut transaction, user.id, handle, &name, &passkey, now).await?;
     let recovery_codes = codes_for_first_factor(&mut transaction, user.id, had_factor, now).await?;
     settle(&mut transaction, user.id, now).await?;
-    notify(
+    announce(
         &mut transaction,
         state,
         &user,
-        EmailKind::FactorAdded,
-        json!({"method": format!("{} named \"{}\"", Method::Webauthn.label(), name)}),
-        now,
-    )
-    .await?;
-    audit::record(
-        &mut transaction,
-        state.store.chain_key(),
+        (
+            EmailKind::FactorAdded,
+            json!({"method": format!("{} named \"{}\"", Method::Webauthn.label(), name)}),
+        ),
         Event::new(Action::PasskeyAdded, now)
             .actor(Some(user.id))
             .resource("user", user.id)
@@ -798,25 +784,11 @@ pub async fn remove_passkey(
     };
     let after = settle(&mut transaction, user.id, now).await?;
     keep_admins_factor(state, user, &after)?;
-    notify(
-        &mut transaction,
-        state,
-        user,
-        EmailKind::FactorRemoved,
-        json!({"method": format!("{} named \"{}\"", Method::Webauthn.label(), name), "by_admin": false}),
-        now,
-    )
-    .await?;
-    audit::record(
-        &mut transaction,
-        state.store.chain_key(),
-        Event::new(Action::PasskeyRemoved, now)
+    announce(&mut transaction, state, user, (EmailKind::FactorRemoved, json!({"method": format!("{} named \"{}\"", Method::Webauthn.label(), name), "by_admin": false})), Event::new(Action::PasskeyRemoved, now)
             .actor(Some(user.id))
             .resource("user", user.id)
             .details(json!({"passkey_id": passkey_id, "name": name}))
-            .origin(origin),
-    )
-    .await?;
+            .origin(origin)).await?;
     transaction.commit().await?;
     Ok(())
 }
@@ -850,15 +822,17 @@ pub async fn reset(
         crate::auth::sessions::revoke_all(&mut transaction, user.id, "mfa_reset", None, now).await?
     };
     if before.any() {
-        notify(
-            &mut transaction,
-            state,
-            &user,
-            EmailKind::FactorRemoved,
-            json!({"method": "every second factor", "by_admin": true}),
-            now,
-        )
-        .await?;
+        state
+            .outbox
+            .enqueue(
+                &mut transaction,
+                &user,
+                &user.email,
+                EmailKind::FactorRemoved,
+                json!({"method": "every second factor", "by_admin": true}),
+                now,
+            )
+            .await?;
     }
     audit::record(
         &mut transaction,
