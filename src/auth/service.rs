@@ -9,7 +9,7 @@ use crate::audit::{self, Action, Event, Origin};
 use crate::auth::password::{Verification, check_policy};
 use crate::auth::sessions::{self, Spend, TokenPair};
 pub use crate::auth::sign_in::LoginResponse;
-use crate::auth::sign_in::{self, Accepted, BAD_CREDENTIALS, Refusal, record_failure};
+use crate::auth::sign_in::{self, Accepted, BAD_CREDENTIALS, Refusal};
 use crate::auth::tokens::{Claims, TokenError, TokenType};
 use crate::error::AppError;
 use crate::error::FieldCheck;
@@ -410,35 +410,15 @@ async fn count_attempt(
     origin: &Origin,
     ip_attempt: crate::security::IpAttempt,
 ) -> Result<(Reservation, crate::security::IpAttempt), AppError> {
-    let now = state.now();
-    let mut transaction = state.store.begin().await?;
-    let reservation =
-        lockout::reserve(&mut transaction, state.lockout_policy(), subject, now).await?;
-    if let Reservation::Locked { until } = reservation {
-        let refusal = Refusal {
-            login,
-            user,
-            reason: "locked",
-            risk: None,
-        };
-        record_failure(
-            &mut transaction,
-            state.store.chain_key(),
-            refusal,
-            origin,
-            now,
-        )
-        .await?;
-        transaction.commit().await?;
-        metrics::counter!("ums_logins_total", "result" => "locked").increment(1);
-        ip_attempt.failed(state, origin).await?;
-        let retry_after_seconds = ((until - now).max(0) as u64).div_ceil(1000);
-        return Err(AppError::Locked {
-            retry_after_seconds,
-        });
+    match sign_in::reserve_attempt(state, subject, login, user, origin).await {
+        Ok(reservation) => Ok((reservation, ip_attempt)),
+        Err(locked @ AppError::Locked { .. }) => {
+            metrics::counter!("ums_logins_total", "result" => "locked").increment(1);
+            ip_attempt.failed(state, origin).await?;
+            Err(locked)
+        }
+        Err(error) => Err(error),
     }
-    transaction.commit().await?;
-    Ok((reservation, ip_attempt))
 }
 
 /// A login that will be refused, and what is known about it.
@@ -477,25 +457,17 @@ async fn refuse(
         false => Some(crate::auth::adaptive::assess(state, user, origin, true).await?),
         true => None,
     };
-    let mut transaction = audit::Audited::begin(&state.store).await?;
-    if password_matched {
-        // The password was right: the account is disabled, not under attack.
-        lockout::clear(&mut transaction, subject).await?;
-    }
     let refusal = Refusal {
         login,
         user,
         reason,
         risk: risk.as_ref(),
     };
-    record_failure(
-        &mut transaction,
-        state.store.chain_key(),
-        refusal,
-        origin,
-        now,
-    )
-    .await?;
+    let mut transaction = sign_in::begin_refusal(state, refusal, origin).await?;
+    if password_matched {
+        // The password was right: the account is disabled, not under attack.
+        lockout::clear(&mut transaction, subject).await?;
+    }
     metrics::counter!("ums_logins_total", "result" => "failure").increment(1);
     if !password_matched && reservation.locks_on_failure(policy) {
         sign_in::record_lock(&mut transaction, state, login, user, origin, now).await?;
@@ -519,23 +491,19 @@ async fn refuse_until_reset(
     origin: &Origin,
     ip_attempt: crate::security::IpAttempt,
 ) -> Result<AppError, AppError> {
-    let now = state.now();
-    let mut transaction = audit::Audited::begin(&state.store).await?;
-    let refusal = Refusal {
-        login,
-        user: Some(user),
-        reason: "password_reset_required",
-        risk: None,
-    };
-    record_failure(
-        &mut transaction,
-        state.store.chain_key(),
-        refusal,
+    sign_in::begin_refusal(
+        state,
+        Refusal {
+            login,
+            user: Some(user),
+            reason: "password_reset_required",
+            risk: None,
+        },
         origin,
-        now,
     )
+    .await?
+    .commit_recorded()
     .await?;
-    transaction.commit_recorded().await?;
     ip_attempt.succeeded(state).await;
     Ok(AppError::PasswordResetRequired)
 }
@@ -549,23 +517,19 @@ async fn refuse_denylisted(
 ) -> Result<AppError, AppError> {
     // No password was looked at: only the address is weighed.
     let risk = crate::auth::adaptive::assess(state, None, origin, false).await?;
-    let now = state.now();
-    let mut transaction = audit::Audited::begin(&state.store).await?;
-    let refusal = Refusal {
-        login,
-        user: None,
-        reason: "denylisted",
-        risk: Some(&risk),
-    };
-    record_failure(
-        &mut transaction,
-        state.store.chain_key(),
-        refusal,
+    sign_in::begin_refusal(
+        state,
+        Refusal {
+            login,
+            user: None,
+            reason: "denylisted",
+            risk: Some(&risk),
+        },
         origin,
-        now,
     )
+    .await?
+    .commit_recorded()
     .await?;
-    transaction.commit_recorded().await?;
     metrics::counter!("ums_logins_total", "result" => "denylisted").increment(1);
     Ok(AppError::Forbidden(
         "Sign-in from this address is refused (it is on an IP denylist).",
@@ -584,19 +548,15 @@ async fn refuse_risky(
     ip_attempt: crate::security::IpAttempt,
 ) -> Result<AppError, AppError> {
     let now = state.now();
-    let mut transaction = audit::Audited::begin(&state.store).await?;
-    let refusal = Refusal {
-        login,
-        user: Some(user),
-        reason: "risk",
-        risk: Some(risk),
-    };
-    record_failure(
-        &mut transaction,
-        state.store.chain_key(),
-        refusal,
+    let mut transaction = sign_in::begin_refusal(
+        state,
+        Refusal {
+            login,
+            user: Some(user),
+            reason: "risk",
+            risk: Some(risk),
+        },
         origin,
-        now,
     )
     .await?;
     crate::auth::adaptive::refuse_risky_sign_in(&mut transaction, state, user, risk, origin, now)

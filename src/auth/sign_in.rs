@@ -292,19 +292,33 @@ pub async fn count_answer(
     user: &User,
     origin: &Origin,
 ) -> Result<Reservation, AppError> {
+    reserve_attempt(
+        state,
+        &Subject::User(user.id),
+        &user.username,
+        Some(user),
+        origin,
+    )
+    .await
+}
+
+/// Reserves an attempt against `subject`'s lockout before anything is evaluated: a locked
+/// name is recorded as refused and answered 423 (`Err`), never evaluated.
+pub async fn reserve_attempt(
+    state: &AppState,
+    subject: &Subject,
+    login: &str,
+    user: Option<&User>,
+    origin: &Origin,
+) -> Result<Reservation, AppError> {
     let now = state.now();
     let mut transaction = state.store.begin().await?;
-    let reservation = lockout::reserve(
-        &mut transaction,
-        state.lockout_policy(),
-        &Subject::User(user.id),
-        now,
-    )
-    .await?;
+    let reservation =
+        lockout::reserve(&mut transaction, state.lockout_policy(), subject, now).await?;
     if let Reservation::Locked { until } = reservation {
         let refusal = Refusal {
-            login: &user.username,
-            user: Some(user),
+            login,
+            user,
             reason: "locked",
             risk: None,
         };
@@ -323,4 +337,23 @@ pub async fn count_answer(
     }
     transaction.commit().await?;
     Ok(reservation)
+}
+
+/// Begins the transaction of a refused sign-in with its failure recorded (the attempt and
+/// its audit event); the caller adds what its refusal adds, then commits.
+pub async fn begin_refusal(
+    state: &AppState,
+    refusal: Refusal<'_>,
+    origin: &Origin,
+) -> Result<audit::Audited, AppError> {
+    let mut transaction = audit::Audited::begin(&state.store).await?;
+    record_failure(
+        &mut transaction,
+        state.store.chain_key(),
+        refusal,
+        origin,
+        state.now(),
+    )
+    .await?;
+    Ok(transaction)
 }
