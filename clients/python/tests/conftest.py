@@ -471,6 +471,25 @@ def geo() -> UMSServer:
     )
 
 
+#: The terms of service and privacy notice versions the ``consenting`` server asks for, and
+#: the newer terms of service of ``renewed_terms``.
+TERMS, PRIVACY, NEW_TERMS = "2026-01", "3", "2026-06"
+
+
+@pytest.fixture(scope="session")
+def consenting() -> UMSServer:
+    """A server, with its own database, that asks for consent (``UMS_TERMS_VERSION``
+    :data:`TERMS`, ``UMS_PRIVACY_VERSION`` :data:`PRIVACY`): a registration must accept both."""
+    return POOL.named_server("consenting", UMS_TERMS_VERSION=TERMS, UMS_PRIVACY_VERSION=PRIVACY)
+
+
+@pytest.fixture(scope="session")
+def renewed_terms(consenting: UMSServer) -> UMSServer:
+    """A second instance on the database of ``consenting`` whose terms of service are newer
+    (:data:`NEW_TERMS`): an account that accepted only :data:`TERMS` is asked again."""
+    return POOL.start(consenting.data_dir, UMS_TERMS_VERSION=NEW_TERMS, UMS_PRIVACY_VERSION=PRIVACY)
+
+
 @pytest.fixture(scope="session")
 def audience_servers() -> tuple[UMSServer, UMSServer, UMSServer]:
     """Three servers sharing one database and signing keys, differing in ``UMS_JWT_AUDIENCE``.

@@ -22,8 +22,11 @@ from conftest import (
     ADMIN_PASSWORD,
     ADMIN_USERNAME,
     ISSUER,
+    NEW_TERMS,
     PASSWORD,
+    PRIVACY,
     SIGN_IN_CODE_SUBJECT,
+    TERMS,
     AuthenticatorApp,
     UMSServer,
     enrol_totp,
@@ -714,3 +717,63 @@ def test_the_portal_forwards_the_browsers_address_so_ums_can_place_it(geo_portal
     with override_settings(UMS_FORWARD_CLIENT_IP=False):
         # Switched off, UMS sees only the portal: no place for it in the test database.
         assert listed.post("/login/", form).status_code == 302
+
+
+def test_the_portal_asks_for_new_terms_then_the_second_factor(
+    consenting, renewed_terms, django_db, make_client
+):
+    def register(totp: bool) -> tuple[str, AuthenticatorApp | None]:
+        client, username = make_client(consenting), unique()
+        client.register(
+            username,
+            f"{username}@example.org",
+            PASSWORD,
+            accept_terms=TERMS,
+            accept_privacy=PRIVACY,
+        )
+        client.login(username, PASSWORD)
+        return username, enrol_totp(client)[0] if totp else None
+
+    username, app = register(totp=True)
+    assert app is not None
+    with override_settings(UMS_BASE_URL=renewed_terms.url):
+        browser = Client()
+        login_url = f"/login/?{urlencode({'next': '/labs/'})}"
+        response = browser.post(login_url, {"username": username, "password": PASSWORD})
+        assert response.status_code == 200
+        assert b"accept the terms" in response.content
+        pending = browser.session[PENDING_KEY]
+        assert (pending["kind"], pending["methods"]) == ("consent_required", ["consent"])
+        assert session_tokens(browser) is None
+
+        # A second factor does not answer the consent step, nor does a stale version.
+        response = browser.post(login_url, {"mfa_method": "totp", "mfa_code": app.wrong_code()})
+        assert response.status_code == 401
+        assert browser.session[PENDING_KEY]["kind"] == "consent_required"
+        stale = {"accept_terms": TERMS, "accept_privacy": PRIVACY}
+        response = browser.post(login_url, stale)
+        assert response.status_code == 400 and b"accept the terms" in response.content
+        assert browser.session[PENDING_KEY]["kind"] == "consent_required"
+
+        # Accepted, the sign-in goes on to its second factor.
+        response = browser.post(login_url, {"accept_terms": NEW_TERMS, "accept_privacy": PRIVACY})
+        assert response.status_code == 200 and b"second factor" in response.content
+        pending = browser.session[PENDING_KEY]
+        assert pending["kind"] == "mfa_required" and "totp" in pending["methods"]
+        response = browser.post(login_url, {"mfa_method": "totp", "mfa_code": app.code()})
+        assert response.status_code == 302
+        assert response["Location"] == "/labs/"
+        assert PENDING_KEY not in browser.session
+        assert session_amr(browser) == ["pwd", "otp", "mfa"]
+
+        # The login form may carry the acceptance itself.
+        other, _ = register(totp=False)
+        one_step = {
+            "username": other,
+            "password": PASSWORD,
+            "accept_terms": NEW_TERMS,
+            "accept_privacy": PRIVACY,
+        }
+        browser = Client()
+        assert browser.post("/login/", one_step).status_code == 302
+        assert browser.get("/whoami/").json() == {"username": other}

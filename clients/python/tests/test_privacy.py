@@ -1,6 +1,7 @@
 """Privacy by design against the live server: lab admins invite by email address (and cannot
 tell whether an account has it), member lists show addresses only to those who manage the lab,
-and a person exports everything UMS holds about them.
+a person exports everything UMS holds about them, and accepts the terms of service and privacy
+notice in force (at registration, and at sign-in when they change).
 
 Invitation and welcome emails are read from the server's log, where UMS writes its mail when
 no SMTP is configured.
@@ -16,14 +17,30 @@ from typing import Any
 
 import pytest
 
-from conftest import ISSUER, Account, UMSServer, unique
+from conftest import (
+    ISSUER,
+    NEW_TERMS,
+    PASSWORD,
+    PRIVACY,
+    TERMS,
+    Account,
+    UMSServer,
+    enrol_totp,
+    unique,
+)
 from ums_client import (
+    AuthenticationError,
     Conflict,
+    ConsentRequired,
+    ConsentVersions,
     Invitation,
     Lab,
+    LoginResult,
     Member,
+    MFARequired,
     NotFound,
     PermissionDenied,
+    SecondStepRequired,
     UMSClient,
     ValidationError,
 )
@@ -36,6 +53,7 @@ SECTIONS = (
     "devices",
     "login_attempts",
     "second_factors",
+    "consents",
     "invitations",
     "audit_events",
 )
@@ -255,3 +273,121 @@ def test_export_zip_holds_one_csv_per_section(new_account):
         (account.username, account.user.email)
     ]
     assert "auth.register" in events
+
+
+# -- consent ------------------------------------------------------------------------------
+
+
+def consenting_account(make_client, server: UMSServer) -> tuple[UMSClient, str]:
+    """A new account on a server asking for consent, registered accepting the versions in
+    force there (:data:`TERMS`, :data:`PRIVACY`); returns its client (not signed in) and its
+    username."""
+    client = make_client(server)
+    username = unique()
+    client.register(
+        username, f"{username}@example.org", PASSWORD, accept_terms=TERMS, accept_privacy=PRIVACY
+    )
+    return client, username
+
+
+def test_the_versions_in_force_are_read_without_a_sign_in(make_client, ums, consenting):
+    assert make_client(consenting).consent_versions() == ConsentVersions(TERMS, PRIVACY)
+    assert make_client(ums).consent_versions() == ConsentVersions(None, None)
+
+
+def test_a_registration_must_accept_the_versions_in_force(make_client, consenting):
+    client = make_client(consenting)
+    username = unique()
+    email = f"{username}@example.org"
+
+    with pytest.raises(ValidationError) as missing:
+        client.register(username, email, PASSWORD)
+    assert {"accept_terms", "accept_privacy"} <= missing.value.errors.keys()
+    with pytest.raises(ValidationError) as stale:
+        client.register(username, email, PASSWORD, accept_terms="2025-12", accept_privacy=PRIVACY)
+    assert "accept_terms" in stale.value.errors
+    assert "accept_privacy" not in stale.value.errors
+    with pytest.raises(AuthenticationError):
+        client.login(username, PASSWORD)  # nothing was created
+
+    user = client.register(username, email, PASSWORD, accept_terms=TERMS, accept_privacy=PRIVACY)
+    assert user.username == username
+    # Accepted at registration: the sign-in is not asked again.
+    assert client.login(username, PASSWORD).user.id == user.id
+
+
+def test_new_terms_are_accepted_at_the_next_sign_in(make_client, consenting, renewed_terms):
+    _, username = consenting_account(make_client, consenting)
+    client = make_client(renewed_terms)
+
+    with pytest.raises(ConsentRequired) as asked:
+        client.login(username, PASSWORD)
+    step = asked.value
+    assert isinstance(step, SecondStepRequired) and isinstance(step, AuthenticationError)
+    assert (step.status, step.code, step.methods) == (401, "consent_required", ("consent",))
+    assert step.mfa_token and step.expires_in and step.expires_in > 0
+    assert client.tokens is None  # no session yet
+    assert client.consent_versions() == ConsentVersions(NEW_TERMS, PRIVACY)
+
+    # The old version is refused, and the token stays usable.
+    with pytest.raises(ValidationError) as stale:
+        client.login_consent(step.mfa_token, accept_terms=TERMS, accept_privacy=PRIVACY)
+    assert "accept_terms" in stale.value.errors
+    with pytest.raises(ValidationError):
+        client.login_consent(step.mfa_token)  # nothing accepted
+    assert client.tokens is None
+
+    result = client.login_consent(step.mfa_token, accept_terms=NEW_TERMS, accept_privacy=PRIVACY)
+    assert isinstance(result, LoginResult)
+    assert result.user.username == username
+    assert client.tokens == result.tokens
+    assert client.me().username == username
+
+    with pytest.raises(AuthenticationError) as spent:
+        make_client(renewed_terms).login_consent(
+            step.mfa_token, accept_terms=NEW_TERMS, accept_privacy=PRIVACY
+        )
+    assert not isinstance(spent.value, SecondStepRequired)
+    # Accepted once, not asked again; the export lists every acceptance.
+    again = make_client(renewed_terms)
+    assert again.login(username, PASSWORD).user.username == username
+    document = again.export_user_data(result.user.id)
+    accepted = [(c["document"], c["version"]) for c in document["consents"]]
+    assert accepted == [("terms", TERMS), ("privacy", PRIVACY), ("terms", NEW_TERMS)]
+    assert all(c["accepted_at"] for c in document["consents"])
+
+
+def test_new_terms_can_be_accepted_in_the_login_itself(make_client, consenting, renewed_terms):
+    _, username = consenting_account(make_client, consenting)
+    client = make_client(renewed_terms)
+
+    with pytest.raises(ValidationError) as stale:
+        client.login(username, PASSWORD, accept_terms=TERMS, accept_privacy=PRIVACY)
+    assert "accept_terms" in stale.value.errors
+    assert client.tokens is None
+
+    result = client.login(username, PASSWORD, accept_terms=NEW_TERMS, accept_privacy=PRIVACY)
+    assert result.user.username == username
+    assert client.tokens == result.tokens
+    assert make_client(renewed_terms).login(username, PASSWORD).user.username == username
+
+
+def test_after_the_consent_an_account_with_a_second_factor_proves_it(
+    make_client, consenting, renewed_terms
+):
+    client, username = consenting_account(make_client, consenting)
+    client.login(username, PASSWORD)
+    app, _ = enrol_totp(client)
+    renewed = make_client(renewed_terms)
+
+    with pytest.raises(ConsentRequired) as asked:
+        renewed.login(username, PASSWORD)
+    with pytest.raises(MFARequired) as second:
+        renewed.login_consent(asked.value.mfa_token, accept_terms=NEW_TERMS, accept_privacy=PRIVACY)
+    assert second.value.mfa_token and second.value.mfa_token != asked.value.mfa_token
+    assert "totp" in second.value.methods
+    assert renewed.tokens is None
+
+    result = renewed.login_mfa(second.value.mfa_token, "totp", code=app.code())
+    assert result.user.username == username
+    assert renewed.me().username == username

@@ -18,6 +18,7 @@ from .errors import AuthenticationError, ServiceUnavailable, error_from_response
 from .models import (
     AccessInfo,
     AuditEvent,
+    ConsentVersions,
     Device,
     FactorEnrolled,
     Invitation,
@@ -259,20 +260,37 @@ class UMSClient:
         *,
         first_name: str | None = None,
         last_name: str | None = None,
+        accept_terms: str | None = None,
+        accept_privacy: str | None = None,
     ) -> User:
-        """``POST /api/auth/register``: create an account (201)."""
+        """``POST /api/auth/register``: create an account (201).
+
+        When the server asks for consent (:meth:`consent_versions`), ``accept_terms`` and
+        ``accept_privacy`` must be the versions in force that the person accepted: otherwise
+        :class:`ValidationError` names the missing or stale fields in ``errors``.
+        """
         body = _body(
             username=username,
             email=email,
             password=password,
             first_name=first_name,
             last_name=last_name,
+            accept_terms=accept_terms,
+            accept_privacy=accept_privacy,
         )
         return User.from_json(
             self._request("POST", "/api/auth/register", json=body, auth=False).json()
         )
 
-    def login(self, username: str, password: str, totp_code: str | None = None) -> LoginResult:
+    def login(
+        self,
+        username: str,
+        password: str,
+        totp_code: str | None = None,
+        *,
+        accept_terms: str | None = None,
+        accept_privacy: str | None = None,
+    ) -> LoginResult:
         """``POST /api/auth/login`` with a username or email; the tokens are stored.
 
         For an account with a second factor, a right password raises :class:`MFARequired`
@@ -285,10 +303,50 @@ class UMSClient:
         the answer tells nothing of the password; UMS tells the user); one from a denylisted
         address raises :class:`PermissionDenied`; an account reported as taken over
         (:meth:`report_not_me`) :class:`PasswordResetRequired` until its password is reset.
+
+        An account that has not accepted the terms or privacy notice in force (the server's
+        versions changed since) raises :class:`ConsentRequired`: finish with
+        :meth:`login_consent`. Or accept them in the same step with ``accept_terms`` and
+        ``accept_privacy`` (the versions in force, :meth:`consent_versions`; a stale one
+        raises :class:`ValidationError`).
         """
-        body = _body(username=username, password=password, totp_code=totp_code)
+        body = _body(
+            username=username,
+            password=password,
+            totp_code=totp_code,
+            accept_terms=accept_terms,
+            accept_privacy=accept_privacy,
+        )
         result = LoginResult.from_json(
             self._request("POST", "/api/auth/login", json=body, auth=False).json()
+        )
+        self.token_store.save(result.tokens)
+        return result
+
+    def consent_versions(self) -> ConsentVersions:
+        """``GET /api/consents``: the versions of the terms of service and privacy notice in
+        force (``None`` for a document the server does not ask for); no sign-in needed."""
+        return ConsentVersions.from_json(self._request("GET", "/api/consents", auth=False).json())
+
+    def login_consent(
+        self,
+        mfa_token: str,
+        accept_terms: str | None = None,
+        accept_privacy: str | None = None,
+    ) -> LoginResult:
+        """``POST /api/auth/login/consent``: after :class:`ConsentRequired`, accept the versions
+        in force (those of :meth:`consent_versions`, as the user accepted them) and go on with
+        the sign-in; the tokens are stored.
+
+        The sign-in may still owe a step: an account with a second factor raises
+        :class:`MFARequired` (a risky one :class:`VerificationRequired`) with a new
+        ``mfa_token`` for :meth:`login_mfa`. A missing or stale version raises
+        :class:`ValidationError` (the token stays usable); an unknown, used or expired token
+        :class:`AuthenticationError` (sign in again).
+        """
+        body = _body(mfa_token=mfa_token, accept_terms=accept_terms, accept_privacy=accept_privacy)
+        result = LoginResult.from_json(
+            self._request("POST", "/api/auth/login/consent", json=body, auth=False).json()
         )
         self.token_store.save(result.tokens)
         return result

@@ -13,6 +13,7 @@ __all__ = [
     "AccountLocked",
     "AuthenticationError",
     "Conflict",
+    "ConsentRequired",
     "InsufficientAuthentication",
     "InvalidToken",
     "MFAEnrollmentRequired",
@@ -102,9 +103,10 @@ class SecondStepRequired(AuthenticationError):
     """401 after a right password: the sign-in goes on with a second step.
 
     ``mfa_token`` carries it on (for ``expires_in`` seconds, 300), ``methods`` are those that
-    can take the step (``totp``, ``recovery_code``, ``webauthn``, or ``email_code``) and
-    ``webauthn`` the WebAuthn request options when a passkey can answer (else ``None``). See
-    :class:`MFARequired`, :class:`MFAEnrollmentRequired` and :class:`VerificationRequired`.
+    can take the step (``totp``, ``recovery_code``, ``webauthn``, ``email_code``, or
+    ``consent``) and ``webauthn`` the WebAuthn request options when a passkey can answer (else
+    ``None``). See :class:`MFARequired`, :class:`MFAEnrollmentRequired`,
+    :class:`VerificationRequired` and :class:`ConsentRequired`.
     """
 
     def __init__(
@@ -150,6 +152,18 @@ class VerificationRequired(SecondStepRequired):
     ``login_mfa(mfa_token, "email_code", code=...)``. As with a second factor, the token dies
     after one success or three wrong codes. The session's ``amr`` is then ``["pwd", "otp"]``,
     without ``mfa``: an emailed code is no second factor.
+    """
+
+
+class ConsentRequired(SecondStepRequired):
+    """401 ``consent_required``: the account has not accepted the versions of the terms of
+    service and privacy notice in force (the server's ``UMS_TERMS_VERSION`` and
+    ``UMS_PRIVACY_VERSION``; :meth:`UMSClient.consent_versions` names them).
+
+    ``methods`` is ``("consent",)``: once the user has accepted them, finish with
+    ``login_consent(mfa_token, accept_terms=..., accept_privacy=...)``, whose answer may be the
+    next step (:class:`MFARequired` for an account with a second factor, say). No session is
+    open until then.
     """
 
 
@@ -226,6 +240,7 @@ _BY_CODE: dict[tuple[int, str], type[UMSError]] = {
     (401, "mfa_required"): MFARequired,
     (401, "mfa_enrollment_required"): MFAEnrollmentRequired,
     (401, "verification_required"): VerificationRequired,
+    (401, "consent_required"): ConsentRequired,
     (403, "step_up_required"): StepUpRequired,
     (403, "reauthentication_required"): ReauthenticationRequired,
     (403, "mfa_enrollment_required"): MFASetupRequired,

@@ -10,6 +10,7 @@ from typing import Any, Generic, TypeVar
 __all__ = [
     "AccessInfo",
     "AuditEvent",
+    "ConsentVersions",
     "CountryAttempts",
     "Device",
     "FactorEnrolled",
@@ -320,6 +321,23 @@ class LoginResult:
             tokens=TokenPair.from_json(data),
             user=User.from_json(data["user"]),
             recovery_codes=None if codes is None else tuple(codes),
+        )
+
+
+@dataclass(frozen=True)
+class ConsentVersions:
+    """``GET /api/consents``: the versions of the terms of service and of the privacy notice
+    in force, which a registration (and a sign-in of an account that has not accepted them)
+    must accept; ``None`` when the server asks for none."""
+
+    terms_version: str | None
+    privacy_version: str | None
+
+    @classmethod
+    def from_json(cls, data: Json) -> ConsentVersions:
+        return cls(
+            terms_version=data.get("terms_version"),
+            privacy_version=data.get("privacy_version"),
         )
 
 

@@ -11,6 +11,7 @@ from django.views.decorators.http import require_POST
 from ums_client import (
     AccountLocked,
     AuthenticationError,
+    ConsentRequired,
     MFAEnrollmentRequired,
     MFARequired,
     PasswordResetRequired,
@@ -37,8 +38,16 @@ def login_view(request: HttpRequest) -> HttpResponse:
         return HttpResponse("<form method=post>...</form>")
     if "mfa_method" in request.POST:
         return second_step(request)
+    if "username" not in request.POST and (
+        "accept_terms" in request.POST or "accept_privacy" in request.POST
+    ):
+        return consent_step(request)
     user = authenticate(
-        request, username=request.POST.get("username"), password=request.POST.get("password")
+        request,
+        username=request.POST.get("username"),
+        password=request.POST.get("password"),
+        accept_terms=request.POST.get("accept_terms"),
+        accept_privacy=request.POST.get("accept_privacy"),
     )
     if user is None:
         error = getattr(request, "ums_error", None)
@@ -47,6 +56,8 @@ def login_view(request: HttpRequest) -> HttpResponse:
         if isinstance(error, PasswordResetRequired):
             return HttpResponse("reset your password to sign in again", status=403)
         pending = pending_mfa(request)
+        if isinstance(error, ConsentRequired) and pending is not None:
+            return consent_form()
         if isinstance(error, (MFARequired, VerificationRequired)) and pending is not None:
             return second_factor_form(pending)
         if isinstance(error, MFAEnrollmentRequired) and pending is not None:
@@ -74,6 +85,31 @@ def second_factor_form(pending: PendingMFA, status: int = 200, note: str = "") -
         "</select><input name=mfa_code></form>",
         status=status,
     )
+
+
+def consent_form(status: int = 200, note: str = "") -> HttpResponse:
+    return HttpResponse(
+        f"{escape(note)}<form method=post>accept the terms of service and privacy notice: "
+        "<input name=accept_terms><input name=accept_privacy></form>",
+        status=status,
+    )
+
+
+def consent_step(request: HttpRequest) -> HttpResponse:
+    user = authenticate(
+        request,
+        accept_terms=request.POST.get("accept_terms"),
+        accept_privacy=request.POST.get("accept_privacy"),
+    )
+    if user is None:
+        pending = pending_mfa(request)
+        if pending is None:
+            return HttpResponse("sign in again", status=401)
+        if pending.consenting:
+            return consent_form(status=400, note="accept the versions in force")
+        return second_factor_form(pending)  # accepted: the sign-in's next step
+    login(request, user)
+    return redirect(next_url(request))
 
 
 def second_step(request: HttpRequest) -> HttpResponse:

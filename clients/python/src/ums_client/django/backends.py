@@ -190,6 +190,14 @@ class UMSBackend(BaseBackend):
     it (``POST /api/auth/login/mfa``) and returns the user as a one-step login does;
     ``None`` if the answer is refused (the error is on ``request.ums_error``, and after three
     refusals the pending step is dropped) or nothing is pending.
+
+    A sign-in of an account that has not accepted the terms of service or privacy notice in
+    force is kept pending the same way (:class:`~ums_client.ConsentRequired`);
+    ``authenticate(request, accept_terms=..., accept_privacy=...)`` (no username) accepts the
+    versions (``POST /api/auth/login/consent``) and returns the user, or ``None`` with the
+    next step pending (a second factor) or the error on ``request.ums_error`` (a stale
+    version: the step stays pending; a dead token: it is dropped). Passed with ``username``
+    and ``password``, the two accept in the login itself.
     """
 
     def authenticate(
@@ -201,17 +209,29 @@ class UMSBackend(BaseBackend):
         mfa_method: str | None = None,
         mfa_code: str | None = None,
         mfa_assertion: dict[str, Any] | None = None,
+        accept_terms: str | None = None,
+        accept_privacy: str | None = None,
         **kwargs: Any,
     ) -> AbstractBaseUser | None:
         if mfa_method is not None:
             if request is None:
                 return None
             return self._second_step(request, mfa_method, mfa_code, mfa_assertion)
+        if not username and (accept_terms is not None or accept_privacy is not None):
+            if request is None:
+                return None
+            return self._consent_step(request, accept_terms, accept_privacy)
         if not username or password is None:
             return None
         with make_client(request=request, signing_in=True) as client:
             try:
-                result = client.login(username, password, totp_code)
+                result = client.login(
+                    username,
+                    password,
+                    totp_code,
+                    accept_terms=accept_terms,
+                    accept_privacy=accept_privacy,
+                )
             except SecondStepRequired as exc:
                 # The password was right but does not suffice: no other backend may let the
                 # user in on it. The view asks for the second step.
@@ -235,7 +255,7 @@ class UMSBackend(BaseBackend):
         assertion: dict[str, Any] | None,
     ) -> AbstractBaseUser | None:
         pending = pending_mfa(request)
-        if pending is None:
+        if pending is None or pending.consenting:
             return None  # nothing pending, or it expired: sign in again
         with make_client(request=request, signing_in=True) as client:
             try:
@@ -253,6 +273,33 @@ class UMSBackend(BaseBackend):
                 request.ums_error = exc  # type: ignore[attr-defined]
                 return None
             except (AccountLocked, RateLimited) as exc:
+                forget_pending_mfa(request)
+                request.ums_error = exc  # type: ignore[attr-defined]
+                raise DjangoPermissionDenied(str(exc)) from exc
+        return self._signed_in(result)
+
+    def _consent_step(
+        self, request: HttpRequest, accept_terms: str | None, accept_privacy: str | None
+    ) -> AbstractBaseUser | None:
+        pending = pending_mfa(request)
+        if pending is None or not pending.consenting:
+            return None  # nothing pending, or it expired: sign in again
+        with make_client(request=request, signing_in=True) as client:
+            try:
+                result = client.login_consent(pending.mfa_token, accept_terms, accept_privacy)
+            except SecondStepRequired as exc:
+                # Accepted; the sign-in goes on to its second factor (or an emailed code).
+                remember_pending_mfa(request, exc)
+                request.ums_error = exc  # type: ignore[attr-defined]
+                return None
+            except ValidationError as exc:  # a version missing or not in force: still pending
+                request.ums_error = exc  # type: ignore[attr-defined]
+                return None
+            except AuthenticationError as exc:  # the token is used or expired
+                forget_pending_mfa(request)
+                request.ums_error = exc  # type: ignore[attr-defined]
+                return None
+            except (AccountLocked, RateLimited, PermissionDenied) as exc:
                 forget_pending_mfa(request)
                 request.ums_error = exc  # type: ignore[attr-defined]
                 raise DjangoPermissionDenied(str(exc)) from exc

@@ -10,6 +10,12 @@ to pass to ``django.contrib.auth.login`` as after a one-step login.
 A risky sign-in of an account without a second factor goes the same way, with
 :class:`~ums_client.VerificationRequired`: UMS emailed the user a six-digit code, and the
 second form asks for it (``mfa_method="email_code"``).
+
+A sign-in of an account that has not accepted the terms of service or privacy notice in force
+is kept the same way, with :class:`~ums_client.ConsentRequired` (``PendingMFA.consenting``):
+the view shows the documents, and posting the acceptance calls
+``authenticate(request, accept_terms=..., accept_privacy=...)``, which answers it with
+``POST /api/auth/login/consent``. What follows may be a second step as above.
 """
 
 from __future__ import annotations
@@ -21,7 +27,12 @@ from typing import Any
 
 from django.http import HttpRequest
 
-from ..errors import MFAEnrollmentRequired, SecondStepRequired, VerificationRequired
+from ..errors import (
+    ConsentRequired,
+    MFAEnrollmentRequired,
+    SecondStepRequired,
+    VerificationRequired,
+)
 from ..models import TOTPEnrollment
 from .store import make_client
 
@@ -46,10 +57,11 @@ class PendingMFA:
 
     mfa_token: str
     #: ``mfa_required``; ``mfa_enrollment_required`` for an account that must enrol first;
-    #: ``verification_required`` for a risky sign-in confirmed by a code sent by email.
+    #: ``verification_required`` for a risky sign-in confirmed by a code sent by email;
+    #: ``consent_required`` for an account that must accept the terms in force first.
     kind: str
     #: Methods that can take the step: ``totp``, ``recovery_code``, ``webauthn``; or
-    #: ``email_code`` alone when ``verifying``.
+    #: ``email_code`` alone when ``verifying``; ``consent`` alone when ``consenting``.
     methods: tuple[str, ...]
     #: WebAuthn request options for the browser, when a passkey can answer.
     webauthn: dict[str, Any] | None
@@ -70,6 +82,12 @@ class PendingMFA:
         return self.kind == "verification_required"
 
     @property
+    def consenting(self) -> bool:
+        """The account must accept the terms of service and privacy notice in force
+        (``authenticate(request, accept_terms=..., accept_privacy=...)``) to go on."""
+        return self.kind == "consent_required"
+
+    @property
     def answers_left(self) -> int:
         return max(0, MAX_ANSWERS - self.wrong_answers)
 
@@ -82,6 +100,8 @@ def remember_pending_mfa(
         kind = "mfa_enrollment_required"
     elif isinstance(error, VerificationRequired):
         kind = "verification_required"
+    elif isinstance(error, ConsentRequired):
+        kind = "consent_required"
     else:
         kind = "mfa_required"
     pending = PendingMFA(
