@@ -349,3 +349,31 @@ pub fn cors(state: &AppState) -> Option<tower_http::cors::CorsLayer> {
             .max_age(std::time::Duration::from_secs(600)),
     )
 }
+
+/// Compresses (gzip or brotli, as the client accepts) the answers worth it: over 1 KiB, not an
+/// event stream or an archive, and never one that carries a secret (`Cache-Control: no-store`:
+/// tokens, codes, exports), where a compressed length could leak it to an attacker who can
+/// put text of theirs beside it (BREACH).
+pub fn compression()
+-> tower_http::compression::CompressionLayer<impl tower_http::compression::Predicate> {
+    use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
+    let keeps_no_secret = |_: axum::http::StatusCode,
+                           _: axum::http::Version,
+                           headers: &axum::http::HeaderMap,
+                           _: &axum::http::Extensions| {
+        !headers
+            .get(axum::http::header::CACHE_CONTROL)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.contains("no-store"))
+    };
+    tower_http::compression::CompressionLayer::new()
+        .gzip(true)
+        .br(true)
+        .compress_when(
+            SizeAbove::new(1024)
+                .and(NotForContentType::SSE)
+                .and(NotForContentType::IMAGES)
+                .and(NotForContentType::const_new("application/zip"))
+                .and(keeps_no_secret),
+        )
+}

@@ -131,6 +131,7 @@ pub fn router(state: AppState) -> Router {
     // Layers run outside in: the last added sees the request first.
     let router = api
         .merge(docs)
+        .layer(middleware::compression())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::timeout,

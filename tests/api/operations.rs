@@ -607,3 +607,73 @@ async fn a_refusal_before_the_body_is_read_closes_the_connection_openly() {
     let ok = app.get("/api/auth/me", Some(&tokens.access)).await;
     assert!(ok.headers().get("connection").is_none());
 }
+
+/// Large answers are compressed for clients that accept it; small ones, and any that carries
+/// a secret (`Cache-Control: no-store`), are not.
+#[tokio::test]
+async fn large_answers_are_compressed_and_secrets_never_are() {
+    use std::io::Read;
+    let app = spawn_app().await;
+    let plain = app.get("/api/openapi.json", None).await;
+    assert!(plain.headers().get("content-encoding").is_none());
+    let plain = plain.bytes().await.unwrap();
+    assert!(plain.len() > 1024);
+
+    let gzipped = app
+        .client
+        .get(app.url("/api/openapi.json"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gzipped.status(), StatusCode::OK);
+    assert_eq!(gzipped.headers()["content-encoding"], "gzip");
+    let compressed = gzipped.bytes().await.unwrap();
+    assert!(
+        compressed.len() * 3 < plain.len(),
+        "{} of {}",
+        compressed.len(),
+        plain.len()
+    );
+    let mut inflated = Vec::new();
+    flate2::read::GzDecoder::new(&compressed[..])
+        .read_to_end(&mut inflated)
+        .unwrap();
+    assert_eq!(inflated, plain);
+
+    let brotli = app
+        .client
+        .get(app.url("/api/openapi.json"))
+        .header("accept-encoding", "br")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(brotli.headers()["content-encoding"], "br");
+
+    // A token answer, however long, goes out as it is.
+    let (_, _) = app.user("alice").await;
+    let login = app
+        .client
+        .post(app.url("/api/auth/login"))
+        .header("accept-encoding", "gzip, br")
+        .json(&json!({"username": "alice", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), StatusCode::OK);
+    assert_eq!(login.headers()["cache-control"], "no-store");
+    assert!(login.headers().get("content-encoding").is_none());
+    let bytes = login.bytes().await.unwrap();
+    assert!(bytes.len() > 1024, "large enough to be compressed but for its secret");
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert!(body["access_token"].is_string());
+    // Nor a small one.
+    let health = app
+        .client
+        .get(app.url("/health"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert!(health.headers().get("content-encoding").is_none());
+}
