@@ -664,7 +664,10 @@ async fn large_answers_are_compressed_and_secrets_never_are() {
     assert_eq!(login.headers()["cache-control"], "no-store");
     assert!(login.headers().get("content-encoding").is_none());
     let bytes = login.bytes().await.unwrap();
-    assert!(bytes.len() > 1024, "large enough to be compressed but for its secret");
+    assert!(
+        bytes.len() > 1024,
+        "large enough to be compressed but for its secret"
+    );
     let body: Value = serde_json::from_slice(&bytes).unwrap();
     assert!(body["access_token"].is_string());
     // Nor a small one.
