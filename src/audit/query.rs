@@ -277,15 +277,16 @@ pub async fn export(
     exporter: crate::audit::export::Exporter,
     sink: &mut impl ChunkSink,
 ) -> anyhow::Result<u64> {
-    export_where(connection, &filter.conditions(), exporter, sink).await
+    export_where(connection, &filter.conditions(), exporter, sink, |row| row).await
 }
 
-/// `export` of the events of `conditions`.
+/// `export` of the events of `conditions`, each passed through `shape` first.
 pub async fn export_where(
     connection: &mut Connection,
     conditions: &Conditions,
     mut exporter: crate::audit::export::Exporter,
     sink: &mut impl ChunkSink,
+    shape: impl Fn(EventRow) -> EventRow,
 ) -> anyhow::Result<u64> {
     use futures_util::TryStreamExt;
     let sql = format!(
@@ -298,7 +299,7 @@ pub async fn export_where(
     let mut buffer = exporter.begin();
     let mut count = 0;
     while let Some(row) = rows.try_next().await? {
-        buffer.extend(exporter.event(&EventRow::from(row)));
+        buffer.extend(exporter.event(&shape(EventRow::from(row))));
         count += 1;
         if buffer.len() >= EXPORT_CHUNK {
             sink.write(std::mem::take(&mut buffer)).await?;

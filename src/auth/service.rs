@@ -210,6 +210,15 @@ pub async fn login(
     origin: &Origin,
 ) -> Result<LoginResponse, AppError> {
     let login = parse_login(&request.username)?;
+    // Versions offered with the login are checked before anything is counted: a stale one is
+    // a 400 that leaves the account's lockout count as it was.
+    if request.accept_terms.is_some() || request.accept_privacy.is_some() {
+        crate::auth::consent::check_accepted(
+            &state.config.consent,
+            request.accept_terms.as_deref(),
+            request.accept_privacy.as_deref(),
+        )?;
+    }
     if crate::auth::adaptive::denylisted(state, origin).is_some() {
         return Err(refuse_denylisted(state, &login, origin).await?);
     }
@@ -284,12 +293,8 @@ pub async fn login(
             ip_attempt.succeeded(state).await;
             return Err(asked);
         }
-        // Accepted in the login itself: recorded at once, whatever the steps after.
-        crate::auth::consent::check_accepted(
-            consent,
-            request.accept_terms.as_deref(),
-            request.accept_privacy.as_deref(),
-        )?;
+        // Accepted in the login itself (the versions were checked before the password):
+        // recorded at once, whatever the steps after.
         let transaction = audit::Audited::begin(&state.store).await?;
         crate::auth::consent::given(transaction, consent, user.id, origin, state.now()).await?;
     }

@@ -203,32 +203,34 @@ pub async fn revoke(
 ) -> Result<(), AppError> {
     let now = state.now();
     let mut transaction = audit::Audited::begin(&state.store).await?;
-    let status: Option<String> = crate::with_db!(&mut transaction, |db| sqlx::query_scalar(
-        "SELECT status FROM lab_invitations WHERE id = $1 AND lab_id = $2"
+    // One conditional UPDATE: an answer committing meanwhile is not overwritten.
+    let revoked: Option<i64> = crate::with_db!(&mut transaction, |db| sqlx::query_scalar(
+        "UPDATE lab_invitations SET status = 'revoked', answered_at = $3 \
+         WHERE id = $1 AND lab_id = $2 AND status = 'pending' RETURNING id"
     )
     .bind(invitation_id)
     .bind(access.lab.id)
+    .bind(Timestamp::from(now))
     .fetch_optional(db)
     .await)
     .map_err(StoreError::from)?;
-    match status.as_deref() {
-        None => return Err(AppError::NotFound),
-        Some("pending") => {}
-        Some(_) => {
-            return Err(AppError::conflict(
-                "invitation",
-                "the invitation was answered or revoked already",
-            ));
-        }
-    }
-    crate::execute!(
-        &mut transaction,
-        sqlx::query(
-            "UPDATE lab_invitations SET status = 'revoked', answered_at = $2 WHERE id = $1",
+    if revoked.is_none() {
+        let exists: Option<i64> = crate::with_db!(&mut transaction, |db| sqlx::query_scalar(
+            "SELECT id FROM lab_invitations WHERE id = $1 AND lab_id = $2"
         )
         .bind(invitation_id)
-        .bind(Timestamp::from(now))
-    )?;
+        .bind(access.lab.id)
+        .fetch_optional(db)
+        .await)
+        .map_err(StoreError::from)?;
+        return Err(match exists {
+            None => AppError::NotFound,
+            Some(_) => AppError::conflict(
+                "invitation",
+                "the invitation was answered or revoked already",
+            ),
+        });
+    }
     transaction
         .commit(
             Event::new(Action::InvitationRevoked, now)
@@ -294,6 +296,21 @@ pub async fn accept(
 ) -> Result<MemberView, AppError> {
     let now = state.now();
     let mut transaction = audit::Audited::begin(&state.store).await?;
+    // The lab is locked before the invitation, in the order `invite` takes them.
+    let lab_id: Option<i64> = crate::with_db!(&mut transaction, |db| sqlx::query_scalar(
+        "SELECT lab_id FROM lab_invitations WHERE token_hash = $1"
+    )
+    .bind(hash_token(&request.token))
+    .fetch_optional(db)
+    .await)
+    .map_err(StoreError::from)?;
+    let lab = match lab_id {
+        Some(lab_id) if lab_store::lock(&mut transaction, lab_id).await? => {
+            lab_store::find(&mut transaction, lab_id).await?
+        }
+        _ => None,
+    }
+    .ok_or_else(|| AppError::BadRequest(INVALID_LINK.into()))?;
     let invitation = claim(
         &mut transaction,
         &request.token,
@@ -302,6 +319,11 @@ pub async fn accept(
         now,
     )
     .await?;
+    if !lab.is_active() {
+        return Err(AppError::Forbidden(
+            "The lab is inactive: the invitation can be accepted once it is active again.",
+        ));
+    }
     // The invitation went to an address, not to whoever holds the link: only the account
     // that has proven that address may take it up.
     if !user.email.eq_ignore_ascii_case(&invitation.email) {
@@ -314,7 +336,6 @@ pub async fn accept(
             "Verify your email address before accepting the invitation.",
         ));
     }
-    lab_store::lock(&mut transaction, invitation.lab_id).await?;
     lab_store::add_member(
         &mut transaction,
         invitation.lab_id,

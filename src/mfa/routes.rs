@@ -132,10 +132,11 @@ pub async fn start_passkey_registration(
     State(state): State<AppState>,
     MaybeAuthUser(caller): MaybeAuthUser,
     request: axum::extract::Request,
-) -> Result<Json<PasskeyRegistrationStart>, AppError> {
+) -> Result<axum::response::Response, AppError> {
     let request: EnrollRequest = crate::http::body::optional_json(request, &state).await?;
     let (user, session) = enrolling(&state, caller, &request).await?;
-    Ok(Json(
+    // It carries the registration token: never cached, never compressed.
+    Ok(no_store(
         service::start_passkey_registration(&state, &user, session.as_ref()).await?,
     ))
 }

@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use sqlx::types::Json;
 
 use crate::audit::export::Exporter;
-use crate::audit::query::{self, ChunkSink};
+use crate::audit::query::{self, ChunkSink, EventRow};
 use crate::clock::{Millis, Timestamp};
 use crate::error::AppError;
 use crate::store::{CaseInsensitive, Conditions, Connection, Inet, StoreError};
@@ -227,7 +227,8 @@ pub async fn sections(
     let attempts: Vec<LoginAttempt> = crate::with_db!(connection, |db| sqlx::query_as(
         "SELECT attempted_at, CAST(username AS TEXT) AS username, ip, user_agent, success, \
          risk_score, risk_signals, country FROM login_attempts \
-         WHERE user_id = $1 OR username = $2 OR username = $3 ORDER BY attempted_at, id"
+         WHERE user_id = $1 OR (user_id IS NULL AND (username = $2 OR username = $3)) \
+         ORDER BY attempted_at, id"
     )
     .bind(id)
     .bind(CaseInsensitive(&user.username))
@@ -275,14 +276,30 @@ pub async fn sections(
     ])
 }
 
-/// The audit events about the person: those they caused and those about their account.
+/// The audit events about the person: what they did (but not what it said about another
+/// account), and what others did to their account or memberships. Events with no actor
+/// (a stranger's sign-in failing under a name) are left out.
 fn events_about(user_id: i64) -> Conditions {
     let mut conditions = Conditions::new();
     // An integer formatted into the clause: nothing of the request's text reaches the SQL.
     conditions.push_fixed(&format!(
-        "(user_id = {user_id} OR (resource_type = 'user' AND resource_id = '{user_id}'))"
+        "((user_id = {user_id} AND (resource_type IS NULL OR resource_type <> 'user' \
+           OR resource_id = '{user_id}')) \
+         OR (user_id IS NOT NULL AND resource_type = 'user' AND resource_id = '{user_id}') \
+         OR (user_id IS NOT NULL AND resource_type = 'membership' AND resource_id LIKE '%:{user_id}'))"
     ));
     conditions
+}
+
+/// Another person's address and browser, in an event about this one, are theirs: left out.
+fn only_the_persons(user_id: i64) -> impl Fn(EventRow) -> EventRow + Send {
+    move |mut row| {
+        if row.event.user_id != Some(user_id) {
+            row.event.actor_ip = None;
+            row.event.user_agent = None;
+        }
+        row
+    }
 }
 
 /// Writes the JSON document into `sink`: the sections, then the audit events streamed.
@@ -314,6 +331,7 @@ pub async fn write_json(
         &events_about(user_id),
         Exporter::Json,
         &mut events,
+        only_the_persons(user_id),
     )
     .await?;
     sink.write(b"\n]}\n".to_vec()).await
@@ -367,7 +385,14 @@ pub async fn write_zip(
         "events about the person",
         exported_at,
     );
-    query::export_where(connection, &events_about(user_id), exporter, &mut events).await?;
+    query::export_where(
+        connection,
+        &events_about(user_id),
+        exporter,
+        &mut events,
+        only_the_persons(user_id),
+    )
+    .await?;
     let readme = format!(
         "{FORMAT}\nExported at {} for user {user_id}.\nOne CSV file per kind of record; \
          second factors are listed without their secrets.\n",

@@ -264,6 +264,21 @@ async fn only_the_invited_verified_address_accepts_and_links_end() {
     verify(&app, "erin@lab.org").await;
     let stale = answer(&app, "accept", &to_erin.token(), Some(&erin_tokens.access)).await;
     assert_problem(stale, StatusCode::BAD_REQUEST).await;
+    // Not into an inactive lab; the invitation waits for it.
+    app.post(
+        &format!("/api/labs/{lab}/deactivate"),
+        &json!({}),
+        Some(&admin.access),
+    )
+    .await;
+    let inactive = answer(&app, "accept", &second.token(), Some(&erin_tokens.access)).await;
+    assert_problem(inactive, StatusCode::FORBIDDEN).await;
+    app.post(
+        &format!("/api/labs/{lab}/activate"),
+        &json!({}),
+        Some(&admin.access),
+    )
+    .await;
 
     // Expired: seven days on, the second link is dead too.
     app.clock.advance(Duration::from_secs(7 * 86_400 + 1));
@@ -410,7 +425,16 @@ async fn a_person_exports_everything_held_about_them_as_json_or_a_zip_of_csv() {
         .collect();
     assert!(actions.contains(&"auth.register"), "{actions:?}");
     assert!(actions.contains(&"auth.login"));
-    assert!(actions.contains(&"lab.member_added") || actions.contains(&"auth.login_failed"));
+    assert!(actions.contains(&"lab.member_added") && actions.contains(&"auth.login_failed"));
+    // An event another person caused about this one keeps none of that person's address.
+    let added = document["audit_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|event| event["action"] == "lab.member_added")
+        .unwrap();
+    assert!(added["actor_ip"].is_null() && added["user_agent"].is_null());
+    assert_ne!(added["user_id"], alice);
     // Nothing about another person, and no secret of any kind.
     let text = document.to_string();
     assert!(!text.contains("bob"));
@@ -641,6 +665,21 @@ async fn the_terms_in_force_are_accepted_at_registration_and_asked_again_when_th
     assert_problem(again, StatusCode::UNAUTHORIZED).await;
     // Accepted once, not asked again.
     renewed.login("alice").await;
+    // A stale version offered with the password is refused before anything is counted.
+    let offered = renewed
+        .post(
+            "/api/auth/login",
+            &json!({"username": "alice", "password": crate::helpers::PASSWORD,
+                    "accept_terms": "2026-01", "accept_privacy": "3"}),
+            None,
+        )
+        .await;
+    assert_problem(offered, StatusCode::BAD_REQUEST).await;
+    assert_eq!(
+        app.scalar("SELECT failed_login_count FROM users WHERE username = 'alice'")
+            .await,
+        0
+    );
 
     // The one-step form: the versions in the login body itself.
     let newest =
