@@ -267,6 +267,15 @@ pub trait ChunkSink {
     ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send;
 }
 
+/// Chunks collected in memory (an export small enough to hold, or one that must be whole
+/// before it is sent, as a zip's entry is).
+impl ChunkSink for Vec<u8> {
+    async fn write(&mut self, bytes: Vec<u8>) -> anyhow::Result<()> {
+        self.extend(bytes);
+        Ok(())
+    }
+}
+
 const EXPORT_CHUNK: usize = 64 * 1024;
 
 /// Streams every matching event, in chain order, through `exporter` into `sink` in chunks of

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::audit::{self, Action, Event, Origin};
+use crate::auth::second_factor::EXPIRED;
 use crate::auth::sign_in::LoginResponse;
 use crate::clock::{Millis, Timestamp};
 use crate::config::Consent;
@@ -71,13 +72,19 @@ pub fn check_accepted(
     check.finish()
 }
 
-/// Whether the account has accepted every version in force.
+/// Whether the account has accepted every version in force. With none in force (the
+/// default) a login pays nothing for it: no connection is taken.
 pub async fn has_accepted(
-    connection: &mut Connection,
+    store: &crate::store::Store,
     consent: &Consent,
     user_id: i64,
 ) -> Result<bool, StoreError> {
-    for (document, version) in in_force(consent) {
+    let mut documents = in_force(consent).peekable();
+    if documents.peek().is_none() {
+        return Ok(true);
+    }
+    let mut connection = store.read().await?;
+    for (document, version) in documents {
         let found: Option<i64> = crate::with_db!(connection, |db| sqlx::query_scalar(
             "SELECT id FROM consents WHERE user_id = $1 AND document = $2 AND version = $3"
         )
@@ -207,8 +214,6 @@ pub struct ConsentRequest {
     #[serde(default)]
     pub accept_privacy: Option<String>,
 }
-
-const EXPIRED: &str = "The mfa_token is unknown, used or expired; sign in again.";
 
 /// `POST /api/auth/login/consent`: the person accepts the versions in force, and the sign-in
 /// goes on as it would have after its password.

@@ -27,7 +27,7 @@ use crate::state::AppState;
 use crate::users::User;
 use crate::users::store as user_store;
 
-const EXPIRED: &str = "The mfa_token is unknown, used or expired; sign in again.";
+pub(crate) const EXPIRED: &str = "The mfa_token is unknown, used or expired; sign in again.";
 
 /// A password step that passed, for an account that has (or must enrol) a second factor.
 pub struct PasswordStep<'a> {

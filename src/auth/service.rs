@@ -274,11 +274,7 @@ pub async fn login(
         return Err(refuse_risky(state, &login, &user, &risk, origin, ip_attempt).await?);
     }
     let consent = &state.config.consent;
-    let consented = {
-        let mut connection = state.store.read().await?;
-        crate::auth::consent::has_accepted(&mut connection, consent, user.id).await?
-    };
-    if !consented {
+    if !crate::auth::consent::has_accepted(&state.store, consent, user.id).await? {
         if request.accept_terms.is_none() && request.accept_privacy.is_none() {
             let asked = crate::auth::consent::ask(
                 state,

@@ -784,11 +784,22 @@ pub async fn remove_passkey(
     };
     let after = settle(&mut transaction, user.id, now).await?;
     keep_admins_factor(state, user, &after)?;
-    announce(&mut transaction, state, user, (EmailKind::FactorRemoved, json!({"method": format!("{} named \"{}\"", Method::Webauthn.label(), name), "by_admin": false})), Event::new(Action::PasskeyRemoved, now)
+    let method = format!("{} named \"{}\"", Method::Webauthn.label(), name);
+    announce(
+        &mut transaction,
+        state,
+        user,
+        (
+            EmailKind::FactorRemoved,
+            json!({"method": method, "by_admin": false}),
+        ),
+        Event::new(Action::PasskeyRemoved, now)
             .actor(Some(user.id))
             .resource("user", user.id)
             .details(json!({"passkey_id": passkey_id, "name": name}))
-            .origin(origin)).await?;
+            .origin(origin),
+    )
+    .await?;
     transaction.commit().await?;
     Ok(())
 }

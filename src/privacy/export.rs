@@ -359,17 +359,6 @@ impl<S: ChunkSink + Send> ChunkSink for JsonArray<'_, S> {
     }
 }
 
-/// Collects chunks in memory.
-#[derive(Default)]
-pub struct Collected(pub Vec<u8>);
-
-impl ChunkSink for Collected {
-    async fn write(&mut self, bytes: Vec<u8>) -> anyhow::Result<()> {
-        self.0.extend(bytes);
-        Ok(())
-    }
-}
-
 /// The zip of CSV files: one per section, `audit_events.csv`, and a README naming the format.
 /// Built in memory: a zip's directory comes last, and one person's records are small beside
 /// a whole trail's (whose exports stream).
@@ -379,7 +368,7 @@ pub async fn write_zip(
     sections: Vec<Section>,
     exported_at: Millis,
 ) -> anyhow::Result<Vec<u8>> {
-    let mut events = Collected::default();
+    let mut events = Vec::new();
     let exporter = Exporter::new(
         crate::audit::export::ExportFormat::Csv,
         "events about the person",
@@ -410,7 +399,7 @@ pub async fn write_zip(
             zip.write_all(&section.to_csv())?;
         }
         zip.start_file("audit_events.csv", options)?;
-        zip.write_all(&events.0)?;
+        zip.write_all(&events)?;
         Ok(zip.finish()?.into_inner())
     })
     .await?
