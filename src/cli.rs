@@ -128,6 +128,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => {
             let store = Store::connect(&config).await?;
             let applied = crate::store::migrate(&store).await?;
+            crate::audit::key_the_chain(&store).await?;
+            let sealed = crate::audit::personal::reseal_existing(
+                &store,
+                config.audit_archive_dir.as_deref(),
+                clock.now(),
+            )
+            .await
+            .context("sealing the personal fields of the audit trail")?;
+            if sealed > 0 {
+                eprintln!("audit events whose personal fields were sealed: {sealed}");
+            }
             eprintln!(
                 "migrations applied: {applied:?}; schema at version {}",
                 crate::store::SCHEMA_VERSION
@@ -272,8 +283,14 @@ async fn audit(config: Config, clock: Clock, command: AuditCommand) -> anyhow::R
             let exporter =
                 crate::audit::export::Exporter::new(format, &filter.describe(), clock.now());
             let mut connection = store.reports().await?;
-            let count =
-                crate::audit::query::export(&mut connection, &filter, exporter, &mut sink).await?;
+            let count = crate::audit::query::export(
+                &mut connection,
+                store.chain_key(),
+                &filter,
+                exporter,
+                &mut sink,
+            )
+            .await?;
             sink.0.flush()?;
             eprintln!("exported {count} events");
             Ok(())

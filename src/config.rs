@@ -110,7 +110,12 @@ pub struct Config {
     pub mail_max_attempts: u32,
     pub audit_retention: Duration,
     pub audit_archive_dir: Option<PathBuf>,
+    /// Archives older than this are deleted (`UMS_AUDIT_ARCHIVE_RETENTION`, default 7 years).
+    pub audit_archive_retention: Duration,
     pub login_attempt_retention: Duration,
+    /// How long an asked-for erasure waits, the account disabled, before it is carried out
+    /// (`UMS_ERASURE_GRACE`, default 0: at once). An admin can cancel meanwhile.
+    pub erasure_grace: Duration,
     pub redis_prefix: String,
     /// Delays before evaluating a login after 1, 2, 3+ failures of its username.
     pub login_delays: Vec<Duration>,
@@ -236,7 +241,9 @@ impl Config {
             bootstrap_admin,
             audit_retention,
             audit_archive_dir,
+            audit_archive_retention,
             login_attempt_retention,
+            erasure_grace,
         } = Operations::parse(&vars)?;
         let second_factors = SecondFactors::parse(&vars, &public_url)?;
         let risk = Risk::parse(&vars)?;
@@ -278,7 +285,9 @@ impl Config {
             mail_max_attempts,
             audit_retention,
             audit_archive_dir,
+            audit_archive_retention,
             login_attempt_retention,
+            erasure_grace,
             redis_prefix,
             login_delays,
             stuffing_threshold,
@@ -814,7 +823,9 @@ struct Operations {
     bootstrap_admin: Option<BootstrapAdmin>,
     audit_retention: Duration,
     audit_archive_dir: Option<PathBuf>,
+    audit_archive_retention: Duration,
     login_attempt_retention: Duration,
+    erasure_grace: Duration,
 }
 
 impl Operations {
@@ -868,10 +879,15 @@ impl Operations {
             audit_retention: vars
                 .duration("UMS_AUDIT_RETENTION", Duration::from_secs(90 * 86_400))?,
             audit_archive_dir: vars.get("UMS_AUDIT_ARCHIVE_DIR").map(PathBuf::from),
+            audit_archive_retention: vars.duration(
+                "UMS_AUDIT_ARCHIVE_RETENTION",
+                Duration::from_secs(7 * 366 * 86_400),
+            )?,
             login_attempt_retention: vars.duration(
                 "UMS_LOGIN_ATTEMPT_RETENTION",
                 Duration::from_secs(90 * 86_400),
             )?,
+            erasure_grace: vars.duration("UMS_ERASURE_GRACE", Duration::ZERO)?,
         })
     }
 }

@@ -158,6 +158,13 @@ async fn prepare_with_access_log(
     crate::audit::key_the_chain(&store)
         .await
         .context("keying the audit chain")?;
+    crate::audit::personal::reseal_existing(
+        &store,
+        config.audit_archive_dir.as_deref(),
+        clock.now(),
+    )
+    .await
+    .context("sealing the personal fields of the audit trail")?;
     if !applied.is_empty() {
         tracing::info!(?applied, "migrations applied");
     }
@@ -255,6 +262,9 @@ async fn maintain(state: AppState, mut stopped: tokio::sync::watch::Receiver<boo
         {
             tracing::warn!(error = %error, "expiring old rows failed");
         }
+        if let Err(error) = crate::privacy::erasure::erase_due(&state, now).await {
+            tracing::warn!(error = %error, "carrying out due erasures failed");
+        }
         let directory = state.config.audit_archive_dir.as_deref();
         if let Err(error) = crate::audit::checkpoint::write(&state.store, directory, now).await {
             tracing::warn!(error = %format!("{error:#}"), "writing an audit checkpoint failed");
@@ -269,6 +279,22 @@ async fn maintain(state: AppState, mut stopped: tokio::sync::watch::Receiver<boo
                 Err(error) => {
                     tracing::warn!(error = %format!("{error:#}"), "archiving audit events failed")
                 }
+            }
+            let before = now - state.config.audit_archive_retention.as_millis() as i64;
+            match crate::audit::archive::delete_expired_archives(&state.store, directory, before)
+                .await
+            {
+                Ok(deleted) if !deleted.is_empty() => {
+                    tracing::info!(
+                        files = deleted.len(),
+                        "audit archives past retention deleted"
+                    )
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(
+                    error = %format!("{error:#}"),
+                    "deleting audit archives past retention failed"
+                ),
             }
         }
         tokio::select! {

@@ -40,6 +40,11 @@ struct ArchivedEvent {
     request_id: Option<String>,
     prev_hash: String,
     hash: String,
+    /// Sealed personal fields (`audit/personal.rs`); absent in events archived before them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subject_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed: Option<String>,
 }
 
 impl From<&EventRow> for ArchivedEvent {
@@ -61,6 +66,8 @@ impl From<&EventRow> for ArchivedEvent {
             request_id: event.request_id.clone(),
             prev_hash: row.prev_hash.clone(),
             hash: row.hash.clone(),
+            subject_id: event.subject_id,
+            sealed: event.sealed.clone(),
         }
     }
 }
@@ -84,7 +91,11 @@ impl From<ArchivedEvent> for EventRow {
                 lab_id: archived.lab_id,
                 details: archived.details,
                 request_id: archived.request_id,
+                subject_id: archived.subject_id,
+                sealed: archived.sealed,
             },
+            person_keys: (None, None),
+            erased: false,
         }
     }
 }
@@ -131,10 +142,11 @@ fn archive_path(directory: &Path, month: &str) -> PathBuf {
     directory.join(format!("audit-{month}.jsonl.gz"))
 }
 
-/// Every archived event of `directory`, month by month, in chain order.
-pub fn read_archives(
-    directory: &Path,
-) -> anyhow::Result<impl Iterator<Item = anyhow::Result<EventRow>>> {
+/// The archive files of `directory`, oldest month first.
+fn archive_files(directory: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if !directory.exists() {
+        return Ok(Vec::new());
+    }
     let mut files: Vec<PathBuf> = std::fs::read_dir(directory)
         .with_context(|| format!("reading {}", directory.display()))?
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
@@ -145,6 +157,14 @@ pub fn read_archives(
         })
         .collect();
     files.sort();
+    Ok(files)
+}
+
+/// Every archived event of `directory`, month by month, in chain order.
+pub fn read_archives(
+    directory: &Path,
+) -> anyhow::Result<impl Iterator<Item = anyhow::Result<EventRow>>> {
+    let files = archive_files(directory)?;
     let lines = files.into_iter().flat_map(|path| {
         let reader = File::open(&path)
             .map(|file| BufReader::new(MultiGzDecoder::new(file)))
@@ -296,6 +316,75 @@ async fn drop_archived_partitions(store: &Store, cutoff: Millis) -> anyhow::Resu
             Ok(Vec::new())
         }
     }
+}
+
+/// Deletes the archive files of months that ended before `before`
+/// (`UMS_AUDIT_ARCHIVE_RETENTION`), oldest first, and records where the retained chain now
+/// starts (`audit_chain.retained_from` and the hash it links to), so `ums audit verify`
+/// checks the rest from there and still finds a file removed out of turn.
+pub async fn delete_expired_archives(
+    store: &Store,
+    directory: &Path,
+    before: Millis,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let before = month_start(before);
+    let archived_through: i64 = {
+        let mut connection = store.read().await?;
+        crate::with_db!(connection, |db| sqlx::query_scalar(
+            "SELECT archived_through FROM audit_chain WHERE id = 1"
+        )
+        .fetch_one(db)
+        .await)?
+    };
+    let mut files = archive_files(directory)?;
+    files.retain(|path| month_of_file(path).is_some_and(|start| next_month(start) <= before));
+    let mut last: Option<(i64, String)> = None;
+    let mut deleted = Vec::new();
+    for path in files {
+        let mut file_last = None;
+        let reader = BufReader::new(MultiGzDecoder::new(File::open(&path)?));
+        for line in reader.lines() {
+            let archived: ArchivedEvent = serde_json::from_str(&line?)?;
+            file_last = Some((archived.seq, archived.hash));
+        }
+        // Only what the table no longer holds leaves.
+        if file_last
+            .as_ref()
+            .is_some_and(|(seq, _)| *seq > archived_through)
+        {
+            break;
+        }
+        last = file_last.or(last);
+        deleted.push(path);
+    }
+    let Some((seq, hash)) = last else {
+        return Ok(Vec::new());
+    };
+    // The start moves first: a crash before the files go leaves them as a verifiable extra.
+    let mut transaction = store.begin().await?;
+    crate::execute!(
+        transaction,
+        sqlx::query("UPDATE audit_chain SET retained_from = $1, retained_hash = $2 WHERE id = 1 AND retained_from <= $1")
+            .bind(seq + 1)
+            .bind(&hash)
+    )?;
+    transaction.commit().await?;
+    for path in &deleted {
+        std::fs::remove_file(path).with_context(|| format!("deleting {}", path.display()))?;
+    }
+    Ok(deleted)
+}
+
+/// The start of the month an archive file holds, from its name.
+fn month_of_file(path: &Path) -> Option<Millis> {
+    let name = path.file_name()?.to_str()?;
+    let month = name.strip_prefix("audit-")?.strip_suffix(".jsonl.gz")?;
+    let date = chrono::NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d").ok()?;
+    Some(date.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis())
+}
+
+fn next_month(start: Millis) -> Millis {
+    month_start(start + 32 * 86_400_000)
 }
 
 /// Deletes what is kept only for a while (README, "Retention"): login attempts, idle

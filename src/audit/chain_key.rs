@@ -1,5 +1,7 @@
-//! The audit chain's key: links are an HMAC under it, checkpoints are signed with another.
-//! The store carries it (it writes and checks the chain), so it depends on nothing else here.
+//! The audit trail's keys, all derived from `UMS_SECRET_KEY`: links are an HMAC under one,
+//! checkpoints are signed with another, the per-person keys of personal fields are sealed
+//! under a third and sealed addresses are tagged for search under a fourth. The store carries
+//! them (it writes and reads the trail), so this depends on nothing else here.
 
 /// The key of the chain's HMAC, derived from `UMS_SECRET_KEY` (its own HKDF context). With a
 /// key, nobody who can only write to the database can recompute the chain after an edit.
@@ -12,7 +14,13 @@ pub struct ChainKey(Option<ChainKeys>);
 struct ChainKeys {
     links: [u8; 32],
     checkpoints: [u8; 32],
+    person_keys: [u8; 32],
+    ip_index: [u8; 32],
 }
+
+/// The first byte of a stored person key: how it is kept.
+const PERSON_KEY_PLAIN: u8 = 0;
+const PERSON_KEY_SEALED: u8 = 1;
 
 impl ChainKey {
     pub fn from_secret(secret_key: Option<&secrecy::SecretString>) -> Self {
@@ -20,7 +28,51 @@ impl ChainKey {
         ChainKey(secret_key.map(|secret| ChainKeys {
             links: derive_key(secret, purpose::AUDIT_CHAIN),
             checkpoints: derive_key(secret, purpose::AUDIT_CHECKPOINT),
+            person_keys: derive_key(secret, purpose::AUDIT_PERSON_KEYS),
+            ip_index: derive_key(secret, purpose::AUDIT_IP_INDEX),
         }))
+    }
+
+    /// A person's key as stored: sealed under the secret key, bound to the person, or (with
+    /// no secret key, as in development) as it is. Erasure deletes it either way.
+    pub fn wrap_person_key(&self, user_id: i64, key: &[u8; 32]) -> anyhow::Result<Vec<u8>> {
+        let Some(keys) = &self.0 else {
+            return Ok([&[PERSON_KEY_PLAIN][..], key].concat());
+        };
+        let sealed =
+            crate::security::sealing::encrypt(&keys.person_keys, &user_id.to_be_bytes(), key)?;
+        Ok([&[PERSON_KEY_SEALED][..], &sealed].concat())
+    }
+
+    /// The person's key, or `None` when it does not open (another secret key, or damaged).
+    pub fn unwrap_person_key(&self, user_id: i64, stored: &[u8]) -> Option<[u8; 32]> {
+        let (&kind, rest) = stored.split_first()?;
+        let key = match (kind, &self.0) {
+            (PERSON_KEY_PLAIN, _) => rest.to_vec(),
+            (PERSON_KEY_SEALED, Some(keys)) => {
+                crate::security::sealing::decrypt(&keys.person_keys, &user_id.to_be_bytes(), rest)
+                    .ok()?
+            }
+            _ => return None,
+        };
+        key.try_into().ok()
+    }
+
+    /// The search tag of a sealed address: an HMAC under its own key (plain SHA-256 without
+    /// a secret key), cut to 16 bytes.
+    pub fn ip_tag(&self, ip: &str) -> Vec<u8> {
+        use aws_lc_rs::hmac;
+        use sha2::Digest;
+        let full: Vec<u8> = match &self.0 {
+            Some(keys) => hmac::sign(
+                &hmac::Key::new(hmac::HMAC_SHA256, &keys.ip_index),
+                ip.as_bytes(),
+            )
+            .as_ref()
+            .to_vec(),
+            None => sha2::Sha256::digest(ip.as_bytes()).to_vec(),
+        };
+        full[..16].to_vec()
     }
 
     pub fn is_keyed(&self) -> bool {

@@ -26,24 +26,41 @@ struct Checkpoint {
     at: String,
     /// HMAC under the checkpoint key; empty when the service has no secret key.
     mac: String,
+    /// The chain was re-linked up to here (its personal fields sealed, `audit::personal`):
+    /// the checkpoints before this line named hashes the chain no longer has.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    relinked: bool,
 }
 
-fn signature(key: &ChainKey, seq: i64, hash: &str, at: &str) -> String {
-    key.sign(
-        true,
-        &[
-            seq.to_string().as_bytes(),
-            b"|",
-            hash.as_bytes(),
-            b"|",
-            at.as_bytes(),
-        ],
-    )
-    .unwrap_or_default()
+fn signature(key: &ChainKey, seq: i64, hash: &str, at: &str, relinked: bool) -> String {
+    let seq = seq.to_string();
+    let mut parts: Vec<&[u8]> = vec![seq.as_bytes(), b"|", hash.as_bytes(), b"|", at.as_bytes()];
+    if relinked {
+        parts.push(b"|relinked");
+    }
+    key.sign(true, &parts).unwrap_or_default()
 }
 
 /// Records the current head: in the log always, and in `directory` when there is one.
 pub async fn write(store: &Store, directory: Option<&Path>, now: Millis) -> anyhow::Result<()> {
+    write_checkpoint(store, directory, now, false).await
+}
+
+/// Records the head of a chain just re-linked, superseding the checkpoints before it.
+pub async fn write_relinked(
+    store: &Store,
+    directory: Option<&Path>,
+    now: Millis,
+) -> anyhow::Result<()> {
+    write_checkpoint(store, directory, now, true).await
+}
+
+async fn write_checkpoint(
+    store: &Store,
+    directory: Option<&Path>,
+    now: Millis,
+    relinked: bool,
+) -> anyhow::Result<()> {
     let (seq, hash): (i64, String) = {
         let mut connection = store.read().await?;
         crate::with_db!(connection, |db| sqlx::query_as(
@@ -56,15 +73,21 @@ pub async fn write(store: &Store, directory: Option<&Path>, now: Millis) -> anyh
         return Ok(());
     }
     let at = to_rfc3339(now);
-    let mac = signature(store.chain_key(), seq, &hash, &at);
-    tracing::info!(seq, hash = %hash, at = %at, mac = %mac, "audit checkpoint");
+    let mac = signature(store.chain_key(), seq, &hash, &at, relinked);
+    tracing::info!(seq, hash = %hash, at = %at, mac = %mac, relinked, "audit checkpoint");
     let Some(directory) = directory else {
         return Ok(());
     };
     std::fs::create_dir_all(directory)
         .with_context(|| format!("creating {}", directory.display()))?;
     let path = directory.join(FILE_NAME);
-    let mut line = serde_json::to_vec(&Checkpoint { seq, hash, at, mac })?;
+    let mut line = serde_json::to_vec(&Checkpoint {
+        seq,
+        hash,
+        at,
+        mac,
+        relinked,
+    })?;
     line.push(b'\n');
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -98,9 +121,18 @@ pub fn read(
         let Ok(checkpoint) = serde_json::from_str::<Checkpoint>(&line) else {
             return Ok(Err(index + 1));
         };
-        let expected = signature(key, checkpoint.seq, &checkpoint.hash, &checkpoint.at);
+        let expected = signature(
+            key,
+            checkpoint.seq,
+            &checkpoint.hash,
+            &checkpoint.at,
+            checkpoint.relinked,
+        );
         if !bool::from(expected.as_bytes().ct_eq(checkpoint.mac.as_bytes())) {
             return Ok(Err(index + 1));
+        }
+        if checkpoint.relinked {
+            checkpoints.clear();
         }
         checkpoints.insert(checkpoint.seq, checkpoint.hash);
     }

@@ -385,7 +385,11 @@ mod tests {
                 lab_id: None,
                 details: r#"{"a":"(b)"}"#.into(),
                 request_id: None,
+                subject_id: None,
+                sealed: None,
             },
+            person_keys: (None, None),
+            erased: false,
         }
     }
 

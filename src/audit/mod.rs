@@ -11,6 +11,7 @@ pub mod batch;
 pub mod chain_key;
 pub mod checkpoint;
 pub mod export;
+pub mod personal;
 pub mod query;
 pub mod routes;
 pub mod verify;
@@ -81,6 +82,8 @@ pub enum Action {
     InvitationDeclined,
     DataExported,
     ConsentGiven,
+    ErasureRequested,
+    ErasureCancelled,
 }
 
 impl Action {
@@ -138,6 +141,8 @@ impl Action {
             Action::InvitationDeclined => "lab.invitation_declined",
             Action::DataExported => "user.data_exported",
             Action::ConsentGiven => "user.consent_given",
+            Action::ErasureRequested => "user.erasure_requested",
+            Action::ErasureCancelled => "user.erasure_cancelled",
         }
     }
 }
@@ -307,7 +312,10 @@ pub async fn key_the_chain(store: &crate::store::Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Rows per INSERT statement (14 parameters each, well under both databases' limits).
+/// Columns of an event row as inserted.
+const COLUMNS: usize = 16;
+
+/// Rows per INSERT statement (16 parameters each, well under both databases' limits).
 const ROWS_PER_INSERT: usize = 100;
 
 /// Appends events, in order, with one claim on the chain head: the batched access log writes
@@ -332,15 +340,34 @@ pub async fn record_batch(
         .await
         }
     )?;
+    let now = events
+        .iter()
+        .map(|event| event.occurred_at)
+        .max()
+        .unwrap_or_default();
+    let subjects: Vec<Option<i64>> = events
+        .iter()
+        .map(|event| {
+            personal::subject_of(
+                event.user_id,
+                event.resource_type,
+                event.resource_id.as_deref(),
+            )
+        })
+        .collect();
+    let people: Vec<i64> = events
+        .iter()
+        .zip(&subjects)
+        .flat_map(|(event, subject)| [event.user_id, *subject])
+        .flatten()
+        .collect();
+    let person_keys = personal::keys_of(connection, key, &people, now).await?;
     let mut rows = Vec::with_capacity(events.len());
-    for (offset, event) in events.into_iter().enumerate() {
-        let stored = StoredEvent {
-            seq: last_seq - count + 1 + offset as i64,
-            occurred_at: event.occurred_at,
-            action: event.action.as_str().to_string(),
-            success: event.success,
-            user_id: event.user_id,
-            // Stored as an address (`inet`), so hashed as the address's own text.
+    let mut ip_tags = Vec::new();
+    for (offset, (event, subject_id)) in events.into_iter().zip(subjects).enumerate() {
+        let seq = last_seq - count + 1 + offset as i64;
+        let clear = personal::Clear {
+            // Stored as an address (`inet`), so kept as the address's own text.
             actor_ip: event
                 .origin
                 .ip
@@ -348,11 +375,33 @@ pub async fn record_batch(
                 .and_then(Inet::parse)
                 .map(|ip| ip.to_string()),
             user_agent: event.origin.user_agent,
+            details: match event.details {
+                Value::Object(details) => details,
+                _ => serde_json::Map::new(),
+            },
+        };
+        let sealed = personal::seal(seq, event.user_id, subject_id, clear, key, |person| {
+            person_keys.get(&person).copied()
+        })
+        .map_err(AppError::Internal)?;
+        if let Some((person, tag)) = sealed.ip_tag {
+            ip_tags.push((seq, person, tag));
+        }
+        let stored = StoredEvent {
+            seq,
+            occurred_at: event.occurred_at,
+            action: event.action.as_str().to_string(),
+            success: event.success,
+            user_id: event.user_id,
+            actor_ip: sealed.actor_ip,
+            user_agent: sealed.user_agent,
             resource_type: event.resource_type.map(String::from),
             resource_id: event.resource_id,
             lab_id: event.lab_id,
-            details: event.details.to_string(),
+            details: Value::Object(sealed.details).to_string(),
             request_id: event.origin.request_id,
+            subject_id: sealed.subject_id,
+            sealed: sealed.sealed.map(|sealed| sealed.to_string()),
         };
         let hash = if is_keyed_at(keyed_from, stored.seq) {
             stored.keyed_chain_hash(&prev_hash, key).ok_or_else(|| {
@@ -372,8 +421,8 @@ pub async fn record_batch(
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         let placeholders: Vec<String> = (0..chunk.len())
             .map(|row| {
-                let first = row * 14;
-                let columns: Vec<String> = (1..=14)
+                let first = row * COLUMNS;
+                let columns: Vec<String> = (1..=COLUMNS)
                     .map(|column| format!("${}", first + column))
                     .collect();
                 format!("({})", columns.join(", "))
@@ -381,7 +430,8 @@ pub async fn record_batch(
             .collect();
         let sql = format!(
             "INSERT INTO audit_logs (seq, occurred_at, action, success, user_id, actor_ip, user_agent, \
-             resource_type, resource_id, lab_id, details, request_id, prev_hash, hash) VALUES {}",
+             resource_type, resource_id, lab_id, details, request_id, prev_hash, hash, subject_id, sealed) \
+             VALUES {}",
             placeholders.join(", ")
         );
         let values = chunk
@@ -390,12 +440,22 @@ pub async fn record_batch(
                 let details: &serde_json::value::RawValue =
                     serde_json::from_str(&stored.details)
                         .map_err(|error| AppError::Internal(error.into()))?;
-                Ok((stored.actor_ip.as_deref().and_then(Inet::parse), details))
+                let sealed: Option<&serde_json::value::RawValue> = stored
+                    .sealed
+                    .as_deref()
+                    .map(serde_json::from_str)
+                    .transpose()
+                    .map_err(|error| AppError::Internal(error.into()))?;
+                Ok((
+                    stored.actor_ip.as_deref().and_then(Inet::parse),
+                    details,
+                    sealed,
+                ))
             })
             .collect::<Result<Vec<_>, AppError>>()?;
         crate::execute!(connection, {
             let mut query = sqlx::query(&sql);
-            for ((stored, prev, hash), (actor_ip, details)) in chunk.iter().zip(&values) {
+            for ((stored, prev, hash), (actor_ip, details, sealed)) in chunk.iter().zip(&values) {
                 query = query
                     .bind(stored.seq)
                     .bind(Timestamp::from(stored.occurred_at))
@@ -410,11 +470,14 @@ pub async fn record_batch(
                     .bind(Json(*details))
                     .bind(&stored.request_id)
                     .bind(prev)
-                    .bind(hash);
+                    .bind(hash)
+                    .bind(stored.subject_id)
+                    .bind(sealed.map(Json));
             }
             query
         })?;
     }
+    personal::index_addresses(connection, &ip_tags).await?;
     crate::execute!(
         connection,
         sqlx::query("UPDATE audit_chain SET last_hash = $1 WHERE id = 1").bind(&prev_hash)
@@ -439,6 +502,10 @@ pub struct StoredEvent {
     pub lab_id: Option<i64>,
     pub details: String,
     pub request_id: Option<String>,
+    /// The person the sealed details describe, and the sealed envelopes (`audit/personal.rs`)
+    /// in their canonical text.
+    pub subject_id: Option<i64>,
+    pub sealed: Option<String>,
 }
 
 impl StoredEvent {
@@ -457,9 +524,10 @@ impl StoredEvent {
     }
 
     /// A canonical JSON array of the fields, in a fixed order (an array, so no key ordering
-    /// question arises).
+    /// question arises). An event with sealed fields adds its subject and envelopes; one
+    /// without keeps the form events had before sealing existed.
     fn canonical(&self) -> String {
-        json!([
+        let mut fields = json!([
             self.seq,
             self.occurred_at,
             self.action,
@@ -472,8 +540,12 @@ impl StoredEvent {
             self.lab_id,
             self.details,
             self.request_id,
-        ])
-        .to_string()
+        ]);
+        if let (Some(sealed), Value::Array(fields)) = (&self.sealed, &mut fields) {
+            fields.push(json!(self.subject_id));
+            fields.push(Value::String(sealed.clone()));
+        }
+        fields.to_string()
     }
 }
 
@@ -495,6 +567,8 @@ mod tests {
             lab_id: None,
             details: "{}".into(),
             request_id: None,
+            subject_id: None,
+            sealed: None,
         }
     }
 
@@ -509,5 +583,11 @@ mod tests {
         moved.seq = 2;
         assert_ne!(moved.chain_hash(GENESIS_HASH), original);
         assert_ne!(event().chain_hash(&original), original);
+        let mut sealed = event();
+        sealed.sealed = Some(r#"{"actor":"AAAA"}"#.into());
+        let with_envelope = sealed.chain_hash(GENESIS_HASH);
+        assert_ne!(with_envelope, original);
+        sealed.subject_id = Some(9);
+        assert_ne!(sealed.chain_hash(GENESIS_HASH), with_envelope);
     }
 }

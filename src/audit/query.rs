@@ -5,14 +5,20 @@ use std::collections::HashMap;
 use serde::Serialize;
 use sqlx::types::Json;
 
-use crate::audit::StoredEvent;
+use crate::audit::{ChainKey, StoredEvent, personal};
 use crate::clock::{Millis, Timestamp};
 use crate::error::AppError;
 use crate::paging::{ListQuery, PageRequest};
 use crate::store::{Conditions, Connection, Inet, SqlValue};
 
 pub const EVENT_COLUMNS: &str = "id, seq, occurred_at, action, success, user_id, actor_ip, user_agent, \
-    resource_type, resource_id, lab_id, details, request_id, prev_hash, hash";
+    resource_type, resource_id, lab_id, details, request_id, prev_hash, hash, subject_id, sealed";
+
+/// `EVENT_COLUMNS` and the stored keys of the event's two people, for reads that show events.
+const SHOWN_COLUMNS: &str = "id, seq, occurred_at, action, success, user_id, actor_ip, user_agent, \
+    resource_type, resource_id, lab_id, details, request_id, prev_hash, hash, subject_id, sealed, \
+    (SELECT wrapped_key FROM audit_person_keys k WHERE k.user_id = audit_logs.user_id) AS actor_key, \
+    (SELECT wrapped_key FROM audit_person_keys k WHERE k.user_id = audit_logs.subject_id) AS subject_key";
 
 /// The contract's audit event.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -31,6 +37,8 @@ pub struct EventView {
     #[schema(value_type = Object)]
     pub details: serde_json::Value,
     pub request_id: Option<String>,
+    /// Personal fields of the event were erased with their person (crypto-shredding).
+    pub erased: bool,
 }
 
 /// An event row with its chain fields.
@@ -40,6 +48,10 @@ pub struct EventRow {
     pub event: StoredEvent,
     pub prev_hash: String,
     pub hash: String,
+    /// The stored keys of the actor and the subject, when the read asked for them.
+    pub person_keys: (Option<Vec<u8>>, Option<Vec<u8>>),
+    /// Set by `opened` when a sealed field's person is gone.
+    pub erased: bool,
 }
 
 /// An `audit_logs` row in the database's own types (`EVENT_COLUMNS`).
@@ -60,6 +72,12 @@ pub struct EventRecord {
     request_id: Option<String>,
     prev_hash: String,
     hash: String,
+    subject_id: Option<i64>,
+    sealed: Option<Json<serde_json::Value>>,
+    #[sqlx(default)]
+    actor_key: Option<Vec<u8>>,
+    #[sqlx(default)]
+    subject_key: Option<Vec<u8>>,
 }
 
 impl From<EventRecord> for EventRow {
@@ -84,12 +102,53 @@ impl From<EventRecord> for EventRow {
                 lab_id: record.lab_id,
                 details: record.details.0.to_string(),
                 request_id: record.request_id,
+                subject_id: record.subject_id,
+                sealed: record.sealed.map(|Json(sealed)| sealed.to_string()),
             },
+            person_keys: (record.actor_key, record.subject_key),
+            erased: false,
         }
     }
 }
 
 impl EventRow {
+    /// The row with its sealed fields opened, for showing (never for the chain: its hash
+    /// covers the sealed form).
+    pub fn opened(mut self, chain_key: &ChainKey) -> EventRow {
+        let Some(sealed) = self
+            .event
+            .sealed
+            .as_deref()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+        else {
+            return self;
+        };
+        let unwrap = |person: Option<i64>, stored: &Option<Vec<u8>>| {
+            person
+                .zip(stored.as_deref())
+                .and_then(|(id, stored)| chain_key.unwrap_person_key(id, stored))
+        };
+        let actor_key = unwrap(self.event.user_id, &self.person_keys.0);
+        let subject_key = unwrap(self.event.subject_id, &self.person_keys.1);
+        let stored = personal::Clear {
+            actor_ip: self.event.actor_ip.take(),
+            user_agent: self.event.user_agent.take(),
+            details: serde_json::from_str(&self.event.details).unwrap_or_default(),
+        };
+        let (clear, erased) = personal::open(
+            self.event.seq,
+            stored,
+            Some(&sealed),
+            actor_key,
+            subject_key,
+        );
+        self.event.actor_ip = clear.actor_ip;
+        self.event.user_agent = clear.user_agent;
+        self.event.details = serde_json::Value::Object(clear.details).to_string();
+        self.erased = erased;
+        self
+    }
+
     pub fn view(&self) -> EventView {
         let event = &self.event;
         EventView {
@@ -105,6 +164,7 @@ impl EventRow {
             lab_id: event.lab_id,
             details: serde_json::from_str(&event.details).unwrap_or(serde_json::Value::Null),
             request_id: event.request_id.clone(),
+            erased: self.erased,
         }
     }
 }
@@ -137,13 +197,20 @@ impl EventFilter {
         }
     }
 
-    pub fn conditions(&self) -> Conditions {
+    pub fn conditions(&self, chain_key: &ChainKey) -> Conditions {
         let mut conditions = Conditions::new();
         if let Some(user_id) = self.user_id {
             conditions.push("user_id = ?", SqlValue::Int(user_id));
         }
         if let Some(ip) = self.ip {
-            conditions.push("actor_ip = ?", SqlValue::Address(Inet(ip)));
+            // In the clear, or sealed and found by its tag.
+            conditions.push_values(
+                "(actor_ip = ? OR seq IN (SELECT seq FROM audit_ip_index WHERE tag = ?))",
+                vec![
+                    SqlValue::Address(Inet(ip)),
+                    SqlValue::Bytes(chain_key.ip_tag(&ip.to_string())),
+                ],
+            );
         }
         for (column, value) in [
             ("action", &self.action),
@@ -203,20 +270,22 @@ impl EventFilter {
 
 pub async fn page(
     connection: &mut Connection,
+    chain_key: &ChainKey,
     filter: &EventFilter,
     page: PageRequest,
 ) -> Result<(Vec<EventView>, i64), AppError> {
-    page_where(connection, &filter.conditions(), page).await
+    page_where(connection, chain_key, &filter.conditions(chain_key), page).await
 }
 
 /// The events of `conditions`, oldest first, at most `limit`.
 pub async fn rows_where(
     connection: &mut Connection,
+    chain_key: &ChainKey,
     conditions: &Conditions,
     limit: i64,
 ) -> Result<Vec<EventRow>, AppError> {
     let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM audit_logs{} ORDER BY seq LIMIT {}",
+        "SELECT {SHOWN_COLUMNS} FROM audit_logs{} ORDER BY seq LIMIT {}",
         conditions.where_sql(),
         conditions.next_placeholder(1)
     );
@@ -225,12 +294,16 @@ pub async fn rows_where(
         .bind(limit)
         .fetch_all(db)
         .await)?;
-    Ok(rows.into_iter().map(EventRow::from).collect())
+    Ok(rows
+        .into_iter()
+        .map(|row| EventRow::from(row).opened(chain_key))
+        .collect())
 }
 
 /// A page of the events of `conditions`, newest first, and their number.
 pub async fn page_where(
     connection: &mut Connection,
+    chain_key: &ChainKey,
     conditions: &Conditions,
     page: PageRequest,
 ) -> Result<(Vec<EventView>, i64), AppError> {
@@ -242,7 +315,7 @@ pub async fn page_where(
         .fetch_one(db)
         .await)?;
     let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM audit_logs{where_sql} ORDER BY seq DESC LIMIT {} OFFSET {}",
+        "SELECT {SHOWN_COLUMNS} FROM audit_logs{where_sql} ORDER BY seq DESC LIMIT {} OFFSET {}",
         conditions.next_placeholder(1),
         conditions.next_placeholder(2)
     );
@@ -254,7 +327,7 @@ pub async fn page_where(
         .await)?;
     let events = rows
         .into_iter()
-        .map(|record| EventRow::from(record).view())
+        .map(|record| EventRow::from(record).opened(chain_key).view())
         .collect();
     Ok((events, total))
 }
@@ -282,16 +355,22 @@ const EXPORT_CHUNK: usize = 64 * 1024;
 /// about 64 KiB: memory stays bounded whatever the number of events.
 pub async fn export(
     connection: &mut Connection,
+    chain_key: &ChainKey,
     filter: &EventFilter,
     exporter: crate::audit::export::Exporter,
     sink: &mut impl ChunkSink,
 ) -> anyhow::Result<u64> {
-    export_where(connection, &filter.conditions(), exporter, sink, |row| row).await
+    let conditions = filter.conditions(chain_key);
+    export_where(connection, chain_key, &conditions, exporter, sink, |row| {
+        row
+    })
+    .await
 }
 
 /// `export` of the events of `conditions`, each passed through `shape` first.
 pub async fn export_where(
     connection: &mut Connection,
+    chain_key: &ChainKey,
     conditions: &Conditions,
     mut exporter: crate::audit::export::Exporter,
     sink: &mut impl ChunkSink,
@@ -299,7 +378,7 @@ pub async fn export_where(
 ) -> anyhow::Result<u64> {
     use futures_util::TryStreamExt;
     let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM audit_logs{} ORDER BY seq",
+        "SELECT {SHOWN_COLUMNS} FROM audit_logs{} ORDER BY seq",
         conditions.where_sql()
     );
     let mut rows = crate::with_db!(connection, |db| conditions
@@ -308,7 +387,7 @@ pub async fn export_where(
     let mut buffer = exporter.begin();
     let mut count = 0;
     while let Some(row) = rows.try_next().await? {
-        buffer.extend(exporter.event(&shape(EventRow::from(row))));
+        buffer.extend(exporter.event(&shape(EventRow::from(row).opened(chain_key))));
         count += 1;
         if buffer.len() >= EXPORT_CHUNK {
             sink.write(std::mem::take(&mut buffer)).await?;

@@ -46,16 +46,20 @@ pub async fn audit_logs(
     list.finish()?;
     let Some(format) = format else {
         let mut connection = state.store.reports().await?;
-        let (events, total) = query::page(&mut connection, &filter, page).await?;
+        let (events, total) =
+            query::page(&mut connection, state.store.chain_key(), &filter, page).await?;
         return Ok(Json(Page::new(events, total, page)).into_response());
     };
     // Connect before answering, so an unreachable database is a 503, not a truncated file.
     let mut connection = state.store.reports().await?;
     let (sender, mut receiver) = mpsc::channel(8);
     let exporter = Exporter::new(format, &filter.describe(), state.now());
+    let chain_key = state.store.chain_key().clone();
     tokio::spawn(async move {
         let mut sink = BodySink(sender);
-        if let Err(error) = query::export(&mut connection, &filter, exporter, &mut sink).await {
+        if let Err(error) =
+            query::export(&mut connection, &chain_key, &filter, exporter, &mut sink).await
+        {
             tracing::warn!(error = %error, "audit export stopped");
             let _ = sink
                 .0

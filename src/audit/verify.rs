@@ -156,15 +156,19 @@ impl ChainWalk {
 
 pub async fn verify(store: &Store, archive_dir: Option<&Path>) -> anyhow::Result<Report> {
     let mut connection = store.reports().await?;
-    let (head_seq, head_hash, archived_through, archived_hash, keyed_from): (
-        i64,
-        String,
-        i64,
-        String,
-        Option<i64>,
-    ) = crate::with_db!(connection, |db| {
+    #[allow(clippy::type_complexity)]
+    let (
+        head_seq,
+        head_hash,
+        archived_through,
+        archived_hash,
+        keyed_from,
+        retained_from,
+        retained_hash,
+    ): (i64, String, i64, String, Option<i64>, i64, String) = crate::with_db!(connection, |db| {
         sqlx::query_as(
-            "SELECT seq, last_hash, archived_through, archived_hash, keyed_from FROM audit_chain WHERE id = 1",
+            "SELECT seq, last_hash, archived_through, archived_hash, keyed_from, retained_from, retained_hash \
+             FROM audit_chain WHERE id = 1",
         )
         .fetch_one(db)
         .await
@@ -197,8 +201,20 @@ pub async fn verify(store: &Store, archive_dir: Option<&Path>) -> anyhow::Result
 
     let mut walk = match archive_dir {
         Some(directory) => {
-            let mut walk = ChainWalk::new(1, GENESIS_HASH.to_string(), key, keyed_from);
-            walk.expect_checkpoints(checkpoints);
+            // Archives past their retention are gone: the chain is checked from the first
+            // event kept, which must link to the hash recorded when the older ones left.
+            let (first, first_prev) = if retained_from > 1 {
+                (retained_from, retained_hash)
+            } else {
+                (1, GENESIS_HASH.to_string())
+            };
+            let mut walk = ChainWalk::new(first, first_prev, key, keyed_from);
+            walk.expect_checkpoints(
+                checkpoints
+                    .into_iter()
+                    .filter(|(seq, _)| *seq >= first)
+                    .collect(),
+            );
             for row in read_archives(directory)? {
                 if let Some(finding) = walk.step(&row?) {
                     return Ok(Report {

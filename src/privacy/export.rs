@@ -7,6 +7,7 @@
 //! The audit events about the person, the one part that grows without bound, are streamed
 //! from the database in chain order.
 
+use crate::audit::ChainKey;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sqlx::types::Json;
@@ -305,6 +306,7 @@ fn only_the_persons(user_id: i64) -> impl Fn(EventRow) -> EventRow + Send {
 /// Writes the JSON document into `sink`: the sections, then the audit events streamed.
 pub async fn write_json(
     connection: &mut Connection,
+    chain_key: &ChainKey,
     user_id: i64,
     sections: &[Section],
     exported_at: Millis,
@@ -328,6 +330,7 @@ pub async fn write_json(
     };
     query::export_where(
         connection,
+        chain_key,
         &events_about(user_id),
         Exporter::Json,
         &mut events,
@@ -364,6 +367,7 @@ impl<S: ChunkSink + Send> ChunkSink for JsonArray<'_, S> {
 /// a whole trail's (whose exports stream).
 pub async fn write_zip(
     connection: &mut Connection,
+    chain_key: &ChainKey,
     user_id: i64,
     sections: Vec<Section>,
     exported_at: Millis,
@@ -376,6 +380,7 @@ pub async fn write_zip(
     );
     query::export_where(
         connection,
+        chain_key,
         &events_about(user_id),
         exporter,
         &mut events,

@@ -1,4 +1,5 @@
-//! HTTP handlers of the privacy routes: `GET /api/users/{id}/export`.
+//! HTTP handlers of the privacy routes: `GET /api/users/{id}/export`, `DELETE /api/users/me`,
+//! `DELETE /api/users/{id}/erasure`.
 
 use std::collections::HashMap;
 
@@ -12,8 +13,10 @@ use tokio::sync::mpsc;
 use crate::audit::{Action, Event};
 use crate::error::AppError;
 use crate::http::body::BodySink;
+use crate::http::body::JsonBody;
 use crate::http::error::Problem;
-use crate::http::extract::{ClientOrigin, SelfOrAdmin};
+use crate::http::extract::{AdminUser, ApiPath, AuthUser, ClientOrigin, SelfOrAdmin};
+use crate::privacy::erasure::{self, EraseRequest, Erasure};
 use crate::privacy::export::{self, Format};
 use crate::state::AppState;
 
@@ -54,16 +57,30 @@ pub async fn export(
         .await?;
     let body = match format {
         Format::Zip => Body::from(
-            export::write_zip(&mut connection, user.id, sections, now)
-                .await
-                .map_err(AppError::Internal)?,
+            export::write_zip(
+                &mut connection,
+                state.store.chain_key(),
+                user.id,
+                sections,
+                now,
+            )
+            .await
+            .map_err(AppError::Internal)?,
         ),
         Format::Json => {
             let (sender, mut receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+            let chain_key = state.store.chain_key().clone();
             tokio::spawn(async move {
                 let mut sink = BodySink(sender);
-                let written =
-                    export::write_json(&mut connection, user.id, &sections, now, &mut sink).await;
+                let written = export::write_json(
+                    &mut connection,
+                    &chain_key,
+                    user.id,
+                    &sections,
+                    now,
+                    &mut sink,
+                )
+                .await;
                 if let Err(error) = written {
                     tracing::warn!(error = %error, "personal data export stopped");
                     let _ = sink
@@ -94,16 +111,55 @@ pub async fn export(
     Ok(response)
 }
 
-/// A person's own data.
+#[utoipa::path(delete, path = "/api/users/me", tag = "privacy", security(("bearer" = [])),
+    request_body = EraseRequest,
+    responses((status = 200, body = Erasure, description = "The account and everything about it erased \
+            (GDPR Art. 17), or, with UMS_ERASURE_GRACE, disabled now and erased when `erase_after` comes. \
+            Its personal fields in the audit trail read as erased; the trail still verifies."),
+        (status = 400, body = Problem, description = "The password is wrong"),
+        (status = 401, body = Problem, description = "`step_up_required`: the account has a second factor \
+            and this session has not proved it in the last 10 minutes (POST /api/auth/step-up)"),
+        (status = 409, body = Problem, description = "The last system admin, or the last lab_admin of a lab with members")))]
+pub async fn erase_me(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ClientOrigin(origin): ClientOrigin,
+    JsonBody(request): JsonBody<EraseRequest>,
+) -> Result<axum::Json<Erasure>, AppError> {
+    Ok(axum::Json(
+        erasure::erase_self(&state, &auth.user, &auth.claims, request, &origin).await?,
+    ))
+}
+
+#[utoipa::path(delete, path = "/api/users/{id}/erasure", tag = "privacy", security(("bearer" = [])),
+    params(("id" = i64, Path)),
+    responses((status = 204, description = "The erasure waiting out its grace period is cancelled; \
+            the account stays disabled until an admin activates it"),
+        (status = 403, body = Problem), (status = 404, body = Problem, description = "No erasure is pending")))]
+pub async fn cancel_erasure(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    ClientOrigin(origin): ClientOrigin,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<axum::http::StatusCode, AppError> {
+    erasure::cancel(&state, &admin.user, id, &origin).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// A person's own data: its export and its erasure.
 pub fn router() -> axum::Router<AppState> {
-    axum::Router::new().route("/api/users/{id}/export", axum::routing::get(export))
+    use axum::routing;
+    axum::Router::new()
+        .route("/api/users/{id}/export", routing::get(export))
+        .route("/api/users/me", routing::delete(erase_me))
+        .route("/api/users/{id}/erasure", routing::delete(cancel_erasure))
 }
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(export),
+    paths(export, erase_me, cancel_erasure),
     tags((name = "privacy", description = "A person's data: `GET /api/users/{id}/export` returns everything \
-        UMS holds about them, as JSON or a zip of CSV files. Lab invitations (tag `labs`) keep the \
+        UMS holds about them, as JSON or a zip of CSV files; `DELETE /api/users/me` erases it. Lab invitations (tag `labs`) keep the \
         directory from being probed."))
 )]
 pub struct Api;

@@ -3,6 +3,7 @@
 //! a live stream of the same events. Read from the database, so every instance behind the
 //! load balancer serves the same view.
 
+use crate::audit::ChainKey;
 use std::collections::HashMap;
 
 use serde::Serialize;
@@ -65,6 +66,7 @@ impl From<EventView> for SecurityEvent {
 
 pub async fn events(
     connection: &mut Connection,
+    chain_key: &ChainKey,
     params: HashMap<String, String>,
 ) -> Result<Page<SecurityEvent>, AppError> {
     let mut query = ListQuery::new(params);
@@ -79,9 +81,10 @@ pub async fn events(
         );
     }
     query.finish()?;
-    let mut conditions = filter.conditions();
+    let mut conditions = filter.conditions(chain_key);
     conditions.push_fixed(&actions_clause());
-    let (events, total) = crate::audit::query::page_where(connection, &conditions, page).await?;
+    let (events, total) =
+        crate::audit::query::page_where(connection, chain_key, &conditions, page).await?;
     Ok(Page::new(
         events.into_iter().map(SecurityEvent::from).collect(),
         total,
@@ -93,12 +96,13 @@ pub async fn events(
 /// (the last seq seen, the events).
 pub async fn events_after(
     connection: &mut Connection,
+    chain_key: &ChainKey,
     after_seq: i64,
 ) -> Result<(i64, Vec<SecurityEvent>), AppError> {
     let mut conditions = crate::store::Conditions::new();
     conditions.push("seq > ?", crate::store::SqlValue::Int(after_seq));
     conditions.push_fixed(&actions_clause());
-    let rows = crate::audit::query::rows_where(connection, &conditions, 100).await?;
+    let rows = crate::audit::query::rows_where(connection, chain_key, &conditions, 100).await?;
     let last = rows
         .iter()
         .map(|row| row.event.seq)

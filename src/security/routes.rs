@@ -28,7 +28,9 @@ pub async fn events(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Page<SecurityEvent>>, AppError> {
     let mut connection = state.store.read().await?;
-    Ok(Json(dashboard::events(&mut connection, params).await?))
+    Ok(Json(
+        dashboard::events(&mut connection, state.store.chain_key(), params).await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/api/security/summary", tag = "security", security(("bearer" = [])),
@@ -80,7 +82,10 @@ pub async fn stream(
                     _ = stopping.changed() => return None,
                 }
                 let found = match state.store.read().await {
-                    Ok(mut connection) => dashboard::events_after(&mut connection, after).await,
+                    Ok(mut connection) => {
+                        dashboard::events_after(&mut connection, state.store.chain_key(), after)
+                            .await
+                    }
                     Err(error) => Err(error.into()),
                 };
                 match found {

@@ -18,6 +18,8 @@ pub mod purpose {
     pub const SEALING: &str = "ums/seal/v1";
     pub const AUDIT_CHAIN: &str = "ums/audit-chain/v1";
     pub const AUDIT_CHECKPOINT: &str = "ums/audit-checkpoint/v1";
+    pub const AUDIT_PERSON_KEYS: &str = "ums/audit-person-keys/v1";
+    pub const AUDIT_IP_INDEX: &str = "ums/audit-ip-index/v1";
 }
 
 /// A 256-bit key for one `purpose`, derived from the secret key with HKDF-SHA256.
@@ -47,20 +49,7 @@ pub fn seal(plain: &[u8], secret_key: Option<&SecretString>) -> anyhow::Result<S
     let Some(secret_key) = secret_key else {
         return Ok(format!("plain:{}", STANDARD.encode(plain)));
     };
-    let key = aead_key(&derive_key(secret_key, purpose::SEALING))?;
-    let mut nonce = [0u8; 12];
-    SystemRandom::new()
-        .fill(&mut nonce)
-        .map_err(|_| anyhow!("random nonce"))?;
-    let mut sealed = plain.to_vec();
-    key.seal_in_place_append_tag(
-        Nonce::assume_unique_for_key(nonce),
-        Aad::empty(),
-        &mut sealed,
-    )
-    .map_err(|_| anyhow!("encrypting key material"))?;
-    let mut output = nonce.to_vec();
-    output.extend_from_slice(&sealed);
+    let output = encrypt(&derive_key(secret_key, purpose::SEALING), b"", plain)?;
     Ok(format!("aes256gcm-v2:{}", STANDARD.encode(output)))
 }
 
@@ -83,20 +72,45 @@ pub fn unseal(stored: &str, secret_key: Option<&SecretString>) -> anyhow::Result
     } else {
         bail!("unknown key encoding");
     };
-    let mut bytes = STANDARD.decode(sealed)?;
-    if bytes.len() < 12 {
-        bail!("truncated key material");
+    decrypt(&key, b"", &STANDARD.decode(sealed)?)
+        .map_err(|_| anyhow!("UMS_SECRET_KEY does not open the stored key"))
+}
+
+/// AES-256-GCM under `key`, bound to `context` (authenticated, not encrypted): a random
+/// nonce, then the ciphertext and its tag.
+pub fn encrypt(key: &[u8; 32], context: &[u8], plain: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut nonce = [0u8; 12];
+    SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| anyhow!("random nonce"))?;
+    let mut sealed = plain.to_vec();
+    aead_key(key)?
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(context),
+            &mut sealed,
+        )
+        .map_err(|_| anyhow!("encrypting"))?;
+    let mut output = nonce.to_vec();
+    output.extend_from_slice(&sealed);
+    Ok(output)
+}
+
+/// Opens what `encrypt` sealed under the same key and context.
+pub fn decrypt(key: &[u8; 32], context: &[u8], sealed: &[u8]) -> anyhow::Result<Vec<u8>> {
+    if sealed.len() < 12 {
+        bail!("truncated ciphertext");
     }
-    let ciphertext = bytes.split_off(12);
-    let nonce: [u8; 12] = bytes.try_into().map_err(|_| anyhow!("bad nonce"))?;
-    let mut ciphertext = ciphertext;
-    let plain = aead_key(&key)?
+    let (nonce, ciphertext) = sealed.split_at(12);
+    let nonce: [u8; 12] = nonce.try_into().map_err(|_| anyhow!("bad nonce"))?;
+    let mut ciphertext = ciphertext.to_vec();
+    let plain = aead_key(key)?
         .open_in_place(
             Nonce::assume_unique_for_key(nonce),
-            Aad::empty(),
+            Aad::from(context),
             &mut ciphertext,
         )
-        .map_err(|_| anyhow!("UMS_SECRET_KEY does not open the stored key"))?;
+        .map_err(|_| anyhow!("the ciphertext does not open under this key"))?;
     Ok(plain.to_vec())
 }
 

@@ -111,6 +111,13 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: Some(include_str!("migrations/0012_privacy.sqlite.sql")),
         postgres: Some(include_str!("migrations/0012_privacy.postgres.sql")),
     },
+    Migration {
+        version: 13,
+        name: "erasure",
+        shared: "",
+        sqlite: Some(include_str!("migrations/0013_erasure.sqlite.sql")),
+        postgres: Some(include_str!("migrations/0013_erasure.postgres.sql")),
+    },
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;

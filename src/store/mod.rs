@@ -485,6 +485,7 @@ pub enum SqlValue {
     /// Text compared without regard to case (a username, an email, a lab code).
     Folded(String),
     Address(Inet),
+    Bytes(Vec<u8>),
 }
 
 /// The WHERE clause of a list query with optional filters, numbered `$1..` in order.
@@ -507,6 +508,7 @@ macro_rules! bind_values {
                 SqlValue::Time(time) => query.bind(*time),
                 SqlValue::Folded(text) => query.bind(CaseInsensitive(text.as_str())),
                 SqlValue::Address(address) => query.bind(*address),
+                SqlValue::Bytes(bytes) => query.bind(bytes.as_slice()),
             };
         }
         query
@@ -522,6 +524,20 @@ impl Conditions {
         self.values.push(value);
         let placeholder = format!("${}", self.values.len());
         self.clauses.push(clause.replace('?', &placeholder));
+        self
+    }
+
+    /// A clause with several values, bound to its `?`s in order.
+    pub fn push_values(&mut self, clause: &str, values: Vec<SqlValue>) -> &mut Self {
+        let mut sql = String::new();
+        let mut parts = clause.split('?');
+        sql.push_str(parts.next().unwrap_or_default());
+        for (part, value) in parts.zip(values) {
+            self.values.push(value);
+            sql.push_str(&format!("${}", self.values.len()));
+            sql.push_str(part);
+        }
+        self.clauses.push(sql);
         self
     }
 
@@ -557,6 +573,7 @@ impl Conditions {
         Timestamp: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
         CaseInsensitive<'q>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
         Inet: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        &'q [u8]: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     {
         bind_values!(&self.values, query)
     }

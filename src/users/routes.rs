@@ -79,7 +79,13 @@ pub async fn delete(
     ClientOrigin(origin): ClientOrigin,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, AppError> {
-    service::delete(&state, &admin.user, id, &origin).await?;
+    crate::privacy::erasure::ask(
+        &state,
+        crate::privacy::erasure::Requester::Admin(admin.user.id),
+        id,
+        &origin,
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

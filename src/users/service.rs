@@ -325,7 +325,7 @@ pub async fn get(state: &AppState, user_id: i64) -> Result<User, AppError> {
 }
 
 /// Refuses to leave the service without an active system admin.
-async fn keep_an_admin(
+pub(crate) async fn keep_an_admin(
     connection: &mut crate::store::Connection,
     target: &User,
 ) -> Result<(), AppError> {
@@ -427,32 +427,6 @@ pub async fn update(
         )
         .await?;
     Ok(after.view(now))
-}
-
-#[tracing::instrument(skip_all)]
-pub async fn delete(
-    state: &AppState,
-    caller: &User,
-    target_id: i64,
-    origin: &Origin,
-) -> Result<(), AppError> {
-    let now = state.now();
-    let mut transaction = audit::Audited::begin(&state.store).await?;
-    let target = user_store::find_by_id(&mut transaction, target_id)
-        .await?
-        .ok_or(AppError::NotFound)?;
-    keep_an_admin(&mut transaction, &target).await?;
-    user_store::delete(&mut transaction, target_id).await?;
-    transaction
-        .commit(
-            Event::new(Action::UserDeleted, now)
-                .actor(Some(caller.id))
-                .resource("user", target_id)
-                .details(json!({"username": target.username, "email": target.email}))
-                .origin(origin),
-        )
-        .await?;
-    Ok(())
 }
 
 #[tracing::instrument(skip_all)]

@@ -269,6 +269,14 @@ impl TestApp {
         request.send().await.unwrap()
     }
 
+    pub async fn delete_with(&self, path: &str, body: &Value, token: Option<&str>) -> Response {
+        let mut request = self.client.delete(self.url(path)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+
     pub async fn delete(&self, path: &str, token: Option<&str>) -> Response {
         let mut request = self.client.delete(self.url(path));
         if let Some(token) = token {
@@ -366,41 +374,34 @@ impl TestApp {
     }
 
     /// The audit events of one action, oldest first, as (success, user_id, resource_id, details).
+    /// The events of `action`, oldest first, with their sealed personal fields opened (as the
+    /// audit API shows them).
     pub async fn audit_events(&self, action: &str) -> Vec<Value> {
-        type EventRow = (
-            bool,
-            Option<i64>,
-            Option<String>,
-            Option<String>,
-            sqlx::types::Json<Value>,
-            Option<ums::store::Inet>,
-            Option<String>,
-        );
+        let mut conditions = ums::store::Conditions::new();
+        conditions.push("action = ?", ums::store::SqlValue::Text(action.to_string()));
         let mut connection = self.state.store.read().await.unwrap();
-        let rows: Vec<EventRow> = ums::with_db!(connection, |db| {
-            sqlx::query_as(
-            "SELECT success, user_id, resource_type, resource_id, details, actor_ip, request_id \
-             FROM audit_logs WHERE action = $1 ORDER BY seq",
+        let rows = ums::audit::query::rows_where(
+            &mut connection,
+            self.state.store.chain_key(),
+            &conditions,
+            10_000,
         )
-        .bind(action)
-        .fetch_all(db)
         .await
-        })
         .unwrap();
         rows.into_iter()
-            .map(
-                |(success, user_id, resource_type, resource_id, details, actor_ip, request_id)| {
-                    json!({
-                        "success": success,
-                        "user_id": user_id,
-                        "resource_type": resource_type,
-                        "resource_id": resource_id,
-                        "details": details.0,
-                        "actor_ip": actor_ip.map(|ip| ip.to_string()),
-                        "request_id": request_id,
-                    })
-                },
-            )
+            .map(|row| {
+                let event = row.event;
+                json!({
+                    "success": event.success,
+                    "user_id": event.user_id,
+                    "resource_type": event.resource_type,
+                    "resource_id": event.resource_id,
+                    "details": serde_json::from_str::<Value>(&event.details).unwrap(),
+                    "actor_ip": event.actor_ip,
+                    "request_id": event.request_id,
+                    "erased": row.erased,
+                })
+            })
             .collect()
     }
 }

@@ -366,6 +366,8 @@ async fn an_existing_trail_survives_the_upgrade_to_monthly_partitions() {
             lab_id: None,
             details: "{}".into(),
             request_id: None,
+            subject_id: None,
+            sealed: None,
         };
         let hash = event.chain_hash(&prev_hash);
         // Schema 3 has BIGINT milliseconds, a 0/1 flag and the details as text.
@@ -394,7 +396,7 @@ async fn an_existing_trail_survives_the_upgrade_to_monthly_partitions() {
 
     assert_eq!(
         ums::store::migrate(&store).await.unwrap(),
-        [4, 5, 6, 7, 8, 9, 10, 11, 12]
+        [4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
     );
     let mut connection = store.read().await.unwrap();
     let count: i64 = ums::with_db!(connection, |db| sqlx::query_scalar(

@@ -716,3 +716,322 @@ async fn created_id(app: &TestApp) -> i64 {
     app.scalar("SELECT id FROM users WHERE username = 'alice'")
         .await
 }
+
+/// Rows that still name or point at the person, table by table (each must be 0 once erased).
+async fn traces_of(app: &TestApp, id: i64, username: &str, email: &str) -> Vec<(String, i64)> {
+    let mut traces = Vec::new();
+    for (table, sql) in [
+        (
+            "users",
+            format!("SELECT COUNT(*) FROM users WHERE id = {id}"),
+        ),
+        (
+            "sessions",
+            format!("SELECT COUNT(*) FROM sessions WHERE user_id = {id}"),
+        ),
+        (
+            "lab_memberships",
+            format!("SELECT COUNT(*) FROM lab_memberships WHERE user_id = {id}"),
+        ),
+        (
+            "devices",
+            format!("SELECT COUNT(*) FROM devices WHERE user_id = {id}"),
+        ),
+        (
+            "login_attempts",
+            format!(
+                "SELECT COUNT(*) FROM login_attempts WHERE user_id = {id} OR lower(username) IN ('{username}', '{email}')"
+            ),
+        ),
+        (
+            "lab_invitations",
+            format!("SELECT COUNT(*) FROM lab_invitations WHERE email = '{email}'"),
+        ),
+        (
+            "email_outbox",
+            format!("SELECT COUNT(*) FROM email_outbox WHERE lower(recipient) = '{email}'"),
+        ),
+        (
+            "audit_person_keys",
+            format!("SELECT COUNT(*) FROM audit_person_keys WHERE user_id = {id}"),
+        ),
+        (
+            "audit_ip_index",
+            format!("SELECT COUNT(*) FROM audit_ip_index WHERE user_id = {id}"),
+        ),
+        (
+            "audit_logs in the clear",
+            format!(
+                "SELECT COUNT(*) FROM audit_logs WHERE CAST(details AS TEXT) LIKE '%{username}%' \
+             OR CAST(details AS TEXT) LIKE '%{email}%' OR (user_id = {id} AND actor_ip IS NOT NULL)"
+            ),
+        ),
+    ] {
+        traces.push((table.to_string(), app.scalar(&sql).await));
+    }
+    traces
+}
+
+#[tokio::test]
+async fn a_person_erases_their_account_and_the_audit_trail_still_verifies() {
+    let app = spawn_app().await;
+    let admin = app.admin("root").await;
+    let lab = app.create_lab(&admin.access, "GEN").await;
+    let other_lab = app.create_lab(&admin.access, "CHEM").await;
+    let (dora, dora_tokens) = app.user("dora").await;
+    app.add_member(&admin.access, lab, dora, "member").await;
+    app.login_response("dora", "wrong password").await;
+    let renamed = app
+        .patch(
+            &format!("/api/users/{dora}"),
+            &json!({"first_name": "Dorothea"}),
+            Some(&admin.access),
+        )
+        .await;
+    assert_eq!(renamed.status(), StatusCode::OK);
+    invite(&app, &admin.access, other_lab, "dora@lab.org", "viewer").await;
+    app.smtp
+        .wait_for("dora@lab.org", "You are invited to a lab")
+        .await;
+
+    // Before: the trail holds her name and address sealed, never in the clear, and shows them.
+    let before = traces_of(&app, dora, "dora", "dora@lab.org").await;
+    assert!(
+        before.iter().all(|(table, count)| match table.as_str() {
+            "audit_logs in the clear" => *count == 0,
+            "email_outbox" => true,
+            _ => *count > 0,
+        }),
+        "{before:?}"
+    );
+    let shown = read(
+        &app,
+        &format!("/api/audit-logs?user_id={dora}&action=auth.register"),
+        &admin.access,
+    )
+    .await;
+    assert_eq!(shown["items"][0]["details"]["username"], "dora", "{shown}");
+    assert_eq!(shown["items"][0]["actor_ip"], "127.0.0.1");
+    assert_eq!(shown["items"][0]["erased"], false);
+    let by_address = read(
+        &app,
+        &format!("/api/audit-logs?ip=127.0.0.1&user_id={dora}"),
+        &admin.access,
+    )
+    .await;
+    assert!(
+        by_address["total"].as_i64().unwrap() >= 3,
+        "sealed addresses are found by their tag: {by_address}"
+    );
+
+    // A wrong password erases nothing.
+    let refused = app
+        .delete_with(
+            "/api/users/me",
+            &json!({"password": "not it"}),
+            Some(&dora_tokens.access),
+        )
+        .await;
+    let problem = assert_problem(refused, StatusCode::BAD_REQUEST).await;
+    assert!(problem["errors"]["password"].is_array(), "{problem}");
+    assert_eq!(traces_of(&app, dora, "dora", "dora@lab.org").await, before);
+
+    let erased = app
+        .delete_with(
+            "/api/users/me",
+            &json!({"password": crate::helpers::PASSWORD}),
+            Some(&dora_tokens.access),
+        )
+        .await;
+    assert_eq!(erased.status(), StatusCode::OK);
+    let body: Value = erased.json().await.unwrap();
+    assert_eq!(body, json!({"status": "erased", "erase_after": null}));
+
+    // Gone from every table; her token no longer works.
+    let after = traces_of(&app, dora, "dora", "dora@lab.org").await;
+    assert!(after.iter().all(|(_, count)| *count == 0), "{after:?}");
+    let me = app.get("/api/auth/me", Some(&dora_tokens.access)).await;
+    assert_eq!(me.status(), StatusCode::UNAUTHORIZED);
+
+    // The events stay, their personal fields erased; the admin's own address stays his.
+    let shown = read(
+        &app,
+        &format!("/api/audit-logs?user_id={dora}&per_page=100"),
+        &admin.access,
+    )
+    .await;
+    let events = shown["items"].as_array().unwrap();
+    assert!(events.len() >= 4, "{shown}");
+    for event in events {
+        assert_eq!(event["erased"], true, "{event}");
+        assert_eq!(event["actor_ip"], Value::Null);
+        assert_eq!(event["user_agent"], Value::Null);
+        assert!(event["details"].get("username").is_none(), "{event}");
+    }
+    let renamed = app.audit_events("user.updated").await;
+    let renamed = renamed.last().unwrap();
+    assert_eq!(renamed["erased"], true);
+    assert_eq!(
+        renamed["actor_ip"], "127.0.0.1",
+        "the admin's address is not hers"
+    );
+    assert!(renamed["details"].get("changed").is_none(), "{renamed}");
+    let deleted = app.audit_events("user.deleted").await;
+    assert_eq!(
+        deleted.last().unwrap()["details"],
+        json!({"erased": true, "requested_by": "self"})
+    );
+    let by_address = read(
+        &app,
+        &format!("/api/audit-logs?ip=127.0.0.1&user_id={dora}"),
+        &admin.access,
+    )
+    .await;
+    assert_eq!(by_address["total"], 0, "her tags went with her key");
+
+    let report = ums::audit::verify::verify(&app.state.store, None)
+        .await
+        .unwrap();
+    assert_eq!(report.finding, None);
+}
+
+#[tokio::test]
+async fn an_erasure_waits_out_its_grace_period_and_an_admin_can_cancel_it() {
+    let app = crate::helpers::spawn_app_with(&[("UMS_ERASURE_GRACE", "7d")]).await;
+    let admin = app.admin("root").await;
+    let (erin, erin_tokens) = app.user("erin").await;
+
+    let asked = app
+        .delete_with(
+            "/api/users/me",
+            &json!({"password": crate::helpers::PASSWORD}),
+            Some(&erin_tokens.access),
+        )
+        .await;
+    assert_eq!(asked.status(), StatusCode::OK);
+    let body: Value = asked.json().await.unwrap();
+    assert_eq!(body["status"], "scheduled");
+    assert_eq!(
+        body["erase_after"],
+        ums::clock::to_rfc3339(app.clock.now() + 7 * 86_400_000)
+    );
+    // Disabled at once: no sign-in, no session.
+    assert_eq!(
+        app.login_response("erin", crate::helpers::PASSWORD)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.get("/api/auth/me", Some(&erin_tokens.access))
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(app.audit_events("user.erasure_requested").await.len(), 1);
+
+    // An admin cancels; the time passes and nothing is erased.
+    let cancelled = app
+        .delete(&format!("/api/users/{erin}/erasure"), Some(&admin.access))
+        .await;
+    assert_eq!(cancelled.status(), StatusCode::NO_CONTENT);
+    let again = app
+        .delete(&format!("/api/users/{erin}/erasure"), Some(&admin.access))
+        .await;
+    assert_problem(again, StatusCode::NOT_FOUND).await;
+    app.clock.advance(Duration::from_secs(8 * 86_400));
+    assert_eq!(
+        ums::privacy::erasure::erase_due(&app.state, app.clock.now())
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        app.scalar(&format!("SELECT COUNT(*) FROM users WHERE id = {erin}"))
+            .await,
+        1
+    );
+    assert_eq!(app.audit_events("user.erasure_cancelled").await.len(), 1);
+
+    // An admin's delete waits too, and is carried out when its time comes, not a second before.
+    let admin = app.login("root").await;
+    let deleted = app
+        .delete(&format!("/api/users/{erin}"), Some(&admin.access))
+        .await;
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    app.clock.advance(Duration::from_secs(7 * 86_400 - 1));
+    assert_eq!(
+        ums::privacy::erasure::erase_due(&app.state, app.clock.now())
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        app.scalar(&format!("SELECT COUNT(*) FROM users WHERE id = {erin}"))
+            .await,
+        1
+    );
+    app.clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        ums::privacy::erasure::erase_due(&app.state, app.clock.now())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        app.scalar(&format!("SELECT COUNT(*) FROM users WHERE id = {erin}"))
+            .await,
+        0
+    );
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT COUNT(*) FROM audit_person_keys WHERE user_id = {erin}"
+        ))
+        .await,
+        0
+    );
+    let deleted = app.audit_events("user.deleted").await;
+    assert_eq!(
+        deleted.last().unwrap()["details"],
+        json!({"erased": true, "requested_by": "grace_period_ended"})
+    );
+    let report = ums::audit::verify::verify(&app.state.store, None)
+        .await
+        .unwrap();
+    assert_eq!(report.finding, None);
+}
+
+#[tokio::test]
+async fn the_last_lab_admin_of_a_lab_with_members_cannot_leave_by_erasure() {
+    let app = spawn_app().await;
+    let admin = app.admin("root").await;
+    let lab = app.create_lab(&admin.access, "GEN").await;
+    let (boss, boss_tokens) = app.user("boss").await;
+    let (member, _) = app.user("member").await;
+    app.add_member(&admin.access, lab, boss, "lab_admin").await;
+    app.add_member(&admin.access, lab, member, "member").await;
+    let refused = app
+        .delete_with(
+            "/api/users/me",
+            &json!({"password": crate::helpers::PASSWORD}),
+            Some(&boss_tokens.access),
+        )
+        .await;
+    assert_problem(refused, StatusCode::CONFLICT).await;
+    assert_eq!(
+        app.scalar(&format!("SELECT COUNT(*) FROM users WHERE id = {boss}"))
+            .await,
+        1
+    );
+    assert!(app.audit_events("user.deleted").await.is_empty());
+    // A system admin may: the lab is theirs to look after.
+    let deleted = app
+        .delete(&format!("/api/users/{boss}"), Some(&admin.access))
+        .await;
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.scalar(&format!("SELECT COUNT(*) FROM users WHERE id = {boss}"))
+            .await,
+        0
+    );
+}

@@ -108,6 +108,8 @@ async fn write_schema_4_rows(store: &ums::store::Store, start: i64) -> Vec<Strin
             lab_id: (index % 5 == 0).then_some(1),
             details,
             request_id: Some(format!("r{index}")),
+            subject_id: None,
+            sealed: None,
         };
         let hash = event.chain_hash(&prev_hash);
         ums::execute!(
@@ -171,22 +173,40 @@ async fn a_schema_4_database_upgrades_in_place_with_its_data_and_its_trail() {
             .await,
         ums::store::SCHEMA_VERSION
     );
-    // Every event, with its hash as written, in the database's own types now.
+    // Every event is kept, in the database's own types now, with its personal fields (the
+    // address, the browser, the name in its details) sealed under Alice's key: the chain was
+    // re-linked over the sealed forms, once.
     let mut connection = app.state.store.read().await.unwrap();
-    let stored: Vec<(String, Option<ums::store::Inet>, sqlx::types::Json<Value>)> = ums::with_db!(
-        connection,
-        |db| sqlx::query_as("SELECT hash, actor_ip, details FROM audit_logs ORDER BY seq")
-            .fetch_all(db)
-            .await
+    type Row = (
+        String,
+        Option<ums::store::Inet>,
+        Option<String>,
+        sqlx::types::Json<Value>,
+        Option<sqlx::types::Json<Value>>,
+    );
+    let stored: Vec<Row> = ums::with_db!(connection, |db| sqlx::query_as(
+        "SELECT hash, actor_ip, user_agent, details, sealed FROM audit_logs ORDER BY seq"
     )
+    .fetch_all(db)
+    .await)
     .unwrap();
     drop(connection);
+    assert_eq!(stored.len(), 40);
+    assert!(stored.iter().zip(&hashes).all(|(row, old)| &row.0 != old));
+    assert!(stored.iter().all(|row| row.1.is_none() && row.2.is_none()));
+    assert!(stored.iter().all(|row| {
+        row.3.0.get("username").is_none()
+            && row
+                .4
+                .as_ref()
+                .is_some_and(|sealed| sealed.0.get("actor").is_some())
+    }));
+    assert_eq!(stored[3].3.0["nested"], json!({"a": null, "b": true}));
     assert_eq!(
-        stored.iter().map(|row| row.0.clone()).collect::<Vec<_>>(),
-        hashes
+        app.scalar("SELECT COUNT(*) FROM audit_person_keys WHERE user_id = 1")
+            .await,
+        1
     );
-    assert_eq!(stored[1].1.unwrap().to_string(), "2001:db8::7");
-    assert_eq!(stored[3].2.0["nested"], json!({"a": null, "b": true}));
 
     // The accounts sign in as before, by either spelling of the name.
     let response = app.login_response("alice", PASSWORD).await;
@@ -218,6 +238,13 @@ async fn a_schema_4_database_upgrades_in_place_with_its_data_and_its_trail() {
         .await
         .unwrap();
     assert_eq!(events["total"], 20, "{events}");
+    // Shown opened, as they were written.
+    let shown = &events["items"][0];
+    assert_eq!(shown["actor_ip"], "2001:db8::7");
+    assert_eq!(shown["user_agent"], "curl/8");
+    assert_eq!(shown["details"]["username"], "alice");
+    assert_eq!(shown["details"]["nested"], json!({"a": null, "b": true}));
+    assert_eq!(shown["erased"], false);
     let attempts: Value = app
         .get("/api/security/login-attempts?ip=10.0.0.8", Some(&token))
         .await

@@ -277,7 +277,12 @@ async fn deleting_a_user_removes_it_with_its_sessions_and_memberships() {
     assert_eq!(app.scalar("SELECT COUNT(*) FROM lab_memberships").await, 0);
     let events = app.audit_events("user.deleted").await;
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0]["details"]["username"], "alice");
+    // The event keeps that she was erased, and by whom; not who she was.
+    assert_eq!(
+        events[0]["details"],
+        json!({"erased": true, "requested_by": "admin"})
+    );
+    assert_eq!(events[0]["erased"], false);
     assert_problem(
         app.delete(&format!("/api/users/{id}"), Some(&admin.access))
             .await,

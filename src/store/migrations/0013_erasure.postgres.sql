@@ -1,0 +1,52 @@
+-- Erasure that keeps the audit trail verifiable (crypto-shredding). The personal fields of an
+-- audit event (address, browser, names and emails in its details) are sealed under a key of
+-- the person they belong to; the chain hashes the sealed form, so destroying the key (it goes
+-- with the user row) erases them and the chain still verifies.
+CREATE TABLE audit_person_keys (
+    user_id BIGINT PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
+    -- The person's 256-bit key, sealed under UMS_SECRET_KEY (security/sealing.rs).
+    wrapped_key BYTEA NOT NULL,
+    created_at timestamptz NOT NULL
+);
+
+-- A sealed address can still be searched for (`/api/audit-logs?ip=`) by its keyed tag; the
+-- tags go with the person's key.
+CREATE TABLE audit_ip_index (
+    seq BIGINT NOT NULL,
+    user_id BIGINT NOT NULL REFERENCES audit_person_keys (user_id) ON DELETE CASCADE,
+    tag BYTEA NOT NULL
+);
+CREATE INDEX audit_ip_index_tag ON audit_ip_index (tag);
+CREATE INDEX audit_ip_index_user ON audit_ip_index (user_id);
+
+-- `subject_id`: the person the event's personal details describe (`user_id` is who acted).
+-- `sealed`: the sealed envelopes, {"actor": ..., "subject": ...}.
+ALTER TABLE audit_logs ADD COLUMN subject_id BIGINT;
+ALTER TABLE audit_logs ADD COLUMN sealed jsonb CHECK (sealed IS NULL OR jsonb_typeof(sealed) = 'object');
+
+-- `rewriting`: set only while `ums migrate` re-seals the events written before this version
+-- and re-links the chain over them. `resealed`: that migration is done.
+-- `retained_from`/`retained_hash`: the first event the archives still hold after older ones
+-- passed UMS_AUDIT_ARCHIVE_RETENTION, and the hash it links to.
+ALTER TABLE audit_chain ADD COLUMN rewriting BOOLEAN NOT NULL DEFAULT false;
+ALTER TABLE audit_chain ADD COLUMN resealed BOOLEAN NOT NULL DEFAULT false;
+ALTER TABLE audit_chain ADD COLUMN retained_from BIGINT NOT NULL DEFAULT 1;
+ALTER TABLE audit_chain ADD COLUMN retained_hash TEXT NOT NULL
+    DEFAULT '0000000000000000000000000000000000000000000000000000000000000000';
+
+CREATE OR REPLACE FUNCTION audit_logs_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' AND OLD.seq <= (SELECT archived_through FROM audit_chain WHERE id = 1) THEN
+        RETURN OLD;
+    END IF;
+    IF TG_OP = 'UPDATE' AND (SELECT rewriting FROM audit_chain WHERE id = 1) THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'audit_logs is append-only';
+END
+$$;
+
+-- An erasure asked for with a grace period (UMS_ERASURE_GRACE): the account is disabled at
+-- once and erased when this time comes, unless an admin cancels.
+ALTER TABLE users ADD COLUMN erase_after timestamptz;
+CREATE INDEX users_erase_after ON users (erase_after) WHERE erase_after IS NOT NULL;
