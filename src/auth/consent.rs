@@ -8,12 +8,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::audit::{self, Action, Event, Origin};
-use crate::auth::second_factor::EXPIRED;
 use crate::auth::sign_in::LoginResponse;
 use crate::clock::{Millis, Timestamp};
 use crate::config::Consent;
 use crate::error::{AppError, FieldCheck, SecondStep, SecondStepKind};
-use crate::mfa::challenges::{self, NewChallenge, Purpose};
+use crate::mfa::challenges::{self, EXPIRED, NewChallenge, Purpose};
 use crate::security::lockout::{self, Reservation, Subject};
 use crate::security::risk::SignInRisk;
 use crate::state::AppState;
@@ -156,7 +155,6 @@ pub async fn ask(
     risk: &SignInRisk,
     origin: &Origin,
 ) -> Result<AppError, AppError> {
-    let now = state.now();
     let mut transaction = audit::Audited::begin(&state.store).await?;
     lockout::release(
         &mut transaction,
@@ -168,14 +166,44 @@ pub async fn ask(
     if let Some(rehashed) = rehashed {
         crate::users::store::replace_password_hash(&mut transaction, user.id, rehashed).await?;
     }
+    consent_step(state, transaction, user, Some(risk), None, origin).await
+}
+
+/// What a consent challenge records of the sign-in it holds up, when that was no password.
+const SIGNED_IN_WITH: &str = "signed_in_with";
+const PASSKEY: &str = "passkey";
+
+/// A passwordless sign-in (its passkey verified, in `transaction`) waiting for consent: the
+/// challenge remembers that the passkey was proven, so accepting opens the session at once.
+pub async fn ask_after_passkey(
+    state: &AppState,
+    transaction: audit::Audited,
+    user: &User,
+    risk: Option<&SignInRisk>,
+    origin: &Origin,
+) -> Result<AppError, AppError> {
+    let ceremony = json!({ SIGNED_IN_WITH: PASSKEY });
+    consent_step(state, transaction, user, risk, Some(ceremony), origin).await
+}
+
+/// The challenge that carries a sign-in on past its consent, answered as `consent_required`.
+async fn consent_step(
+    state: &AppState,
+    mut transaction: audit::Audited,
+    user: &User,
+    risk: Option<&SignInRisk>,
+    ceremony: Option<serde_json::Value>,
+    origin: &Origin,
+) -> Result<AppError, AppError> {
+    let now = state.now();
     let mfa_token = challenges::create(
         &mut transaction,
         NewChallenge {
             purpose: Purpose::Consent,
             user_id: Some(user.id),
             session_id: None,
-            ceremony: None,
-            risk: Some(risk),
+            ceremony,
+            risk,
         },
         now,
     )
@@ -250,6 +278,24 @@ pub async fn accept(
         return Err(AppError::Unauthorized(EXPIRED));
     }
     given(transaction, consent, user.id, origin, now).await?;
+    let signed_in_with = challenge
+        .ceremony
+        .as_ref()
+        .and_then(|ceremony| ceremony.get(SIGNED_IN_WITH))
+        .and_then(serde_json::Value::as_str);
+    if signed_in_with == Some(PASSKEY) {
+        let transaction = audit::Audited::begin(&state.store).await?;
+        let response = crate::auth::sign_in::open_passwordless_session(
+            state,
+            transaction,
+            user,
+            challenge.risk.clone(),
+            origin,
+        )
+        .await?;
+        ip_attempt.succeeded(state).await;
+        return Ok(response);
+    }
     let risk = challenge
         .risk
         .clone()

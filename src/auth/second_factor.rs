@@ -27,7 +27,7 @@ use crate::state::AppState;
 use crate::users::User;
 use crate::users::store as user_store;
 
-pub(crate) const EXPIRED: &str = "The mfa_token is unknown, used or expired; sign in again.";
+use crate::mfa::challenges::EXPIRED;
 
 /// A password step that passed, for an account that has (or must enrol) a second factor.
 pub struct PasswordStep<'a> {
@@ -259,8 +259,28 @@ pub async fn complete(
         crate::mfa::service::recovery_code_used(&mut transaction, state, &user, left, origin, now)
             .await?;
     }
+    if challenge.purpose == Purpose::Passwordless {
+        if !crate::auth::consent::has_accepted(&state.store, &state.config.consent, user.id).await?
+        {
+            return Err(crate::auth::consent::ask_after_passkey(
+                state,
+                transaction,
+                &user,
+                challenge.risk.as_ref(),
+                origin,
+            )
+            .await?);
+        }
+        return sign_in::open_passwordless_session(
+            state,
+            transaction,
+            user,
+            challenge.risk.clone(),
+            origin,
+        )
+        .await;
+    }
     let amr: &[&str] = match challenge.purpose {
-        Purpose::Passwordless => &["hwk", "mfa"],
         // An emailed code confirms a risky sign-in; it is no second factor.
         Purpose::Verification => &["pwd", "otp"],
         _ => &["pwd", proven.method.amr(), "mfa"],

@@ -53,6 +53,35 @@ pub async fn open_session(
     open_session_in(state, transaction, accepted, origin).await
 }
 
+/// Opens the session of a passwordless sign-in: the passkey was both factors.
+pub async fn open_passwordless_session(
+    state: &AppState,
+    transaction: audit::Audited,
+    user: User,
+    risk: Option<crate::security::risk::SignInRisk>,
+    origin: &Origin,
+) -> Result<LoginResponse, AppError> {
+    let subject = Subject::User(user.id);
+    let accepted = Accepted {
+        login: &user.username.clone(),
+        subject: &subject,
+        user,
+        rehashed: None,
+        grant: Grant::new(
+            state.now(),
+            state.config.refresh_token_ttl.as_millis() as i64,
+            &["hwk", "mfa"],
+        ),
+        details: json!({
+            "second_factor": "webauthn",
+            "passwordless": true,
+            "recovery_codes_left": null,
+        }),
+        risk,
+    };
+    open_session_in(state, transaction, accepted, origin).await
+}
+
 /// Opens the session in `transaction` (which may hold the spending of a challenge or a code):
 /// the lockout counter starts again, the session opens with its first token pair, the alert
 /// for a new device is queued, and the event recorded, in one commit; the tokens are signed

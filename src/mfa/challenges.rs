@@ -62,6 +62,9 @@ impl Purpose {
     }
 }
 
+/// The answer to a challenge token that does not (or no longer) work.
+pub const EXPIRED: &str = "The mfa_token is unknown, used or expired; sign in again.";
+
 #[derive(Debug, Clone)]
 pub struct Challenge {
     pub token_hash: String,

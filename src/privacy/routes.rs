@@ -117,7 +117,7 @@ pub async fn export(
             (GDPR Art. 17), or, with UMS_ERASURE_GRACE, disabled now and erased when `erase_after` comes. \
             Its personal fields in the audit trail read as erased; the trail still verifies."),
         (status = 400, body = Problem, description = "The password is wrong"),
-        (status = 401, body = Problem, description = "`step_up_required`: the account has a second factor \
+        (status = 403, body = Problem, description = "`step_up_required`: the account has a second factor \
             and this session has not proved it in the last 10 minutes (POST /api/auth/step-up)"),
         (status = 409, body = Problem, description = "The last system admin, or the last lab_admin of a lab with members")))]
 pub async fn erase_me(

@@ -11,6 +11,8 @@ use ums::store::Backend;
 use crate::helpers::{PASSWORD, TestApp, assert_problem, spawn_app};
 
 /// Several users registering and logging in: a trail of a dozen events.
+const DAY_MS: i64 = 86_400_000;
+
 async fn busy_app() -> TestApp {
     let app = spawn_app().await;
     for name in ["alice", "bob", "carol", "dave"] {
@@ -805,4 +807,71 @@ async fn each_change_writes_exactly_one_event_with_its_actor_and_target() {
     assert_eq!(lab_events, 6);
     let secrets = app.scalar(&format!("SELECT COUNT(*) FROM audit_logs WHERE CAST(details AS TEXT) LIKE '%{PASSWORD}%' OR CAST(details AS TEXT) LIKE '%argon2%'")).await;
     assert_eq!(secrets, 0);
+}
+
+#[tokio::test]
+async fn archives_past_their_retention_leave_and_the_rest_still_verifies() {
+    let app = busy_app().await;
+    let directory = tempfile::tempdir().unwrap();
+    let archive = |cutoff: i64| {
+        let store = app.state.store.clone();
+        let path = directory.path().to_path_buf();
+        async move {
+            ums::audit::archive::archive(&store, &path, cutoff)
+                .await
+                .unwrap()
+        }
+    };
+    // Two months archived, a month apart at least.
+    app.clock.advance(Duration::from_secs(122 * 86_400));
+    app.register("second", "second@lab.org").await;
+    let second_month = app.clock.now();
+    assert_eq!(archive(app.clock.now() - 90 * DAY_MS).await.files.len(), 1);
+    app.clock.advance(Duration::from_secs(125 * 86_400));
+    app.register("third", "third@lab.org").await;
+    let report = archive(app.clock.now() - 90 * DAY_MS).await;
+    assert_eq!(report.files.len(), 1);
+    let kept = report.files[0].clone();
+    // The third account's events are still in the table; the second's are in the kept file.
+    let third_seq = app
+        .scalar("SELECT MIN(seq) FROM audit_logs WHERE action = 'auth.register'")
+        .await;
+
+    // The first month is past its retention, the second is not.
+    let deleted = ums::audit::archive::delete_expired_archives(
+        &app.state.store,
+        directory.path(),
+        second_month,
+    )
+    .await
+    .unwrap();
+    assert_eq!(deleted.len(), 1);
+    assert!(!deleted[0].exists() && kept.exists());
+    let retained_from = app
+        .scalar("SELECT retained_from FROM audit_chain WHERE id = 1")
+        .await;
+    assert!(
+        retained_from > 1 && retained_from < third_seq,
+        "{retained_from}"
+    );
+    let report = verify(&app.state.store, Some(directory.path()))
+        .await
+        .unwrap();
+    assert_eq!(report.finding, None);
+    // Nothing more is past it; running again deletes nothing.
+    let again = ums::audit::archive::delete_expired_archives(
+        &app.state.store,
+        directory.path(),
+        second_month,
+    )
+    .await
+    .unwrap();
+    assert!(again.is_empty());
+
+    // A retained archive removed out of turn is found.
+    std::fs::remove_file(&kept).unwrap();
+    let report = verify(&app.state.store, Some(directory.path()))
+        .await
+        .unwrap();
+    assert!(report.finding.is_some(), "{report:?}");
 }

@@ -1123,3 +1123,143 @@ fn app_false(app: &TestApp) -> &'static str {
         _ => "0",
     }
 }
+
+#[tokio::test]
+async fn erasing_an_account_with_a_factor_takes_a_recent_proof_of_it() {
+    let app = spawn().await;
+    let (fay, tokens) = app.user("fay").await;
+    let (phone, _) = enrol_totp(&app, &tokens.access).await;
+    let body = password_step(&app, "fay").await;
+    let response = second_step(
+        &app,
+        json!({"mfa_token": body["mfa_token"], "method": "totp", "code": phone.code(&app)}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    app.clock.advance(Duration::from_secs(30));
+    let signed_in: Value = response.json().await.unwrap();
+    let access = signed_in["access_token"].as_str().unwrap().to_string();
+
+    // Eleven minutes on, the password alone is not enough.
+    app.clock.advance(Duration::from_secs(11 * 60));
+    let refused = app
+        .delete_with(
+            "/api/users/me",
+            &json!({"password": PASSWORD}),
+            Some(&access),
+        )
+        .await;
+    let problem = assert_problem(refused, StatusCode::FORBIDDEN).await;
+    assert_eq!(problem["code"], "step_up_required", "{problem}");
+    let still = format!("SELECT COUNT(*) FROM totp_factors WHERE user_id = {fay}");
+    assert_eq!(app.scalar(&still).await, 1);
+
+    // With the factor proved again, the account and its factors go.
+    let raised = step_up(&app, &access, &phone).await;
+    let erased = app
+        .delete_with(
+            "/api/users/me",
+            &json!({"password": PASSWORD}),
+            Some(&raised),
+        )
+        .await;
+    assert_eq!(erased.status(), StatusCode::OK);
+    assert_eq!(app.scalar(&still).await, 0);
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT COUNT(*) FROM recovery_codes WHERE user_id = {fay}"
+        ))
+        .await,
+        0
+    );
+    let report = ums::audit::verify::verify(&app.state.store, None)
+        .await
+        .unwrap();
+    assert_eq!(report.finding, None);
+}
+
+#[tokio::test]
+async fn a_passwordless_sign_in_asks_for_new_terms_and_then_opens_its_session() {
+    let app = spawn().await;
+    let (user_id, tokens) = app.user("gus").await;
+    let mut authenticator = soft_passkey();
+    let (_, user_handle) = register_passkey(
+        &app,
+        &mut authenticator,
+        Some(&tokens.access),
+        json!({}),
+        "Laptop",
+    )
+    .await;
+    // New terms come into force.
+    let renewed =
+        crate::helpers::spawn_second_instance_with(&app, &[("UMS_TERMS_VERSION", "2")]).await;
+    let start: Value = renewed
+        .post("/api/auth/login/passkey", &json!({}), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let credential_id = app
+        .text("SELECT credential_id FROM passkeys")
+        .await
+        .unwrap();
+    let mut options = start["webauthn"].clone();
+    options["publicKey"]["allowCredentials"] = json!([{"type": "public-key", "id": credential_id}]);
+    let mut assertion = assert_with(&mut authenticator, &options);
+    assertion["response"]["userHandle"] = json!(user_handle);
+    let answer = renewed
+        .post(
+            "/api/auth/login/mfa",
+            &json!({"mfa_token": start["mfa_token"], "method": "webauthn", "assertion": assertion}),
+            None,
+        )
+        .await;
+    let asked = assert_problem(answer, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(asked["code"], "consent_required", "{asked}");
+    assert_eq!(asked["methods"], json!(["consent"]));
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL AND user_id = {user_id}"
+        ))
+        .await,
+        1,
+        "no session opens before the consent"
+    );
+
+    let wrong = renewed
+        .post(
+            "/api/auth/login/consent",
+            &json!({"mfa_token": asked["mfa_token"], "accept_terms": "1"}),
+            None,
+        )
+        .await;
+    assert_problem(wrong, StatusCode::BAD_REQUEST).await;
+    let accepted = renewed
+        .post(
+            "/api/auth/login/consent",
+            &json!({"mfa_token": asked["mfa_token"], "accept_terms": "2"}),
+            None,
+        )
+        .await;
+    assert_eq!(accepted.status(), StatusCode::OK);
+    let body: Value = accepted.json().await.unwrap();
+    assert_eq!(body["user"]["id"], user_id);
+    // The passkey was both factors: no second step after the consent.
+    assert_eq!(amr(body["access_token"].as_str().unwrap()), ["hwk", "mfa"]);
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT COUNT(*) FROM consents WHERE user_id = {user_id} AND document = 'terms' AND version = '2'"
+        ))
+        .await,
+        1
+    );
+    let spent = renewed
+        .post(
+            "/api/auth/login/consent",
+            &json!({"mfa_token": asked["mfa_token"], "accept_terms": "2"}),
+            None,
+        )
+        .await;
+    assert_problem(spent, StatusCode::UNAUTHORIZED).await;
+}

@@ -363,6 +363,10 @@ async fn postgresql_columns_carry_native_types() {
         ("audit_logs", "details", "jsonb"),
         ("audit_logs", "actor_ip", "inet"),
         ("audit_logs", "success", "bool"),
+        ("audit_logs", "sealed", "jsonb"),
+        ("audit_person_keys", "wrapped_key", "bytea"),
+        ("audit_ip_index", "tag", "bytea"),
+        ("users", "erase_after", "timestamptz"),
         ("email_outbox", "next_attempt_at", "timestamptz"),
         ("signing_keys", "created_at", "timestamptz"),
     ] {
@@ -378,12 +382,14 @@ async fn postgresql_columns_carry_native_types() {
         })
         .collect();
     assert!(numeric_times.is_empty(), "{numeric_times:?}");
-    // The details are queryable with the JSON operators.
-    app.user("bob").await;
+    // The details and the sealed envelopes are queryable with the JSON operators (bob's name
+    // is in his envelope, not in the details).
+    let (bob, _) = app.user("bob").await;
     assert_eq!(
-        app.scalar(
-            "SELECT COUNT(*) FROM audit_logs WHERE details ? 'username' AND details ->> 'username' = 'bob'"
-        )
+        app.scalar(&format!(
+            "SELECT COUNT(*) FROM audit_logs WHERE user_id = {bob} AND action = 'auth.register' \
+             AND details ? 'consent' AND NOT details ? 'username' AND sealed ? 'actor'"
+        ))
         .await,
         1,
         "bob's registration"

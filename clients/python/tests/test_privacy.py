@@ -257,6 +257,24 @@ def test_export_json_holds_the_profile_and_the_audit_events(admin, new_account):
         account.client.export_user_data(account.id, "pdf")
 
 
+def test_a_person_erases_their_account_and_its_events_read_as_erased(admin, new_account):
+    account = new_account()
+    with pytest.raises(ValidationError):
+        account.client.erase_my_account("not the password")
+    assert admin.get_user(account.id).id == account.id  # a wrong password erases nothing
+
+    assert account.client.erase_my_account(PASSWORD) == {"status": "erased", "erase_after": None}
+    with pytest.raises(NotFound):
+        admin.get_user(account.id)
+    with pytest.raises(AuthenticationError):
+        account.client.login(account.username, PASSWORD)
+    events = admin.list_audit_logs(user_id=account.id, per_page=100).items
+    assert events and all(event.erased for event in events)
+    assert all(event.actor_ip is None and "username" not in event.details for event in events)
+    with pytest.raises(NotFound):
+        admin.cancel_erasure(account.id)  # nothing waits: it was carried out at once
+
+
 def test_export_zip_holds_one_csv_per_section(new_account):
     account = new_account()
     data = account.client.export_user_data(account.id, "zip")

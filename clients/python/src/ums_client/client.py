@@ -711,6 +711,27 @@ class UMSClient:
             return response.content
         return dict(response.json())
 
+    def erase_my_account(self, password: str) -> dict[str, Any]:
+        """``DELETE /api/users/me``: erases the signed-in person's account and everything UMS
+        holds about them (GDPR Art. 17). Their personal fields in the audit trail read as
+        erased from then on; the trail still verifies.
+
+        Takes the password again; an account with a second factor also needs a session that
+        proved it in the last ten minutes (``step_up`` first, else ``StepUpRequired``).
+        Returns ``{"status": "erased", "erase_after": None}``, or, when the server has a
+        grace period (``UMS_ERASURE_GRACE``), ``{"status": "scheduled", "erase_after": ...}``:
+        the account is disabled now and erased then, unless an admin cancels. The client's
+        tokens are forgotten either way.
+        """
+        response = self._request("DELETE", "/api/users/me", json={"password": password})
+        self.token_store.clear()
+        return dict(response.json())
+
+    def cancel_erasure(self, user_id: int) -> None:
+        """``DELETE /api/users/{id}/erasure`` (admin): cancels an erasure still in its grace
+        period. The account stays disabled until an admin activates it."""
+        self._request("DELETE", f"/api/users/{user_id}/erasure")
+
     # -- /api/labs ------------------------------------------------------------------------
 
     def list_labs(self, *, page: int | None = None, per_page: int | None = None) -> Page[Lab]:

@@ -480,6 +480,9 @@ class AuditEvent:
     lab_id: int | None
     details: dict[str, Any] = field(default_factory=dict)
     request_id: str | None = None
+    #: The event's personal fields (address, browser, names in its details) were erased
+    #: with their person; the event itself stays, and the trail still verifies.
+    erased: bool = False
 
     @classmethod
     def from_json(cls, data: Json) -> AuditEvent:
@@ -497,6 +500,7 @@ class AuditEvent:
             lab_id=data.get("lab_id"),
             details=dict(data.get("details") or {}),
             request_id=data.get("request_id"),
+            erased=bool(data.get("erased", False)),
         )
 
 
