@@ -286,6 +286,11 @@ pub async fn archive(
         Backend::Postgres => "DELETE FROM audit_logs_default WHERE seq <= $1",
     };
     crate::execute!(transaction, sqlx::query(delete).bind(last_seq))?;
+    // The table no longer holds them: their address tags have nothing left to find.
+    crate::execute!(
+        transaction,
+        sqlx::query("DELETE FROM audit_ip_index WHERE seq <= $1").bind(last_seq)
+    )?;
     transaction.commit().await?;
     report.dropped_partitions = drop_archived_partitions(store, cutoff).await?;
     Ok(report)
@@ -360,7 +365,8 @@ pub async fn delete_expired_archives(
     let Some((seq, hash)) = last else {
         return Ok(Vec::new());
     };
-    // The start moves first: a crash before the files go leaves them as a verifiable extra.
+    // The start moves first: a crash before the files go leaves them behind, and
+    // verification passes over what lies before the start.
     let mut transaction = store.begin().await?;
     crate::execute!(
         transaction,

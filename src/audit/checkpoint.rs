@@ -26,40 +26,44 @@ struct Checkpoint {
     at: String,
     /// HMAC under the checkpoint key; empty when the service has no secret key.
     mac: String,
-    /// The chain was re-linked up to here (its personal fields sealed, `audit::personal`):
-    /// the checkpoints before this line named hashes the chain no longer has.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    relinked: bool,
+    /// The chain was re-linked from this seq on (its personal fields sealed,
+    /// `audit::personal`): the checkpoints before this line at or past it named hashes the
+    /// chain no longer has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    relinked_from: Option<i64>,
 }
 
-fn signature(key: &ChainKey, seq: i64, hash: &str, at: &str, relinked: bool) -> String {
+fn signature(key: &ChainKey, seq: i64, hash: &str, at: &str, relinked_from: Option<i64>) -> String {
     let seq = seq.to_string();
+    let relinked = relinked_from.map(|from| format!("|relinked from {from}"));
     let mut parts: Vec<&[u8]> = vec![seq.as_bytes(), b"|", hash.as_bytes(), b"|", at.as_bytes()];
-    if relinked {
-        parts.push(b"|relinked");
+    if let Some(relinked) = &relinked {
+        parts.push(relinked.as_bytes());
     }
     key.sign(true, &parts).unwrap_or_default()
 }
 
 /// Records the current head: in the log always, and in `directory` when there is one.
 pub async fn write(store: &Store, directory: Option<&Path>, now: Millis) -> anyhow::Result<()> {
-    write_checkpoint(store, directory, now, false).await
+    write_checkpoint(store, directory, now, None).await
 }
 
-/// Records the head of a chain just re-linked, superseding the checkpoints before it.
+/// Records the head of a chain re-linked from `from` on, superseding the checkpoints before
+/// it that name seqs from there.
 pub async fn write_relinked(
     store: &Store,
     directory: Option<&Path>,
     now: Millis,
+    from: i64,
 ) -> anyhow::Result<()> {
-    write_checkpoint(store, directory, now, true).await
+    write_checkpoint(store, directory, now, Some(from)).await
 }
 
 async fn write_checkpoint(
     store: &Store,
     directory: Option<&Path>,
     now: Millis,
-    relinked: bool,
+    relinked_from: Option<i64>,
 ) -> anyhow::Result<()> {
     let (seq, hash): (i64, String) = {
         let mut connection = store.read().await?;
@@ -73,8 +77,8 @@ async fn write_checkpoint(
         return Ok(());
     }
     let at = to_rfc3339(now);
-    let mac = signature(store.chain_key(), seq, &hash, &at, relinked);
-    tracing::info!(seq, hash = %hash, at = %at, mac = %mac, relinked, "audit checkpoint");
+    let mac = signature(store.chain_key(), seq, &hash, &at, relinked_from);
+    tracing::info!(seq, hash = %hash, at = %at, mac = %mac, ?relinked_from, "audit checkpoint");
     let Some(directory) = directory else {
         return Ok(());
     };
@@ -86,7 +90,7 @@ async fn write_checkpoint(
         hash,
         at,
         mac,
-        relinked,
+        relinked_from,
     })?;
     line.push(b'\n');
     let mut file = std::fs::OpenOptions::new()
@@ -126,13 +130,13 @@ pub fn read(
             checkpoint.seq,
             &checkpoint.hash,
             &checkpoint.at,
-            checkpoint.relinked,
+            checkpoint.relinked_from,
         );
         if !bool::from(expected.as_bytes().ct_eq(checkpoint.mac.as_bytes())) {
             return Ok(Err(index + 1));
         }
-        if checkpoint.relinked {
-            checkpoints.clear();
+        if let Some(from) = checkpoint.relinked_from {
+            checkpoints.retain(|seq, _| *seq < from);
         }
         checkpoints.insert(checkpoint.seq, checkpoint.hash);
     }

@@ -349,6 +349,7 @@ pub async fn record_batch(
         .iter()
         .map(|event| {
             personal::subject_of(
+                event.action.as_str(),
                 event.user_id,
                 event.resource_type,
                 event.resource_id.as_deref(),

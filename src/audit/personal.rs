@@ -22,26 +22,32 @@ use crate::store::Connection;
 
 /// Detail fields that name or reach a person. The rest of an event's details (ids, roles,
 /// reasons, counts) stay readable for ever.
+/// (`from` and `to` are an email change's addresses; `risk` holds where a sign-in came from.)
 pub const PERSONAL_DETAILS: &[&str] = &[
     "username",
     "email",
     "new_email",
+    "from",
+    "to",
     "changed",
     "first_name",
     "last_name",
+    "risk",
 ];
 
 /// Whom an event's personal details describe: the account it acts on, else whoever acted.
-/// An event nobody signed in caused names no account (a failed sign-in under an unknown
-/// name carries the typed name as its resource, which may look like an id): its fields stay
-/// in the clear, as the export leaves such events out (`privacy::export`).
+/// A failed sign-in nobody is behind (an unknown name) carries the typed name as its
+/// resource, which may look like an id: it names no account, and its fields stay in the
+/// clear until retention takes them.
 pub fn subject_of(
+    action: &str,
     user_id: Option<i64>,
     resource_type: Option<&str>,
     resource_id: Option<&str>,
 ) -> Option<i64> {
     match (user_id, resource_type) {
-        (Some(_), Some("user")) => resource_id.and_then(|id| id.parse().ok()).or(user_id),
+        (None, Some("user")) if action == "auth.login_failed" => None,
+        (_, Some("user")) => resource_id.and_then(|id| id.parse().ok()).or(user_id),
         _ => user_id,
     }
 }
@@ -318,37 +324,40 @@ async fn stored_keys(
 }
 
 /// Seals the personal fields of the events written before sealing existed, once (`ums
-/// migrate` and every start run it; it is a no-op when done). The old chain is verified
-/// first, so the rewrite never launders an edit; the chain is then re-linked over the sealed
-/// forms, and a signed checkpoint marks the re-linking (earlier checkpoints named the old
-/// hashes). Events already in archive files keep their form.
+/// migrate` and every start run it; it is a no-op when done, and the database refuses a
+/// second rewrite). The whole trail is verified first (archives and signed checkpoints
+/// included), so the rewrite never launders an edit; the chain is then re-linked over the
+/// sealed forms, and a signed checkpoint marks the re-linking (the earlier ones past its
+/// start named the old hashes). Events already in archive files keep their form.
 pub async fn reseal_existing(
     store: &crate::store::Store,
     archive_dir: Option<&std::path::Path>,
     now: Millis,
 ) -> anyhow::Result<u64> {
     use crate::audit::query::{EVENT_COLUMNS, EventRecord, EventRow};
-    use crate::audit::verify::ChainWalk;
 
     let chain_key = store.chain_key().clone();
     let mut transaction = store.begin().await?;
     // Claims the chain head: no event is written meanwhile.
     let (resealed, archived_through, archived_hash, keyed_from): (bool, i64, String, Option<i64>) =
         crate::with_db!(transaction, |db| sqlx::query_as(
-            "UPDATE audit_chain SET rewriting = TRUE WHERE id = 1 \
+            "UPDATE audit_chain SET rewriting = NOT resealed WHERE id = 1 \
              RETURNING resealed, archived_through, archived_hash, keyed_from"
         )
         .fetch_one(db)
         .await)?;
     if resealed {
+        drop(transaction);
+        finish_relink(store, archive_dir, now).await?;
         return Ok(0);
     }
-    let mut old_chain = ChainWalk::new(
-        archived_through + 1,
-        archived_hash.clone(),
-        chain_key.clone(),
-        keyed_from,
-    );
+    let report = crate::audit::verify::verify(store, archive_dir).await?;
+    if let Some(finding) = report.finding {
+        anyhow::bail!(
+            "the audit trail does not verify ({finding}); its personal fields cannot be sealed \
+             until that is resolved (see `ums audit verify`)"
+        );
+    }
     let mut running = archived_hash;
     let mut rewritten = 0;
     let mut after = archived_through;
@@ -363,14 +372,6 @@ pub async fn reseal_existing(
             break;
         }
         let rows: Vec<EventRow> = batch.into_iter().map(EventRow::from).collect();
-        for row in &rows {
-            if let Some(finding) = old_chain.step(row) {
-                anyhow::bail!(
-                    "the audit trail does not verify ({finding}); its personal fields cannot be \
-                     sealed until that is resolved (see `ums audit verify`)"
-                );
-            }
-        }
         let people: Vec<i64> = rows
             .iter()
             .filter(|row| row.event.sealed.is_none())
@@ -379,6 +380,7 @@ pub async fn reseal_existing(
                 [
                     event.user_id,
                     subject_of(
+                        &event.action,
                         event.user_id,
                         event.resource_type.as_deref(),
                         event.resource_id.as_deref(),
@@ -394,6 +396,7 @@ pub async fn reseal_existing(
             let mut event = row.event;
             if event.sealed.is_none() {
                 let subject_id = subject_of(
+                    &event.action,
                     event.user_id,
                     event.resource_type.as_deref(),
                     event.resource_id.as_deref(),
@@ -467,9 +470,11 @@ pub async fn reseal_existing(
     crate::execute!(
         transaction,
         sqlx::query(
-            "UPDATE audit_chain SET last_hash = $1, rewriting = FALSE, resealed = TRUE WHERE id = 1"
+            "UPDATE audit_chain SET last_hash = $1, rewriting = FALSE, resealed = TRUE, \
+             relink_pending = $2 WHERE id = 1"
         )
         .bind(&running)
+        .bind((rewritten > 0).then_some(archived_through + 1))
     )?;
     transaction.commit().await?;
     if rewritten > 0 {
@@ -477,9 +482,36 @@ pub async fn reseal_existing(
             events = rewritten,
             "audit events' personal fields sealed; chain re-linked"
         );
-        crate::audit::checkpoint::write_relinked(store, archive_dir, now).await?;
     }
+    finish_relink(store, archive_dir, now).await?;
     Ok(rewritten)
+}
+
+/// Writes the signed checkpoint of a re-linking that has none yet (a crash may have come
+/// between the two), then marks it written.
+async fn finish_relink(
+    store: &crate::store::Store,
+    archive_dir: Option<&std::path::Path>,
+    now: Millis,
+) -> anyhow::Result<()> {
+    let pending: Option<i64> = {
+        let mut connection = store.read().await?;
+        crate::with_db!(connection, |db| sqlx::query_scalar(
+            "SELECT relink_pending FROM audit_chain WHERE id = 1"
+        )
+        .fetch_one(db)
+        .await)?
+    };
+    let Some(from) = pending else {
+        return Ok(());
+    };
+    crate::audit::checkpoint::write_relinked(store, archive_dir, now, from).await?;
+    let mut connection = store.write().await?;
+    crate::execute!(
+        connection,
+        sqlx::query("UPDATE audit_chain SET relink_pending = NULL WHERE id = 1")
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -580,11 +612,30 @@ mod tests {
 
     #[test]
     fn the_subject_is_the_account_acted_on_else_the_actor() {
-        assert_eq!(subject_of(Some(1), Some("user"), Some("7")), Some(7));
-        assert_eq!(subject_of(Some(1), Some("lab"), Some("3")), Some(1));
-        assert_eq!(subject_of(None, Some("security"), Some("0")), None);
+        let updated = "user.updated";
         assert_eq!(
-            subject_of(None, Some("user"), Some("12")),
+            subject_of(updated, Some(1), Some("user"), Some("7")),
+            Some(7)
+        );
+        assert_eq!(
+            subject_of("lab.updated", Some(1), Some("lab"), Some("3")),
+            Some(1)
+        );
+        let locked = "security.account_locked";
+        assert_eq!(subject_of(locked, None, Some("security"), Some("0")), None);
+        let created = "user.created";
+        assert_eq!(
+            subject_of(created, None, Some("user"), Some("12")),
+            Some(12)
+        );
+        let imported = "user.imported";
+        assert_eq!(
+            subject_of(imported, None, Some("user"), Some("import")),
+            None
+        );
+        let failed = "auth.login_failed";
+        assert_eq!(
+            subject_of(failed, None, Some("user"), Some("12")),
             None,
             "a typed name"
         );

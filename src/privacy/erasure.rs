@@ -82,10 +82,14 @@ pub async fn ask(
     let now = state.now();
     let grace = state.config.erasure_grace.as_millis() as Millis;
     let mut transaction = audit::Audited::begin(&state.store).await?;
+    claim_the_chain(&mut transaction).await?;
     let target = user_store::find_by_id(&mut transaction, target_id)
         .await?
         .ok_or(AppError::NotFound)?;
     crate::users::service::keep_an_admin(&mut transaction, &target).await?;
+    if matches!(requester, Requester::Themselves) {
+        keep_lab_admins(&mut transaction, &target).await?;
+    }
     let actor = match requester {
         Requester::Themselves => target.id,
         Requester::Admin(admin) => admin,
@@ -95,7 +99,7 @@ pub async fn ask(
         Requester::Admin(_) => "admin",
     };
     if grace == 0 {
-        erase(&mut transaction, &target, requester).await?;
+        erase(&mut transaction, &target).await?;
         transaction
             .commit(
                 Event::new(Action::UserDeleted, now)
@@ -141,7 +145,8 @@ pub async fn ask(
 }
 
 /// An admin cancels an erasure still in its grace period. The account stays disabled until
-/// an admin activates it: whoever asked for the erasure may not be its owner.
+/// an admin activates it: whoever asked for the erasure may not be its owner. (Activating
+/// the account cancels the erasure too: `users::store::update`.)
 pub async fn cancel(
     state: &AppState,
     admin: &User,
@@ -186,10 +191,25 @@ pub async fn erase_due(state: &AppState, now: Millis) -> Result<u64, AppError> {
     let mut erased = 0;
     for user_id in due {
         let mut transaction = audit::Audited::begin(&state.store).await?;
-        let Some(target) = user_store::find_by_id(&mut transaction, user_id).await? else {
+        claim_the_chain(&mut transaction).await?;
+        // Still due now that the row is held: not cancelled, nor the account activated.
+        let still_due = crate::execute!(
+            &mut transaction,
+            sqlx::query(
+                "UPDATE users SET erase_after = erase_after WHERE id = $1 \
+                 AND erase_after IS NOT NULL AND erase_after <= $2"
+            )
+            .bind(user_id)
+            .bind(Timestamp::from(now))
+        )?;
+        let target = match still_due {
+            0 => None,
+            _ => user_store::find_by_id(&mut transaction, user_id).await?,
+        };
+        let Some(target) = target else {
             continue;
         };
-        erase(&mut transaction, &target, Requester::Admin(0)).await?;
+        erase(&mut transaction, &target).await?;
         transaction
             .commit(
                 Event::new(Action::UserDeleted, now)
@@ -202,19 +222,38 @@ pub async fn erase_due(state: &AppState, now: Millis) -> Result<u64, AppError> {
     Ok(erased)
 }
 
-/// Deletes everything about `target`. A person leaving on their own may not leave a lab with
-/// members and no lab admin (a system admin's erasure may).
-async fn erase(
-    connection: &mut Connection,
-    target: &User,
-    requester: Requester,
-) -> Result<(), AppError> {
-    let administered: Vec<i64> = user_store::labs_of(connection, target.id)
-        .await?
-        .into_iter()
-        .filter(|membership| membership.role == "lab_admin")
-        .map(|membership| membership.id)
-        .collect();
+/// Claims the audit chain's head before anything is deleted: an erasure deletes the person's
+/// key, which a concurrent event about them may be using, and both must take the head and
+/// the key in the same order (else PostgreSQL finds a deadlock).
+async fn claim_the_chain(connection: &mut Connection) -> Result<(), AppError> {
+    crate::execute!(
+        connection,
+        sqlx::query("UPDATE audit_chain SET seq = seq WHERE id = 1")
+    )?;
+    Ok(())
+}
+
+/// A person leaving on their own may not leave a lab with members and no lab admin (a system
+/// admin's erasure may): checked when they ask, grace period or not.
+async fn keep_lab_admins(connection: &mut Connection, target: &User) -> Result<(), AppError> {
+    for membership in user_store::labs_of(connection, target.id).await? {
+        if membership.role != "lab_admin" {
+            continue;
+        }
+        let (members, admins) =
+            crate::labs::store::admin_balance(connection, membership.id).await?;
+        if members > 1 && admins == 1 {
+            return Err(AppError::conflict(
+                "lab",
+                "you are the last lab_admin of a lab with members: give the role to another member first",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Deletes everything about `target`.
+async fn erase(connection: &mut Connection, target: &User) -> Result<(), AppError> {
     let names = [target.username.as_str(), target.email.as_str()];
     crate::execute!(
         connection,
@@ -242,16 +281,5 @@ async fn erase(
             .bind(CaseInsensitive(names[1]))
     )?;
     user_store::delete(connection, target.id).await?;
-    if matches!(requester, Requester::Themselves) {
-        for lab_id in administered {
-            let (members, admins) = crate::labs::store::admin_balance(connection, lab_id).await?;
-            if members > 0 && admins == 0 {
-                return Err(AppError::conflict(
-                    "lab",
-                    "you are the last lab_admin of a lab with members: give the role to another member first",
-                ));
-            }
-        }
-    }
     Ok(())
 }

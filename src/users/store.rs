@@ -248,7 +248,8 @@ pub async fn update(
          first_name = COALESCE($4, first_name), last_name = COALESCE($5, last_name), \
          is_active = COALESCE($6, is_active), is_admin = COALESCE($7, is_admin), \
          email_verified = COALESCE($8, email_verified), updated_at = $9, \
-         new_login_alerts = COALESCE($10, new_login_alerts) \
+         new_login_alerts = COALESCE($10, new_login_alerts), \
+         erase_after = CASE WHEN $6 THEN NULL ELSE erase_after END \
          WHERE id = $1 RETURNING {columns}"
     );
     crate::with_db!(connection, |db| sqlx::query_as::<_, User>(&sql)

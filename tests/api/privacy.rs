@@ -955,6 +955,22 @@ async fn an_erasure_waits_out_its_grace_period_and_an_admin_can_cancel_it() {
 
     // An admin's delete waits too, and is carried out when its time comes, not a second before.
     let admin = app.login("root").await;
+    // (Activating the account cancels a pending erasure as well.)
+    let deleted = app
+        .delete(&format!("/api/users/{erin}"), Some(&admin.access))
+        .await;
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let activated = app
+        .patch(
+            &format!("/api/users/{erin}"),
+            &json!({"is_active": true}),
+            Some(&admin.access),
+        )
+        .await;
+    assert_eq!(activated.status(), StatusCode::OK);
+    let pending =
+        format!("SELECT COUNT(*) FROM users WHERE id = {erin} AND erase_after IS NOT NULL");
+    assert_eq!(app.scalar(&pending).await, 0);
     let deleted = app
         .delete(&format!("/api/users/{erin}"), Some(&admin.access))
         .await;

@@ -285,6 +285,9 @@ const FORBIDDEN: &[&str] = &[
     "INSERT INTO audit_logs (seq, occurred_at, action, success, details, prev_hash, hash) \
      SELECT 999, occurred_at, 'x', success, '[1]', 'p', 'h' FROM audit_logs WHERE seq = 1",
     "UPDATE audit_chain SET id = 2",
+    // The one rewrite of the trail (sealing the events of before) is done and cannot recur.
+    "UPDATE audit_chain SET rewriting = TRUE",
+    "UPDATE audit_chain SET resealed = FALSE",
     "UPDATE sessions SET revoked_reason = 'logout'",
 ];
 

@@ -24,12 +24,16 @@ CREATE INDEX audit_ip_index_user ON audit_ip_index (user_id);
 ALTER TABLE audit_logs ADD COLUMN subject_id BIGINT;
 ALTER TABLE audit_logs ADD COLUMN sealed jsonb CHECK (sealed IS NULL OR jsonb_typeof(sealed) = 'object');
 
--- `rewriting`: set only while `ums migrate` re-seals the events written before this version
--- and re-links the chain over them. `resealed`: that migration is done.
+-- `rewriting`: set only while the events written before this version are re-sealed and the
+-- chain re-linked over them, once; `resealed`: that is done (for good: a trigger keeps it so,
+-- and rows may be rewritten only while rewriting and not yet resealed).
+-- `relink_pending`: the first seq re-linked, while the signed checkpoint that says so is
+-- still to be written.
 -- `retained_from`/`retained_hash`: the first event the archives still hold after older ones
 -- passed UMS_AUDIT_ARCHIVE_RETENTION, and the hash it links to.
 ALTER TABLE audit_chain ADD COLUMN rewriting BOOLEAN NOT NULL DEFAULT false;
 ALTER TABLE audit_chain ADD COLUMN resealed BOOLEAN NOT NULL DEFAULT false;
+ALTER TABLE audit_chain ADD COLUMN relink_pending BIGINT;
 ALTER TABLE audit_chain ADD COLUMN retained_from BIGINT NOT NULL DEFAULT 1;
 ALTER TABLE audit_chain ADD COLUMN retained_hash TEXT NOT NULL
     DEFAULT '0000000000000000000000000000000000000000000000000000000000000000';
@@ -39,12 +43,23 @@ BEGIN
     IF TG_OP = 'DELETE' AND OLD.seq <= (SELECT archived_through FROM audit_chain WHERE id = 1) THEN
         RETURN OLD;
     END IF;
-    IF TG_OP = 'UPDATE' AND (SELECT rewriting FROM audit_chain WHERE id = 1) THEN
+    IF TG_OP = 'UPDATE' AND (SELECT rewriting AND NOT resealed FROM audit_chain WHERE id = 1) THEN
         RETURN NEW;
     END IF;
     RAISE EXCEPTION 'audit_logs is append-only';
 END
 $$;
+
+CREATE FUNCTION audit_chain_resealed_for_good() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.resealed AND (NOT NEW.resealed OR NEW.rewriting) THEN
+        RAISE EXCEPTION 'the audit trail was resealed once; it is not rewritten again';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER audit_chain_resealed_for_good BEFORE UPDATE ON audit_chain
+    FOR EACH ROW EXECUTE FUNCTION audit_chain_resealed_for_good();
 
 -- An erasure asked for with a grace period (UMS_ERASURE_GRACE): the account is disabled at
 -- once and erased when this time comes, unless an admin cancels.

@@ -25,21 +25,31 @@ ALTER TABLE audit_logs ADD COLUMN subject_id INTEGER;
 ALTER TABLE audit_logs ADD COLUMN sealed TEXT
     CHECK (sealed IS NULL OR (json_valid(sealed) AND json_type(sealed) = 'object'));
 
--- `rewriting`: set only while `ums migrate` re-seals the events written before this version
--- and re-links the chain over them. `resealed`: that migration is done.
+-- `rewriting`: set only while the events written before this version are re-sealed and the
+-- chain re-linked over them, once; `resealed`: that is done (for good: a trigger keeps it so,
+-- and rows may be rewritten only while rewriting and not yet resealed).
+-- `relink_pending`: the first seq re-linked, while the signed checkpoint that says so is
+-- still to be written.
 -- `retained_from`/`retained_hash`: the first event the archives still hold after older ones
 -- passed UMS_AUDIT_ARCHIVE_RETENTION, and the hash it links to.
 ALTER TABLE audit_chain ADD COLUMN rewriting boolean NOT NULL DEFAULT 0;
 ALTER TABLE audit_chain ADD COLUMN resealed boolean NOT NULL DEFAULT 0;
+ALTER TABLE audit_chain ADD COLUMN relink_pending INTEGER;
 ALTER TABLE audit_chain ADD COLUMN retained_from INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE audit_chain ADD COLUMN retained_hash TEXT NOT NULL
     DEFAULT '0000000000000000000000000000000000000000000000000000000000000000';
 
 DROP TRIGGER audit_logs_no_update;
 CREATE TRIGGER audit_logs_no_update BEFORE UPDATE ON audit_logs
-WHEN NOT (SELECT rewriting FROM audit_chain WHERE id = 1)
+WHEN NOT (SELECT rewriting AND NOT resealed FROM audit_chain WHERE id = 1)
 BEGIN
     SELECT RAISE(ABORT, 'audit_logs is append-only');
+END;
+
+CREATE TRIGGER audit_chain_resealed_for_good BEFORE UPDATE ON audit_chain
+WHEN OLD.resealed AND (NOT NEW.resealed OR NEW.rewriting)
+BEGIN
+    SELECT RAISE(ABORT, 'the audit trail was resealed once; it is not rewritten again');
 END;
 
 -- An erasure asked for with a grace period (UMS_ERASURE_GRACE): the account is disabled at
