@@ -116,6 +116,11 @@ pub struct Config {
     /// How long an asked-for erasure waits, the account disabled, before it is carried out
     /// (`UMS_ERASURE_GRACE`, default 0: at once). An admin can cancel meanwhile.
     pub erasure_grace: Duration,
+    /// The browser console's sign-in ends after this long without a request
+    /// (`UMS_CONSOLE_IDLE_TIMEOUT`, default 30 minutes) and this long after it began
+    /// (`UMS_CONSOLE_MAX_AGE`, default 12 hours).
+    pub console_idle_timeout: Duration,
+    pub console_max_age: Duration,
     pub redis_prefix: String,
     /// Delays before evaluating a login after 1, 2, 3+ failures of its username.
     pub login_delays: Vec<Duration>,
@@ -244,6 +249,8 @@ impl Config {
             audit_archive_retention,
             login_attempt_retention,
             erasure_grace,
+            console_idle_timeout,
+            console_max_age,
         } = Operations::parse(&vars)?;
         let second_factors = SecondFactors::parse(&vars, &public_url)?;
         let risk = Risk::parse(&vars)?;
@@ -288,6 +295,8 @@ impl Config {
             audit_archive_retention,
             login_attempt_retention,
             erasure_grace,
+            console_idle_timeout,
+            console_max_age,
             redis_prefix,
             login_delays,
             stuffing_threshold,
@@ -826,6 +835,8 @@ struct Operations {
     audit_archive_retention: Duration,
     login_attempt_retention: Duration,
     erasure_grace: Duration,
+    console_idle_timeout: Duration,
+    console_max_age: Duration,
 }
 
 impl Operations {
@@ -888,6 +899,10 @@ impl Operations {
                 Duration::from_secs(90 * 86_400),
             )?,
             erasure_grace: vars.duration("UMS_ERASURE_GRACE", Duration::ZERO)?,
+            console_idle_timeout: vars
+                .duration("UMS_CONSOLE_IDLE_TIMEOUT", Duration::from_secs(30 * 60))?,
+            console_max_age: vars
+                .duration("UMS_CONSOLE_MAX_AGE", Duration::from_secs(12 * 3600))?,
         })
     }
 }

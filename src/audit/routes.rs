@@ -32,6 +32,14 @@ pub async fn audit_logs(
     _admin: AdminUser,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, AppError> {
+    answer(state, params).await
+}
+
+/// A page of events, or an export of the whole filtered set: for the API and the console.
+pub async fn answer(
+    state: AppState,
+    params: HashMap<String, String>,
+) -> Result<Response, AppError> {
     let format = params.get("format").cloned();
     let mut list = ListQuery::new(params);
     let page = list.page();

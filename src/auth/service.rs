@@ -710,6 +710,27 @@ pub async fn revoke_session(
     Ok(())
 }
 
+/// Signs the account out of every session (the console's "Sign out everywhere").
+#[tracing::instrument(skip_all)]
+pub async fn logout_everywhere(
+    state: &AppState,
+    user: &User,
+    origin: &Origin,
+) -> Result<(), AppError> {
+    let now = state.now();
+    let mut transaction = audit::Audited::begin(&state.store).await?;
+    let revoked = sessions::revoke_all(&mut transaction, user.id, "logout", None, now).await?;
+    transaction
+        .commit(
+            Event::new(Action::Logout, now)
+                .actor(Some(user.id))
+                .resource("user", user.id)
+                .details(json!({"sessions_ended": revoked, "everywhere": true}))
+                .origin(origin),
+        )
+        .await
+}
+
 /// Sets the login floor to the time the slowest imported hash method still stored takes to
 /// check (zero when none is left). At start and hourly, so imports and first logins move it.
 #[tracing::instrument(skip_all)]

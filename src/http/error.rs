@@ -54,7 +54,7 @@ impl AppError {
         }
     }
 
-    fn detail(&self) -> String {
+    pub(crate) fn detail(&self) -> String {
         match self {
             AppError::Validation(_) => "The request has invalid fields.".into(),
             AppError::BadRequest(detail) => detail.clone(),

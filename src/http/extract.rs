@@ -157,7 +157,11 @@ impl AuthUser {
     }
 }
 
-async fn verify_access_token(state: &AppState, token: &str, now: i64) -> Result<Claims, AppError> {
+pub(crate) async fn verify_access_token(
+    state: &AppState,
+    token: &str,
+    now: i64,
+) -> Result<Claims, AppError> {
     match state.keys.verify(token, TokenType::Access, now) {
         Ok(claims) => Ok(claims),
         // Another instance may have rotated keys since this one loaded them; a made-up kid

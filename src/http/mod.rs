@@ -118,6 +118,7 @@ pub fn router(state: AppState) -> Router {
         .merge(mfa::router())
         .merge(security::router())
         .merge(privacy::router())
+        .merge(crate::console::router())
         .route("/api/openapi.json", get(openapi))
         .route("/health", get(health))
         .route("/metrics", get(metrics))

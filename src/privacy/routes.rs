@@ -34,13 +34,32 @@ pub async fn export(
     ClientOrigin(origin): ClientOrigin,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, AppError> {
+    export_of(
+        state,
+        access.caller.user.id,
+        access.target_id,
+        origin,
+        params,
+    )
+    .await
+}
+
+/// The export of the person `target_id` (whoever asks was checked): for the API and the
+/// console.
+pub async fn export_of(
+    state: AppState,
+    caller_id: i64,
+    target_id: i64,
+    origin: crate::audit::Origin,
+    params: HashMap<String, String>,
+) -> Result<Response, AppError> {
     if let Some(unknown) = params.keys().find(|key| key.as_str() != "format") {
         return Err(AppError::field(unknown, "is not a parameter of this route"));
     }
     let format = Format::parse(params.get("format").map(String::as_str))?;
     let now = state.now();
     let mut connection = state.store.reports().await?;
-    let user = crate::users::store::find_by_id(&mut connection, access.target_id)
+    let user = crate::users::store::find_by_id(&mut connection, target_id)
         .await?
         .ok_or(AppError::NotFound)?;
     let sections = export::sections(&mut connection, &user, now).await?;
@@ -49,7 +68,7 @@ pub async fn export(
         .await?
         .commit(
             Event::new(Action::DataExported, now)
-                .actor(Some(access.caller.user.id))
+                .actor(Some(caller_id))
                 .resource("user", user.id)
                 .details(json!({"format": format.extension()}))
                 .origin(&origin),

@@ -118,6 +118,13 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: Some(include_str!("migrations/0013_erasure.sqlite.sql")),
         postgres: Some(include_str!("migrations/0013_erasure.postgres.sql")),
     },
+    Migration {
+        version: 14,
+        name: "console",
+        shared: "",
+        sqlite: Some(include_str!("migrations/0014_console.sqlite.sql")),
+        postgres: Some(include_str!("migrations/0014_console.postgres.sql")),
+    },
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;

@@ -1,0 +1,116 @@
+//! The browser console, served by the binary itself: account pages for everyone at
+//! `/account` and the admin console at `/admin`. Pages are rendered on the server from
+//! templates compiled into the binary, forms work without JavaScript, and the pages load
+//! nothing but the console's own stylesheet (the policy allows no script and no other
+//! origin). Signing in follows the API's rules (lockout, IP blocks, risk, second factor,
+//! consent) because it goes through the same services; the sign-in is a cookie
+//! (`session.rs`), and every handler in `pages.rs` is a thin shell around a service call.
+
+pub mod pages;
+pub mod session;
+
+use std::sync::LazyLock;
+
+use axum::extract::Request;
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Response};
+use minijinja::Environment;
+
+use crate::state::AppState;
+
+static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
+    let mut environment = Environment::new();
+    // Optional values (a notice, an error, the signed-in person) may be left out.
+    environment.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
+    let sources: [(&str, &str); 7] = [
+        ("layout.html", include_str!("templates/layout.html")),
+        ("login.html", include_str!("templates/login.html")),
+        ("step.html", include_str!("templates/step.html")),
+        ("account.html", include_str!("templates/account.html")),
+        ("users.html", include_str!("templates/users.html")),
+        ("audit.html", include_str!("templates/audit.html")),
+        ("message.html", include_str!("templates/message.html")),
+    ];
+    for (name, source) in sources {
+        if let Err(error) = environment.add_template(name, source) {
+            tracing::error!(template = name, error = %error, "a console template does not parse");
+        }
+    }
+    environment
+});
+
+const STYLESHEET: &str = include_str!("static/console.css");
+
+/// Renders `template` with `context` (HTML-escaped by the environment).
+pub fn render(
+    template: &str,
+    status: axum::http::StatusCode,
+    context: minijinja::Value,
+) -> Response {
+    let rendered = TEMPLATES
+        .get_template(template)
+        .and_then(|template| template.render(context));
+    match rendered {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(error) => {
+            tracing::error!(template, error = %error, "rendering a console page failed");
+            (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                Html("<!doctype html><title>Error</title><p>The page could not be shown.</p>"),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// The console's pages carry their own policy: this origin's stylesheet, forms posted to
+/// this origin, nothing else (no script at all), and are never cached.
+pub async fn console_policy(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+async fn stylesheet() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        STYLESHEET,
+    )
+        .into_response()
+}
+
+/// `/account`, `/admin` and the stylesheet.
+pub fn router() -> axum::Router<AppState> {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/console/console.css", get(stylesheet))
+        .route("/account/login", get(pages::login_form).post(pages::login))
+        .route("/account/login/step", post(pages::login_step))
+        .route("/account", get(pages::account))
+        .route("/account/profile", post(pages::save_profile))
+        .route("/account/password", post(pages::change_password))
+        .route("/account/sessions/{id}/revoke", post(pages::revoke_session))
+        .route("/account/logout", post(pages::logout))
+        .route("/account/logout-everywhere", post(pages::logout_everywhere))
+        .route("/account/export", get(pages::export))
+        .route("/account/delete", post(pages::delete_account))
+        .route("/admin", get(pages::users))
+        .route("/admin/users/{id}/unlock", post(pages::unlock))
+        .route("/admin/audit", get(pages::audit))
+        .route("/admin/audit/export", get(pages::audit_export))
+        .layer(axum::middleware::from_fn(console_policy))
+}

@@ -1,0 +1,181 @@
+"""The console in a real browser: signing in (with and without a second factor), the account
+pages' flows, the admin console, CSRF, session expiry, and accessibility (axe-core) of each
+page. Every page visited is saved as a screenshot."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from conftest import ADMIN, PASSWORD, App, Person, Server, assert_accessible, sign_in, snapshot
+from ums_client import AuthenticationError, UMSClient
+
+
+def test_the_sign_in_page_leads_to_the_account_and_signs_out(page: Page, server: Server, person: Person):
+    page.goto(f"{server.url}/account")
+    expect(page).to_have_url(f"{server.url}/account/login?next=/account")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert_accessible(page)
+    snapshot(page, "login")
+
+    # A wrong password is said so, on the same form.
+    sign_in(page, server, person.username, "not the password")
+    expect(page.get_by_role("alert")).to_contain_text("Invalid username or password")
+
+    sign_in(page, server, person.username, PASSWORD)
+    expect(page).to_have_url(f"{server.url}/account")
+    expect(page.get_by_role("heading", name="My account")).to_be_visible()
+    expect(page.get_by_text(person.email)).to_be_visible()
+    assert_accessible(page)
+    snapshot(page, "account")
+
+    page.get_by_role("button", name="Sign out", exact=True).first.click()
+    expect(page).to_have_url(f"{server.url}/account/login")
+    page.goto(f"{server.url}/account")
+    expect(page).to_have_url(f"{server.url}/account/login?next=/account")
+
+
+def test_names_and_password_are_changed_from_the_account_page(page: Page, server: Server, person: Person):
+    sign_in(page, server, person.username, PASSWORD)
+    page.get_by_label("First name").fill("Ada")
+    page.get_by_label("Last name").fill("Lovelace")
+    page.get_by_role("button", name="Save the names").click()
+    expect(page.get_by_role("status")).to_contain_text("names were saved")
+    assert person.client.me().first_name == "Ada"
+
+    page.get_by_label("Current password").fill("not the password")
+    page.get_by_label("New password").fill("Another-Strong-Pass-93")
+    page.get_by_role("button", name="Change the password").click()
+    expect(page.get_by_role("alert")).to_contain_text("current password")
+    snapshot(page, "account-password-refused")
+
+    page.get_by_label("Current password").fill(PASSWORD)
+    page.get_by_label("New password").fill("Another-Strong-Pass-93")
+    page.get_by_role("button", name="Change the password").click()
+    expect(page.get_by_role("status")).to_contain_text("password was changed")
+    # The API session of before was signed out with the change; the new password works.
+    with pytest.raises(AuthenticationError):
+        person.client.me()
+    UMSClient(server.url).login(person.username, "Another-Strong-Pass-93")
+
+
+def test_another_session_is_signed_out_from_the_list(page: Page, server: Server, person: Person):
+    sign_in(page, server, person.username, PASSWORD)
+    rows = page.locator("section[aria-labelledby=sessions-heading] tbody tr")
+    expect(rows).to_have_count(2)  # the API client's and this browser's
+    expect(page.get_by_text("this browser")).to_be_visible()
+    page.get_by_role("button", name="Sign out the session from").click()
+    expect(page.get_by_role("status")).to_contain_text("session was signed out")
+    expect(rows).to_have_count(1)
+    with pytest.raises(AuthenticationError):
+        person.client.me()
+
+
+def test_a_second_factor_is_asked_after_the_password(page: Page, server: Server, person: Person):
+    app = App(person.client.enroll_totp().otpauth_uri)
+    person.client.confirm_totp(app.code())
+    sign_in(page, server, person.username, PASSWORD)
+    expect(page.get_by_role("heading", name="Second factor")).to_be_visible()
+    assert_accessible(page)
+    snapshot(page, "second-factor")
+    page.get_by_label("Code").fill("000000" if app.totp.now() != "000000" else "111111")
+    page.get_by_role("button", name="Verify").click()
+    expect(page.get_by_role("alert")).to_be_visible()
+
+    # The wrong code spent the token: sign in again, with the app's code this time.
+    sign_in(page, server, person.username, PASSWORD)
+    page.get_by_label("Method").select_option("totp")
+    page.get_by_label("Code").fill(app.code())
+    page.get_by_role("button", name="Verify").click()
+    expect(page).to_have_url(f"{server.url}/account")
+    expect(page.locator("dd", has_text="on")).to_be_visible()
+
+
+def test_the_admin_console_lists_searches_unlocks_and_browses_the_trail(
+    page: Page, server: Server, person: Person, admin_client: UMSClient
+):
+    for _ in range(5):  # the default lockout threshold
+        with pytest.raises(AuthenticationError):
+            UMSClient(server.url).login(person.username, "wrong password")
+    assert admin_client.get_user(person.id).is_locked
+
+    sign_in(page, server, ADMIN[0], ADMIN[2], path="/admin")
+    expect(page).to_have_url(f"{server.url}/admin")
+    expect(page.get_by_role("heading", name="Users")).to_be_visible()
+    assert_accessible(page)
+    snapshot(page, "admin-users")
+    page.get_by_label("Username or email contains").fill(person.username)
+    page.get_by_role("button", name="Search").click()
+    expect(page.locator("tbody tr")).to_have_count(1)
+    page.get_by_role("button", name=f"Unlock {person.username}").click()
+    expect(page.get_by_role("status")).to_contain_text("unlocked")
+    assert not admin_client.get_user(person.id).is_locked
+
+    page.get_by_role("link", name="Audit log").click()
+    page.get_by_label("Action").fill("auth.login_failed")
+    page.get_by_label("User id").fill(str(person.id))
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("tbody tr")).to_have_count(5)
+    assert_accessible(page)
+    snapshot(page, "admin-audit")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="CSV").click()
+    lines = open(download.value.path(), encoding="utf-8").read().strip().splitlines()
+    assert sum("auth.login_failed" in line for line in lines) == 5
+
+
+def test_the_admin_console_is_refused_to_others(page: Page, server: Server, person: Person):
+    sign_in(page, server, person.username, PASSWORD, path="/admin")
+    expect(page.get_by_role("alert")).to_contain_text("system admins")
+    assert_accessible(page)
+    snapshot(page, "admin-refused")
+    response = page.request.get(f"{server.url}/admin/audit")
+    assert response.status == 403
+
+
+def test_a_form_without_its_csrf_token_changes_nothing(page: Page, server: Server, person: Person):
+    sign_in(page, server, person.username, PASSWORD)
+    # The browser's own cookie goes along; the token does not.
+    response = page.request.post(
+        f"{server.url}/account/profile", form={"first_name": "Mallory", "csrf": "forged"}
+    )
+    assert response.status == 403
+    response = page.request.post(f"{server.url}/account/delete", form={"password": PASSWORD})
+    assert response.status == 403
+    me = person.client.me()
+    assert me.first_name != "Mallory"
+
+
+def test_the_data_is_downloaded_and_the_account_deleted(page: Page, server: Server, person: Person):
+    sign_in(page, server, person.username, PASSWORD)
+    with page.expect_download() as download:
+        page.get_by_role("link", name="download as JSON").click()
+    document = json.loads(open(download.value.path(), encoding="utf-8").read())
+    assert document["user_id"] == person.id
+
+    page.get_by_label("Password, to confirm").fill("not the password")
+    page.get_by_role("button", name="Delete my account").click()
+    expect(page.get_by_role("alert")).to_be_visible()
+    page.get_by_label("Password, to confirm").fill(PASSWORD)
+    page.get_by_role("button", name="Delete my account").click()
+    expect(page.get_by_role("heading", name="Account deleted")).to_be_visible()
+    assert_accessible(page)
+    snapshot(page, "account-deleted")
+    with pytest.raises(AuthenticationError):
+        UMSClient(server.url).login(person.username, PASSWORD)
+
+
+def test_an_idle_sign_in_ends(browser, page: Page):
+    idle = Server(UMS_CONSOLE_IDLE_TIMEOUT="2s")
+    try:
+        person = Person(idle)
+        sign_in(page, idle, person.username, PASSWORD)
+        expect(page).to_have_url(f"{idle.url}/account")
+        time.sleep(2.5)
+        page.goto(f"{idle.url}/account")
+        expect(page).to_have_url(f"{idle.url}/account/login?next=/account")
+    finally:
+        idle.stop()
