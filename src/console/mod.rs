@@ -1,8 +1,9 @@
 //! The browser console, served by the binary itself: account pages for everyone at
 //! `/account` and the admin console at `/admin`. Pages are rendered on the server from
 //! templates compiled into the binary, forms work without JavaScript, and the pages load
-//! nothing but the console's own stylesheet (the policy allows no script and no other
-//! origin). Signing in follows the API's rules (lockout, IP blocks, risk, second factor,
+//! nothing but the console's own stylesheet and, on the security dashboard, its own small
+//! script for live updates (the policy allows nothing from another origin and no inline
+//! script). Signing in follows the API's rules (lockout, IP blocks, risk, second factor,
 //! consent) because it goes through the same services; the sign-in is a cookie
 //! (`session.rs`), and every handler in `pages.rs` is a thin shell around a service call.
 
@@ -23,7 +24,7 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut environment = Environment::new();
     // Optional values (a notice, an error, the signed-in person) may be left out.
     environment.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
-    let sources: [(&str, &str); 7] = [
+    let sources: [(&str, &str); 8] = [
         ("layout.html", include_str!("templates/layout.html")),
         ("login.html", include_str!("templates/login.html")),
         ("step.html", include_str!("templates/step.html")),
@@ -31,6 +32,7 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         ("users.html", include_str!("templates/users.html")),
         ("audit.html", include_str!("templates/audit.html")),
         ("message.html", include_str!("templates/message.html")),
+        ("security.html", include_str!("templates/security.html")),
     ];
     for (name, source) in sources {
         if let Err(error) = environment.add_template(name, source) {
@@ -41,6 +43,7 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
 });
 
 const STYLESHEET: &str = include_str!("static/console.css");
+const DASHBOARD_SCRIPT: &str = include_str!("static/dashboard.js");
 
 /// Renders `template` with `context` (HTML-escaped by the environment).
 pub fn render(
@@ -64,16 +67,17 @@ pub fn render(
     }
 }
 
-/// The console's pages carry their own policy: this origin's stylesheet, forms posted to
-/// this origin, nothing else (no script at all), and are never cached.
+/// The console's pages carry their own policy: this origin's stylesheet and scripts (no
+/// inline script), forms posted and streams read from this origin, nothing else; and they are
+/// never cached.
 pub async fn console_policy(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; \
-             frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; \
+             img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
     if !headers.contains_key(header::CACHE_CONTROL) {
@@ -82,15 +86,23 @@ pub async fn console_policy(request: Request, next: Next) -> Response {
     response
 }
 
-async fn stylesheet() -> Response {
+fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
         [
-            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
-        STYLESHEET,
+        body,
     )
         .into_response()
+}
+
+async fn stylesheet() -> Response {
+    asset("text/css; charset=utf-8", STYLESHEET)
+}
+
+async fn dashboard_script() -> Response {
+    asset("text/javascript; charset=utf-8", DASHBOARD_SCRIPT)
 }
 
 /// `/account`, `/admin` and the stylesheet.
@@ -98,6 +110,7 @@ pub fn router() -> axum::Router<AppState> {
     use axum::routing::{get, post};
     axum::Router::new()
         .route("/console/console.css", get(stylesheet))
+        .route("/console/dashboard.js", get(dashboard_script))
         .route("/account/login", get(pages::login_form).post(pages::login))
         .route("/account/login/step", post(pages::login_step))
         .route("/account", get(pages::account))
@@ -112,5 +125,7 @@ pub fn router() -> axum::Router<AppState> {
         .route("/admin/users/{id}/unlock", post(pages::unlock))
         .route("/admin/audit", get(pages::audit))
         .route("/admin/audit/export", get(pages::audit_export))
+        .route("/admin/security", get(pages::security))
+        .route("/admin/security/stream", get(pages::security_stream))
         .layer(axum::middleware::from_fn(console_policy))
 }

@@ -131,10 +131,14 @@ impl FromRequestParts<AppState> for Signed {
     type Rejection = Early;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Early> {
-        let here = parts
-            .uri
-            .path_and_query()
-            .map_or("/account", |path| path.as_str());
+        // After signing in, a page is shown again; a form is not posted again.
+        let here = match parts.method {
+            axum::http::Method::GET => parts
+                .uri
+                .path_and_query()
+                .map_or("/account", |path| path.as_str()),
+            _ => "/account",
+        };
         signed_in(state, &parts.headers, here).await.map(Signed)
     }
 }
@@ -160,7 +164,14 @@ impl FromRequestParts<AppState> for Admin {
             .must_have_second_factor(&state.config.second_factors)
             && !proved
         {
-            return Err(Early::from(refused(Some(&me), AppError::StepUpRequired)));
+            let refusal = if me.user.mfa_enabled {
+                AppError::Forbidden(
+                    "Admins sign in with their second factor here: sign out and in again with it.",
+                )
+            } else {
+                AppError::MfaEnrollmentRequired
+            };
+            return Err(Early::from(refused(Some(&me), refusal)));
         }
         Ok(Admin(me))
     }
@@ -226,7 +237,8 @@ fn safe_next(next: Option<&str>) -> String {
         Some(next)
             if (next.starts_with("/account") || next.starts_with("/admin"))
                 && !next.contains("//")
-                && !next.contains('\\') =>
+                && !next.contains('\\')
+                && next.bytes().all(|byte| byte.is_ascii_graphic()) =>
         {
             next.to_string()
         }
@@ -313,9 +325,19 @@ impl FromRequest<AppState> for LoginForm {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Early> {
         let headers = request.headers().clone();
+        let (mut parts, body) = request.into_parts();
+        let ClientOrigin(origin) = ClientOrigin::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|error| Early::from(refused(None, error)))?;
+        let request = Request::from_parts(parts, body);
         let fields = fields(Form::from_request(request, state).await)?;
         let next = safe_next(fields.get("next").map(String::as_str));
-        if let Err(error) = check_login_csrf(state, &headers, &fields) {
+        // An address blocked for failing too often is refused here as by the API.
+        let checked = match crate::security::check_ip(state, &origin).await {
+            Ok(()) => check_login_csrf(state, &headers, &fields),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = checked {
             let username = fields.get("username").map_or("", String::as_str);
             let page = login_page(
                 state,
@@ -492,10 +514,14 @@ fn step_page(state: &AppState, headers: &HeaderMap, step: &SecondStep, next: &st
 /// The sign-in passed: a console sign-in on its session, and on to `next`.
 async fn open_console(
     state: &AppState,
-    _headers: &HeaderMap,
+    headers: &HeaderMap,
     response: &LoginResponse,
     next: &str,
 ) -> Result<Response, AppError> {
+    // A sign-in over another one ends the one before (and its session).
+    if let Some(previous) = session::read_cookie(headers, session::cookie_name(state)) {
+        session::end(state, &previous).await?;
+    }
     let claims = crate::http::extract::verify_access_token(
         state,
         &response.tokens.access_token,
@@ -634,6 +660,9 @@ pub async fn change_password(
     ClientOrigin(origin): ClientOrigin,
     SignedForm { me, fields }: SignedForm,
 ) -> Response {
+    if let Err(error) = crate::security::check_ip(&state, &origin).await {
+        return refused(Some(&me), error);
+    }
     let secret = |name: &str| SecretString::from(fields.get(name).cloned().unwrap_or_default());
     let request = crate::auth::password_change::ChangePasswordRequest {
         current_password: secret("current_password"),
@@ -843,6 +872,10 @@ pub async fn audit_export(
     Admin(me): Admin,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
+    if !params.contains_key("format") {
+        let error = AppError::field("format", "must be json, csv or pdf");
+        return refused(Some(&me), error);
+    }
     match crate::audit::routes::answer(state.clone(), params).await {
         Ok(mut response) => {
             let extension = match response
@@ -864,5 +897,124 @@ pub async fn audit_export(
             response
         }
         Err(error) => refused(Some(&me), error),
+    }
+}
+
+/// `GET /admin/security`: the last day's security at a glance (counts, failures per hour,
+/// the addresses and names tried most, the security events), updated live by the page's
+/// script from `/admin/security/stream`.
+pub async fn security(State(state): State<AppState>, Admin(me): Admin) -> Response {
+    const DAY: crate::clock::Millis = 86_400_000;
+    let now = state.now();
+    let summary = match crate::security::dashboard::summary(&state, DAY).await {
+        Ok(summary) => summary,
+        Err(error) => return refused(Some(&me), error),
+    };
+    let outbox = match crate::mail::outbox::counts(&state).await {
+        Ok(counts) => counts,
+        Err(error) => return refused(Some(&me), AppError::Internal(error)),
+    };
+    let read = async {
+        let mut connection = state.store.read().await?;
+        let hourly = crate::security::dashboard::failures_by_hour(&mut connection, now, 24).await?;
+        let params = HashMap::from([("per_page".to_string(), "50".to_string())]);
+        let events =
+            crate::security::dashboard::events(&mut connection, state.store.chain_key(), params)
+                .await?;
+        Ok::<_, AppError>((hourly, events))
+    };
+    let (hourly, events) = match read.await {
+        Ok(read) => read,
+        Err(error) => return refused(Some(&me), error),
+    };
+    let events: Vec<serde_json::Value> = events
+        .items
+        .into_iter()
+        .filter_map(|event| serde_json::to_value(event).ok())
+        .map(|mut event| {
+            event["details"] = serde_json::Value::String(event["details"].to_string());
+            event
+        })
+        .collect();
+    render(
+        "security.html",
+        StatusCode::OK,
+        context! {
+            title => "Security",
+            section => "security",
+            me => me.user.view(now),
+            csrf => me.csrf.clone(),
+            counts => summary.counts,
+            top_ips => summary.top_ips,
+            accounts => summary.targeted_accounts,
+            outbox,
+            chart => bar_chart(&hourly, now),
+            events,
+        },
+    )
+}
+
+/// The bars of the failures-per-hour chart, drawn on the server as SVG.
+fn bar_chart(hourly: &[i64], now: crate::clock::Millis) -> minijinja::Value {
+    const WIDTH: usize = 480;
+    const HEIGHT: i64 = 120;
+    let bar_width = WIDTH / hourly.len().max(1);
+    let max = hourly.iter().copied().max().unwrap_or(0).max(1);
+    let hours = hourly.len() as i64;
+    let bars: Vec<minijinja::Value> = hourly
+        .iter()
+        .enumerate()
+        .map(|(index, count)| {
+            let height = count * HEIGHT / max;
+            let hours_ago = hours - index as i64;
+            let start = crate::clock::to_rfc3339(now - hours_ago * 3_600_000);
+            context! {
+                x => index * bar_width,
+                y => HEIGHT - height,
+                height,
+                count,
+                label => format!("the hour from {}", &start[..16.min(start.len())]),
+            }
+        })
+        .collect();
+    context! {
+        width => WIDTH,
+        height => HEIGHT,
+        bar_width => bar_width.saturating_sub(2).max(1),
+        max,
+        bars,
+    }
+}
+
+/// `GET /admin/security/stream`: the security events from now on, as Server-Sent Events.
+pub async fn security_stream(State(state): State<AppState>, Admin(me): Admin) -> Response {
+    match crate::security::routes::live_events(state).await {
+        Ok(stream) => stream.into_response(),
+        Err(error) => refused(Some(&me), error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_signing_in_only_a_page_of_this_console_is_next() {
+        assert_eq!(
+            safe_next(Some("/admin/audit?action=x")),
+            "/admin/audit?action=x"
+        );
+        for elsewhere in [
+            "https://evil.example/account",
+            "//evil.example/account",
+            "/account/../..//evil",
+            "/account\\evil",
+            "/account\nSet-Cookie: x",
+            "/api/users",
+            "",
+        ] {
+            assert_eq!(safe_next(Some(elsewhere)), "/account", "{elsewhere:?}");
+        }
+        assert_eq!(safe_next(None), "/account");
     }
 }

@@ -119,11 +119,24 @@ pub fn read_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|cookie| cookie.value().to_string())
 }
 
-/// Opens a console sign-in on `session_id`; returns the cookie's secret.
+/// Opens a console sign-in on `session_id`; returns the cookie's secret. The session lives
+/// no longer than the console's sign-in may (a browser closed without signing out leaves
+/// nothing usable behind for long).
 pub async fn open(state: &AppState, session_id: &str) -> Result<String, AppError> {
     let secret = new_secret()?;
-    let now = Timestamp::from(state.now());
+    let now = state.now();
+    let until = Timestamp::from(now + state.config.console_max_age.as_millis() as Millis);
+    let now = Timestamp::from(now);
     let mut connection = state.store.write().await?;
+    crate::execute!(
+        connection,
+        sqlx::query(
+            "UPDATE sessions SET expires_at = CASE WHEN expires_at > $2 THEN $2 ELSE expires_at END \
+             WHERE id = $1"
+        )
+        .bind(session_id)
+        .bind(until)
+    )?;
     crate::execute!(
         connection,
         sqlx::query(
@@ -149,8 +162,11 @@ pub fn is_live(
     now < last_seen_at + idle_timeout && now < created_at + max_age
 }
 
-/// How often a sign-in's last-seen time is written (not on every request).
-const TOUCH_EVERY: Millis = 60_000;
+/// How often a sign-in's last-seen time is written (not on every request): a minute, or half
+/// the idle timeout when that is shorter.
+fn touch_every(idle_timeout: Millis) -> Millis {
+    (idle_timeout / 2).min(60_000)
+}
 
 /// The person signed in with cookie secret `secret`, if the sign-in, its session and the
 /// account are all still on. A sign-in past a timeout is deleted.
@@ -188,18 +204,19 @@ pub async fn find(state: &AppState, secret: &str) -> Result<Option<ConsoleUser>,
     };
     let (created_at, last_seen_at) = (console_created_at.millis(), last_seen_at.millis());
     let config = &state.config;
+    let idle_timeout = config.console_idle_timeout.as_millis() as Millis;
     let live = is_live(
         created_at,
         last_seen_at,
         now,
-        config.console_idle_timeout.as_millis() as Millis,
+        idle_timeout,
         config.console_max_age.as_millis() as Millis,
     );
     if !live || !user.is_active() {
-        close(state, secret).await?;
+        end(state, secret).await?;
         return Ok(None);
     }
-    if now - last_seen_at >= TOUCH_EVERY {
+    if now - last_seen_at >= touch_every(idle_timeout) {
         let mut connection = state.store.write().await?;
         crate::execute!(
             connection,
@@ -241,7 +258,37 @@ struct Found {
     user: User,
 }
 
-/// Ends the console sign-in of `secret` (its session stays unless the caller ends it).
+/// Ends the console sign-in of `secret` and the session it rode on (timed out, or replaced
+/// by a new sign-in in the same browser), audited as a revoked session.
+pub async fn end(state: &AppState, secret: &str) -> Result<(), AppError> {
+    let now = state.now();
+    let mut transaction = crate::audit::Audited::begin(&state.store).await?;
+    let ended: Option<(String, i64)> = crate::with_db!(&mut transaction, |db| sqlx::query_as(
+        "DELETE FROM console_sessions WHERE token_hash = $1 \
+         RETURNING session_id, \
+         (SELECT user_id FROM sessions WHERE sessions.id = console_sessions.session_id)"
+    )
+    .bind(hash(secret))
+    .fetch_optional(db)
+    .await)?;
+    let Some((session_id, user_id)) = ended else {
+        return Ok(());
+    };
+    if crate::auth::sessions::revoke(&mut transaction, &session_id, "console_ended", now).await? {
+        transaction
+            .commit(
+                crate::audit::Event::new(crate::audit::Action::SessionRevoked, now)
+                    .actor(Some(user_id))
+                    .resource("session", &session_id)
+                    .details(serde_json::json!({"reason": "console_ended"})),
+            )
+            .await
+    } else {
+        transaction.commit_recorded().await
+    }
+}
+
+/// Deletes the console sign-in of `secret` (after its session was ended by a sign-out).
 pub async fn close(state: &AppState, secret: &str) -> Result<(), AppError> {
     let mut connection = state.store.write().await?;
     crate::execute!(

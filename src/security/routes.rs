@@ -56,6 +56,13 @@ pub async fn stream(
     State(state): State<AppState>,
     _admin: AdminUser,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, AppError> {
+    live_events(state).await
+}
+
+/// The security events from now on, as Server-Sent Events (for the API and the console).
+pub async fn live_events(
+    state: AppState,
+) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, AppError> {
     let start = {
         let mut connection = state.store.read().await?;
         dashboard::latest_seq(&mut connection).await?

@@ -74,6 +74,17 @@ def test_another_session_is_signed_out_from_the_list(page: Page, server: Server,
         person.client.me()
 
 
+def test_revoking_the_browsers_session_through_the_api_ends_the_console(
+    page: Page, server: Server, person: Person
+):
+    sign_in(page, server, person.username, PASSWORD)
+    expect(page).to_have_url(f"{server.url}/account")
+    (browser_session,) = [s for s in person.client.list_sessions() if not s.current]
+    person.client.revoke_session(browser_session.id)
+    page.goto(f"{server.url}/account")
+    expect(page).to_have_url(f"{server.url}/account/login?next=/account")
+
+
 def test_a_second_factor_is_asked_after_the_password(page: Page, server: Server, person: Person):
     app = App(person.client.enroll_totp().otpauth_uri)
     person.client.confirm_totp(app.code())
@@ -91,7 +102,7 @@ def test_a_second_factor_is_asked_after_the_password(page: Page, server: Server,
     page.get_by_label("Code").fill(app.code())
     page.get_by_role("button", name="Verify").click()
     expect(page).to_have_url(f"{server.url}/account")
-    expect(page.locator("dd", has_text="on")).to_be_visible()
+    expect(page.locator("dt:has-text('Second factor') + dd")).to_have_text("on")
 
 
 def test_the_admin_console_lists_searches_unlocks_and_browses_the_trail(
@@ -174,8 +185,39 @@ def test_an_idle_sign_in_ends(browser, page: Page):
         person = Person(idle)
         sign_in(page, idle, person.username, PASSWORD)
         expect(page).to_have_url(f"{idle.url}/account")
+        # Within the timeout, each request keeps the sign-in going.
+        for _ in range(3):
+            time.sleep(1.2)
+            page.goto(f"{idle.url}/account")
+            expect(page).to_have_url(f"{idle.url}/account")
         time.sleep(2.5)
         page.goto(f"{idle.url}/account")
         expect(page).to_have_url(f"{idle.url}/account/login?next=/account")
+        # Its session ended with it: the account lists only the API client's.
+        assert len(person.client.list_sessions()) == 1
     finally:
         idle.stop()
+
+
+def test_the_security_dashboard_shows_failures_as_they_happen(page: Page, server: Server, person: Person):
+    sign_in(page, server, ADMIN[0], ADMIN[2], path="/admin/security")
+    expect(page.get_by_role("heading", name="Security", exact=True)).to_be_visible()
+    expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    expect(page.get_by_role("img", name="Failed sign-ins per hour")).to_be_visible()
+    failed = page.locator("#count-failed")
+    before = int(failed.text_content() or "0")
+    rows = page.locator("#events tr")
+    rows_before = rows.count()
+
+    for _ in range(2):
+        with pytest.raises(AuthenticationError):
+            UMSClient(server.url).login(person.username, "wrong password")
+    # No reload: the stream brings them.
+    expect(rows).to_have_count(rows_before + 2, timeout=10_000)
+    expect(rows.first).to_contain_text("auth.login_failed")
+    expect(failed).to_have_text(str(before + 2))
+    # The page as served counts them too, by address and by name.
+    page.reload()
+    expect(page.locator("section[aria-labelledby=accounts-heading] tr", has_text=person.username)).to_contain_text("2")
+    assert_accessible(page)
+    snapshot(page, "admin-security")
