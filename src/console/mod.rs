@@ -24,7 +24,7 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut environment = Environment::new();
     // Optional values (a notice, an error, the signed-in person) may be left out.
     environment.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
-    let sources: [(&str, &str); 8] = [
+    let sources: [(&str, &str); 11] = [
         ("layout.html", include_str!("templates/layout.html")),
         ("login.html", include_str!("templates/login.html")),
         ("step.html", include_str!("templates/step.html")),
@@ -33,6 +33,9 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         ("audit.html", include_str!("templates/audit.html")),
         ("message.html", include_str!("templates/message.html")),
         ("security.html", include_str!("templates/security.html")),
+        ("labs.html", include_str!("templates/labs.html")),
+        ("lab.html", include_str!("templates/lab.html")),
+        ("totp.html", include_str!("templates/totp.html")),
     ];
     for (name, source) in sources {
         if let Err(error) = environment.add_template(name, source) {
@@ -116,15 +119,34 @@ pub fn router() -> axum::Router<AppState> {
         .route("/account", get(pages::account))
         .route("/account/profile", post(pages::save_profile))
         .route("/account/password", post(pages::change_password))
+        .route("/account/email", post(pages::change_email))
         .route("/account/sessions/{id}/revoke", post(pages::revoke_session))
         .route("/account/logout", post(pages::logout))
         .route("/account/logout-everywhere", post(pages::logout_everywhere))
         .route("/account/export", get(pages::export))
+        .route("/account/totp/start", post(pages::start_totp))
+        .route("/account/totp/confirm", post(pages::confirm_totp))
+        .route("/account/totp/disable", post(pages::disable_totp))
         .route("/account/delete", post(pages::delete_account))
         .route("/admin", get(pages::users))
         .route("/admin/users/{id}/unlock", post(pages::unlock))
         .route("/admin/audit", get(pages::audit))
         .route("/admin/audit/export", get(pages::audit_export))
+        .route("/admin/labs", get(pages::labs))
+        .route("/admin/labs/{id}", get(pages::lab))
+        .route("/admin/labs/{id}/invitations", post(pages::invite))
+        .route(
+            "/admin/labs/{id}/invitations/{invitation_id}/revoke",
+            post(pages::revoke_invitation),
+        )
+        .route(
+            "/admin/labs/{id}/members/{user_id}/role",
+            post(pages::change_role),
+        )
+        .route(
+            "/admin/labs/{id}/members/{user_id}/remove",
+            post(pages::remove_member),
+        )
         .route("/admin/security", get(pages::security))
         .route("/admin/security/stream", get(pages::security_stream))
         .layer(axum::middleware::from_fn(console_policy))

@@ -17,6 +17,7 @@ use crate::console::render;
 use crate::console::session::{self, ConsoleUser};
 use crate::error::{AppError, SecondStep, SecondStepKind};
 use crate::http::extract::ClientOrigin;
+use crate::labs::access::{LabAccess, ManageMembers};
 use crate::state::AppState;
 
 type Fields = Result<Form<HashMap<String, String>>, FormRejection>;
@@ -87,6 +88,10 @@ fn explain(error: &AppError) -> String {
             })
             .collect::<Vec<_>>()
             .join("; "),
+        // The console has no step-up of its own: a new sign-in proves the factor again.
+        AppError::StepUpRequired => "This needs a recent proof of your second factor: sign out, \
+            then sign in again with it."
+            .into(),
         other => other.detail(),
     }
 }
@@ -591,6 +596,8 @@ pub async fn account(
         Some("password") => Some("Your password was changed; your other sessions were signed out."),
         Some("session") => Some("That session was signed out."),
         Some("unlocked") => Some("The account was unlocked."),
+        Some("totp_off") => Some("The authenticator app was turned off."),
+        Some("email") => Some("A link was sent to the new address: open it to make the change."),
         _ => None,
     };
     account_page(&state, &me, StatusCode::OK, notice, None).await
@@ -622,6 +629,10 @@ async fn account_page(
         Ok(sessions) => sessions,
         Err(error) => return refused(Some(me), error),
     };
+    let mfa = match crate::mfa::service::status(state, me.user.id).await {
+        Ok(mfa) => mfa,
+        Err(error) => return refused(Some(me), error),
+    };
     render(
         "account.html",
         status,
@@ -631,6 +642,7 @@ async fn account_page(
             me => me.user.view(state.now()),
             csrf => me.csrf.clone(),
             sessions,
+            mfa,
             notice,
             error,
         },
@@ -740,6 +752,97 @@ pub async fn delete_account(
             );
             page
         }
+        Err(error) => account_page(&state, &me, error.status(), None, Some(explain(&error))).await,
+    }
+}
+
+/// `POST /account/email`: the new address and the password; the change waits for the link
+/// sent to the new address.
+pub async fn change_email(
+    State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
+    SignedForm { me, fields }: SignedForm,
+) -> Response {
+    if let Err(error) = crate::security::check_ip(&state, &origin).await {
+        return refused(Some(&me), error);
+    }
+    let request = crate::auth::email_change::ChangeEmailRequest {
+        new_email: fields.get("new_email").cloned().unwrap_or_default(),
+        password: SecretString::from(fields.get("password").cloned().unwrap_or_default()),
+    };
+    match crate::auth::email_change::change_email(&state, &me.user, request, &origin).await {
+        Ok(()) => see_other("/account?done=email"),
+        Err(error) => account_page(&state, &me, error.status(), None, Some(explain(&error))).await,
+    }
+}
+
+/// `POST /account/totp/start`: a new authenticator app's secret, shown as a QR code (an SVG
+/// image drawn by the server) and as text, to confirm with its first code.
+pub async fn start_totp(
+    State(state): State<AppState>,
+    SignedForm { me, .. }: SignedForm,
+) -> Response {
+    use base64::Engine;
+    match crate::mfa::service::start_totp(&state, &me.user, Some(&me.claims)).await {
+        Ok(enrollment) => {
+            let qr = format!(
+                "data:image/svg+xml;base64,{}",
+                base64::engine::general_purpose::STANDARD.encode(enrollment.qr_svg.as_bytes())
+            );
+            render(
+                "totp.html",
+                StatusCode::OK,
+                context! {
+                    title => "Set up an authenticator app",
+                    section => "account",
+                    me => me.user.view(state.now()),
+                    csrf => me.csrf.clone(),
+                    qr,
+                    secret => enrollment.secret,
+                },
+            )
+        }
+        Err(error) => account_page(&state, &me, error.status(), None, Some(explain(&error))).await,
+    }
+}
+
+/// `POST /account/totp/confirm`: the app's first code turns it on; the recovery codes of a
+/// first factor are shown once.
+pub async fn confirm_totp(
+    State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
+    SignedForm { me, fields }: SignedForm,
+) -> Response {
+    let code = fields.get("code").cloned().unwrap_or_default();
+    match crate::mfa::service::confirm_totp(&state, &me.user, code.trim(), &origin).await {
+        Ok(enrolled) => render(
+            "totp.html",
+            StatusCode::OK,
+            context! {
+                title => "The authenticator app is on",
+                section => "account",
+                me => me.user.view(state.now()),
+                csrf => me.csrf.clone(),
+                recovery_codes => enrolled.recovery_codes.unwrap_or_default(),
+                notice => "From now on, signing in asks for the app's code after the password.",
+            },
+        ),
+        Err(error) => account_page(&state, &me, error.status(), None, Some(explain(&error))).await,
+    }
+}
+
+/// `POST /account/totp/disable`: the password and a code turn the app off.
+pub async fn disable_totp(
+    State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
+    SignedForm { me, fields }: SignedForm,
+) -> Response {
+    let request = crate::mfa::service::DisableTotpRequest {
+        password: SecretString::from(fields.get("password").cloned().unwrap_or_default()),
+        code: fields.get("code").cloned().unwrap_or_default(),
+    };
+    match crate::mfa::service::disable_totp(&state, &me.user, &me.claims, request, &origin).await {
+        Ok(()) => see_other("/account?done=totp_off"),
         Err(error) => account_page(&state, &me, error.status(), None, Some(explain(&error))).await,
     }
 }
@@ -990,6 +1093,207 @@ fn bar_chart(hourly: &[i64], now: crate::clock::Millis) -> minijinja::Value {
 pub async fn security_stream(State(state): State<AppState>, Admin(me): Admin) -> Response {
     match crate::security::routes::live_events(state).await {
         Ok(stream) => stream.into_response(),
+        Err(error) => refused(Some(&me), error),
+    }
+}
+
+// --- labs --------------------------------------------------------------------------------
+
+/// The signed-in person's access to manage lab `lab_id`, by the API's rules (a system admin
+/// everywhere; a lab_admin of an active lab; else refused, whether or not the lab exists).
+async fn manage_lab(
+    state: &AppState,
+    me: ConsoleUser,
+    lab_id: i64,
+) -> Result<(ConsoleUser, LabAccess<ManageMembers>), Early> {
+    let caller = crate::http::extract::AuthUser {
+        user: me.user.clone(),
+        claims: me.claims.clone(),
+    };
+    match LabAccess::resolve(state, caller, Ok(lab_id)).await {
+        Ok(access) => Ok((me, access)),
+        Err(error) => Err(Early::from(refused(Some(&me), error))),
+    }
+}
+
+/// A form posted about a lab its sender manages: the CSRF token checked, the access resolved
+/// by the API's rules.
+pub struct LabForm {
+    me: ConsoleUser,
+    access: LabAccess<ManageMembers>,
+    fields: HashMap<String, String>,
+}
+
+impl FromRequest<AppState> for LabForm {
+    type Rejection = Early;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Early> {
+        let (mut parts, body) = request.into_parts();
+        let lab_id = crate::labs::access::lab_id_from_path(&mut parts, state).await;
+        let SignedForm { me, fields } =
+            SignedForm::from_request(Request::from_parts(parts, body), state).await?;
+        let lab_id = lab_id.map_err(|error| Early::from(refused(Some(&me), error)))?;
+        let (me, access) = manage_lab(state, me, lab_id).await?;
+        Ok(LabForm { me, access, fields })
+    }
+}
+
+/// `GET /admin/labs`: every lab for a system admin, the person's own for anyone else; the
+/// ones they manage link to their page.
+pub async fn labs(State(state): State<AppState>, Signed(me): Signed) -> Response {
+    let params = HashMap::from([("per_page".to_string(), "100".to_string())]);
+    let page = match crate::labs::service::list(&state, &me.user, params).await {
+        Ok(page) => page,
+        Err(error) => return refused(Some(&me), error),
+    };
+    let roles: HashMap<i64, String> = {
+        let memberships = match state.store.read().await {
+            Ok(mut connection) => crate::users::store::labs_of(&mut connection, me.user.id)
+                .await
+                .map_err(AppError::from),
+            Err(error) => Err(error.into()),
+        };
+        match memberships {
+            Ok(memberships) => memberships
+                .into_iter()
+                .map(|membership| (membership.id, membership.role))
+                .collect(),
+            Err(error) => return refused(Some(&me), error),
+        }
+    };
+    let labs: Vec<minijinja::Value> = page
+        .items
+        .into_iter()
+        .map(|lab| {
+            let role = roles.get(&lab.id).cloned();
+            let manage = me.user.is_admin() || role.as_deref() == Some("lab_admin");
+            context! {
+                id => lab.id,
+                code => lab.code,
+                name => lab.name,
+                is_active => lab.is_active,
+                role => role.unwrap_or_else(|| "system admin".into()),
+                manage,
+            }
+        })
+        .collect();
+    render(
+        "labs.html",
+        StatusCode::OK,
+        context! {
+            title => "Labs",
+            section => "labs",
+            me => me.user.view(state.now()),
+            csrf => me.csrf.clone(),
+            labs,
+        },
+    )
+}
+
+/// `GET /admin/labs/{id}`: a lab's members and invitations, for whoever manages it.
+pub async fn lab(
+    State(state): State<AppState>,
+    Signed(me): Signed,
+    Path(lab_id): Path<i64>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let (me, access) = match manage_lab(&state, me, lab_id).await {
+        Ok(found) => found,
+        Err(page) => return page.into_response(),
+    };
+    let members = crate::labs::service::members(&state, &access).await;
+    let invitations = crate::labs::invitations::list(&state, &access).await;
+    let (members, invitations) = match members.and_then(|members| Ok((members, invitations?))) {
+        Ok(found) => found,
+        Err(error) => return refused(Some(&me), error),
+    };
+    let notice = match params.get("done").map(String::as_str) {
+        Some("invited") => Some("The invitation was sent."),
+        Some("revoked") => Some("The invitation was revoked."),
+        Some("role") => Some("The role was changed."),
+        Some("removed") => Some("The member was removed from the lab."),
+        _ => None,
+    };
+    render(
+        "lab.html",
+        StatusCode::OK,
+        context! {
+            title => format!("Lab {}", access.lab.code),
+            section => "labs",
+            me => me.user.view(state.now()),
+            csrf => me.csrf.clone(),
+            lab => access.lab.view(),
+            members,
+            invitations,
+            roles => ["lab_admin", "member", "viewer"],
+            notice,
+        },
+    )
+}
+
+/// After a change to lab `lab_id`: back to its page, saying what was done.
+fn back_to_lab(lab_id: i64, done: &str) -> Response {
+    see_other(&format!("/admin/labs/{lab_id}?done={done}"))
+}
+
+/// `POST /admin/labs/{id}/invitations`: invites an address, as through the API.
+pub async fn invite(
+    State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
+    LabForm { me, access, fields }: LabForm,
+) -> Response {
+    let lab_id = access.lab.id;
+    let request = crate::labs::invitations::Invite {
+        email: fields.get("email").cloned().unwrap_or_default(),
+        role: fields.get("role").cloned().unwrap_or_default(),
+    };
+    match crate::labs::invitations::invite(&state, &access, request, &origin).await {
+        Ok(_) => back_to_lab(lab_id, "invited"),
+        Err(error) => refused(Some(&me), error),
+    }
+}
+
+/// `POST /admin/labs/{id}/invitations/{invitation_id}/revoke`.
+pub async fn revoke_invitation(
+    State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
+    Path((_, invitation_id)): Path<(i64, i64)>,
+    LabForm { me, access, .. }: LabForm,
+) -> Response {
+    let lab_id = access.lab.id;
+    match crate::labs::invitations::revoke(&state, &access, invitation_id, &origin).await {
+        Ok(()) => back_to_lab(lab_id, "revoked"),
+        Err(error) => refused(Some(&me), error),
+    }
+}
+
+/// `POST /admin/labs/{id}/members/{user_id}/role`.
+pub async fn change_role(
+    State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
+    Path((_, user_id)): Path<(i64, i64)>,
+    LabForm { me, access, fields }: LabForm,
+) -> Response {
+    let lab_id = access.lab.id;
+    let request = crate::labs::service::ChangeRole {
+        role: fields.get("role").cloned().unwrap_or_default(),
+    };
+    match crate::labs::service::change_role(&state, &access, user_id, request, &origin).await {
+        Ok(_) => back_to_lab(lab_id, "role"),
+        Err(error) => refused(Some(&me), error),
+    }
+}
+
+/// `POST /admin/labs/{id}/members/{user_id}/remove`.
+pub async fn remove_member(
+    State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
+    Path((_, user_id)): Path<(i64, i64)>,
+    LabForm { me, access, .. }: LabForm,
+) -> Response {
+    let lab_id = access.lab.id;
+    match crate::labs::service::remove_member(&state, &access, user_id, &origin).await {
+        Ok(()) => back_to_lab(lab_id, "removed"),
         Err(error) => refused(Some(&me), error),
     }
 }

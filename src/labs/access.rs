@@ -83,6 +83,18 @@ impl<P: Requirement + 'static> FromRequestParts<AppState> for LabAccess<P> {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
         let caller = AuthUser::from_request_parts(parts, state).await?;
         let lab_id = lab_id_from_path(parts, state).await;
+        LabAccess::resolve(state, caller, lab_id).await
+    }
+}
+
+impl<P: Requirement> LabAccess<P> {
+    /// The caller's access of kind `P` to lab `lab_id`, by the rules above (for the API's
+    /// extractor and the console's pages).
+    pub async fn resolve(
+        state: &AppState,
+        caller: AuthUser,
+        lab_id: Result<i64, AppError>,
+    ) -> Result<Self, AppError> {
         let mut connection = state.store.read().await?;
         if caller.user.is_admin() {
             caller.check_admin_policy(state)?;

@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from conftest import ADMIN, PASSWORD, App, Person, Server, assert_accessible, sign_in, snapshot
-from ums_client import AuthenticationError, UMSClient
+from ums_client import AuthenticationError, MFARequired, UMSClient
 
 
 def test_the_sign_in_page_leads_to_the_account_and_signs_out(page: Page, server: Server, person: Person):
@@ -221,3 +221,104 @@ def test_the_security_dashboard_shows_failures_as_they_happen(page: Page, server
     expect(page.locator("section[aria-labelledby=accounts-heading] tr", has_text=person.username)).to_contain_text("2")
     assert_accessible(page)
     snapshot(page, "admin-security")
+
+
+def test_a_lab_admin_manages_their_lab_and_is_refused_another(
+    page: Page, server: Server, person: Person, admin_client: UMSClient
+):
+    suffix = person.username[-6:].upper()
+    own = admin_client.create_lab(f"OWN{suffix}", "Own lab")
+    other = admin_client.create_lab(f"OTH{suffix}", "Other lab")
+    admin_client.add_member(own.id, person.id, "lab_admin")
+    colleague = Person(server)
+    admin_client.add_member(own.id, colleague.id, "member")
+
+    sign_in(page, server, person.username, PASSWORD, path="/admin/labs")
+    expect(page.get_by_role("heading", name="Labs")).to_be_visible()
+    expect(page.get_by_role("link", name=own.code)).to_be_visible()
+    expect(page.get_by_role("link", name=other.code)).to_have_count(0)
+    page.get_by_role("link", name=own.code).click()
+    expect(page.get_by_role("heading", name=f"Lab {own.code}")).to_be_visible()
+    assert_accessible(page)
+    snapshot(page, "lab")
+
+    page.get_by_label("Email address").fill("newcomer@elsewhere.example.org")
+    page.get_by_label("Role", exact=True).select_option("viewer")
+    page.get_by_role("button", name="Send the invitation").click()
+    expect(page.get_by_role("status")).to_contain_text("invitation was sent")
+    invitations = page.locator("#invitations tr")
+    expect(invitations.first).to_contain_text("newcomer@elsewhere.example.org")
+    expect(invitations.first).to_contain_text("pending")
+    page.get_by_role("button", name="Revoke the invitation of newcomer@elsewhere.example.org").click()
+    expect(invitations.first).to_contain_text("revoked")
+
+    page.get_by_label(f"Role of {colleague.username}", exact=True).select_option("viewer")
+    page.get_by_role("button", name=f"Set the role of {colleague.username}").click()
+    expect(page.get_by_role("status")).to_contain_text("role was changed")
+    assert {m.user.id: m.role for m in admin_client.list_members(own.id)}[colleague.id] == "viewer"
+
+    # Another lab's page is refused, as an id that does not exist is.
+    page.goto(f"{server.url}/admin/labs/{other.id}")
+    expect(page.get_by_role("alert")).to_contain_text("do not have this access")
+    page.goto(f"{server.url}/admin/labs/999999")
+    expect(page.get_by_role("alert")).to_contain_text("do not have this access")
+    page.goto(f"{server.url}/admin/labs/{own.id}")
+    csrf = page.locator("input[name=csrf]").first.get_attribute("value")
+    refused = page.request.post(
+        f"{server.url}/admin/labs/{other.id}/invitations",
+        form={"email": "x@example.org", "role": "member", "csrf": csrf or ""},
+    )
+    assert refused.status == 403
+    assert "do not have this access" in refused.text()
+
+
+def test_an_authenticator_app_is_set_up_and_turned_off_from_the_account(
+    page: Page, server: Server, person: Person
+):
+    sign_in(page, server, person.username, PASSWORD)
+    page.get_by_role("button", name="Set up an authenticator app").click()
+    expect(page.get_by_role("img", name="QR code")).to_be_visible()
+    assert_accessible(page)
+    snapshot(page, "totp-setup")
+    app = App.from_secret(page.locator("#totp-secret").text_content() or "")
+    page.get_by_label("The code the app shows").fill(app.code())
+    page.get_by_role("button", name="Turn on").click()
+    expect(page.locator("#recovery-codes li")).to_have_count(10)
+    snapshot(page, "totp-recovery-codes")
+    recovery_code = page.locator("#recovery-codes li").first.text_content() or ""
+    # A sign-in through the API now asks for the second factor.
+    with pytest.raises(MFARequired):
+        UMSClient(server.url).login(person.username, PASSWORD)
+
+    # Turning it off takes a session that proved it: this one signed in with the password only.
+    page.goto(f"{server.url}/account")
+    expect(page.get_by_text("An authenticator app is on; 10 recovery codes are left.")).to_be_visible()
+    page.locator("#disable-password").fill(PASSWORD)
+    page.get_by_label("A code of the app, or a recovery code").fill(recovery_code.strip())
+    page.get_by_role("button", name="Turn the authenticator app off").click()
+    expect(page.get_by_role("alert")).to_contain_text("sign in again with it")
+
+    page.get_by_role("button", name="Sign out", exact=True).first.click()
+    sign_in(page, server, person.username, PASSWORD)
+    page.get_by_label("Code").fill(app.code())
+    page.get_by_role("button", name="Verify").click()
+    expect(page).to_have_url(f"{server.url}/account")
+    page.locator("#disable-password").fill(PASSWORD)
+    page.get_by_label("A code of the app, or a recovery code").fill(recovery_code.strip())
+    page.get_by_role("button", name="Turn the authenticator app off").click()
+    expect(page.get_by_role("status")).to_contain_text("turned off")
+    UMSClient(server.url).login(person.username, PASSWORD)
+
+
+def test_an_email_change_waits_for_the_link(page: Page, server: Server, person: Person):
+    sign_in(page, server, person.username, PASSWORD)
+    new_address = f"new-{person.email}"
+    page.get_by_label("New email address").fill(new_address)
+    page.locator("#email_password").fill("not the password")
+    page.get_by_role("button", name="Change the address").click()
+    expect(page.get_by_role("alert")).to_be_visible()
+    page.get_by_label("New email address").fill(new_address)
+    page.locator("#email_password").fill(PASSWORD)
+    page.get_by_role("button", name="Change the address").click()
+    expect(page.get_by_role("status")).to_contain_text("link was sent to the new address")
+    assert person.client.me().email == person.email  # not before the link is opened
