@@ -24,7 +24,7 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut environment = Environment::new();
     // Optional values (a notice, an error, the signed-in person) may be left out.
     environment.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
-    let sources: [(&str, &str); 11] = [
+    let sources: [(&str, &str); 12] = [
         ("layout.html", include_str!("templates/layout.html")),
         ("login.html", include_str!("templates/login.html")),
         ("step.html", include_str!("templates/step.html")),
@@ -36,6 +36,7 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         ("labs.html", include_str!("templates/labs.html")),
         ("lab.html", include_str!("templates/lab.html")),
         ("totp.html", include_str!("templates/totp.html")),
+        ("attempts.html", include_str!("templates/attempts.html")),
     ];
     for (name, source) in sources {
         if let Err(error) = environment.add_template(name, source) {
@@ -124,12 +125,19 @@ pub fn router() -> axum::Router<AppState> {
         .route("/account/logout", post(pages::logout))
         .route("/account/logout-everywhere", post(pages::logout_everywhere))
         .route("/account/export", get(pages::export))
+        .route("/account/devices/{id}/forget", post(pages::forget_device))
         .route("/account/totp/start", post(pages::start_totp))
         .route("/account/totp/confirm", post(pages::confirm_totp))
         .route("/account/totp/disable", post(pages::disable_totp))
         .route("/account/delete", post(pages::delete_account))
         .route("/admin", get(pages::users))
         .route("/admin/users/{id}/unlock", post(pages::unlock))
+        .route("/admin/users/{id}/active", post(pages::set_active))
+        .route(
+            "/admin/users/{id}/reset-factors",
+            post(pages::reset_factors),
+        )
+        .route("/admin/attempts", get(pages::attempts))
         .route("/admin/audit", get(pages::audit))
         .route("/admin/audit/export", get(pages::audit_export))
         .route("/admin/labs", get(pages::labs))

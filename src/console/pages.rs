@@ -200,7 +200,10 @@ impl FromRequest<AppState> for SignedForm {
 }
 
 /// As `SignedForm`, for a system admin.
-pub struct AdminForm(ConsoleUser);
+pub struct AdminForm {
+    me: ConsoleUser,
+    fields: HashMap<String, String>,
+}
 
 impl FromRequest<AppState> for AdminForm {
     type Rejection = Early;
@@ -208,8 +211,8 @@ impl FromRequest<AppState> for AdminForm {
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Early> {
         let (mut parts, body) = request.into_parts();
         let Admin(me) = Admin::from_request_parts(&mut parts, state).await?;
-        checked_fields(&me, Request::from_parts(parts, body), state).await?;
-        Ok(AdminForm(me))
+        let fields = checked_fields(&me, Request::from_parts(parts, body), state).await?;
+        Ok(AdminForm { me, fields })
     }
 }
 
@@ -598,6 +601,7 @@ pub async fn account(
         Some("unlocked") => Some("The account was unlocked."),
         Some("totp_off") => Some("The authenticator app was turned off."),
         Some("email") => Some("A link was sent to the new address: open it to make the change."),
+        Some("device") => Some("The device was forgotten: its next sign-in is reported as new."),
         _ => None,
     };
     account_page(&state, &me, StatusCode::OK, notice, None).await
@@ -633,6 +637,19 @@ async fn account_page(
         Ok(mfa) => mfa,
         Err(error) => return refused(Some(me), error),
     };
+    let devices = match state.store.read().await {
+        Ok(mut connection) => {
+            // The console's requests carry no device hints of their own: none is "current".
+            crate::security::devices::list(&mut connection, me.user.id, "")
+                .await
+                .map_err(AppError::from)
+        }
+        Err(error) => Err(error.into()),
+    };
+    let devices = match devices {
+        Ok(devices) => devices,
+        Err(error) => return refused(Some(me), error),
+    };
     render(
         "account.html",
         status,
@@ -643,6 +660,7 @@ async fn account_page(
             csrf => me.csrf.clone(),
             sessions,
             mfa,
+            devices,
             notice,
             error,
         },
@@ -776,6 +794,26 @@ pub async fn change_email(
     }
 }
 
+/// `POST /account/devices/{id}/forget`.
+pub async fn forget_device(
+    State(state): State<AppState>,
+    Path(device_id): Path<i64>,
+    SignedForm { me, .. }: SignedForm,
+) -> Response {
+    let forgotten = async {
+        let mut transaction = state.store.begin().await?;
+        let forgotten =
+            crate::security::devices::forget(&mut transaction, me.user.id, device_id).await?;
+        transaction.commit().await?;
+        Ok::<_, AppError>(forgotten)
+    };
+    match forgotten.await {
+        Ok(true) => see_other("/account?done=device"),
+        Ok(false) => refused(Some(&me), AppError::NotFound),
+        Err(error) => refused(Some(&me), error),
+    }
+}
+
 /// `POST /account/totp/start`: a new authenticator app's secret, shown as a QR code (an SVG
 /// image drawn by the server) and as text, to confirm with its first code.
 pub async fn start_totp(
@@ -865,8 +903,12 @@ pub async fn users(
         Ok(page) => page,
         Err(error) => return refused(Some(&me), error),
     };
-    let notice = (params.get("done").map(String::as_str) == Some("unlocked"))
-        .then_some("The account was unlocked.");
+    let notice = match params.get("done").map(String::as_str) {
+        Some("unlocked") => Some("The account was unlocked."),
+        Some("active") => Some("The account was changed."),
+        Some("reset") => Some("The user's second factors were removed; they were told by email."),
+        _ => None,
+    };
     render(
         "users.html",
         StatusCode::OK,
@@ -888,12 +930,93 @@ pub async fn unlock(
     State(state): State<AppState>,
     ClientOrigin(origin): ClientOrigin,
     Path(id): Path<i64>,
-    AdminForm(me): AdminForm,
+    AdminForm { me, .. }: AdminForm,
 ) -> Response {
     match crate::users::service::unlock(&state, &me.user, id, &origin).await {
         Ok(_) => see_other("/admin?done=unlocked"),
         Err(error) => refused(Some(&me), error),
     }
+}
+
+/// `POST /admin/users/{id}/active`: deactivates (its sessions end) or activates an account,
+/// as an admin's `PATCH /api/users/{id}` does.
+pub async fn set_active(
+    State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
+    Path(id): Path<i64>,
+    AdminForm { me, fields }: AdminForm,
+) -> Response {
+    let request = crate::users::service::UpdateUser {
+        is_active: Some(fields.get("active").map(String::as_str) == Some("true")),
+        ..Default::default()
+    };
+    match crate::users::service::update(&state, &me.user, id, request, &origin).await {
+        Ok(_) => see_other("/admin?done=active"),
+        Err(error) => refused(Some(&me), error),
+    }
+}
+
+/// `POST /admin/users/{id}/reset-factors`: removes every second factor of a user who lost
+/// them (they are told by email), from the admin's recent sign-in.
+pub async fn reset_factors(
+    State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
+    Path(id): Path<i64>,
+    AdminForm { me, .. }: AdminForm,
+) -> Response {
+    match crate::mfa::service::reset(&state, &me.user, &me.claims, id, &origin).await {
+        Ok(()) => see_other("/admin?done=reset"),
+        Err(error) => refused(Some(&me), error),
+    }
+}
+
+/// The filters of a list page that are among `names` and not left empty.
+fn given_filters(params: &HashMap<String, String>, names: &[&str]) -> HashMap<String, String> {
+    params
+        .iter()
+        .filter(|(name, value)| names.contains(&name.as_str()) && !value.is_empty())
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
+/// The sign-in attempt filters the console offers.
+const ATTEMPT_FILTERS: [&str; 3] = ["username", "ip", "success"];
+
+/// `GET /admin/attempts`: sign-in attempts, newest first, with the API's filters.
+pub async fn attempts(
+    State(state): State<AppState>,
+    Admin(me): Admin,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let filters = given_filters(&params, &ATTEMPT_FILTERS);
+    let mut query = filters.clone();
+    query.insert("per_page".into(), "100".into());
+    let found = match state.store.reports().await {
+        Ok(mut connection) => crate::audit::query::login_attempts(&mut connection, query).await,
+        Err(error) => Err(error.into()),
+    };
+    let (attempts, total, error) = match found {
+        Ok(page) => (page.items, page.total, None),
+        Err(error) => (Vec::new(), 0, Some(explain(&error))),
+    };
+    render(
+        "attempts.html",
+        if error.is_some() {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::OK
+        },
+        context! {
+            title => "Sign-in attempts",
+            section => "attempts",
+            me => me.user.view(state.now()),
+            csrf => me.csrf.clone(),
+            attempts,
+            total,
+            filters,
+            error,
+        },
+    )
 }
 
 /// The audit filters the console offers, as given (empty ones left out).
@@ -905,11 +1028,7 @@ pub async fn audit(
     Admin(me): Admin,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let filters: HashMap<String, String> = params
-        .iter()
-        .filter(|(name, value)| AUDIT_FILTERS.contains(&name.as_str()) && !value.is_empty())
-        .map(|(name, value)| (name.clone(), value.clone()))
-        .collect();
+    let filters = given_filters(&params, &AUDIT_FILTERS);
     let query: String = AUDIT_FILTERS
         .iter()
         .filter_map(|name| {

@@ -322,3 +322,43 @@ def test_an_email_change_waits_for_the_link(page: Page, server: Server, person: 
     page.get_by_role("button", name="Change the address").click()
     expect(page.get_by_role("status")).to_contain_text("link was sent to the new address")
     assert person.client.me().email == person.email  # not before the link is opened
+
+
+def test_an_admin_deactivates_resets_factors_and_reads_sign_in_attempts(
+    page: Page, server: Server, person: Person
+):
+    app = App(person.client.enroll_totp().otpauth_uri)
+    person.client.confirm_totp(app.code())
+    with pytest.raises(AuthenticationError):
+        UMSClient(server.url).login(person.username, "wrong password")
+
+    sign_in(page, server, ADMIN[0], ADMIN[2], path=f"/admin?q={person.username}")
+    page.get_by_role("button", name=f"Deactivate {person.username}").click()
+    expect(page.get_by_role("status")).to_contain_text("account was changed")
+    with pytest.raises(AuthenticationError):
+        UMSClient(server.url).login(person.username, PASSWORD)
+    page.goto(f"{server.url}/admin?q={person.username}")
+    page.get_by_role("button", name=f"Activate {person.username}").click()
+    expect(page.get_by_role("status")).to_contain_text("account was changed")
+
+    page.goto(f"{server.url}/admin?q={person.username}")
+    page.get_by_role("button", name=f"Reset the second factors of {person.username}").click()
+    expect(page.get_by_role("status")).to_contain_text("second factors were removed")
+    UMSClient(server.url).login(person.username, PASSWORD)  # the password alone, now
+
+    page.get_by_role("link", name="Sign-in attempts").click()
+    page.get_by_label("Name tried").fill(person.username)
+    page.get_by_label("Outcome").select_option("false")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("#attempts tr")).to_have_count(2)  # the wrong password, and the deactivated
+    assert_accessible(page)
+    snapshot(page, "admin-attempts")
+
+
+def test_a_device_is_listed_and_forgotten(page: Page, server: Server, person: Person):
+    sign_in(page, server, person.username, PASSWORD)
+    devices = page.locator("#devices tr")
+    expect(devices).to_have_count(2)  # the API client's, and this browser's
+    page.get_by_role("button", name="Forget the device").first.click()
+    expect(page.get_by_role("status")).to_contain_text("device was forgotten")
+    expect(devices).to_have_count(1)
