@@ -627,8 +627,15 @@ async fn lab_reads_are_logged_in_batches_and_flushed_at_shutdown() {
             StatusCode::OK
         );
     }
-    app.get(&format!("/api/labs/{lab}/members"), Some(&tokens.access))
+    let members = app
+        .get(&format!("/api/labs/{lab}/members"), Some(&tokens.access))
         .await;
+    assert_eq!(
+        members.status(),
+        StatusCode::OK,
+        "{:?}",
+        members.text().await
+    );
     app.stop().await;
     let store = app.reopen_store().await;
     let mut connection = store.read().await.unwrap();
