@@ -66,7 +66,9 @@ pub async fn run(
         if !batch.is_empty() {
             write(&store, &mut batch).await;
         }
-        if stopping || *shutdown.borrow() {
+        // Only after draining: a shutdown that came during the write is seen by the next
+        // turn (its `changed()` is ready at once), which drains what arrived meanwhile.
+        if stopping {
             break;
         }
     }
