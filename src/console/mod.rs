@@ -24,7 +24,7 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut environment = Environment::new();
     // Optional values (a notice, an error, the signed-in person) may be left out.
     environment.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
-    let sources: [(&str, &str); 12] = [
+    let sources: [(&str, &str); 14] = [
         ("layout.html", include_str!("templates/layout.html")),
         ("login.html", include_str!("templates/login.html")),
         ("step.html", include_str!("templates/step.html")),
@@ -36,6 +36,8 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         ("labs.html", include_str!("templates/labs.html")),
         ("lab.html", include_str!("templates/lab.html")),
         ("totp.html", include_str!("templates/totp.html")),
+        ("passkey.html", include_str!("templates/passkey.html")),
+        ("pager.html", include_str!("templates/pager.html")),
         ("attempts.html", include_str!("templates/attempts.html")),
     ];
     for (name, source) in sources {
@@ -48,6 +50,7 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
 
 const STYLESHEET: &str = include_str!("static/console.css");
 const DASHBOARD_SCRIPT: &str = include_str!("static/dashboard.js");
+const PASSKEYS_SCRIPT: &str = include_str!("static/passkeys.js");
 
 /// Renders `template` with `context` (HTML-escaped by the environment).
 pub fn render(
@@ -76,6 +79,9 @@ pub fn render(
 /// never cached.
 pub async fn console_policy(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
+    if response.status().is_client_error() && is_plain_text(&response) {
+        response = as_page(response).await;
+    }
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -88,6 +94,30 @@ pub async fn console_policy(request: Request, next: Next) -> Response {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     response
+}
+
+fn is_plain_text(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|kind| kind.starts_with("text/plain"))
+}
+
+/// axum's own refusals before a handler runs (a path whose id is not a number, say) are
+/// plain text; the console shows them as one of its pages, saying the same.
+async fn as_page(response: Response) -> Response {
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    pages::message(
+        None,
+        "",
+        status,
+        "That did not work",
+        &String::from_utf8_lossy(&body),
+    )
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -109,53 +139,100 @@ async fn dashboard_script() -> Response {
     asset("text/javascript; charset=utf-8", DASHBOARD_SCRIPT)
 }
 
+async fn passkeys_script() -> Response {
+    asset("text/javascript; charset=utf-8", PASSKEYS_SCRIPT)
+}
+
 /// `/account`, `/admin` and the stylesheet.
 pub fn router() -> axum::Router<AppState> {
     use axum::routing::{get, post};
     axum::Router::new()
         .route("/console/console.css", get(stylesheet))
         .route("/console/dashboard.js", get(dashboard_script))
-        .route("/account/login", get(pages::login_form).post(pages::login))
-        .route("/account/login/step", post(pages::login_step))
-        .route("/account", get(pages::account))
-        .route("/account/profile", post(pages::save_profile))
-        .route("/account/password", post(pages::change_password))
-        .route("/account/email", post(pages::change_email))
-        .route("/account/sessions/{id}/revoke", post(pages::revoke_session))
-        .route("/account/logout", post(pages::logout))
-        .route("/account/logout-everywhere", post(pages::logout_everywhere))
-        .route("/account/export", get(pages::export))
-        .route("/account/devices/{id}/forget", post(pages::forget_device))
-        .route("/account/totp/start", post(pages::start_totp))
-        .route("/account/totp/confirm", post(pages::confirm_totp))
-        .route("/account/totp/disable", post(pages::disable_totp))
-        .route("/account/delete", post(pages::delete_account))
-        .route("/admin", get(pages::users))
-        .route("/admin/users/{id}/unlock", post(pages::unlock))
-        .route("/admin/users/{id}/active", post(pages::set_active))
+        .route("/console/passkeys.js", get(passkeys_script))
+        .route(
+            "/account/login",
+            get(pages::sign_in::login_form).post(pages::sign_in::login),
+        )
+        .route("/account/login/step", post(pages::sign_in::login_step))
+        .route(
+            "/account/login/passkey",
+            post(pages::sign_in::passkey_login),
+        )
+        .route("/account/login/enrol", post(pages::sign_in::enrol))
+        .route("/account", get(pages::account::account))
+        .route("/account/profile", post(pages::account::save_profile))
+        .route("/account/password", post(pages::account::change_password))
+        .route("/account/email", post(pages::account::change_email))
+        .route(
+            "/account/sessions/{id}/revoke",
+            post(pages::account::revoke_session),
+        )
+        .route("/account/logout", post(pages::sign_in::logout))
+        .route(
+            "/account/logout-everywhere",
+            post(pages::sign_in::logout_everywhere),
+        )
+        .route("/account/export", get(pages::account::export))
+        .route(
+            "/account/devices/{id}/forget",
+            post(pages::account::forget_device),
+        )
+        .route("/account/totp/start", post(pages::factors::start_totp))
+        .route("/account/totp/confirm", post(pages::factors::confirm_totp))
+        .route("/account/totp/disable", post(pages::factors::disable_totp))
+        .route(
+            "/account/recovery-codes",
+            post(pages::factors::regenerate_recovery_codes),
+        )
+        .route(
+            "/account/passkeys/start",
+            post(pages::factors::start_passkey),
+        )
+        .route(
+            "/account/passkeys/finish",
+            post(pages::factors::finish_passkey),
+        )
+        .route(
+            "/account/passkeys/{id}/rename",
+            post(pages::factors::rename_passkey),
+        )
+        .route(
+            "/account/passkeys/{id}/remove",
+            post(pages::factors::remove_passkey),
+        )
+        .route("/account/step-up", post(pages::factors::step_up))
+        .route("/account/delete", post(pages::account::delete_account))
+        .route("/admin", get(pages::admin::users))
+        .route("/admin/users/{id}/unlock", post(pages::admin::unlock))
+        .route("/admin/users/{id}/active", post(pages::admin::set_active))
         .route(
             "/admin/users/{id}/reset-factors",
-            post(pages::reset_factors),
+            post(pages::admin::reset_factors),
         )
-        .route("/admin/attempts", get(pages::attempts))
-        .route("/admin/audit", get(pages::audit))
-        .route("/admin/audit/export", get(pages::audit_export))
-        .route("/admin/labs", get(pages::labs))
-        .route("/admin/labs/{id}", get(pages::lab))
-        .route("/admin/labs/{id}/invitations", post(pages::invite))
+        .route("/admin/attempts", get(pages::admin::attempts))
+        .route("/admin/audit", get(pages::admin::audit))
+        .route("/admin/audit/export", get(pages::admin::audit_export))
+        .route(
+            "/admin/labs",
+            get(pages::labs::labs).post(pages::labs::create_lab),
+        )
+        .route("/admin/labs/{id}/settings", post(pages::labs::save_lab))
+        .route("/admin/labs/{id}", get(pages::labs::lab))
+        .route("/admin/labs/{id}/invitations", post(pages::labs::invite))
         .route(
             "/admin/labs/{id}/invitations/{invitation_id}/revoke",
-            post(pages::revoke_invitation),
+            post(pages::labs::revoke_invitation),
         )
         .route(
             "/admin/labs/{id}/members/{user_id}/role",
-            post(pages::change_role),
+            post(pages::labs::change_role),
         )
         .route(
             "/admin/labs/{id}/members/{user_id}/remove",
-            post(pages::remove_member),
+            post(pages::labs::remove_member),
         )
-        .route("/admin/security", get(pages::security))
-        .route("/admin/security/stream", get(pages::security_stream))
+        .route("/admin/security", get(pages::admin::security))
+        .route("/admin/security/stream", get(pages::admin::security_stream))
         .layer(axum::middleware::from_fn(console_policy))
 }

@@ -95,12 +95,20 @@ pub fn start_registration(
         .iter()
         .map(|stored| stored.credential.0.cred_id().clone())
         .collect::<Vec<_>>();
-    Ok(webauthn.start_passkey_registration(
+    let (mut options, state) = webauthn.start_passkey_registration(
         handle,
         username,
         display_name,
         (!exclude.is_empty()).then_some(exclude),
-    )?)
+    )?;
+    // A passkey also signs in without a password, which takes a discoverable credential
+    // (webauthn-rs asks for none by default). "Preferred" still lets a security key without
+    // room for one register, as a second factor only. (webauthn-rs does not re-export the
+    // requirement's type; its serde name sets it.)
+    if let Some(selection) = options.public_key.authenticator_selection.as_mut() {
+        selection.resident_key = Some(serde_json::from_value(serde_json::json!("preferred"))?);
+    }
+    Ok((options, state))
 }
 
 pub fn finish_registration(

@@ -203,12 +203,21 @@ pub fn require_recent_sign_in(
     now: Millis,
 ) -> Result<(), AppError> {
     let proved = session.amr.iter().any(|method| method == "mfa");
-    let recent = session.auth_time.saturating_mul(1000) >= now - RECENT_SIGN_IN;
+    let recent = signed_in_recently(session, now);
     match (factors.any(), proved, recent) {
         (true, true, true) | (false, _, true) => Ok(()),
         (true, _, _) => Err(AppError::StepUpRequired),
         (false, _, false) => Err(AppError::ReauthenticationRequired),
     }
+}
+
+fn signed_in_recently(session: &Claims, now: Millis) -> bool {
+    session.auth_time.saturating_mul(1000) >= now - RECENT_SIGN_IN
+}
+
+/// Whether the session proved a second factor recently enough to change the factors.
+pub fn proved_factor_recently(session: &Claims, now: Millis) -> bool {
+    session.amr.iter().any(|method| method == "mfa") && signed_in_recently(session, now)
 }
 
 async fn check_recent_sign_in(

@@ -17,7 +17,8 @@ use crate::users::{Membership, UserView};
 
 #[utoipa::path(get, path = "/api/users", tag = "users", security(("bearer" = [])),
     params(("page" = Option<i64>, Query), ("per_page" = Option<i64>, Query), ("q" = Option<String>, Query),
-        ("is_active" = Option<bool>, Query), ("is_admin" = Option<bool>, Query)),
+        ("is_active" = Option<bool>, Query), ("is_admin" = Option<bool>, Query),
+        ("locked" = Option<bool>, Query, description = "Only accounts locked (true) or not locked (false) now")),
     responses((status = 200, body = Page<UserView>), (status = 400, body = Problem), (status = 403, body = Problem)))]
 pub async fn list(
     State(state): State<AppState>,

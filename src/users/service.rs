@@ -300,15 +300,18 @@ pub async fn list(
 ) -> Result<Page<UserView>, AppError> {
     let mut query = ListQuery::new(params);
     let page = query.page();
+    let now = state.now();
     let filter = UserFilter {
         query: query.text("q"),
         is_active: query.boolean("is_active"),
         is_admin: query.boolean("is_admin"),
+        locked: query
+            .boolean("locked")
+            .map(|locked| (locked, crate::clock::Timestamp::from(now))),
     };
     query.finish()?;
     let mut connection = state.store.reports().await?;
     let (users, total) = user_store::list(&mut connection, &filter, page).await?;
-    let now = state.now();
     Ok(Page::new(
         users.iter().map(|user| user.view(now)).collect(),
         total,

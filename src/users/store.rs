@@ -181,6 +181,8 @@ pub struct UserFilter {
     pub query: Option<String>,
     pub is_active: Option<bool>,
     pub is_admin: Option<bool>,
+    /// Only the accounts locked (`true`) or not locked (`false`) at the time.
+    pub locked: Option<(bool, Timestamp)>,
 }
 
 pub async fn list(
@@ -201,6 +203,13 @@ pub async fn list(
     }
     if let Some(admin) = filter.is_admin {
         conditions.push("is_admin = ?", SqlValue::Flag(admin));
+    }
+    if let Some((locked, now)) = filter.locked {
+        let clause = match locked {
+            true => "locked_until > ?",
+            false => "(locked_until IS NULL OR locked_until <= ?)",
+        };
+        conditions.push(clause, SqlValue::Time(now));
     }
     let where_sql = conditions.where_sql();
     let count_sql = format!("SELECT COUNT(*) FROM users{where_sql}");

@@ -348,6 +348,26 @@ async fn an_admin_unlocks_a_locked_account() {
         .await
         .unwrap();
     assert_eq!(locked["is_locked"], true);
+    let names_when = |locked: bool| {
+        let app = &app;
+        let access = admin.access.clone();
+        async move {
+            let page: Value = app
+                .get(&format!("/api/users?locked={locked}"), Some(&access))
+                .await
+                .json()
+                .await
+                .unwrap();
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|user| user["username"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(names_when(true).await, ["alice"]);
+    assert!(!names_when(false).await.contains(&"alice".to_string()));
 
     let response = app
         .post(
@@ -363,6 +383,8 @@ async fn an_admin_unlocks_a_locked_account() {
         app.audit_events("user.unlocked").await[0]["details"]["was_locked"],
         true
     );
+    assert!(names_when(true).await.is_empty());
+    assert!(names_when(false).await.contains(&"alice".to_string()));
     app.login("alice").await;
     let (_, other) = app.user("bob").await;
     let refused = app

@@ -37,9 +37,12 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, **env: str) -> None:
+    """The binary under test. `host` is how the browser names it: passkeys need a secure
+    origin, and of plain http only localhost's is one (WebAuthn takes no IP address)."""
+
+    def __init__(self, host: str = "127.0.0.1", **env: str) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self.data = tempfile.TemporaryDirectory(prefix="ums-browser-")
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("UMS_")},
@@ -167,7 +170,27 @@ def sign_in(page: Page, server: Server, username: str, password: str, path: str 
     page.goto(f"{server.url}{path}")
     page.get_by_label("Username or email").fill(username)
     page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
+
+
+def add_virtual_authenticator(page: Page) -> None:
+    """A platform authenticator with user verification, inside Chromium (its DevTools
+    protocol's WebAuthn domain): it creates and uses passkeys as a phone or laptop would."""
+    devtools = page.context.new_cdp_session(page)
+    devtools.send("WebAuthn.enable")
+    devtools.send(
+        "WebAuthn.addVirtualAuthenticator",
+        {
+            "options": {
+                "protocol": "ctap2",
+                "transport": "internal",
+                "hasResidentKey": True,
+                "hasUserVerification": True,
+                "isUserVerified": True,
+                "automaticPresenceSimulation": True,
+            }
+        },
+    )
 
 
 def snapshot(page: Page, name: str) -> None:
