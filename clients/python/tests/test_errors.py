@@ -95,9 +95,15 @@ def test_five_wrong_passwords_lock_the_account_until_an_admin_unlocks(
     assert locked.value.code == "account_locked"
     assert locked.value.retry_after is not None and 0 < locked.value.retry_after <= 1800
     assert admin.get_user(account.id).is_locked is True
+    locked_now = {user.id for user in admin.list_users(locked=True, per_page=100).items}
+    assert account.id in locked_now
 
     unlocked = admin.unlock_user(account.id)
     assert unlocked.is_locked is False
+    assert account.id not in {user.id for user in admin.list_users(locked=True, per_page=100).items}
+    assert account.id in {
+        user.id for user in admin.list_users(locked=False, q=account.username).items
+    }
     assert client.login(account.username, PASSWORD).user.id == account.id
 
 

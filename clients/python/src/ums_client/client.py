@@ -602,11 +602,15 @@ class UMSClient:
         q: str | None = None,
         is_active: bool | None = None,
         is_admin: bool | None = None,
+        locked: bool | None = None,
         page: int | None = None,
         per_page: int | None = None,
     ) -> Page[User]:
-        """``GET /api/users`` (admin); ``q`` matches a username or email substring."""
-        params = _params(q=q, is_active=is_active, is_admin=is_admin, page=page, per_page=per_page)
+        """``GET /api/users`` (admin); ``q`` matches a username or email substring; ``locked``
+        keeps the accounts locked (or not locked) now."""
+        params = _params(
+            q=q, is_active=is_active, is_admin=is_admin, locked=locked, page=page, per_page=per_page
+        )
         return self._get("/api/users", lambda d: Page.from_json(d, User.from_json), params)
 
     def get_user(self, user_id: int) -> User:
