@@ -429,3 +429,39 @@ def test_long_lists_are_paged_and_a_malformed_address_gets_a_page(
     assert answer.headers["content-type"].startswith("text/html")
     expect(page.get_by_role("heading", name="That did not work")).to_be_visible()
     assert_accessible(page)
+
+
+def test_signing_in_and_reaching_the_content_work_from_the_keyboard(
+    page: Page, server: Server, person: Person
+):
+    page.goto(f"{server.url}/account/login")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to the content")).to_be_focused()
+    username = page.get_by_label("Username or email")
+    for _ in range(5):
+        if username.evaluate("element => element === document.activeElement"):
+            break
+        page.keyboard.press("Tab")
+    expect(username).to_be_focused()
+    page.keyboard.type(person.username)
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Password")).to_be_focused()
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(f"{server.url}/account")
+    # Every control of the account page is reached by Tab, and each shows where focus is.
+    seen = set()
+    for _ in range(80):
+        page.keyboard.press("Tab")
+        focused = page.evaluate(
+            "() => { const e = document.activeElement;"
+            " const style = getComputedStyle(e);"
+            " return [e.tagName, e.id || e.getAttribute('name') || e.textContent.trim(),"
+            " style.outlineStyle !== 'none' || style.boxShadow !== 'none'] }"
+        )
+        if focused[0] == "BODY":  # past the last control
+            break
+        assert focused[2], f"no visible focus on {focused[:2]}"
+        seen.add(focused[1])
+    for control in ("first_name", "new_email", "current_password", "passkey-name", "Sign out everywhere"):
+        assert control in seen, control
