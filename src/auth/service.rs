@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::audit::{self, Action, Event, Origin};
 use crate::auth::password::{Verification, check_policy};
-use crate::auth::sessions::{self, Spend, TokenPair};
+use crate::auth::sessions::{self, PresentedRefresh, Spend, TokenPair};
 pub use crate::auth::sign_in::LoginResponse;
 use crate::auth::sign_in::{self, Accepted, BAD_CREDENTIALS, Refusal};
 use crate::auth::tokens::{Claims, TokenError, TokenType};
@@ -568,22 +568,27 @@ async fn refuse_risky(
     Ok(AppError::Unauthorized(BAD_CREDENTIALS))
 }
 
-/// Verifies a refresh token, reloading keys once if another instance rotated them.
-async fn verify_refresh_token(state: &AppState, token: &str) -> Result<Claims, AppError> {
+/// A presented refresh token: an opaque one as it is; a signed (JWT) one of an earlier version,
+/// once its signature, type and expiry are checked.
+async fn presented_refresh_token(
+    state: &AppState,
+    token: &str,
+) -> Result<PresentedRefresh, AppError> {
+    if token.starts_with(sessions::REFRESH_TOKEN_PREFIX) {
+        return Ok(PresentedRefresh::opaque(token));
+    }
     let now = state.now();
-    match state.keys.verify(token, TokenType::Refresh, now) {
+    let claims = match state.keys.verify(token, TokenType::Refresh, now) {
         Err(TokenError::UnknownKey) => {
             state
                 .keys
                 .reload(&state.store, state.config.jwt_algorithm, now)
                 .await?;
-            state
-                .keys
-                .verify(token, TokenType::Refresh, now)
-                .map_err(AppError::from)
+            state.keys.verify(token, TokenType::Refresh, now)
         }
-        other => other.map_err(AppError::from),
-    }
+        other => other,
+    }?;
+    Ok(PresentedRefresh::signed(&claims))
 }
 
 #[tracing::instrument(skip_all)]
@@ -592,39 +597,43 @@ pub async fn refresh(
     refresh_token: &str,
     origin: &Origin,
 ) -> Result<TokenPair, AppError> {
-    let claims = verify_refresh_token(state, refresh_token).await?;
-    let user_id = claims
-        .user_id()
-        .ok_or(AppError::Unauthorized("The token is invalid."))?;
+    let presented = presented_refresh_token(state, refresh_token).await?;
     let now = state.now();
     let mut transaction = audit::Audited::begin(&state.store).await?;
-    match sessions::spend_refresh_token(&mut transaction, &claims, now).await? {
-        Spend::Spent { grant } => {
+    match sessions::spend_refresh_token(&mut transaction, &presented, now).await? {
+        Spend::Spent {
+            session_id,
+            user_id,
+            grant,
+        } => {
             let user = user_store::find_by_id(&mut transaction, user_id)
                 .await?
                 .filter(User::is_active)
                 .ok_or(AppError::Unauthorized("The session has ended."))?;
             let tokens =
-                sessions::issue_tokens(&mut transaction, state, &user, &claims.sid, &grant, now)
+                sessions::issue_tokens(&mut transaction, state, &user, &session_id, &grant, now)
                     .await?;
             transaction
                 .commit(
                     Event::new(Action::TokenRefreshed, now)
                         .actor(Some(user.id))
-                        .resource("session", &claims.sid)
+                        .resource("session", &session_id)
                         .origin(origin),
                 )
                 .await?;
             metrics::counter!("ums_tokens_refreshed_total").increment(1);
             tokens.sign_off_thread(state).await
         }
-        Spend::Reused => {
+        Spend::Reused {
+            session_id,
+            user_id,
+        } => {
             transaction
                 .commit(
                     Event::new(Action::RefreshTokenReused, now)
                         .failed()
                         .actor(Some(user_id))
-                        .resource("session", &claims.sid)
+                        .resource("session", &session_id)
                         .details(json!({"revoked": "session"}))
                         .origin(origin),
                 )
@@ -650,13 +659,18 @@ pub async fn logout(
         .ok_or(AppError::Unauthorized("The token is invalid."))?;
     let other_session = match refresh_token {
         Some(token) => {
-            let claims = verify_refresh_token(state, token).await?;
-            if claims.sub != caller.sub {
+            let presented = presented_refresh_token(state, token).await?;
+            let found = {
+                let mut connection = state.store.read().await?;
+                sessions::find_refresh_token(&mut connection, &presented).await?
+            };
+            let found = found.ok_or(AppError::Unauthorized("The refresh token is unknown."))?;
+            if found.user_id != user_id {
                 return Err(AppError::Forbidden(
                     "The refresh token belongs to another user.",
                 ));
             }
-            (claims.sid != caller.sid).then_some(claims.sid)
+            (found.session_id != caller.sid).then_some(found.session_id)
         }
         None => None,
     };

@@ -89,16 +89,17 @@ pub async fn expire(connection: &mut Connection, now: Millis) -> Result<u64, App
     )?)
 }
 
-/// The claims of a new token pair, recorded but not yet signed: signing (a millisecond of
-/// RSA) happens after the transaction commits, so it never holds the database writer.
+/// A new token pair, recorded but not yet signed: signing the access token (a millisecond of
+/// RSA) happens after the transaction commits, so it never holds the database writer. The
+/// refresh token is not signed at all (see `new_refresh_token`).
 pub struct IssuedTokens {
     access: Claims,
-    refresh: Claims,
+    refresh: String,
     expires_in: u64,
 }
 
 impl IssuedTokens {
-    /// Signs the tokens on the blocking pool: an RS256 signature takes about a millisecond,
+    /// Signs the access token on the blocking pool: an RS256 signature takes about a millisecond,
     /// long enough to hold up every request waiting for that async worker, among them the
     /// one holding SQLite's single write connection.
     pub async fn sign_off_thread(self, state: &AppState) -> Result<TokenPair, AppError> {
@@ -113,7 +114,7 @@ impl IssuedTokens {
         metrics::counter!("ums_tokens_issued_total", "type" => "refresh").increment(1);
         Ok(TokenPair {
             access_token: keys.sign(&self.access)?,
-            refresh_token: keys.sign(&self.refresh)?,
+            refresh_token: self.refresh,
             token_type: "Bearer",
             expires_in: self.expires_in,
         })
@@ -209,6 +210,16 @@ pub async fn record_step_up(
     Ok(())
 }
 
+/// The prefix of every refresh token, so that secret scanners can recognise one.
+pub const REFRESH_TOKEN_PREFIX: &str = "umsr_";
+
+/// A new refresh token. Only UMS ever reads a refresh token, so it needs no signature: it is
+/// 256 random bits, stored as their hash, and its row says whose session it continues and
+/// until when. (Signing it, as earlier versions did, cost a refresh a second RSA signature.)
+pub fn new_refresh_token() -> String {
+    format!("{REFRESH_TOKEN_PREFIX}{}", random_token())
+}
+
 /// Issues an access token and a refresh token for `session_id`, recording the refresh token's
 /// hash. The refresh token expires with its session at the latest.
 pub async fn issue_tokens(
@@ -223,25 +234,24 @@ pub async fn issue_tokens(
     let access_ttl = config.access_token_ttl.as_millis() as i64;
     let refresh_expires_at =
         (now + config.refresh_token_ttl.as_millis() as i64).min(grant.expires_at);
-    let claims = |typ: TokenType, expires_at: Millis| Claims {
+    let access = Claims {
         iss: state.keys.issuer().to_string(),
         sub: user.id.to_string(),
         iat: now / 1000,
-        exp: expires_at / 1000,
+        exp: (now + access_ttl) / 1000,
         jti: random_token(),
-        typ,
+        typ: TokenType::Access,
         sid: session_id.to_string(),
         is_admin: user.is_admin(),
         aud: state.keys.audience().map(String::from),
         amr: grant.amr.clone(),
         auth_time: grant.signed_in_at / 1000,
     };
-    let access = claims(TokenType::Access, now + access_ttl);
-    let refresh = claims(TokenType::Refresh, refresh_expires_at);
+    let refresh = new_refresh_token();
     crate::execute!(connection, sqlx::query(
         "INSERT INTO refresh_tokens (token_hash, session_id, issued_at, expires_at) VALUES ($1, $2, $3, $4)",
     )
-    .bind(hash_token(&refresh.jti))
+    .bind(hash_token(&refresh))
     .bind(session_id)
     .bind(Timestamp::from(now))
     .bind(Timestamp::from(refresh_expires_at))
@@ -253,56 +263,129 @@ pub async fn issue_tokens(
     })
 }
 
+/// A refresh token as presented: the hash that names its row and, for a signed refresh token
+/// of an earlier version (still honoured until it expires, its signature and expiry checked
+/// as before), the session its claims name.
+pub struct PresentedRefresh {
+    pub token_hash: String,
+    pub claimed_session: Option<String>,
+}
+
+impl PresentedRefresh {
+    pub fn opaque(token: &str) -> Self {
+        PresentedRefresh {
+            token_hash: hash_token(token),
+            claimed_session: None,
+        }
+    }
+
+    pub fn signed(claims: &Claims) -> Self {
+        PresentedRefresh {
+            token_hash: hash_token(&claims.jti),
+            claimed_session: Some(claims.sid.clone()),
+        }
+    }
+
+    /// Whether the token may continue `session_id` (a signed one, only the session it names).
+    fn names(&self, session_id: &str) -> bool {
+        self.claimed_session
+            .as_deref()
+            .is_none_or(|claimed| claimed == session_id)
+    }
+}
+
 pub enum Spend {
-    /// The token was live and is now spent; the session it belongs to, still open.
-    Spent { grant: Grant },
+    /// The token was live and is now spent; the session it continues, still open.
+    Spent {
+        session_id: String,
+        user_id: i64,
+        grant: Grant,
+    },
     /// The token had been spent before: the session has been revoked.
-    Reused,
-    /// Unknown token, or its session is revoked or over.
+    Reused { session_id: String, user_id: i64 },
+    /// Unknown or expired token, or its session is revoked or over.
     Dead,
 }
 
 /// Spends a refresh token. Exactly one of many concurrent callers gets `Spent`.
 pub async fn spend_refresh_token(
     connection: &mut Connection,
-    claims: &Claims,
+    presented: &PresentedRefresh,
     now: Millis,
 ) -> Result<Spend, AppError> {
-    let token_hash = hash_token(&claims.jti);
     let spent: Option<String> = crate::with_db!(connection, |db| sqlx::query_scalar(
         "UPDATE refresh_tokens SET spent_at = $2 WHERE token_hash = $1 AND spent_at IS NULL \
-         AND session_id = $3 RETURNING session_id",
+         AND expires_at > $2 RETURNING session_id",
     )
-    .bind(&token_hash)
+    .bind(&presented.token_hash)
     .bind(Timestamp::from(now))
-    .bind(&claims.sid)
     .fetch_optional(db)
     .await)?;
-    if spent.is_none() {
-        let known: Option<String> = crate::with_db!(connection, |db| sqlx::query_scalar(
-            "SELECT session_id FROM refresh_tokens WHERE token_hash = $1"
+    let Some(session_id) = spent.filter(|session_id| presented.names(session_id)) else {
+        return match find_refresh_token(connection, presented).await? {
+            Some(found) if found.spent => {
+                revoke(connection, &found.session_id, "refresh_token_reused", now).await?;
+                Ok(Spend::Reused {
+                    session_id: found.session_id,
+                    user_id: found.user_id,
+                })
+            }
+            _ => Ok(Spend::Dead),
+        };
+    };
+    // The session is used now, and still open: its grant, in the same statement.
+    let session: Option<(i64, Timestamp, Timestamp, String)> =
+        crate::with_db!(connection, |db| sqlx::query_as(
+            "UPDATE sessions SET last_used_at = $2 \
+             WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2 \
+             RETURNING user_id, expires_at, COALESCE(authenticated_at, created_at), amr"
         )
-        .bind(&token_hash)
+        .bind(&session_id)
+        .bind(Timestamp::from(now))
         .fetch_optional(db)
         .await)?;
-        if known.is_some() {
-            revoke(connection, &claims.sid, "refresh_token_reused", now).await?;
-            return Ok(Spend::Reused);
-        }
-        return Ok(Spend::Dead);
-    }
-    match grant_of(connection, &claims.sid, now).await? {
-        Some(grant) => {
-            crate::execute!(
-                connection,
-                sqlx::query("UPDATE sessions SET last_used_at = $2 WHERE id = $1")
-                    .bind(&claims.sid)
-                    .bind(Timestamp::from(now))
-            )?;
-            Ok(Spend::Spent { grant })
-        }
-        None => Ok(Spend::Dead),
-    }
+    Ok(match session {
+        Some((user_id, expires_at, signed_in_at, amr)) => Spend::Spent {
+            session_id,
+            user_id,
+            grant: Grant {
+                expires_at: expires_at.millis(),
+                signed_in_at: signed_in_at.millis(),
+                amr: amr.split_whitespace().map(String::from).collect(),
+            },
+        },
+        None => Spend::Dead,
+    })
+}
+
+/// A stored refresh token: the session it continues, whose it is, and whether it was spent.
+pub struct RefreshTokenRow {
+    pub session_id: String,
+    pub user_id: i64,
+    pub spent: bool,
+}
+
+/// The row of a presented refresh token (of the session its claims name, for a signed one).
+pub async fn find_refresh_token(
+    connection: &mut Connection,
+    presented: &PresentedRefresh,
+) -> Result<Option<RefreshTokenRow>, AppError> {
+    let found: Option<(String, i64, Option<Timestamp>)> =
+        crate::with_db!(connection, |db| sqlx::query_as(
+            "SELECT refresh_tokens.session_id, sessions.user_id, refresh_tokens.spent_at \
+             FROM refresh_tokens JOIN sessions ON sessions.id = refresh_tokens.session_id \
+             WHERE refresh_tokens.token_hash = $1"
+        )
+        .bind(&presented.token_hash)
+        .fetch_optional(db)
+        .await)?;
+    Ok(found
+        .map(|(session_id, user_id, spent_at)| RefreshTokenRow {
+            session_id,
+            user_id,
+            spent: spent_at.is_some(),
+        })
+        .filter(|row| presented.names(&row.session_id)))
 }
 
 /// Revokes one session; true if it was open.

@@ -130,7 +130,9 @@ impl Keys {
             ring: Arc::new(RwLock::new(ring)),
             issuer,
             audience,
-            last_reload: Arc::new(std::sync::atomic::AtomicI64::new(now)),
+            // The first unknown kid reloads at once: another instance may have rotated
+            // between this one's start and its first request.
+            last_reload: Arc::new(std::sync::atomic::AtomicI64::new(now - KID_RELOAD_INTERVAL)),
             unknown_kid_reloads: Arc::default(),
             secret_key,
             retirement,

@@ -28,9 +28,9 @@ async fn tokens_carry_the_contract_claims_and_verify_against_the_jwks() {
         3600
     );
     assert!(claims["jti"].is_string() && claims["sid"].is_string());
-    let (_, refresh_claims) = jwt_parts(&tokens.refresh);
-    assert_eq!(refresh_claims["typ"], "refresh");
-    assert_eq!(refresh_claims["sid"], claims["sid"]);
+    // The refresh token is opaque: only UMS reads it, so it is not signed.
+    assert!(tokens.refresh.starts_with("umsr_") && !tokens.refresh.contains('.'));
+    assert!(tokens.refresh.len() >= 5 + 43, "256 random bits");
 
     let jwks: JwkSet = app
         .get("/.well-known/jwks.json", None)
@@ -48,16 +48,22 @@ async fn tokens_carry_the_contract_claims_and_verify_against_the_jwks() {
         &validation,
     );
     assert!(decoded.is_ok(), "{decoded:?}");
-    // Refresh tokens are stored only as hashes.
-    let jti = refresh_claims["jti"].as_str().unwrap();
+    // Refresh tokens are stored only as hashes, each naming its session.
     assert_eq!(
         app.scalar(&format!(
-            "SELECT COUNT(*) FROM refresh_tokens WHERE token_hash = '{jti}'"
+            "SELECT COUNT(*) FROM refresh_tokens WHERE token_hash = '{}'",
+            tokens.refresh
         ))
         .await,
         0
     );
     assert_eq!(app.scalar("SELECT COUNT(*) FROM refresh_tokens").await, 1);
+    assert_eq!(
+        app.text("SELECT session_id FROM refresh_tokens")
+            .await
+            .as_deref(),
+        claims["sid"].as_str()
+    );
 }
 
 /// RFC 8176 `amr` and `auth_time`: how and when the user signed in, carried unchanged by
@@ -72,8 +78,6 @@ async fn tokens_say_how_and_when_the_user_signed_in_and_a_refresh_keeps_it() {
     assert_eq!(claims["amr"], json!(["pwd"]));
     assert_eq!(claims["auth_time"], signed_in_at);
     assert_eq!(claims["iat"], signed_in_at);
-    let (_, refresh_claims) = jwt_parts(&tokens.refresh);
-    assert_eq!(refresh_claims["amr"], json!(["pwd"]));
     assert_eq!(
         app.text("SELECT amr FROM sessions").await.as_deref(),
         Some("pwd")
@@ -295,12 +299,79 @@ async fn a_refresh_chain_never_outlives_thirty_days_from_its_login() {
         assert_eq!(response.status(), StatusCode::OK);
         let body: Value = response.json().await.unwrap();
         refresh = body["refresh_token"].as_str().unwrap().to_string();
-        let (_, claims) = jwt_parts(&refresh);
-        let login_plus_30_days = app.clock.now() / 1000 + 30 * 86_400;
-        assert!(claims["exp"].as_i64().unwrap() < login_plus_30_days);
     }
     app.clock.advance(Duration::from_secs(2 * 86_400 + 1));
     assert_problem(app.refresh(&refresh).await, StatusCode::UNAUTHORIZED).await;
+}
+
+/// Refresh tokens were signed JWTs in earlier versions: one issued then still continues its
+/// session once (its signature and expiry checked), and presented again it is a reuse.
+#[tokio::test]
+async fn a_signed_refresh_token_of_an_earlier_version_still_refreshes_once() {
+    let app = spawn_app().await;
+    app.register("alice", "alice@lab.org").await;
+    let tokens = app.login("alice").await;
+    let (_, access) = jwt_parts(&tokens.access);
+    let now = app.clock.now();
+    let mut claims: ums::auth::tokens::Claims = serde_json::from_value(access.clone()).unwrap();
+    claims.typ = ums::auth::tokens::TokenType::Refresh;
+    claims.jti = "an-earlier-jti".into();
+    claims.exp = now / 1000 + 86_400;
+    let signed = app.state.keys.sign(&claims).unwrap();
+    let mut transaction = app.state.store.begin().await.unwrap();
+    ums::execute!(
+        transaction,
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, session_id, issued_at, expires_at) \
+             VALUES ($1, $2, $3, $4)"
+        )
+        .bind(ums::security::secrets::hash_token("an-earlier-jti"))
+        .bind(&claims.sid)
+        .bind(ums::clock::Timestamp::from(now))
+        .bind(ums::clock::Timestamp::from(now + 86_400_000))
+    )
+    .unwrap();
+    transaction.commit().await.unwrap();
+
+    // Another session's signed token cannot continue this one; an access token is no
+    // refresh token.
+    let mut elsewhere = claims.clone();
+    elsewhere.sid = "another-session".into();
+    let forged_session = app.state.keys.sign(&elsewhere).unwrap();
+    assert_problem(app.refresh(&forged_session).await, StatusCode::UNAUTHORIZED).await;
+    assert_problem(app.refresh(&tokens.access).await, StatusCode::UNAUTHORIZED).await;
+
+    let response = app.refresh(&signed).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["refresh_token"].as_str().unwrap().starts_with("umsr_"));
+    assert_problem(app.refresh(&signed).await, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(app.audit_events("auth.refresh_token_reused").await.len(), 1);
+    assert_problem(
+        app.refresh(body["refresh_token"].as_str().unwrap()).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+}
+
+/// An expired refresh token is dead, not a reuse: the session stays open.
+#[tokio::test]
+async fn an_expired_refresh_token_does_not_revoke_its_session() {
+    let app = spawn_app_with(&[("UMS_REFRESH_TOKEN_TTL", "1h")]).await;
+    app.register("alice", "alice@lab.org").await;
+    let tokens = app.login("alice").await;
+    app.clock.advance(Duration::from_secs(3600));
+    assert_problem(app.refresh(&tokens.refresh).await, StatusCode::UNAUTHORIZED).await;
+    assert!(
+        app.audit_events("auth.refresh_token_reused")
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL")
+            .await,
+        1
+    );
 }
 
 #[tokio::test]

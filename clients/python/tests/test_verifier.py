@@ -94,7 +94,9 @@ def test_jwks_url_may_be_given_directly(ums, token):
 
 def test_refresh_token_is_refused(verifier, new_account):
     refresh = new_account().client.tokens.refresh_token
-    with pytest.raises(InvalidToken, match="not an access token"):
+    # Refresh tokens are opaque (only UMS reads them): no JWT at all.
+    assert refresh.startswith("umsr_")
+    with pytest.raises(InvalidToken, match="malformed token"):
         verifier.verify(refresh)
 
 
