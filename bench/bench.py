@@ -132,8 +132,9 @@ def seed(base, labs, per_lab):
 
 def tokens(work):
     """From harvest/login-*.tsv (user_id, username, lab_id, role, access, refresh) build:
-    me.tsv, access.tsv, members.tsv ("token<TAB>path"), refresh-a.txt and refresh-b.txt (the
-    unused refresh tokens, split between the refresh and the mixed scenario), and legit.tsv
+    me.tsv, access.tsv, members.tsv ("token<TAB>path"), refresh-a.txt, refresh-b.txt and
+    refresh-c.txt (the unused refresh tokens, split between the RS256 refresh, the mixed and
+    the EdDSA refresh scenario), and legit.tsv
     (the legitimate user of the storm scenario, who is kept out of the storm)."""
     rows = []
     harvest = os.path.join(work, "harvest")
@@ -157,8 +158,9 @@ def tokens(work):
     write("access.tsv", [f"{r[4]}\t/api/labs/{r[2]}/access" for r in members])
     write("members.tsv", [f"{r[4]}\t/api/labs/{r[2]}/members" for r in members])
     refresh = [r[5] for r in rows_for_load]
-    write("refresh-a.txt", refresh[0::2])
-    write("refresh-b.txt", refresh[1::2])
+    write("refresh-a.txt", refresh[0::3])
+    write("refresh-b.txt", refresh[1::3])
+    write("refresh-c.txt", refresh[2::3])
     write("legit.tsv", [f"{legit[4]}\t/api/auth/me"])
     with open(os.path.join(work, "legit-username"), "w") as file:
         file.write(legit[1])
@@ -240,8 +242,8 @@ def report(work, readme):
     hash_ms = primitives["argon2id"]["verify_us"] / 1000
     hash_limit = cores / (hash_ms / 1000)
     rs256_ms = primitives["rs256"]["sign_us"] / 1000
-    # a refresh signs two tokens (a new access and a new refresh token)
-    sign_limit = cores / (2 * rs256_ms / 1000)
+    # a refresh signs one token: the new access token (the refresh token is opaque)
+    sign_limit = cores / (rs256_ms / 1000)
 
     def verdict(ok):
         return "met" if ok else "**missed**"
@@ -250,13 +252,16 @@ def report(work, readme):
         "login": lambda e: (
             f"≥ {0.9 * hash_limit:,.0f}/s (90% of {hash_limit:,.0f}), p95 < {2 * hash_ms:.0f} ms",
             e["rps"] >= 0.9 * hash_limit and e["p95_ms"] < 2 * hash_ms),
-        "refresh": lambda e: ("≥ 5,000/s", e["rps"] >= 5000),
+        "refresh": lambda e: (
+            f"≥ {0.9 * sign_limit:,.0f}/s (90% of {sign_limit:,.0f})", e["rps"] >= 0.9 * sign_limit),
+        "refresh-eddsa": lambda e: ("≥ 5,000/s", e["rps"] >= 5000),
         "me": lambda e: ("≥ 20,000/s, p99 < 5 ms", e["rps"] >= 20000 and e["p99_ms"] < 5),
         "access": lambda e: ("≥ 20,000/s, p99 < 5 ms", e["rps"] >= 20000 and e["p99_ms"] < 5),
     }
     labels = {
         "login": "login (password)",
         "refresh": "token refresh (rotating)",
+        "refresh-eddsa": "token refresh, EdDSA access tokens",
         "me": "GET /api/auth/me",
         "access": "GET /api/labs/{id}/access",
         "members": "GET /api/labs/{id}/members",
@@ -326,9 +331,8 @@ def report(work, readme):
         f"- RS256 (RSA-2048) sign {primitives['rs256']['sign_us']:.0f} µs, verify "
         f"{primitives['rs256']['verify_us']:.0f} µs; EdDSA sign {primitives['eddsa']['sign_us']:.0f} µs, "
         f"verify {primitives['eddsa']['verify_us']:.0f} µs (medians of {primitives['rs256']['runs']}). "
-        f"A refresh signs two tokens, so the signature limit = {cores} ÷ (2 × "
-        f"{rs256_ms * 1000:.0f} µs) = **{sign_limit:,.0f} refreshes/s** "
-        f"({cores / (rs256_ms / 1000):,.0f} signatures/s).",
+        f"A refresh signs one token (the access token; refresh tokens are opaque), so the "
+        f"signature limit = {cores} ÷ {rs256_ms * 1000:.0f} µs = **{sign_limit:,.0f} refreshes/s**.",
     ]
     parallel = primitives["argon2id"].get("parallel_verify_per_s")
     if parallel:
