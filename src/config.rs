@@ -106,6 +106,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub bootstrap_admin: Option<BootstrapAdmin>,
     pub database_timeout: Duration,
+    /// `UMS_AUTH_CACHE_ACCOUNTS`: accounts the auth cache holds at most (0: no cache).
+    pub auth_cache_capacity: usize,
     pub mail_poll_interval: Duration,
     pub mail_max_attempts: u32,
     pub audit_retention: Duration,
@@ -197,6 +199,7 @@ impl Config {
             redis_url,
             redis_prefix,
             database_timeout,
+            auth_cache_capacity,
         } = Storage::parse(&vars)?;
         let Web {
             bind,
@@ -288,6 +291,7 @@ impl Config {
             log_format,
             bootstrap_admin,
             database_timeout,
+            auth_cache_capacity,
             mail_poll_interval,
             mail_max_attempts,
             audit_retention,
@@ -581,6 +585,7 @@ struct Storage {
     redis_url: Option<SecretString>,
     redis_prefix: String,
     database_timeout: Duration,
+    auth_cache_capacity: usize,
 }
 
 impl Storage {
@@ -597,6 +602,7 @@ impl Storage {
             redis_url: vars.secret_url("UMS_REDIS_URL", ["redis://", "rediss://"])?,
             redis_prefix: vars.get("UMS_REDIS_PREFIX").unwrap_or_else(|| "ums".into()),
             database_timeout: vars.duration("UMS_DATABASE_TIMEOUT", Duration::from_secs(3))?,
+            auth_cache_capacity: vars.number("UMS_AUTH_CACHE_ACCOUNTS", 50_000)? as usize,
         })
     }
 }

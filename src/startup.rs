@@ -71,6 +71,7 @@ impl Application {
             access_events,
         } = self;
         let key_refresher = tokio::spawn(refresh_keys(state.clone()));
+        let cache_listener = tokio::spawn(crate::store::auth_cache::listen(state.store.clone()));
         let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
         let transport = crate::mail::outbox::Transport::from_config(&state.config)?;
         let mail_worker = tokio::spawn(crate::mail::outbox::run(
@@ -118,6 +119,7 @@ impl Application {
             () = drain_limit => tracing::warn!("in-flight requests did not finish in time; stopping anyway"),
         }
         key_refresher.abort();
+        cache_listener.abort();
         let _ = stop_workers.send(true);
         for (name, worker) in [
             ("email", mail_worker),

@@ -92,6 +92,9 @@ pub async fn render(state: &AppState) -> String {
         metrics::gauge!("ums_db_pool_connections", "pool" => pool, "state" => "in_use")
             .set(size.saturating_sub(idle as u32) as f64);
     }
+    let cache = state.store.auth_cache();
+    metrics::gauge!("ums_auth_cache_accounts").set(cache.len() as f64);
+    metrics::gauge!("ums_auth_cache_serving").set(if cache.is_serving() { 1.0 } else { 0.0 });
     metrics::gauge!("ums_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     prometheus()
         .map(PrometheusHandle::render)

@@ -270,6 +270,10 @@ impl crate::store::AsDb for Audited {
     fn db(&mut self) -> crate::store::Db<'_> {
         self.transaction.db()
     }
+
+    fn changed(&mut self, user_id: i64) {
+        self.transaction.changed(user_id)
+    }
 }
 
 /// Appends an event to the chain inside the caller's transaction.

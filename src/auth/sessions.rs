@@ -395,14 +395,21 @@ pub async fn revoke(
     reason: &str,
     now: Millis,
 ) -> Result<bool, AppError> {
-    let result = crate::execute!(connection, sqlx::query(
-        "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 WHERE id = $1 AND revoked_at IS NULL",
+    let owner: Option<i64> = crate::with_db!(connection, |db| {
+        sqlx::query_scalar(
+        "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 WHERE id = $1 AND revoked_at IS NULL \
+         RETURNING user_id",
     )
     .bind(session_id)
     .bind(Timestamp::from(now))
     .bind(reason)
-    )?;
-    Ok(result > 0)
+    .fetch_optional(db)
+    .await
+    })?;
+    if let Some(user_id) = owner {
+        connection.changed(user_id);
+    }
+    Ok(owner.is_some())
 }
 
 /// Revokes every open session of a user (deactivation, a password reset or change), but
@@ -414,7 +421,7 @@ pub async fn revoke_all(
     keep: Option<&str>,
     now: Millis,
 ) -> Result<u64, AppError> {
-    Ok(crate::execute!(
+    let revoked = crate::execute!(
         connection,
         sqlx::query(
             "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
@@ -424,7 +431,9 @@ pub async fn revoke_all(
         .bind(Timestamp::from(now))
         .bind(reason)
         .bind(keep)
-    )?)
+    )?;
+    connection.changed(user_id);
+    Ok(revoked)
 }
 
 /// (other sessions the user ever had, of them from this address and device): a sign-in
@@ -465,6 +474,7 @@ pub async fn revoke_own(
         .bind(user_id)
         .bind(Timestamp::from(now))
     )?;
+    connection.changed(user_id);
     Ok(result > 0)
 }
 
@@ -505,17 +515,26 @@ pub async fn list_open(
         .collect())
 }
 
-/// Built once: this query runs on every authenticated request.
+/// Built once: this query runs on every authenticated request the cache cannot answer.
 static LIVE_SESSION_USER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let columns = user_columns("users.");
     format!(
-        "SELECT {columns} FROM sessions JOIN users ON users.id = sessions.user_id \
+        "SELECT sessions.expires_at AS session_expires_at, {columns} \
+         FROM sessions JOIN users ON users.id = sessions.user_id \
          WHERE sessions.id = $1 AND sessions.user_id = $2 AND sessions.revoked_at IS NULL \
          AND sessions.expires_at > $3"
     )
 });
 
-/// The account behind an access token, if its session is still open and it is active.
+#[derive(sqlx::FromRow)]
+struct LiveSession {
+    session_expires_at: Timestamp,
+    #[sqlx(flatten)]
+    user: User,
+}
+
+/// The account behind an access token, if its session is still open and it is active: from
+/// the auth cache when it knows them (`store::auth_cache`), else read and remembered.
 pub async fn live_session_user(
     state: &AppState,
     claims: &Claims,
@@ -524,13 +543,26 @@ pub async fn live_session_user(
     let Some(user_id) = claims.user_id() else {
         return Ok(None);
     };
+    let cache = state.store.auth_cache();
+    if let Some(user) = cache.get(user_id, &claims.sid, now) {
+        metrics::counter!("ums_auth_cache_total", "outcome" => "hit").increment(1);
+        return Ok(Some(user).filter(User::is_active));
+    }
+    metrics::counter!("ums_auth_cache_total", "outcome" => "miss").increment(1);
+    let epoch = cache.epoch();
     let sql = LIVE_SESSION_USER.as_str();
     let mut connection = state.store.read().await?;
-    let user = crate::with_db!(connection, |db| sqlx::query_as::<_, User>(sql)
+    let found = crate::with_db!(connection, |db| sqlx::query_as::<_, LiveSession>(sql)
         .bind(&claims.sid)
         .bind(user_id)
         .bind(Timestamp::from(now))
         .fetch_optional(db)
         .await)?;
-    Ok(user.filter(User::is_active))
+    Ok(found
+        .map(|live| {
+            let expires_at = live.session_expires_at.millis();
+            cache.fill(epoch, &live.user, &claims.sid, expires_at, now);
+            live.user
+        })
+        .filter(User::is_active))
 }

@@ -128,15 +128,19 @@ pub async fn open(state: &AppState, session_id: &str) -> Result<String, AppError
     let until = Timestamp::from(now + state.config.console_max_age.as_millis() as Millis);
     let now = Timestamp::from(now);
     let mut connection = state.store.write().await?;
-    crate::execute!(
-        connection,
-        sqlx::query(
-            "UPDATE sessions SET expires_at = CASE WHEN expires_at > $2 THEN $2 ELSE expires_at END \
-             WHERE id = $1"
-        )
-        .bind(session_id)
-        .bind(until)
-    )?;
+    let owner: Option<i64> = crate::with_db!(connection, |db| {
+        sqlx::query_scalar(
+        "UPDATE sessions SET expires_at = CASE WHEN expires_at > $2 THEN $2 ELSE expires_at END \
+         WHERE id = $1 RETURNING user_id"
+    )
+    .bind(session_id)
+    .bind(until)
+    .fetch_optional(db)
+    .await
+    })?;
+    if let Some(user_id) = owner {
+        connection.changed(user_id);
+    }
     crate::execute!(
         connection,
         sqlx::query(

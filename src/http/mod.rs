@@ -211,11 +211,16 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::V
         GeoIpStatus::Loaded => "ok",
         GeoIpStatus::Unreadable => "unreadable: the geographic risk signals are off",
     };
+    let auth_cache = match state.store.auth_cache().is_serving() {
+        true => "ok",
+        false => "off: waiting for its notification channel; every request reads the database",
+    };
     match database {
         Ok(()) => (
             StatusCode::OK,
             Json(json!({"status": "ready", "checks": {
                 "database": "ok", "migrations": "current", "redis": redis, "geoip": geoip,
+                "auth_cache": auth_cache,
             }})),
         ),
         Err(error) => {

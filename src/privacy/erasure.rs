@@ -124,6 +124,7 @@ pub async fn ask(
         .bind(Timestamp::from(erase_after))
         .bind(Timestamp::from(now))
     )?;
+    crate::store::AsDb::changed(&mut transaction, target.id);
     crate::auth::sessions::revoke_all(&mut transaction, target.id, "erasure", None, now).await?;
     user_store::void_emailed_links(&mut transaction, target.id).await?;
     transaction

@@ -66,13 +66,15 @@ pub async fn reserve(
                 "UPDATE users SET {} WHERE id = $1 RETURNING failed_login_count, locked_until",
                 reservation_assignments("users")
             );
-            crate::with_db!(connection, |db| sqlx::query_as(&sql)
+            let counted = crate::with_db!(connection, |db| sqlx::query_as(&sql)
                 .bind(*id)
                 .bind(Timestamp::from(now))
                 .bind(policy.threshold)
                 .bind(Timestamp::from(now + policy.duration))
                 .fetch_one(db)
-                .await)?
+                .await)?;
+            connection.changed(*id);
+            counted
         }
         Subject::UnknownName(name) => {
             let sql = format!(
@@ -153,6 +155,7 @@ pub async fn clear(connection: &mut Connection, subject: &Subject) -> Result<(),
                 )
                 .bind(*id)
             )?;
+            connection.changed(*id);
         }
         Subject::UnknownName(name) => {
             crate::execute!(
@@ -187,6 +190,7 @@ pub async fn release(
         .bind(*id)
         .bind(attempt == policy.threshold)
     )?;
+    connection.changed(*id);
     Ok(())
 }
 

@@ -125,6 +125,13 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: Some(include_str!("migrations/0014_console.sqlite.sql")),
         postgres: Some(include_str!("migrations/0014_console.postgres.sql")),
     },
+    Migration {
+        version: 15,
+        name: "auth_notify",
+        shared: "",
+        sqlite: None,
+        postgres: Some(include_str!("migrations/0015_auth_notify.postgres.sql")),
+    },
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;

@@ -12,10 +12,12 @@
 //! - `reader`: reads that must see the latest commit (who is calling, what may they do).
 //! - `reports`: lists and exports that may lag a little; the read replica when one is set.
 
+pub mod auth_cache;
 mod migrate;
 pub mod types;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -24,6 +26,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool};
 
+pub use auth_cache::AuthCache;
 pub use migrate::{SCHEMA_VERSION, migrate, migrate_to};
 pub use types::{CaseInsensitive, Inet};
 
@@ -53,6 +56,11 @@ pub enum Db<'c> {
 /// Anything statements can run on: a transaction, a pooled connection, a borrowed one.
 pub trait AsDb: Send {
     fn db(&mut self) -> Db<'_>;
+
+    /// Says that a statement just run changed account `user_id` or one of its sessions: the
+    /// auth cache forgets the account once the change is committed (a transaction's commit, or
+    /// at once on a plain connection).
+    fn changed(&mut self, user_id: i64);
 }
 
 /// What the capabilities' store functions take: `&mut Connection` is a transaction as well as
@@ -91,8 +99,14 @@ impl<T: AsDb + ?Sized> AsDb for &mut T {
     fn db(&mut self) -> Db<'_> {
         (**self).db()
     }
+
+    fn changed(&mut self, user_id: i64) {
+        (**self).changed(user_id)
+    }
 }
 
+/// A borrowed connection knows neither its transaction nor the cache: store functions that
+/// write accounts or sessions take a transaction or a pooled connection, never this.
 impl AsDb for Db<'_> {
     fn db(&mut self) -> Db<'_> {
         match self {
@@ -100,10 +114,21 @@ impl AsDb for Db<'_> {
             Db::Sqlite(connection) => Db::Sqlite(connection),
         }
     }
+
+    fn changed(&mut self, user_id: i64) {
+        tracing::error!(user_id, "an account changed through a borrowed connection");
+    }
 }
 
-/// A transaction: dropped without `commit`, it rolls back.
-pub enum Tx<'c> {
+/// A transaction: dropped without `commit`, it rolls back. It remembers whose accounts it
+/// changed, for the auth cache to forget after the commit.
+pub struct Tx<'c> {
+    inner: TxInner<'c>,
+    changed: Vec<i64>,
+    cache: Option<Arc<AuthCache>>,
+}
+
+enum TxInner<'c> {
     Postgres(sqlx::Transaction<'c, Postgres>),
     Sqlite(sqlx::Transaction<'c, Sqlite>),
 }
@@ -111,33 +136,58 @@ pub enum Tx<'c> {
 /// A transaction on a connection of its own from the writer pool.
 pub type Transaction = Tx<'static>;
 
-impl Tx<'_> {
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
-        match self {
-            Tx::Postgres(transaction) => transaction.commit().await,
-            Tx::Sqlite(transaction) => transaction.commit().await,
+impl<'c> Tx<'c> {
+    fn new(inner: TxInner<'c>, cache: Option<Arc<AuthCache>>) -> Self {
+        Tx {
+            inner,
+            changed: Vec::new(),
+            cache,
         }
     }
 
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self.inner {
+            TxInner::Postgres(transaction) => transaction.commit().await?,
+            TxInner::Sqlite(transaction) => transaction.commit().await?,
+        }
+        if let Some(cache) = &self.cache {
+            for user_id in &self.changed {
+                cache.invalidate(*user_id);
+            }
+        }
+        Ok(())
+    }
+
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
-        match self {
-            Tx::Postgres(transaction) => transaction.rollback().await,
-            Tx::Sqlite(transaction) => transaction.rollback().await,
+        match self.inner {
+            TxInner::Postgres(transaction) => transaction.rollback().await,
+            TxInner::Sqlite(transaction) => transaction.rollback().await,
         }
     }
 }
 
 impl AsDb for Tx<'_> {
     fn db(&mut self) -> Db<'_> {
-        match self {
-            Tx::Postgres(transaction) => Db::Postgres(transaction),
-            Tx::Sqlite(transaction) => Db::Sqlite(transaction),
+        match &mut self.inner {
+            TxInner::Postgres(transaction) => Db::Postgres(transaction),
+            TxInner::Sqlite(transaction) => Db::Sqlite(transaction),
+        }
+    }
+
+    fn changed(&mut self, user_id: i64) {
+        if !self.changed.contains(&user_id) {
+            self.changed.push(user_id);
         }
     }
 }
 
 /// A connection taken from a pool, returned to it when dropped.
-pub enum PooledConnection {
+pub struct PooledConnection {
+    inner: PooledInner,
+    cache: Option<Arc<AuthCache>>,
+}
+
+enum PooledInner {
     Postgres(PoolConnection<Postgres>),
     Sqlite(PoolConnection<Sqlite>),
 }
@@ -146,30 +196,38 @@ impl PooledConnection {
     /// Closes the connection instead of returning it to the pool (its session state is not
     /// what the pool promises).
     pub fn close_on_drop(&mut self) {
-        match self {
-            PooledConnection::Postgres(connection) => connection.close_on_drop(),
-            PooledConnection::Sqlite(connection) => connection.close_on_drop(),
+        match &mut self.inner {
+            PooledInner::Postgres(connection) => connection.close_on_drop(),
+            PooledInner::Sqlite(connection) => connection.close_on_drop(),
         }
     }
 
     /// A transaction on this connection.
     pub async fn begin(&mut self) -> Result<Tx<'_>, sqlx::Error> {
-        Ok(match self {
-            PooledConnection::Postgres(connection) => {
-                Tx::Postgres(sqlx::Connection::begin(&mut **connection).await?)
+        let inner = match &mut self.inner {
+            PooledInner::Postgres(connection) => {
+                TxInner::Postgres(sqlx::Connection::begin(&mut **connection).await?)
             }
-            PooledConnection::Sqlite(connection) => {
-                Tx::Sqlite(sqlx::Connection::begin(&mut **connection).await?)
+            PooledInner::Sqlite(connection) => {
+                TxInner::Sqlite(sqlx::Connection::begin(&mut **connection).await?)
             }
-        })
+        };
+        Ok(Tx::new(inner, self.cache.clone()))
     }
 }
 
 impl AsDb for PooledConnection {
     fn db(&mut self) -> Db<'_> {
-        match self {
-            PooledConnection::Postgres(connection) => Db::Postgres(connection),
-            PooledConnection::Sqlite(connection) => Db::Sqlite(connection),
+        match &mut self.inner {
+            PooledInner::Postgres(connection) => Db::Postgres(connection),
+            PooledInner::Sqlite(connection) => Db::Sqlite(connection),
+        }
+    }
+
+    /// Each statement on a plain connection commits alone: it has committed already.
+    fn changed(&mut self, user_id: i64) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(user_id);
         }
     }
 }
@@ -193,22 +251,27 @@ deref_to_connection!(Transaction);
 deref_to_connection!(PooledConnection);
 
 impl Pool {
-    async fn acquire(&self) -> Result<PooledConnection, sqlx::Error> {
-        Ok(match self {
-            Pool::Postgres(pool) => PooledConnection::Postgres(pool.acquire().await?),
-            Pool::Sqlite(pool) => PooledConnection::Sqlite(pool.acquire().await?),
+    async fn acquire(&self, cache: &Arc<AuthCache>) -> Result<PooledConnection, sqlx::Error> {
+        let inner = match self {
+            Pool::Postgres(pool) => PooledInner::Postgres(pool.acquire().await?),
+            Pool::Sqlite(pool) => PooledInner::Sqlite(pool.acquire().await?),
+        };
+        Ok(PooledConnection {
+            inner,
+            cache: Some(cache.clone()),
         })
     }
 
-    async fn begin(&self) -> Result<Transaction, sqlx::Error> {
-        Ok(match self {
-            Pool::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+    async fn begin(&self, cache: &Arc<AuthCache>) -> Result<Transaction, sqlx::Error> {
+        let inner = match self {
+            Pool::Postgres(pool) => TxInner::Postgres(pool.begin().await?),
             // IMMEDIATE takes SQLite's write lock at the start, where the busy timeout waits
             // for another process's writer; a deferred transaction that read first and wrote
             // after another process's commit fails at once (SQLITE_BUSY_SNAPSHOT), which the
             // timeout does not cover (a second instance, or a command, on the same file).
-            Pool::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
-        })
+            Pool::Sqlite(pool) => TxInner::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+        };
+        Ok(Tx::new(inner, Some(cache.clone())))
     }
 
     /// (open connections, idle connections).
@@ -236,6 +299,8 @@ pub struct Store {
     has_replica: bool,
     /// The audit chain's HMAC key: the store writes and checks the chain.
     chain_key: crate::audit::chain_key::ChainKey,
+    /// Who is behind each live session, invalidated by every write to accounts and sessions.
+    auth_cache: Arc<AuthCache>,
 }
 
 impl Store {
@@ -258,6 +323,8 @@ impl Store {
                 backend: Backend::Sqlite,
                 has_replica: false,
                 chain_key,
+                // This process is SQLite's only writer while it serves.
+                auth_cache: Arc::new(AuthCache::new(config.auth_cache_capacity, true)),
             })
         } else {
             let writer = postgres_pool(primary, 16, timeout)?;
@@ -272,6 +339,8 @@ impl Store {
                 backend: Backend::Postgres,
                 has_replica: config.replica_url.is_some(),
                 chain_key,
+                // Off until the notification channel listens (`auth_cache::listen`).
+                auth_cache: Arc::new(AuthCache::new(config.auth_cache_capacity, false)),
             })
         }
     }
@@ -284,26 +353,42 @@ impl Store {
         &self.chain_key
     }
 
+    pub fn auth_cache(&self) -> &Arc<AuthCache> {
+        &self.auth_cache
+    }
+
+    /// The primary's pool, on PostgreSQL.
+    pub fn postgres_pool(&self) -> Option<PgPool> {
+        match &self.writer {
+            Pool::Postgres(pool) => Some(pool.clone()),
+            Pool::Sqlite(_) => None,
+        }
+    }
+
     pub async fn begin(&self) -> Result<Transaction, sqlx::Error> {
-        self.writer.begin().await
+        self.writer.begin(&self.auth_cache).await
     }
 
     /// A connection to the primary outside any transaction: each statement commits alone.
     pub async fn write(&self) -> Result<PooledConnection, sqlx::Error> {
-        self.writer.acquire().await
+        self.writer.acquire(&self.auth_cache).await
     }
 
     pub async fn read(&self) -> Result<PooledConnection, sqlx::Error> {
-        self.reader.acquire().await
+        self.reader.acquire(&self.auth_cache).await
     }
 
     pub async fn reports(&self) -> Result<PooledConnection, sqlx::Error> {
-        self.reports.acquire().await
+        self.reports.acquire(&self.auth_cache).await
     }
 
     /// Whether the database answers and carries the schema this binary expects.
     pub async fn check(&self) -> Result<(), String> {
-        let mut connection = self.reader.acquire().await.map_err(|e| e.to_string())?;
+        let mut connection = self
+            .reader
+            .acquire(&self.auth_cache)
+            .await
+            .map_err(|e| e.to_string())?;
         let version = migrate::current_version(&mut connection)
             .await
             .map_err(|e| e.to_string())?;

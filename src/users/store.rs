@@ -138,6 +138,7 @@ pub async fn record_login(
         .bind(Timestamp::from(now))
         .bind(rehashed_password)
     )?;
+    connection.changed(user_id);
     Ok(())
 }
 
@@ -154,6 +155,7 @@ pub async fn replace_password_hash(
             .bind(user_id)
             .bind(password_hash)
     )?;
+    connection.changed(user_id);
     Ok(())
 }
 
@@ -174,6 +176,7 @@ pub async fn set_mfa_enabled(
         .bind(enabled)
         .bind(Timestamp::from(now))
     )?;
+    connection.changed(user_id);
     Ok(())
 }
 
@@ -261,7 +264,7 @@ pub async fn update(
          erase_after = CASE WHEN $6 THEN NULL ELSE erase_after END \
          WHERE id = $1 RETURNING {columns}"
     );
-    crate::with_db!(connection, |db| sqlx::query_as::<_, User>(&sql)
+    let updated = crate::with_db!(connection, |db| sqlx::query_as::<_, User>(&sql)
         .bind(user_id)
         .bind(changes.username.as_ref().map(Username::as_str))
         .bind(changes.email.as_ref().map(Email::as_str))
@@ -273,8 +276,9 @@ pub async fn update(
         .bind(Timestamp::from(now))
         .bind(changes.new_login_alerts)
         .fetch_optional(db)
-        .await)
-    .map_err(StoreError::from)
+        .await)?;
+    connection.changed(user_id);
+    Ok(updated)
 }
 
 /// Deletes an account; its sessions, refresh tokens, memberships and emailed links go with
@@ -285,6 +289,7 @@ pub async fn delete(connection: &mut Connection, user_id: i64) -> Result<bool, S
         connection,
         sqlx::query("DELETE FROM users WHERE id = $1").bind(user_id)
     )?;
+    connection.changed(user_id);
     Ok(result > 0)
 }
 
@@ -314,6 +319,7 @@ pub async fn void_emailed_links(
         sqlx::query("UPDATE users SET credential_stamp = credential_stamp + 1 WHERE id = $1")
             .bind(user_id)
     )?;
+    connection.changed(user_id);
     Ok(())
 }
 
@@ -331,6 +337,7 @@ pub async fn require_password_reset(
         .bind(user_id)
         .bind(Timestamp::from(now))
     )?;
+    connection.changed(user_id);
     Ok(())
 }
 
@@ -351,6 +358,7 @@ pub async fn set_password(
         .bind(hash)
         .bind(Timestamp::from(now))
     )?;
+    connection.changed(user_id);
     Ok(())
 }
 

@@ -396,7 +396,7 @@ async fn an_existing_trail_survives_the_upgrade_to_monthly_partitions() {
 
     assert_eq!(
         ums::store::migrate(&store).await.unwrap(),
-        [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+        [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
     );
     let mut connection = store.read().await.unwrap();
     let count: i64 = ums::with_db!(connection, |db| sqlx::query_scalar(
