@@ -693,8 +693,17 @@ pub async fn logout(
 
 #[tracing::instrument(skip_all)]
 pub async fn me(state: &AppState, user: &User) -> Result<UserWithLabs, AppError> {
-    let mut connection = state.store.read().await?;
-    let labs = user_store::labs_of(&mut connection, user.id).await?;
+    let cache = state.store.auth_cache();
+    let labs = match cache.labs(user.id, state.now()) {
+        Some(labs) => labs,
+        None => {
+            let epoch = cache.epoch();
+            let mut connection = state.store.read().await?;
+            let labs = user_store::labs_of(&mut connection, user.id).await?;
+            cache.fill_labs(epoch, user.id, &labs);
+            labs
+        }
+    };
     Ok(UserWithLabs {
         user: user.view(state.now()),
         labs,

@@ -95,9 +95,9 @@ impl<P: Requirement> LabAccess<P> {
         caller: AuthUser,
         lab_id: Result<i64, AppError>,
     ) -> Result<Self, AppError> {
-        let mut connection = state.store.read().await?;
         if caller.user.is_admin() {
             caller.check_admin_policy(state)?;
+            let mut connection = state.store.read().await?;
             let lab = crate::labs::store::find(&mut connection, lab_id?)
                 .await?
                 .ok_or(AppError::NotFound)?;
@@ -112,7 +112,7 @@ impl<P: Requirement> LabAccess<P> {
         let Ok(lab_id) = lab_id else {
             return Err(denied);
         };
-        match crate::labs::store::membership_in(&mut connection, lab_id, caller.user.id).await? {
+        match membership_in(state, lab_id, caller.user.id).await? {
             // A lab that requires a second factor wants it proven by this session, and says
             // what is missing on every route of the lab (its access check included): a factor
             // to enrol, or this session to step up.
@@ -134,4 +134,22 @@ impl<P: Requirement> LabAccess<P> {
             _ => Err(denied),
         }
     }
+}
+
+/// The lab and the user's role in it, if a member: from the auth cache when it knows, else
+/// read and remembered.
+async fn membership_in(
+    state: &AppState,
+    lab_id: i64,
+    user_id: i64,
+) -> Result<Option<(Lab, LabRole)>, AppError> {
+    let cache = state.store.auth_cache();
+    if let Some(known) = cache.membership(user_id, lab_id, state.now()) {
+        return Ok(known);
+    }
+    let epoch = cache.epoch();
+    let mut connection = state.store.read().await?;
+    let found = crate::labs::store::membership_in(&mut connection, lab_id, user_id).await?;
+    cache.fill_membership(epoch, user_id, lab_id, found.clone());
+    Ok(found)
 }

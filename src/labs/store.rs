@@ -141,7 +141,7 @@ pub async fn update(
          require_mfa = COALESCE($7, require_mfa) WHERE id = $1 RETURNING {}",
         LAB_COLUMNS.replace("labs.", "")
     );
-    crate::with_db!(connection, |db| sqlx::query_as::<_, Lab>(&sql)
+    let updated = crate::with_db!(connection, |db| sqlx::query_as::<_, Lab>(&sql)
         .bind(lab_id)
         .bind(changes.code.as_ref().map(LabCode::as_str))
         .bind(changes.name.as_deref())
@@ -150,8 +150,24 @@ pub async fn update(
         .bind(Timestamp::from(now))
         .bind(changes.require_mfa)
         .fetch_optional(db)
-        .await)
-    .map_err(StoreError::from)
+        .await)?;
+    members_changed(connection, lab_id).await?;
+    Ok(updated)
+}
+
+/// Says that every member of lab `lab_id` changed (for the auth cache, which keeps each
+/// account's labs).
+async fn members_changed(connection: &mut Connection, lab_id: i64) -> Result<(), StoreError> {
+    let members: Vec<i64> = crate::with_db!(connection, |db| sqlx::query_scalar(
+        "SELECT user_id FROM lab_memberships WHERE lab_id = $1"
+    )
+    .bind(lab_id)
+    .fetch_all(db)
+    .await)?;
+    for user_id in members {
+        connection.changed(user_id);
+    }
+    Ok(())
 }
 
 /// Deletes a lab and its memberships; returns how many memberships went with it.
@@ -162,6 +178,7 @@ pub async fn delete(connection: &mut Connection, lab_id: i64) -> Result<Option<i
     .bind(lab_id)
     .fetch_one(db)
     .await)?;
+    members_changed(connection, lab_id).await?;
     crate::execute!(
         connection,
         sqlx::query("DELETE FROM lab_memberships WHERE lab_id = $1").bind(lab_id)
@@ -268,6 +285,7 @@ pub async fn add_member(
     .bind(role.as_str())
     .bind(Timestamp::from(now))
     )?;
+    connection.changed(user_id);
     Ok(())
 }
 
@@ -277,13 +295,15 @@ pub async fn remove_member(
     lab_id: i64,
     user_id: i64,
 ) -> Result<Option<String>, StoreError> {
-    Ok(crate::with_db!(connection, |db| sqlx::query_scalar(
+    let removed = crate::with_db!(connection, |db| sqlx::query_scalar(
         "DELETE FROM lab_memberships WHERE lab_id = $1 AND user_id = $2 RETURNING role",
     )
     .bind(lab_id)
     .bind(user_id)
     .fetch_optional(db)
-    .await)?)
+    .await)?;
+    connection.changed(user_id);
+    Ok(removed)
 }
 
 /// Changes a member's role; returns the previous role, or `None` if not a member.
@@ -312,6 +332,7 @@ pub async fn set_role(
     .bind(role.as_str())
     .bind(Timestamp::from(now))
     )?;
+    connection.changed(user_id);
     Ok(Some(previous))
 }
 

@@ -165,6 +165,7 @@ pub async fn cancel(
         .bind(target_id)
         .bind(Timestamp::from(now))
     )?;
+    crate::store::AsDb::changed(&mut transaction, target_id);
     if cancelled == 0 {
         return Err(AppError::NotFound);
     }

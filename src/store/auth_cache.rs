@@ -1,13 +1,14 @@
 //! The cache of the hot path: the account behind a live session (the `sessions` row joined
-//! to its `users` row), which every authenticated request needs. It is exact, not merely
-//! short-lived:
+//! to its `users` row), which every authenticated request needs, and the account's labs
+//! (its list for `/me`, and its membership of a lab for that lab's routes). It is exact, not
+//! merely short-lived:
 //!
 //! - This instance's writes invalidate it when they commit. A store function that writes a
 //!   session or an account says whose (`AsDb::changed`); a transaction keeps the names and
 //!   drops them from the cache once it has committed, a plain connection at once.
 //! - Other instances' writes (PostgreSQL) reach it through `LISTEN ums_auth`: triggers on
-//!   `users` and `sessions` notify the account's id on every change (migration 15), whoever
-//!   writes, the command line included.
+//!   `users`, `sessions`, `lab_memberships` and `labs` notify the id of every account they
+//!   concern (migration 15), whoever writes, the command line included.
 //! - A read that began before an invalidation never fills the cache (the epoch), so a value
 //!   read before a commit cannot come back after it.
 //! - On PostgreSQL it serves only while the notification channel is up; when it drops, the
@@ -20,22 +21,47 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::clock::Millis;
-use crate::users::User;
+use crate::labs::{Lab, LabRole};
+use crate::users::{Membership, User};
 
 pub struct AuthCache {
     accounts: Mutex<HashMap<i64, Account>>,
     epoch: AtomicU64,
     hits: AtomicU64,
+    lab_hits: AtomicU64,
     serving: AtomicBool,
     capacity: usize,
 }
 
-/// An account and its sessions known to be open, each with its expiry.
+/// An account, its sessions known to be open (each with its expiry), and what is known of
+/// its labs.
 struct Account {
     user: User,
     sessions: HashMap<String, Millis>,
     read_at: Millis,
+    labs: Option<Vec<Membership>>,
+    /// Per lab: the lab and the account's role, or `None` when it is no member.
+    memberships: HashMap<i64, Option<(Lab, LabRole)>>,
 }
+
+impl Account {
+    fn new(user: &User, now: Millis) -> Self {
+        Account {
+            user: user.clone(),
+            sessions: HashMap::new(),
+            read_at: now,
+            labs: None,
+            memberships: HashMap::new(),
+        }
+    }
+
+    fn is_fresh(&self, now: Millis) -> bool {
+        now < self.read_at + MAX_AGE
+    }
+}
+
+/// Labs whose membership is kept per account at most.
+const LABS_PER_ACCOUNT: usize = 64;
 
 /// How long an account is served before it is read again, notified or not: the bound on a
 /// change no notification told of (on SQLite, a command run beside the server).
@@ -52,6 +78,7 @@ impl AuthCache {
             accounts: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
             hits: AtomicU64::new(0),
+            lab_hits: AtomicU64::new(0),
             serving: AtomicBool::new(serving),
             capacity,
         }
@@ -73,16 +100,21 @@ impl AuthCache {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let account = accounts.get(&user_id)?;
         let expires_at = *account.sessions.get(session_id)?;
-        let fresh = now < expires_at && now < account.read_at + MAX_AGE;
+        let fresh = now < expires_at && account.is_fresh(now);
         fresh.then(|| {
             self.hits.fetch_add(1, Ordering::Relaxed);
             account.user.clone()
         })
     }
 
-    /// Requests answered from the cache so far.
+    /// Sessions' accounts answered from the cache so far.
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Labs and memberships answered from the cache so far.
+    pub fn lab_hits(&self) -> u64 {
+        self.lab_hits.load(Ordering::Relaxed)
     }
 
     /// Remembers what a read that began at `epoch` found, unless something was invalidated
@@ -109,20 +141,93 @@ impl AuthCache {
                 accounts.remove(&id);
             }
         }
-        let account = accounts.entry(user.id).or_insert_with(|| Account {
-            user: user.clone(),
-            sessions: HashMap::new(),
-            read_at: now,
-        });
-        if now >= account.read_at + MAX_AGE {
-            *account = Account {
-                user: user.clone(),
-                sessions: HashMap::new(),
-                read_at: now,
-            };
+        let account = accounts
+            .entry(user.id)
+            .or_insert_with(|| Account::new(user, now));
+        if !account.is_fresh(now) {
+            *account = Account::new(user, now);
         }
         if account.sessions.len() < SESSIONS_PER_ACCOUNT {
             account.sessions.insert(session_id.to_string(), expires_at);
+        }
+    }
+
+    /// The labs of a cached account (`/me`).
+    pub fn labs(&self, user_id: i64, now: Millis) -> Option<Vec<Membership>> {
+        let accounts = self.serving_accounts()?;
+        let account = accounts
+            .get(&user_id)
+            .filter(|account| account.is_fresh(now))?;
+        let labs = account.labs.clone();
+        if labs.is_some() {
+            self.lab_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        labs
+    }
+
+    /// Remembers a cached account's labs, read since `epoch`.
+    pub fn fill_labs(&self, epoch: u64, user_id: i64, labs: &[Membership]) {
+        self.fill_account(epoch, user_id, |account| {
+            account.labs = Some(labs.to_vec());
+        });
+    }
+
+    /// A cached account's membership of lab `lab_id`: `Some(None)` when it is known to be no
+    /// member, `None` when nothing is known.
+    pub fn membership(
+        &self,
+        user_id: i64,
+        lab_id: i64,
+        now: Millis,
+    ) -> Option<Option<(Lab, LabRole)>> {
+        let accounts = self.serving_accounts()?;
+        let account = accounts
+            .get(&user_id)
+            .filter(|account| account.is_fresh(now))?;
+        let found = account.memberships.get(&lab_id).cloned();
+        if found.is_some() {
+            self.lab_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
+    /// Remembers a cached account's membership of a lab, read since `epoch`.
+    pub fn fill_membership(
+        &self,
+        epoch: u64,
+        user_id: i64,
+        lab_id: i64,
+        found: Option<(Lab, LabRole)>,
+    ) {
+        self.fill_account(epoch, user_id, |account| {
+            if account.memberships.len() < LABS_PER_ACCOUNT {
+                account.memberships.insert(lab_id, found);
+            }
+        });
+    }
+
+    fn serving_accounts(&self) -> Option<std::sync::MutexGuard<'_, HashMap<i64, Account>>> {
+        if !self.serving.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(
+            self.accounts
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    /// Adds to an account already cached (its session was looked up first), unless something
+    /// was invalidated since `epoch`.
+    fn fill_account(&self, epoch: u64, user_id: i64, fill: impl FnOnce(&mut Account)) {
+        let Some(mut accounts) = self.serving_accounts() else {
+            return;
+        };
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
+        if let Some(account) = accounts.get_mut(&user_id) {
+            fill(account);
         }
     }
 
@@ -256,6 +361,30 @@ mod tests {
         assert!(cache.get(1, "s1", 0).is_none());
         cache.fill(cache.epoch(), &user(1), "s1", 1_000, 0);
         assert!(cache.get(1, "s1", 0).is_some());
+    }
+
+    #[test]
+    fn an_accounts_labs_are_kept_with_it_and_forgotten_with_it() {
+        let cache = AuthCache::new(100, true);
+        let lab = Membership {
+            id: 3,
+            code: "GEN".into(),
+            name: "Genomics".into(),
+            role: "member".into(),
+            is_active: true,
+        };
+        // Nothing is kept for an account that is not cached.
+        cache.fill_labs(cache.epoch(), 1, std::slice::from_ref(&lab));
+        assert!(cache.labs(1, 0).is_none());
+        cache.fill(cache.epoch(), &user(1), "s1", 1_000, 0);
+        let before = cache.epoch();
+        cache.fill_labs(before, 1, std::slice::from_ref(&lab));
+        cache.fill_membership(before, 1, 9, None);
+        assert_eq!(cache.labs(1, 0).map(|labs| labs[0].id), Some(3));
+        assert!(matches!(cache.membership(1, 9, 0), Some(None)));
+        assert!(cache.membership(1, 3, 0).is_none(), "not asked yet");
+        cache.invalidate(1);
+        assert!(cache.labs(1, 0).is_none() && cache.membership(1, 9, 0).is_none());
     }
 
     #[test]

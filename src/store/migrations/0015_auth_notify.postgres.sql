@@ -1,5 +1,5 @@
--- The auth cache of every instance (store/auth_cache.rs) learns of each change to an account
--- or a session, whoever makes it: another instance, the command line, a hand in psql. The
+-- The auth cache of every instance (store/auth_cache.rs) learns of each change to an account,
+-- its sessions or its labs, whoever makes it: another instance, the command line, a hand in psql. The
 -- notification carries the account's id and is delivered when the change commits (and not at
 -- all when it rolls back); notifications of one transaction with the same id arrive once.
 CREATE FUNCTION ums_auth_changed() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -25,3 +25,21 @@ CREATE TRIGGER sessions_auth_changed AFTER UPDATE ON sessions
     EXECUTE FUNCTION ums_auth_changed();
 CREATE TRIGGER sessions_auth_deleted AFTER DELETE ON sessions
     FOR EACH ROW EXECUTE FUNCTION ums_auth_changed();
+CREATE TRIGGER lab_memberships_auth_changed AFTER INSERT OR UPDATE OR DELETE ON lab_memberships
+    FOR EACH ROW EXECUTE FUNCTION ums_auth_changed();
+
+-- A lab's change (its name, whether it is active, whether it requires a second factor)
+-- concerns each of its members.
+CREATE FUNCTION ums_lab_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    member BIGINT;
+BEGIN
+    FOR member IN SELECT user_id FROM lab_memberships WHERE lab_id = OLD.id LOOP
+        PERFORM pg_notify('ums_auth', member::text);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER labs_auth_changed AFTER UPDATE OR DELETE ON labs
+    FOR EACH ROW EXECUTE FUNCTION ums_lab_changed();
