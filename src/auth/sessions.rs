@@ -137,6 +137,15 @@ impl Grant {
         Self::new(now, lifetime, &["pwd"])
     }
 
+    /// A session's grant as its row keeps it (`amr` space-separated).
+    fn stored(expires_at: Timestamp, signed_in_at: Timestamp, amr: &str) -> Self {
+        Grant {
+            expires_at: expires_at.millis(),
+            signed_in_at: signed_in_at.millis(),
+            amr: amr.split_whitespace().map(String::from).collect(),
+        }
+    }
+
     /// A session opened now by the methods `amr`.
     pub fn new(now: Millis, lifetime: Millis, amr: &[&str]) -> Self {
         Grant {
@@ -179,11 +188,10 @@ pub async fn grant_of(
         .fetch_optional(db)
         .await
     })?;
-    Ok(session.map(|(expires_at, signed_in_at, amr)| Grant {
-        expires_at: expires_at.millis(),
-        signed_in_at: signed_in_at.millis(),
-        amr: amr.split_whitespace().map(String::from).collect(),
-    }))
+    Ok(
+        session
+            .map(|(expires_at, signed_in_at, amr)| Grant::stored(expires_at, signed_in_at, &amr)),
+    )
 }
 
 /// Records a step-up on the session: its methods and authentication time, which every later
@@ -348,11 +356,7 @@ pub async fn spend_refresh_token(
         Some((user_id, expires_at, signed_in_at, amr)) => Spend::Spent {
             session_id,
             user_id,
-            grant: Grant {
-                expires_at: expires_at.millis(),
-                signed_in_at: signed_in_at.millis(),
-                amr: amr.split_whitespace().map(String::from).collect(),
-            },
+            grant: Grant::stored(expires_at, signed_in_at, &amr),
         },
         None => Spend::Dead,
     })

@@ -120,13 +120,12 @@ impl AuthCache {
     /// Remembers what a read that began at `epoch` found, unless something was invalidated
     /// since (the read may predate that write's commit).
     pub fn fill(&self, epoch: u64, user: &User, session_id: &str, expires_at: Millis, now: Millis) {
-        if self.capacity == 0 || !self.serving.load(Ordering::Acquire) {
+        if self.capacity == 0 {
             return;
         }
-        let mut accounts = self
-            .accounts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(mut accounts) = self.serving_accounts() else {
+            return;
+        };
         // Checked under the lock that `invalidate` bumps the epoch under.
         if self.epoch.load(Ordering::Acquire) != epoch {
             return;

@@ -62,6 +62,14 @@ fn login_page(
     response
 }
 
+/// The CSRF token of the sign-in forms that follow the first one (the next step's), from the
+/// sign-in form's own cookie.
+fn login_csrf(state: &AppState, headers: &HeaderMap) -> String {
+    session::read_cookie(headers, session::login_cookie_name(state))
+        .map(|secret| session::csrf_token(&secret))
+        .unwrap_or_default()
+}
+
 /// The CSRF check of the sign-in forms, against the sign-in form's own cookie.
 fn check_login_csrf(
     state: &AppState,
@@ -200,9 +208,7 @@ async fn after_step(
 }
 
 fn step_page(state: &AppState, headers: &HeaderMap, step: &SecondStep, next: &str) -> Response {
-    let csrf = session::read_cookie(headers, session::login_cookie_name(state))
-        .map(|secret| session::csrf_token(&secret))
-        .unwrap_or_default();
+    let csrf = login_csrf(state, headers);
     let (title, prompt) = match step.kind {
         SecondStepKind::ConsentRequired => ("Accept the terms", ""),
         SecondStepKind::VerificationRequired => (
@@ -274,9 +280,7 @@ pub async fn enrol(
     };
     match enrollment.await {
         Ok(enrollment) => {
-            let csrf = session::read_cookie(&headers, session::login_cookie_name(&state))
-                .map(|secret| session::csrf_token(&secret))
-                .unwrap_or_default();
+            let csrf = login_csrf(&state, &headers);
             super::factors::totp_setup_page(
                 &enrollment,
                 None,
