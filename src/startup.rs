@@ -72,6 +72,13 @@ impl Application {
         } = self;
         let key_refresher = tokio::spawn(refresh_keys(state.clone()));
         let cache_listener = tokio::spawn(crate::store::auth_cache::listen(state.store.clone()));
+        let replica_monitor = match (state.store.replica(), state.store.postgres_pool()) {
+            (Some(replica), Some(primary)) => Some(tokio::spawn(crate::store::replica::watch(
+                replica.clone(),
+                primary,
+            ))),
+            _ => None,
+        };
         let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
         let transport = crate::mail::outbox::Transport::from_config(&state.config)?;
         let mail_worker = tokio::spawn(crate::mail::outbox::run(
@@ -120,6 +127,9 @@ impl Application {
         }
         key_refresher.abort();
         cache_listener.abort();
+        if let Some(monitor) = replica_monitor {
+            monitor.abort();
+        }
         let _ = stop_workers.send(true);
         for (name, worker) in [
             ("email", mail_worker),

@@ -52,6 +52,10 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
                 "ums_emails_total",
                 "Emails delivered or given up, by result"
             );
+            metrics::describe_counter!(
+                "ums_db_stranded_transactions_total",
+                "SQLite writer connections closed because they came back inside a transaction"
+            );
             metrics::describe_histogram!(
                 "ums_sign_in_risk_seconds",
                 "Time a sign-in's risk evaluation takes (its reads and the rules)"

@@ -215,12 +215,26 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::V
         true => "ok",
         false => "off: waiting for its notification channel; every request reads the database",
     };
+    use crate::store::replica::ReplicaStatus;
+    let replica = match state.store.replica().map(|replica| replica.status()) {
+        None => "not configured".to_string(),
+        Some(ReplicaStatus::Starting) => "starting: not measured yet".to_string(),
+        Some(ReplicaStatus::Replaying { lag }) => format!(
+            "ok: {:.1} s behind the primary; a read goes to it once it has replayed all that \
+             was committed before the read",
+            lag.as_secs_f64()
+        ),
+        Some(ReplicaStatus::NotReplicating) => {
+            "not in recovery (not a replica): reads go to the primary".to_string()
+        }
+        Some(ReplicaStatus::Unreachable) => "unreachable: reads go to the primary".to_string(),
+    };
     match database {
         Ok(()) => (
             StatusCode::OK,
             Json(json!({"status": "ready", "checks": {
                 "database": "ok", "migrations": "current", "redis": redis, "geoip": geoip,
-                "auth_cache": auth_cache,
+                "auth_cache": auth_cache, "replica": replica,
             }})),
         ),
         Err(error) => {

@@ -4,8 +4,11 @@
 //!
 //! Claims are leases: a claimed row carries this worker's claim id and a lease end, and the
 //! claiming UPDATE re-checks the row's status, so two instances never hold the same message.
-//! A worker that dies mid-send leaves a lease that expires; the message is then sent again
-//! (at-least-once only in that crash window). On shutdown, unsent claims go back to the queue.
+//! A lease covers one send: it is renewed before each message of a batch, so a worker killed
+//! mid-batch leaves its messages to the others within `LEASE`, not a batch's worth of
+//! timeouts. A worker killed between the SMTP server's acceptance and the row's update makes
+//! the message go out twice; both copies carry the row's own Message-ID, so the recipient's
+//! mail client shows one. On shutdown, unsent claims go back to the queue.
 
 use std::time::Duration;
 
@@ -22,8 +25,9 @@ use crate::mail::RenderedEmail;
 use crate::state::AppState;
 
 const BATCH: i64 = 10;
-const LEASE: Millis = 120_000;
-const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longer than one send may take (`SEND_TIMEOUT`), with a margin for the database.
+const LEASE: Millis = 30_000;
+const SEND_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub enum Transport {
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
@@ -62,6 +66,19 @@ struct Claimed {
     recipient: String,
     body: Option<String>,
     attempts: i64,
+    created_at: Timestamp,
+}
+
+impl Claimed {
+    /// The same for every attempt at this message: a resent copy is recognisably the same.
+    fn message_id(&self, from: &Mailbox) -> String {
+        format!(
+            "<ums.{}.{}@{}>",
+            self.id,
+            self.created_at.millis(),
+            from.email.domain()
+        )
+    }
 }
 
 /// Runs until `shutdown` turns true, then hands unsent claims back to the queue.
@@ -100,9 +117,12 @@ async fn deliver_due(
             if *shutdown.borrow() {
                 return Ok(());
             }
+            if !renew_lease(state, claim, &message).await? {
+                continue;
+            }
             let outcome = match &message.body {
                 Some(sealed) => match state.outbox.open(sealed) {
-                    Ok(email) => send(state, transport, &message.recipient, &email).await,
+                    Ok(email) => send(state, transport, &message, &email).await,
                     Err(error) => Err(error.context("opening the stored message")),
                 },
                 None => Err(anyhow::anyhow!("the message has no body")),
@@ -118,7 +138,7 @@ async fn claim_batch(state: &AppState, claim: &str) -> anyhow::Result<Vec<Claime
     let sql = format!(
         "UPDATE email_outbox SET status = 'sending', claim = $2, lease_until = $3, attempts = attempts + 1 \
          WHERE id IN (SELECT id FROM email_outbox WHERE {due} ORDER BY id LIMIT $4) AND ({due}) \
-         RETURNING id, recipient, body, attempts"
+         RETURNING id, recipient, body, attempts, created_at"
     );
     let mut transaction = state.store.begin().await?;
     let mut claimed = crate::with_db!(transaction, |db| sqlx::query_as::<_, Claimed>(&sql)
@@ -133,12 +153,29 @@ async fn claim_batch(state: &AppState, claim: &str) -> anyhow::Result<Vec<Claime
     Ok(claimed)
 }
 
+/// Extends this worker's lease on `message` before it is sent; false when the lease was lost
+/// (the worker stalled past it and another took the message).
+async fn renew_lease(state: &AppState, claim: &str, message: &Claimed) -> anyhow::Result<bool> {
+    let mut connection = state.store.write().await?;
+    let renewed = crate::execute!(
+        connection,
+        sqlx::query(
+            "UPDATE email_outbox SET lease_until = $3 WHERE id = $1 AND claim = $2 AND status = 'sending'"
+        )
+        .bind(message.id)
+        .bind(claim)
+        .bind(Timestamp::from(state.now() + LEASE))
+    )?;
+    Ok(renewed == 1)
+}
+
 async fn send(
     state: &AppState,
     transport: &Transport,
-    recipient: &str,
+    message: &Claimed,
     email: &RenderedEmail,
 ) -> anyhow::Result<()> {
+    let recipient = message.recipient.as_str();
     match transport {
         Transport::Log => {
             tracing::warn!(
@@ -153,6 +190,7 @@ async fn send(
             let from: Mailbox = state.config.mail_from.parse().context("UMS_MAIL_FROM")?;
             let to: Mailbox = recipient.parse().context("recipient address")?;
             let message = Message::builder()
+                .message_id(Some(message.message_id(&from)))
                 .from(from)
                 .to(to)
                 .subject(&email.subject)

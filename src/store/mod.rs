@@ -10,10 +10,12 @@
 //! - `writer`: transactions. On SQLite it holds one connection, so writers queue in the
 //!   process instead of failing with SQLITE_BUSY; on PostgreSQL it is the primary.
 //! - `reader`: reads that must see the latest commit (who is calling, what may they do).
-//! - `reports`: lists and exports that may lag a little; the read replica when one is set.
+//! - `reports`: lists, audit queries and exports: the read replica when one is set and has
+//!   replayed every commit made before the read began (`replica.rs`), else the reader.
 
 pub mod auth_cache;
 mod migrate;
+pub mod replica;
 pub mod types;
 
 use std::str::FromStr;
@@ -294,9 +296,9 @@ impl Pool {
 pub struct Store {
     writer: Pool,
     reader: Pool,
-    reports: Pool,
     backend: Backend,
-    has_replica: bool,
+    /// Where lag-tolerant reads go when it has caught up (PostgreSQL only).
+    replica: Option<Arc<replica::Replica>>,
     /// The audit chain's HMAC key: the store writes and checks the chain.
     chain_key: crate::audit::chain_key::ChainKey,
     /// Who is behind each live session, invalidated by every write to accounts and sessions.
@@ -314,30 +316,31 @@ impl Store {
         let primary = &config.database_url;
         let chain_key = crate::audit::chain_key::ChainKey::from_secret(config.secret_key.as_ref());
         if primary.is_sqlite() {
-            let writer = sqlite_pool(primary, 1, timeout)?;
+            let writer = sqlite_writer_pool(primary, timeout)?;
             let reader = sqlite_pool(primary, 8, timeout)?;
             Ok(Store {
                 writer,
-                reports: reader.clone(),
                 reader,
                 backend: Backend::Sqlite,
-                has_replica: false,
+                replica: None,
                 chain_key,
                 // This process is SQLite's only writer while it serves.
                 auth_cache: Arc::new(AuthCache::new(config.auth_cache_capacity, true)),
             })
         } else {
             let writer = postgres_pool(primary, 16, timeout)?;
-            let reports = match &config.replica_url {
-                Some(replica) => postgres_pool(replica, 8, timeout)?,
-                None => writer.clone(),
+            let replica = match &config.replica_url {
+                Some(url) => match postgres_pool(url, 8, timeout)? {
+                    Pool::Postgres(pool) => Some(Arc::new(replica::Replica::new(pool))),
+                    Pool::Sqlite(_) => None,
+                },
+                None => None,
             };
             Ok(Store {
                 reader: writer.clone(),
                 writer,
-                reports,
                 backend: Backend::Postgres,
-                has_replica: config.replica_url.is_some(),
+                replica,
                 chain_key,
                 // Off until the notification channel listens (`auth_cache::listen`).
                 auth_cache: Arc::new(AuthCache::new(config.auth_cache_capacity, false)),
@@ -378,8 +381,28 @@ impl Store {
         self.reader.acquire(&self.auth_cache).await
     }
 
+    /// A connection for reads that may go to the replica: lists, audit queries, exports. It
+    /// is the replica's only when the replica has replayed everything committed before this
+    /// call (`replica.rs`), so the caller still reads its own writes.
     pub async fn reports(&self) -> Result<PooledConnection, sqlx::Error> {
-        self.reports.acquire(&self.auth_cache).await
+        if let (Some(replica), Pool::Postgres(primary)) = (&self.replica, &self.writer) {
+            match replica.caught_up(primary).await {
+                Ok(connection) => {
+                    replica::count(replica::ServedBy::Replica);
+                    return Ok(PooledConnection {
+                        inner: PooledInner::Postgres(connection),
+                        cache: Some(self.auth_cache.clone()),
+                    });
+                }
+                Err(served_by) => replica::count(served_by),
+            }
+        }
+        self.reader.acquire(&self.auth_cache).await
+    }
+
+    /// The replica, when one is configured.
+    pub fn replica(&self) -> Option<&Arc<replica::Replica>> {
+        self.replica.as_ref()
     }
 
     /// Whether the database answers and carries the schema this binary expects.
@@ -403,30 +426,27 @@ impl Store {
 
     /// (pool, open connections, idle connections) for the metrics.
     pub fn pool_stats(&self) -> Vec<(&'static str, u32, usize)> {
-        let (writer, reader, reports) = (
-            self.writer.stats(),
-            self.reader.stats(),
-            self.reports.stats(),
-        );
-        match self.backend {
+        let (writer, reader) = (self.writer.stats(), self.reader.stats());
+        let mut pools = match self.backend {
             Backend::Sqlite => vec![
                 ("writer", writer.0, writer.1),
                 ("reader", reader.0, reader.1),
             ],
-            Backend::Postgres if self.has_replica => {
-                vec![
-                    ("primary", writer.0, writer.1),
-                    ("replica", reports.0, reports.1),
-                ]
-            }
             Backend::Postgres => vec![("primary", writer.0, writer.1)],
+        };
+        if let Some(replica) = &self.replica {
+            let pool = replica.pool();
+            pools.push(("replica", pool.size(), pool.num_idle()));
         }
+        pools
     }
 
     pub async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;
-        self.reports.close().await;
+        if let Some(replica) = &self.replica {
+            replica.pool().close().await;
+        }
     }
 }
 
@@ -434,23 +454,56 @@ impl Store {
 /// another process (a CLI command) holds the write lock. A file that does not exist yet is
 /// created.
 fn sqlite_pool(url: &DatabaseUrl, size: u32, timeout: Duration) -> anyhow::Result<Pool> {
-    let options = SqliteConnectOptions::from_str(url.expose())
-        .with_context(|| format!("parsing the database URL {url:?}"))?
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .foreign_keys(true)
-        .busy_timeout(Duration::from_secs(5))
-        .disable_statement_logging();
-    let pool = SqlitePoolOptions::new()
+    Ok(Pool::Sqlite(
+        sqlite_pool_options(size, timeout).connect_lazy_with(sqlite_options(url)?),
+    ))
+}
+
+/// SQLite's one writer connection. A connection is checked when it comes back: one still
+/// inside a transaction is closed (which rolls it back) instead of blocking every later
+/// BEGIN. sqlx-sqlite leaves one so when a request is cancelled in the instant between its
+/// BEGIN succeeding and the answer reaching it: no `Transaction` exists to roll back, and
+/// every BEGIN IMMEDIATE after it failed ("begin_with at non-zero transaction depth"), as
+/// seen once under load. The ping first lets a dropped transaction's queued ROLLBACK run.
+fn sqlite_writer_pool(url: &DatabaseUrl, timeout: Duration) -> anyhow::Result<Pool> {
+    let pool = sqlite_pool_options(1, timeout)
+        .after_release(|connection, _| {
+            Box::pin(async move {
+                use sqlx::Connection;
+                connection.ping().await?;
+                let stranded = connection.is_in_transaction();
+                if stranded {
+                    tracing::warn!(
+                        "the SQLite writer connection came back inside a transaction; closed it"
+                    );
+                    metrics::counter!("ums_db_stranded_transactions_total").increment(1);
+                }
+                Ok(!stranded)
+            })
+        })
+        .connect_lazy_with(sqlite_options(url)?);
+    Ok(Pool::Sqlite(pool))
+}
+
+fn sqlite_pool_options(size: u32, timeout: Duration) -> SqlitePoolOptions {
+    SqlitePoolOptions::new()
         .max_connections(size)
         .min_connections(0)
         .acquire_timeout(timeout)
         // sqlx already pings every connection when it is released (and closes a broken one);
         // a second ping on acquire cost every request another round trip.
         .test_before_acquire(false)
-        .connect_lazy_with(options);
-    Ok(Pool::Sqlite(pool))
+}
+
+fn sqlite_options(url: &DatabaseUrl) -> anyhow::Result<SqliteConnectOptions> {
+    Ok(SqliteConnectOptions::from_str(url.expose())
+        .with_context(|| format!("parsing the database URL {url:?}"))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(5))
+        .disable_statement_logging())
 }
 
 fn postgres_pool(url: &DatabaseUrl, size: u32, timeout: Duration) -> anyhow::Result<Pool> {
@@ -676,4 +729,42 @@ pub fn like_pattern(fragment: &str) -> String {
     }
     escaped.push('%');
     escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transaction that no `Transaction` value owns any more (what a cancelled BEGIN leaves)
+    /// must not outlive its connection's return to the pool: the next BEGIN succeeds.
+    #[tokio::test]
+    async fn a_stranded_transaction_does_not_block_the_sqlite_writer() {
+        let directory = tempfile::tempdir().unwrap();
+        let url = DatabaseUrl::new(format!(
+            "sqlite://{}",
+            directory.path().join("ums.db").display()
+        ));
+        let writer = sqlite_writer_pool(&url, Duration::from_secs(5)).unwrap();
+        let cache = Arc::new(AuthCache::new(0, true));
+        let Pool::Sqlite(pool) = &writer else {
+            unreachable!()
+        };
+        {
+            let mut connection = pool.acquire().await.unwrap();
+            let transaction = sqlx::Connection::begin(&mut *connection).await.unwrap();
+            std::mem::forget(transaction);
+            assert!(sqlx::Connection::is_in_transaction(&*connection));
+        }
+        let mut transaction = writer.begin(&cache).await.expect("a new BEGIN IMMEDIATE");
+        execute!(transaction, sqlx::query("CREATE TABLE t (x INTEGER)")).unwrap();
+        transaction.commit().await.unwrap();
+        let mut connection = writer.acquire(&cache).await.unwrap();
+        let tables = with_db!(connection, |db| sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM sqlite_master WHERE name = 't'"
+        )
+        .fetch_one(db)
+        .await)
+        .unwrap();
+        assert_eq!(tables, 1);
+    }
 }

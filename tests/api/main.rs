@@ -13,6 +13,7 @@ mod mfa;
 mod operations;
 mod platform;
 mod privacy;
+mod replica;
 mod review;
 mod risk;
 mod smtp;
