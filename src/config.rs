@@ -602,7 +602,7 @@ impl Storage {
             redis_url: vars.secret_url("UMS_REDIS_URL", ["redis://", "rediss://"])?,
             redis_prefix: vars.get("UMS_REDIS_PREFIX").unwrap_or_else(|| "ums".into()),
             database_timeout: vars.duration("UMS_DATABASE_TIMEOUT", Duration::from_secs(3))?,
-            auth_cache_capacity: vars.number("UMS_AUTH_CACHE_ACCOUNTS", 20_000)? as usize,
+            auth_cache_capacity: vars.count("UMS_AUTH_CACHE_ACCOUNTS", 20_000)? as usize,
         })
     }
 }

@@ -333,7 +333,7 @@ pub async fn record_batch(
         return Ok(());
     }
     let count = events.len() as i64;
-    let (last_seq, mut prev_hash, keyed_from): (i64, String, Option<i64>) = crate::with_db!(
+    let (last_seq, prev_hash, keyed_from): (i64, String, Option<i64>) = crate::with_db!(
         connection,
         |db| {
             sqlx::query_as(
@@ -367,62 +367,24 @@ pub async fn record_batch(
         .flatten()
         .collect();
     let person_keys = personal::keys_of(connection, key, &people, now).await?;
-    let mut rows = Vec::with_capacity(events.len());
-    let mut ip_tags = Vec::new();
-    for (offset, (event, subject_id)) in events.into_iter().zip(subjects).enumerate() {
-        let seq = last_seq - count + 1 + offset as i64;
-        let clear = personal::Clear {
-            // Stored as an address (`inet`), so kept as the address's own text.
-            actor_ip: event
-                .origin
-                .ip
-                .as_deref()
-                .and_then(Inet::parse)
-                .map(|ip| ip.to_string()),
-            user_agent: event.origin.user_agent,
-            details: match event.details {
-                Value::Object(details) => details,
-                _ => serde_json::Map::new(),
-            },
-        };
-        let sealed = personal::seal(seq, event.user_id, subject_id, clear, key, |person| {
-            person_keys.get(&person).copied()
+    let head = ChainHead {
+        first_seq: last_seq - count + 1,
+        prev_hash,
+        keyed_from,
+    };
+    // Sealing and hashing take some 20 µs an event: a batch of the access log's hundreds
+    // would hold one of the few async workers for milliseconds, and every request queued on
+    // it would wait (the p99 of `/access`). Large batches go to the blocking pool.
+    let (rows, ip_tags, prev_hash) = if events.len() >= BLOCKING_BATCH {
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || {
+            chain_events(events, subjects, &person_keys, &key, head)
         })
-        .map_err(AppError::Internal)?;
-        if let Some((person, tag)) = sealed.ip_tag {
-            ip_tags.push((seq, person, tag));
-        }
-        let stored = StoredEvent {
-            seq,
-            occurred_at: event.occurred_at,
-            action: event.action.as_str().to_string(),
-            success: event.success,
-            user_id: event.user_id,
-            actor_ip: sealed.actor_ip,
-            user_agent: sealed.user_agent,
-            resource_type: event.resource_type.map(String::from),
-            resource_id: event.resource_id,
-            lab_id: event.lab_id,
-            details: Value::Object(sealed.details).to_string(),
-            request_id: event.origin.request_id,
-            subject_id: sealed.subject_id,
-            sealed: sealed.sealed.map(|sealed| sealed.to_string()),
-        };
-        let hash = if is_keyed_at(keyed_from, stored.seq) {
-            stored.keyed_chain_hash(&prev_hash, key).ok_or_else(|| {
-                AppError::Internal(anyhow::anyhow!(
-                    "the audit chain is keyed and UMS_SECRET_KEY is not set"
-                ))
-            })?
-        } else {
-            stored.chain_hash(&prev_hash)
-        };
-        rows.push((
-            stored,
-            std::mem::replace(&mut prev_hash, hash.clone()),
-            hash,
-        ));
-    }
+        .await
+        .map_err(|error| AppError::Internal(error.into()))??
+    } else {
+        chain_events(events, subjects, &person_keys, key, head)?
+    };
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         let placeholders: Vec<String> = (0..chunk.len())
             .map(|row| {
@@ -490,6 +452,93 @@ pub async fn record_batch(
     // Counted when written; a rolled-back transaction over-counts, which a counter tolerates.
     metrics::counter!("ums_audit_events_total").increment(count as u64);
     Ok(())
+}
+
+/// The chain's head as a batch finds it: the seq its first event takes, the hash it links to,
+/// and from which seq the links are keyed.
+struct ChainHead {
+    first_seq: i64,
+    prev_hash: String,
+    keyed_from: Option<i64>,
+}
+
+/// An event row to insert, with the hash it links to and its own.
+type ChainedRow = (StoredEvent, String, String);
+
+/// An address to index for a person's export and erasure: (seq, person, tag).
+type AddressTag = (i64, i64, Vec<u8>);
+
+/// Batches from this size are sealed and chained on the blocking pool.
+const BLOCKING_BATCH: usize = 32;
+
+/// Seals each event's personal fields and links it to the one before: the rows to insert,
+/// the address tags to index, and the new head's hash. Plain CPU work, no I/O.
+fn chain_events(
+    events: Vec<Event>,
+    subjects: Vec<Option<i64>>,
+    person_keys: &std::collections::HashMap<i64, [u8; 32]>,
+    key: &ChainKey,
+    mut head: ChainHead,
+) -> Result<(Vec<ChainedRow>, Vec<AddressTag>, String), AppError> {
+    let mut rows = Vec::with_capacity(events.len());
+    let mut ip_tags = Vec::new();
+    for (offset, (event, subject_id)) in events.into_iter().zip(subjects).enumerate() {
+        let seq = head.first_seq + offset as i64;
+        let clear = personal::Clear {
+            // Stored as an address (`inet`), so kept as the address's own text.
+            actor_ip: event
+                .origin
+                .ip
+                .as_deref()
+                .and_then(Inet::parse)
+                .map(|ip| ip.to_string()),
+            user_agent: event.origin.user_agent,
+            details: match event.details {
+                Value::Object(details) => details,
+                _ => serde_json::Map::new(),
+            },
+        };
+        let sealed = personal::seal(seq, event.user_id, subject_id, clear, key, |person| {
+            person_keys.get(&person).copied()
+        })
+        .map_err(AppError::Internal)?;
+        if let Some((person, tag)) = sealed.ip_tag {
+            ip_tags.push((seq, person, tag));
+        }
+        let stored = StoredEvent {
+            seq,
+            occurred_at: event.occurred_at,
+            action: event.action.as_str().to_string(),
+            success: event.success,
+            user_id: event.user_id,
+            actor_ip: sealed.actor_ip,
+            user_agent: sealed.user_agent,
+            resource_type: event.resource_type.map(String::from),
+            resource_id: event.resource_id,
+            lab_id: event.lab_id,
+            details: Value::Object(sealed.details).to_string(),
+            request_id: event.origin.request_id,
+            subject_id: sealed.subject_id,
+            sealed: sealed.sealed.map(|sealed| sealed.to_string()),
+        };
+        let hash = if is_keyed_at(head.keyed_from, stored.seq) {
+            stored
+                .keyed_chain_hash(&head.prev_hash, key)
+                .ok_or_else(|| {
+                    AppError::Internal(anyhow::anyhow!(
+                        "the audit chain is keyed and UMS_SECRET_KEY is not set"
+                    ))
+                })?
+        } else {
+            stored.chain_hash(&head.prev_hash)
+        };
+        rows.push((
+            stored,
+            std::mem::replace(&mut head.prev_hash, hash.clone()),
+            hash,
+        ));
+    }
+    Ok((rows, ip_tags, head.prev_hash))
 }
 
 /// An event as stored: the fields the chain hash covers.

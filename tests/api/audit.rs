@@ -891,3 +891,49 @@ async fn archives_past_their_retention_leave_and_the_rest_still_verifies() {
         .unwrap();
     assert!(report.finding.is_some(), "{report:?}");
 }
+
+/// A large batch (the access log's) is sealed and chained off the async workers; its events
+/// take consecutive places in the chain, and the chain verifies after it.
+#[tokio::test]
+async fn a_large_batch_links_in_order_and_verifies() {
+    use ums::audit::{Action, Event, Origin};
+    let app = spawn_app().await;
+    let admin = app.admin("root").await;
+    let lab = app.create_lab(&admin.access, "GEN").await;
+    let (alice, _) = app.user("alice").await;
+    let before = app.scalar("SELECT COUNT(*) FROM audit_logs").await;
+    let origin = Origin {
+        ip: Some("203.0.113.9".into()),
+        user_agent: Some("batch-test".into()),
+        ..Origin::default()
+    };
+    let events: Vec<Event> = (0..100)
+        .map(|_| {
+            Event::new(Action::LabAccessChecked, app.clock.now())
+                .actor(Some(alice))
+                .resource("lab", lab)
+                .lab(lab)
+                .details(json!({"role": "member"}))
+                .origin(&origin)
+        })
+        .collect();
+    let store = &app.state.store;
+    let mut transaction = store.begin().await.unwrap();
+    ums::audit::record_batch(&mut transaction, store.chain_key(), events)
+        .await
+        .unwrap();
+    transaction.commit().await.unwrap();
+
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM audit_logs").await,
+        before + 100
+    );
+    assert_eq!(
+        app.scalar(
+            "SELECT MAX(seq) - MIN(seq) + 1 FROM audit_logs WHERE action = 'lab.access_checked'"
+        )
+        .await,
+        100
+    );
+    assert_eq!(verify(store, None).await.unwrap().finding, None);
+}

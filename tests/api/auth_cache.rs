@@ -8,7 +8,9 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{PASSWORD, TestApp, assert_problem, spawn_app, spawn_second_instance};
+use crate::helpers::{
+    PASSWORD, TestApp, assert_problem, spawn_app, spawn_app_with, spawn_second_instance,
+};
 
 /// The cache serves (on PostgreSQL, once its channel listens).
 async fn wait_until_serving(app: &TestApp) {
@@ -389,4 +391,28 @@ async fn a_cached_membership_follows_every_change_of_the_lab_and_the_role() {
         .get(&format!("/api/labs/{lab}/access"), Some(&tokens.access))
         .await;
     assert_eq!(gone.status(), StatusCode::FORBIDDEN);
+}
+
+/// `UMS_AUTH_CACHE_ACCOUNTS=0` switches the cache off: every request reads the database, and
+/// answers the same (what the benchmark's A/B of the cache compares).
+#[tokio::test]
+async fn a_capacity_of_zero_caches_nothing() {
+    let app = spawn_app_with(&[("UMS_AUTH_CACHE_ACCOUNTS", "0")]).await;
+    let (alice, tokens) = app.user("alice").await;
+    let admin = app.admin("root").await;
+    let lab = app.create_lab(&admin.access, "GEN").await;
+    app.add_member(&admin.access, lab, alice, "member").await;
+    for _ in 0..5 {
+        let me = app.get("/api/auth/me", Some(&tokens.access)).await;
+        assert_eq!(me.status(), StatusCode::OK);
+        let me: Value = me.json().await.unwrap();
+        assert_eq!(me["labs"][0]["id"], lab, "{me}");
+        assert_eq!(me["labs"][0]["role"], "member", "{me}");
+        let access = app
+            .get(&format!("/api/labs/{lab}/access"), Some(&tokens.access))
+            .await;
+        assert_eq!(access.status(), StatusCode::OK);
+    }
+    let cache = app.state.store.auth_cache();
+    assert_eq!((cache.hits(), cache.lab_hits(), cache.len()), (0, 0, 0));
 }
