@@ -386,20 +386,11 @@ pub async fn record_batch(
         chain_events(events, subjects, &person_keys, key, head)?
     };
     for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let placeholders: Vec<String> = (0..chunk.len())
-            .map(|row| {
-                let first = row * COLUMNS;
-                let columns: Vec<String> = (1..=COLUMNS)
-                    .map(|column| format!("${}", first + column))
-                    .collect();
-                format!("({})", columns.join(", "))
-            })
-            .collect();
         let sql = format!(
             "INSERT INTO audit_logs (seq, occurred_at, action, success, user_id, actor_ip, user_agent, \
              resource_type, resource_id, lab_id, details, request_id, prev_hash, hash, subject_id, sealed) \
              VALUES {}",
-            placeholders.join(", ")
+            crate::store::values_list(connection, chunk.len(), COLUMNS)
         );
         let values = chunk
             .iter()

@@ -275,12 +275,9 @@ pub async fn index_addresses(
     tags: &[(i64, i64, Vec<u8>)],
 ) -> Result<(), AppError> {
     for chunk in tags.chunks(100) {
-        let placeholders: Vec<String> = (0..chunk.len())
-            .map(|row| format!("(${}, ${}, ${})", row * 3 + 1, row * 3 + 2, row * 3 + 3))
-            .collect();
         let sql = format!(
             "INSERT INTO audit_ip_index (seq, user_id, tag) VALUES {}",
-            placeholders.join(", ")
+            crate::store::values_list(connection, chunk.len(), 3)
         );
         crate::execute!(connection, {
             let mut query = sqlx::query(&sql);

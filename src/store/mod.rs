@@ -717,6 +717,27 @@ impl Conditions {
     }
 }
 
+/// The VALUES list of a multi-row INSERT: `rows` tuples of `columns` placeholders, bound in
+/// order. PostgreSQL numbers them (`$1, $2`); SQLite gets anonymous `?`, because sqlx-sqlite
+/// looks every numbered parameter up by name, and SQLite finds a name by walking the list of
+/// names: a 1,600-parameter INSERT spent more time there than in the insert (measured: 12%
+/// of the server's CPU under `/access`, whose access log writes such batches).
+pub fn values_list(connection: &mut Connection, rows: usize, columns: usize) -> String {
+    let numbered = matches!(connection.db(), Db::Postgres(_));
+    let tuples: Vec<String> = (0..rows)
+        .map(|row| {
+            let placeholders: Vec<String> = (1..=columns)
+                .map(|column| match numbered {
+                    true => format!("${}", row * columns + column),
+                    false => "?".to_string(),
+                })
+                .collect();
+            format!("({})", placeholders.join(", "))
+        })
+        .collect();
+    tuples.join(", ")
+}
+
 /// Escapes `%`, `_` and `\` for a LIKE pattern used with `ESCAPE '\'`.
 pub fn like_pattern(fragment: &str) -> String {
     let mut escaped = String::with_capacity(fragment.len() + 2);
