@@ -328,12 +328,11 @@ impl Store {
                 auth_cache: Arc::new(AuthCache::new(config.auth_cache_capacity, true)),
             })
         } else {
-            let writer = postgres_pool(primary, 16, timeout)?;
+            let writer = Pool::Postgres(postgres_pool(primary, 16, timeout)?);
             let replica = match &config.replica_url {
-                Some(url) => match postgres_pool(url, 8, timeout)? {
-                    Pool::Postgres(pool) => Some(Arc::new(replica::Replica::new(pool))),
-                    Pool::Sqlite(_) => None,
-                },
+                Some(url) => Some(Arc::new(replica::Replica::new(postgres_pool(
+                    url, 8, timeout,
+                )?))),
                 None => None,
             };
             Ok(Store {
@@ -385,17 +384,13 @@ impl Store {
     /// is the replica's only when the replica has replayed everything committed before this
     /// call (`replica.rs`), so the caller still reads its own writes.
     pub async fn reports(&self) -> Result<PooledConnection, sqlx::Error> {
-        if let (Some(replica), Pool::Postgres(primary)) = (&self.replica, &self.writer) {
-            match replica.caught_up(primary).await {
-                Ok(connection) => {
-                    replica::count(replica::ServedBy::Replica);
-                    return Ok(PooledConnection {
-                        inner: PooledInner::Postgres(connection),
-                        cache: Some(self.auth_cache.clone()),
-                    });
-                }
-                Err(served_by) => replica::count(served_by),
-            }
+        if let (Some(replica), Pool::Postgres(primary)) = (&self.replica, &self.writer)
+            && let Some(connection) = replica.caught_up(primary).await
+        {
+            return Ok(PooledConnection {
+                inner: PooledInner::Postgres(connection),
+                cache: Some(self.auth_cache.clone()),
+            });
         }
         self.reader.acquire(&self.auth_cache).await
     }
@@ -464,12 +459,16 @@ fn sqlite_pool(url: &DatabaseUrl, size: u32, timeout: Duration) -> anyhow::Resul
 /// BEGIN. sqlx-sqlite leaves one so when a request is cancelled in the instant between its
 /// BEGIN succeeding and the answer reaching it: no `Transaction` exists to roll back, and
 /// every BEGIN IMMEDIATE after it failed ("begin_with at non-zero transaction depth"), as
-/// seen once under load. The ping first lets a dropped transaction's queued ROLLBACK run.
+/// seen once under load.
 fn sqlite_writer_pool(url: &DatabaseUrl, timeout: Duration) -> anyhow::Result<Pool> {
     let pool = sqlite_pool_options(1, timeout)
         .after_release(|connection, _| {
             Box::pin(async move {
                 use sqlx::Connection;
+                if !connection.is_in_transaction() {
+                    return Ok(true);
+                }
+                // Only then the round trip: it may be a dropped transaction's ROLLBACK, queued.
                 connection.ping().await?;
                 let stranded = connection.is_in_transaction();
                 if stranded {
@@ -506,17 +505,16 @@ fn sqlite_options(url: &DatabaseUrl) -> anyhow::Result<SqliteConnectOptions> {
         .disable_statement_logging())
 }
 
-fn postgres_pool(url: &DatabaseUrl, size: u32, timeout: Duration) -> anyhow::Result<Pool> {
+fn postgres_pool(url: &DatabaseUrl, size: u32, timeout: Duration) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url.expose())
         .with_context(|| format!("parsing the database URL {url:?}"))?
         .disable_statement_logging();
-    let pool = PgPoolOptions::new()
+    Ok(PgPoolOptions::new()
         .max_connections(size)
         .min_connections(0)
         .acquire_timeout(timeout)
         .test_before_acquire(false)
-        .connect_lazy_with(options);
-    Ok(Pool::Postgres(pool))
+        .connect_lazy_with(options))
 }
 
 /// What a store answers when a statement fails: the database's own error, a write that a
@@ -770,18 +768,35 @@ mod tests {
         let Pool::Sqlite(pool) = &writer else {
             unreachable!()
         };
+        // Open connections once each returned connection has been checked.
+        let settled = |open: u32| async move {
+            for _ in 0..100 {
+                if pool.size() == open && pool.num_idle() == open as usize {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            false
+        };
+        // A transaction dropped without a commit rolls back as usual: the connection stays.
+        {
+            let mut transaction = writer.begin(&cache).await.unwrap();
+            execute!(transaction, sqlx::query("CREATE TABLE dropped (x INTEGER)")).unwrap();
+        }
+        assert!(settled(1).await, "a rolled-back connection was closed");
         {
             let mut connection = pool.acquire().await.unwrap();
             let transaction = sqlx::Connection::begin(&mut *connection).await.unwrap();
             std::mem::forget(transaction);
             assert!(sqlx::Connection::is_in_transaction(&*connection));
         }
+        assert!(settled(0).await, "the stranded connection was kept");
         let mut transaction = writer.begin(&cache).await.expect("a new BEGIN IMMEDIATE");
         execute!(transaction, sqlx::query("CREATE TABLE t (x INTEGER)")).unwrap();
         transaction.commit().await.unwrap();
         let mut connection = writer.acquire(&cache).await.unwrap();
         let tables = with_db!(connection, |db| sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM sqlite_master WHERE name = 't'"
+            "SELECT count(*) FROM sqlite_master WHERE name IN ('t', 'dropped')"
         )
         .fetch_one(db)
         .await)

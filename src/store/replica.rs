@@ -46,23 +46,12 @@ pub struct Replica {
     status: Mutex<ReplicaStatus>,
 }
 
-/// Where a read was served, for the metrics.
+/// Why a read went to the primary instead (a label of `ums_replica_reads_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServedBy {
-    Replica,
+enum PassedOver {
     /// The replica was behind the read's start even after `CATCH_UP`.
-    PrimaryReplicaBehind,
-    PrimaryReplicaDown,
-}
-
-impl ServedBy {
-    fn label(self) -> &'static str {
-        match self {
-            ServedBy::Replica => "replica",
-            ServedBy::PrimaryReplicaBehind => "primary_replica_behind",
-            ServedBy::PrimaryReplicaDown => "primary_replica_down",
-        }
-    }
+    Behind,
+    Down,
 }
 
 impl Replica {
@@ -92,21 +81,35 @@ impl Replica {
     }
 
     /// A replica connection that has replayed everything the primary had written when this
-    /// was called, or why the read must go to the primary.
+    /// was called; `None` when the read must go to the primary. Either way it is counted.
     pub async fn caught_up(
         &self,
         primary: &PgPool,
-    ) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, ServedBy> {
+    ) -> Option<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+        let caught_up = self.try_caught_up(primary).await;
+        let label = match &caught_up {
+            Ok(_) => "replica",
+            Err(PassedOver::Behind) => "primary_replica_behind",
+            Err(PassedOver::Down) => "primary_replica_down",
+        };
+        metrics::counter!("ums_replica_reads_total", "served_by" => label).increment(1);
+        caught_up.ok()
+    }
+
+    async fn try_caught_up(
+        &self,
+        primary: &PgPool,
+    ) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, PassedOver> {
         if matches!(
             self.status(),
             ReplicaStatus::Unreachable | ReplicaStatus::NotReplicating
         ) {
-            return Err(ServedBy::PrimaryReplicaDown);
+            return Err(PassedOver::Down);
         }
         // The primary's position first: whatever was acknowledged before this read lies before it.
         let target = primary_position(primary)
             .await
-            .map_err(|_| ServedBy::PrimaryReplicaDown)?;
+            .map_err(|_| PassedOver::Down)?;
         let wait = async {
             let mut connection = self.pool.acquire().await.ok()?;
             let deadline = Instant::now() + CATCH_UP;
@@ -121,9 +124,9 @@ impl Replica {
                 match replayed {
                     Some(true) => return Some(Ok(connection)),
                     // NULL: not in recovery.
-                    None => return Some(Err(ServedBy::PrimaryReplicaDown)),
+                    None => return Some(Err(PassedOver::Down)),
                     Some(false) if Instant::now() >= deadline => {
-                        return Some(Err(ServedBy::PrimaryReplicaBehind));
+                        return Some(Err(PassedOver::Behind));
                     }
                     Some(false) => tokio::time::sleep(CATCH_UP_POLL).await,
                 }
@@ -131,14 +134,9 @@ impl Replica {
         };
         match tokio::time::timeout(REPLICA_ANSWER + CATCH_UP, wait).await {
             Ok(Some(answer)) => answer,
-            Ok(None) | Err(_) => Err(ServedBy::PrimaryReplicaDown),
+            Ok(None) | Err(_) => Err(PassedOver::Down),
         }
     }
-}
-
-/// Counts where a lag-tolerant read was served.
-pub fn count(served_by: ServedBy) {
-    metrics::counter!("ums_replica_reads_total", "served_by" => served_by.label()).increment(1);
 }
 
 async fn primary_position(primary: &PgPool) -> Result<String, sqlx::Error> {
