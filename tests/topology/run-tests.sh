@@ -21,6 +21,7 @@ done
 venv="$(mktemp -d "${TMPDIR:-/tmp}/ums-topology-venv.XXXXXX")"
 trap 'rm -rf "$venv"' EXIT
 python3 -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check httpx pytest
+# The portal's client, for its transport: the load's clients resend as it does.
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check pytest "$repo/clients/python"
 cd "$here"
 "$venv/bin/python" -m pytest -s "$@"

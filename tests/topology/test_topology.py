@@ -35,6 +35,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from ums_client.transport import ResendingTransport
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "Zx9!kq-trellis-44"
@@ -381,6 +382,7 @@ class Client(threading.Thread):
         self.calls: list[Call] = []
         self.registered: list[str] = []  # usernames acknowledged with 201
         self.stale_reads: list[str] = []
+        self.transport = ResendingTransport()
 
     def call(self, http: httpx.Client, what: str, method: str, path: str, expect: int,
              **kwargs) -> httpx.Response | None:
@@ -396,7 +398,9 @@ class Client(threading.Thread):
         return response if ok else None
 
     def run(self) -> None:
-        with httpx.Client(timeout=30) as http:
+        # As a browser or the portal's client does: a request met by nginx closing the
+        # kept-alive connection (each reload does, for the rolling restart) is sent again.
+        with httpx.Client(timeout=30, transport=self.transport) as http:
             while not self.stop.is_set():
                 self.one_user(http)
 
@@ -628,4 +632,6 @@ def run_topology(root: Path, cleanups: list) -> None:
     print(f"\ntopology: {len(succeeded)} requests succeeded {report}, {len(failed)} failed "
           f"(in flight on the killed instance), {len(stored)} accounts, "
           f"{len(smtp.mailbox.messages)} emails ({duplicates} resent copies), "
-          f"{served:.0f} reads served by the replica")
+          f"{served:.0f} reads served by the replica, "
+          f"{sum(c.transport.resent for c in clients)} requests sent again after nginx closed "
+          "a kept-alive connection")

@@ -40,6 +40,7 @@ from .models import (
     User,
 )
 from .tokens import MemoryTokenStore, TokenStore
+from .transport import ResendingTransport
 
 __all__ = ["DEVICE_ID_HEADER", "UMSClient"]
 
@@ -107,7 +108,7 @@ class UMSClient:
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=timeout,
-            transport=transport,
+            transport=ResendingTransport(transport),
             headers={
                 "Accept": "application/json",
                 "User-Agent": f"ums-client-python/{__version__}",

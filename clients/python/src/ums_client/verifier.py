@@ -13,6 +13,7 @@ import httpx
 import jwt
 
 from .errors import InsufficientAuthentication, InvalidToken, ServiceUnavailable
+from .transport import ResendingTransport
 
 __all__ = ["TokenVerifier"]
 
@@ -97,7 +98,7 @@ class TokenVerifier:
         self.cache_ttl = cache_ttl
         self.min_refetch_interval = min_refetch_interval
         self.leeway = leeway
-        self._http = httpx.Client(timeout=timeout, transport=transport)
+        self._http = httpx.Client(timeout=timeout, transport=ResendingTransport(transport))
         self._lock = threading.Lock()
         self._keys: dict[str, _Key] = {}
         self._fetched_at = -math.inf
