@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -86,13 +85,13 @@ def test_systemd_accepts_the_unit_and_rates_its_exposure_low(systemd_analyze, tm
     # The unit as installed, its ExecStart pointing at this build (verify checks it is there).
     unit = tmp_path / "ums.service"
     unit.write_text(UNIT.read_text().replace("/usr/local/bin/ums", str(ums_binary())))
-    verified = subprocess.run([systemd_analyze, "verify", str(unit)], capture_output=True,
-                              text=True)
+    verified = subprocess.run([systemd_analyze, "verify", str(unit)], check=False,
+                              capture_output=True, text=True)
     assert verified.returncode == 0 and not verified.stderr.strip(), verified.stderr
     # systemd's own score of what the service could still do if taken over: 0 (nothing) to
     # 10; the threshold is in tenths. 2.0 and below is what systemd calls "OK".
     rated = subprocess.run([systemd_analyze, "security", "--offline=true", "--threshold=20",
-                            str(unit)], capture_output=True, text=True)
+                            str(unit)], check=False, capture_output=True, text=True)
     assert rated.returncode == 0, rated.stdout[-2000:]
     print("\n" + rated.stdout.strip().splitlines()[-1])
 

@@ -79,9 +79,9 @@ def test_a_request_met_by_a_kept_alive_connections_close_is_sent_again_on_a_new_
 def test_a_new_connection_closed_without_an_answer_is_not_sent_again():
     server = serve([["close"], ["answer"]])
     transport = ResendingTransport()
-    with httpx.Client(transport=transport, timeout=5) as http:
-        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
-            http.post(server.url + "/api/auth/refresh", json={"refresh_token": "t"})
+    with (httpx.Client(transport=transport, timeout=5) as http,
+          pytest.raises((httpx.RemoteProtocolError, httpx.ReadError))):
+        http.post(server.url + "/api/auth/refresh", json={"refresh_token": "t"})
 
     assert transport.resent == 0
     assert server.received == []  # the second connection was never made
