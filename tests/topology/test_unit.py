@@ -96,11 +96,15 @@ def test_systemd_accepts_the_unit_and_rates_its_exposure_low(systemd_analyze, tm
     print("\n" + rated.stdout.strip().splitlines()[-1])
 
 
-SYSCALL = re.compile(r"^\d+\s+(?:<\.\.\. )?([a-z0-9_]+)(?:\(| resumed>)")
-OPEN = re.compile(
-    r'^\d+\s+(?:open\(|(?:openat|openat2)\((?:AT_FDCWD|\d+(?:<[^>]*>)?), )"([^"]*)", ([A-Z_|]+)')
-THREAD = re.compile(r"^(\d+)\s")
-SOCKET = re.compile(r"^\d+\s+socket\((AF_[A-Z0-9]+)")
+# strace -ff -y: one file a thread, so no call is split across lines, and each descriptor
+# shown with its path.
+SYSCALL = re.compile(r"^([a-z0-9_]+)\(")
+OPEN = re.compile(r'^(?:open\(|openat2?\((?:AT_FDCWD|\d+)(?:<([^>]*)>)?, )"([^"]*)", (.*)')
+CHANGE = re.compile(r"^(unlink|unlinkat|rename|renameat|renameat2|mkdir|mkdirat|rmdir|truncate"
+                    r"|symlink|symlinkat|link|linkat|chmod|fchmodat|chown|lchown|fchownat"
+                    r"|mknod|mknodat|utimensat)\(")
+SOCKET = re.compile(r"^socket\((AF_[A-Z0-9]+)")
+FAILED = re.compile(r"= -1 [A-Z]+")
 
 
 @pytest.fixture
@@ -125,7 +129,6 @@ def as_service_user(argv: list[str]) -> list[str]:
 
 def test_ums_stays_inside_the_units_sandbox(systemd_analyze, work):
     unit = read_unit(UNIT)
-    tmp_path = work
     state = work / "state"  # stands for StateDirectory=ums, /var/lib/ums
     state.mkdir()
     if os.geteuid() == 0:
@@ -148,16 +151,24 @@ def test_ums_stays_inside_the_units_sandbox(systemd_analyze, work):
            "UMS_BOOTSTRAP_ADMIN_EMAIL": ADMIN[1],
            "UMS_BOOTSTRAP_ADMIN_PASSWORD": ADMIN[2],
            "UMS_REQUIRE_MFA_FOR_ADMINS": "false"}
-    trace = tmp_path / "strace.txt"
-    log = (tmp_path / "ums.log").open("wb")
+    # The binary beside the state, where the service user can reach it wherever the
+    # checkout is (a clone under /root is not readable to it).
+    binary = work / "ums"
+    shutil.copy2(ums_binary(), binary)
+    os.chmod(binary, 0o755)
+    traces = work / "traces"
+    traces.mkdir()
+    if os.geteuid() == 0:
+        os.chown(traces, SERVICE_USER, SERVICE_USER)
+    log = (work / "ums.log").open("wb")
     tracer = subprocess.Popen(
-        as_service_user(["strace", "-f", "-qq", "-s", "256", "-o", str(trace),
-                         str(ums_binary()), *unit.command[1:]]),
+        as_service_user(["strace", "-ff", "-y", "-qq", "-s", "256", "-o", str(traces / "t"),
+                         str(binary), *unit.command[1:]]),
         env=env, cwd=state, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         def ready() -> bool:
-            assert tracer.poll() is None, (tmp_path / "ums.log").read_text()[-3000:]
+            assert tracer.poll() is None, (work / "ums.log").read_text()[-3000:]
             try:
                 return httpx.get(f"{url}/ready", timeout=2).status_code == 200
             except httpx.TransportError:
@@ -192,14 +203,16 @@ def test_ums_stays_inside_the_units_sandbox(systemd_analyze, work):
         children = Path(f"/proc/{tracer.pid}/task/{tracer.pid}/children").read_text().split()
         assert len(children) == 1, children
         os.kill(int(children[0]), unit.stop_signal)
-        assert tracer.wait(timeout=unit.stop_timeout) == 0, (tmp_path / "ums.log").read_text()
+        assert tracer.wait(timeout=unit.stop_timeout) == 0, (work / "ums.log").read_text()
     finally:
         if tracer.poll() is None:
             tracer.kill()
         smtp.shutdown()
         log.close()
 
-    lines = trace.read_text(errors="replace").splitlines()
+    threads = {path.suffix.lstrip("."): path.read_text(errors="replace").splitlines()
+               for path in traces.iterdir()}
+    lines = [line for thread in threads.values() for line in thread]
     used = {m.group(1) for line in lines if (m := SYSCALL.match(line))}
     assert {"execve", "accept4", "connect", "pwrite64"} <= used, sorted(used)  # it was read
     refused = used - allowed_system_calls()
@@ -211,27 +224,34 @@ def test_ums_stays_inside_the_units_sandbox(systemd_analyze, work):
 
     # MemoryDenyWriteExecute=yes: no memory both writable and executable, ever.
     wx = [line for line in lines
-          if re.match(r"^\d+\s+(mmap|mprotect|pkey_mprotect)\(", line) and "PROT_EXEC" in line
+          if re.match(r"^(mmap|mprotect|pkey_mprotect)\(", line) and "PROT_EXEC" in line
           and ("PROT_WRITE" in line or "mprotect" in line)]
     assert not wx, wx[:5]
 
-    # What it opened: ProtectSystem=strict leaves it the state directory and PrivateTmp's /tmp
-    # to write (ProtectKernelTunables makes /proc and /sys read-only too); PrivateDevices the
-    # pseudo-devices; ProtectProc=invisible hides every process but its own.
-    opened = [(m.group(1), m.group(2)) for line in lines if (m := OPEN.match(line))
-              and "ENOENT" not in line]
-    own = {m.group(1) for line in lines if (m := THREAD.match(line))}
+    # What it opened and changed: ProtectSystem=strict leaves it the state directory and
+    # PrivateTmp's /tmp to write (ProtectKernelTunables makes /proc and /sys read-only too);
+    # PrivateDevices the pseudo-devices; ProtectProc=invisible hides every process but its own.
+    def absolute(path: str, directory: str | None) -> str:
+        return path if path.startswith("/") else str(Path(directory or state) / path)
+
+    opened = [(absolute(m.group(2), m.group(1)), m.group(3)) for line in lines
+              if (m := OPEN.match(line)) and not FAILED.search(line)]
+    changed = [absolute(path, None) for line in lines
+               if CHANGE.match(line) and not FAILED.search(line)
+               for path in re.findall(r'"([^"]*)"', line)]
     devices = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom",
                "/dev/tty"}
+    writable = (str(state) + "/", "/tmp/")
     for path, flags in opened:
-        absolute = path if path.startswith("/") else str(state / path)
-        writes = any(flag in flags for flag in ("O_WRONLY", "O_RDWR", "O_CREAT"))
-        if absolute.startswith("/dev/"):
-            assert absolute in devices, f"PrivateDevices hides {absolute}"
-        if process := re.match(r"/proc/(\d+)(/|$)", absolute):
-            assert process.group(1) in own, f"ProtectProc=invisible hides {absolute}"
-        if writes:
-            assert absolute.startswith((str(state), "/tmp/")) or absolute in devices, (
-                f"ProtectSystem=strict makes {absolute} read-only")
-    print(f"\nsandbox: {len(used)} distinct system calls, all allowed by the unit's filter; "
-          f"{len(opened)} files opened, socket families {sorted(families)}")
+        if path.startswith("/dev/"):
+            assert path in devices, f"PrivateDevices hides {path}"
+        if process := re.match(r"/proc/(\d+)(/|$)", path):
+            assert process.group(1) in threads, f"ProtectProc=invisible hides {path}"
+        if any(flag in flags for flag in ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC")):
+            assert path.startswith(writable) or path in devices, (
+                f"ProtectSystem=strict makes {path} read-only")
+    for path in changed:
+        assert path.startswith(writable), f"ProtectSystem=strict makes {path} read-only"
+    print(f"\nsandbox: {len(used)} distinct system calls in {len(threads)} threads, all allowed "
+          f"by the unit's filter; {len(opened)} files opened, {len(changed)} paths changed, "
+          f"socket families {sorted(families)}")

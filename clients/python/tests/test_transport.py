@@ -5,6 +5,7 @@ it. No UMS here: what is tested is what the connection does."""
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 
 import httpx
@@ -21,12 +22,18 @@ class ClosingServer(threading.Thread):
     200 (keeping the connection), "close" waits until the request has arrived, then closes the
     connection without reading or answering it. `received` lists every request read, whole."""
 
-    def __init__(self, plans: list[list[str]]) -> None:
+    def __init__(self, plans: list[list[str]], unix_path: str | None = None) -> None:
         super().__init__(daemon=True)
         self.plans = plans
         self.received: list[bytes] = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        if unix_path is None:
+            self.listener = socket.create_server(("127.0.0.1", 0))
+            self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        else:
+            self.listener = socket.socket(socket.AF_UNIX)
+            self.listener.bind(unix_path)
+            self.listener.listen()
+            self.url = "http://ums.test"
 
     def run(self) -> None:
         for plan in self.plans:
@@ -36,7 +43,7 @@ class ClosingServer(threading.Thread):
                     if step == "close":
                         connection.recv(1, socket.MSG_PEEK)  # it has arrived; leave it unread
                         connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                              b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                                              struct.pack("ii", 1, 0))  # a reset, as nginx
                         break
                     self.received.append(read_request(connection))
                     connection.sendall(OK)
@@ -55,8 +62,8 @@ def read_request(connection: socket.socket) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
-def serve(plans: list[list[str]]) -> ClosingServer:
-    server = ClosingServer(plans)
+def serve(plans: list[list[str]], unix_path: str | None = None) -> ClosingServer:
+    server = ClosingServer(plans, unix_path)
     server.start()
     return server
 
@@ -101,7 +108,7 @@ def test_a_streamed_body_is_not_sent_again():
     server.listener.close()
 
 
-def test_the_client_resends_through_a_reload_and_a_given_transport_is_wrapped():
+def test_the_client_resends_through_a_reload_and_wraps_a_given_transport():
     server = serve([["answer", "close"], ["answer"]])
     seen: list[str] = []
 
@@ -115,6 +122,41 @@ def test_the_client_resends_through_a_reload_and_a_given_transport_is_wrapped():
     server.join(5)
     assert [r.split(b" ")[1] for r in server.received] == [b"/health", b"/health"]
 
-    with UMSClient("http://ums.test", transport=httpx.MockTransport(handler)) as ums:
+    mock = httpx.MockTransport(handler)
+    with UMSClient("http://ums.test", transport=mock) as ums:
         ums.health()
+        assert isinstance(ums._http._transport, ResendingTransport)
+        assert ums._http._transport.inner is mock
     assert seen == ["/health"]
+
+
+def test_a_new_unix_socket_connection_closed_without_an_answer_is_not_sent_again(tmp_path):
+    path = str(tmp_path / "ums.sock")
+    server = serve([["close"], ["answer"]], unix_path=path)
+    transport = ResendingTransport(httpx.HTTPTransport(uds=path))
+    with (httpx.Client(transport=transport, timeout=5) as http,
+          pytest.raises((httpx.RemoteProtocolError, httpx.ReadError))):
+        http.post(server.url + "/api/auth/refresh", json={"refresh_token": "t"})
+
+    assert transport.resent == 0
+    assert server.received == []
+    server.listener.close()
+
+
+def test_the_client_goes_through_the_proxy_the_environment_names(monkeypatch):
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    proxy, direct = serve([["answer"]]), serve([["answer"]])
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("http_proxy", proxy.url)
+    with UMSClient("http://ums.test") as ums:
+        ums.health()
+    proxy.join(5)
+    assert proxy.received[0].startswith(b"GET http://ums.test/health HTTP/1.1")
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    with UMSClient(direct.url) as ums:
+        ums.health()
+    direct.join(5)
+    assert direct.received[0].startswith(b"GET /health HTTP/1.1")

@@ -108,7 +108,7 @@ class UMSClient:
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=timeout,
-            transport=ResendingTransport(transport),
+            transport=ResendingTransport.around(transport, self.base_url),
             headers={
                 "Accept": "application/json",
                 "User-Agent": f"ums-client-python/{__version__}",

@@ -98,7 +98,9 @@ class TokenVerifier:
         self.cache_ttl = cache_ttl
         self.min_refetch_interval = min_refetch_interval
         self.leeway = leeway
-        self._http = httpx.Client(timeout=timeout, transport=ResendingTransport(transport))
+        self._http = httpx.Client(
+            timeout=timeout, transport=ResendingTransport.around(transport, self.jwks_url)
+        )
         self._lock = threading.Lock()
         self._keys: dict[str, _Key] = {}
         self._fetched_at = -math.inf
