@@ -256,14 +256,35 @@ def read_unit(path: Path) -> Unit:
     )
 
 
+def base_settings(smtp: SmtpServer) -> dict[str, str]:
+    """What every test server's /etc/ums/ums.env holds: its mail to the test's receiver, the
+    bootstrap admin, a secret key, fast password hashing."""
+    return {
+        "UMS_SMTP_URL": f"smtp://127.0.0.1:{smtp.port}",
+        "UMS_MAIL_POLL_INTERVAL": "100ms",
+        "UMS_SECRET_KEY": SECRET_KEY,
+        "UMS_PUBLIC_URL": "http://ums.test",
+        "UMS_PASSWORD_HASH_MEMORY_KIB": "64",
+        "UMS_PASSWORD_HASH_ITERATIONS": "1",
+        "UMS_BOOTSTRAP_ADMIN_USERNAME": ADMIN[0],
+        "UMS_BOOTSTRAP_ADMIN_EMAIL": ADMIN[1],
+        "UMS_BOOTSTRAP_ADMIN_PASSWORD": ADMIN[2],
+        "UMS_REQUIRE_MFA_FOR_ADMINS": "false",
+    }
+
+
+def service_environment(unit: Unit, settings: dict[str, str], port: int) -> dict[str, str]:
+    """What the unit sets, then what /etc/ums/ums.env would (EnvironmentFile overrides)."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("UMS_")},
+            **unit.environment, **settings, "UMS_BIND": f"127.0.0.1:{port}"}
+
+
 class Instance:
     def __init__(self, root: Path, unit: Unit, port: int, settings: dict[str, str]) -> None:
         self.unit, self.port, self.root = unit, port, root
         self.url = f"http://127.0.0.1:{port}"
         self.log = root / f"ums-{port}.log"
-        # What the unit sets, then what /etc/ums/ums.env would (EnvironmentFile overrides).
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("UMS_")},
-                    **unit.environment, **settings, "UMS_BIND": f"127.0.0.1:{port}"}
+        self.env = service_environment(unit, settings, port)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Instance:
@@ -485,20 +506,11 @@ def run_topology(root: Path, cleanups: list) -> None:
     assert unit.command[1:] == ["serve"], unit.command
     assert unit.stop_signal == signal.SIGTERM and unit.stop_timeout > 10
     settings = {
+        **base_settings(smtp),
         "UMS_DATABASE_URL": primary.url(),
         "UMS_DATABASE_REPLICA_URL": replica.url(),
         "UMS_REDIS_URL": f"redis://127.0.0.1:{redis_port}",
-        "UMS_SMTP_URL": f"smtp://127.0.0.1:{smtp.port}",
-        "UMS_MAIL_POLL_INTERVAL": "100ms",
-        "UMS_SECRET_KEY": SECRET_KEY,
-        "UMS_PUBLIC_URL": "http://ums.test",
         "UMS_TRUSTED_PROXIES": "127.0.0.1",
-        "UMS_PASSWORD_HASH_MEMORY_KIB": "64",
-        "UMS_PASSWORD_HASH_ITERATIONS": "1",
-        "UMS_BOOTSTRAP_ADMIN_USERNAME": ADMIN[0],
-        "UMS_BOOTSTRAP_ADMIN_EMAIL": ADMIN[1],
-        "UMS_BOOTSTRAP_ADMIN_PASSWORD": ADMIN[2],
-        "UMS_REQUIRE_MFA_FOR_ADMINS": "false",
         # One client address (nginx's, forwarded as 127.0.0.1) makes every request: the
         # per-address defences would stop the load itself.
         "UMS_ANON_RATE_LIMIT_PER_MINUTE": "1000000",

@@ -25,10 +25,11 @@ from test_topology import (
     ADMIN,
     PASSWORD,
     REPO,
-    SECRET_KEY,
     SmtpServer,
+    base_settings,
     free_port,
     read_unit,
+    service_environment,
     ums_binary,
     wait_until,
 )
@@ -135,22 +136,12 @@ def test_ums_stays_inside_the_units_sandbox(systemd_analyze, work):
         os.chown(state, SERVICE_USER, SERVICE_USER)
     smtp = SmtpServer()
     port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("UMS_")},
-           **unit.environment,
-           # What /etc/ums/ums.env would hold; the database stays the unit's SQLite file.
-           "UMS_DATABASE_URL": unit.environment["UMS_DATABASE_URL"].replace(
-               "/var/lib/ums", str(state)),
-           "UMS_BIND": f"127.0.0.1:{port}",
-           "UMS_SMTP_URL": f"smtp://127.0.0.1:{smtp.port}",
-           "UMS_MAIL_POLL_INTERVAL": "100ms",
-           "UMS_SECRET_KEY": SECRET_KEY,
-           "UMS_PUBLIC_URL": "http://ums.test",
-           "UMS_PASSWORD_HASH_MEMORY_KIB": "64",
-           "UMS_PASSWORD_HASH_ITERATIONS": "1",
-           "UMS_BOOTSTRAP_ADMIN_USERNAME": ADMIN[0],
-           "UMS_BOOTSTRAP_ADMIN_EMAIL": ADMIN[1],
-           "UMS_BOOTSTRAP_ADMIN_PASSWORD": ADMIN[2],
-           "UMS_REQUIRE_MFA_FOR_ADMINS": "false"}
+    env = service_environment(unit, {
+        **base_settings(smtp),
+        # The database stays the unit's SQLite file, in the stand-in state directory.
+        "UMS_DATABASE_URL": unit.environment["UMS_DATABASE_URL"].replace(
+            "/var/lib/ums", str(state)),
+    }, port)
     # The binary beside the state, where the service user can reach it wherever the
     # checkout is (a clone under /root is not readable to it).
     binary = work / "ums"
